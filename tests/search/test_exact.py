@@ -1,0 +1,93 @@
+"""topk_blocked against float64 numpy argsort and faiss IndexFlatIP."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from embedjax.search.exact import topk_blocked
+
+
+def _numpy_topk(queries, corpus, k):
+  """Reference: float64 scores, descending, ties by increasing index (stable sort on -score)."""
+  scores = queries.astype(np.float64) @ corpus.astype(np.float64).T
+  order = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+  return np.take_along_axis(scores, order, axis=1), order
+
+
+def _assert_same_topk(scores, indices, ref_scores, ref_indices, full_scores):
+  np.testing.assert_allclose(scores, ref_scores, atol=1e-5, rtol=0)
+  mismatch = indices != ref_indices
+  if mismatch.any():
+    # Only allowed where the reference has (near-)exact ties: the scores of both picks must agree.
+    rows, cols = np.nonzero(mismatch)
+    picked = full_scores[rows, indices[rows, cols]]
+    np.testing.assert_allclose(picked, ref_scores[rows, cols], atol=1e-5, rtol=0)
+    assert mismatch.mean() < 0.01, f'{mismatch.sum()} index mismatches'
+
+
+@pytest.mark.parametrize('n,block,query_block,k', [
+    (50, 64, 7, 10),      # N < block
+    (300, 64, 16, 20),    # N % block != 0
+    (256, 64, 100, 5),    # N % block == 0, Q % query_block != 0
+    (513, 128, 1024, 200),  # k > block: running top-k larger than a block's top-k
+    (1000, 1000, 33, 1000),  # k == N == block
+    (97, 10, 8, 1),       # many small blocks, k=1
+])
+def test_matches_numpy_and_faiss(n, block, query_block, k):
+  rng = np.random.default_rng(n * 7 + block)
+  d = 24
+  queries = rng.standard_normal((41, d)).astype(np.float32)
+  corpus = rng.standard_normal((n, d)).astype(np.float32)
+  scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block)
+  scores, indices = np.asarray(scores), np.asarray(indices)
+  assert scores.shape == (41, k) and indices.shape == (41, k)
+  assert scores.dtype == np.float32 and indices.dtype == np.int32
+
+  full = queries.astype(np.float64) @ corpus.astype(np.float64).T
+  ref_scores, ref_indices = _numpy_topk(queries, corpus, k)
+  _assert_same_topk(scores, indices, ref_scores, ref_indices, full)
+
+  index = faiss.IndexFlatIP(d)
+  index.add(corpus)
+  f_scores, f_indices = index.search(queries, k)
+  _assert_same_topk(scores, indices, f_scores.astype(np.float64), f_indices, full)
+
+
+def test_k_larger_than_corpus_is_clamped():
+  rng = np.random.default_rng(0)
+  queries = rng.standard_normal((3, 8)).astype(np.float32)
+  corpus = rng.standard_normal((5, 8)).astype(np.float32)
+  scores, indices = topk_blocked(queries, corpus, 50, block_size=2)
+  ref_scores, ref_indices = _numpy_topk(queries, corpus, 5)
+  np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+  np.testing.assert_allclose(np.asarray(scores), ref_scores, atol=1e-5)
+
+
+def test_exact_ties_lower_index_first():
+  # Small integer vectors give exactly representable, heavily tied scores; duplicated rows span
+  # block boundaries, including the shifted last block.
+  rng = np.random.default_rng(1)
+  base = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
+  corpus = np.concatenate([base, base, base[:5], base], axis=0)  # N = 44
+  queries = rng.integers(-2, 3, size=(9, 6)).astype(np.float32)
+  for block in (5, 8, 44, 100):
+    scores, indices = topk_blocked(queries, corpus, 30, block_size=block, query_block=4)
+    ref_scores, ref_indices = _numpy_topk(queries, corpus, 30)
+    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+    np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
+
+
+def test_jax_inputs_and_bad_arguments():
+  import jax.numpy as jnp
+  rng = np.random.default_rng(2)
+  queries = rng.standard_normal((4, 8)).astype(np.float32)
+  corpus = rng.standard_normal((20, 8)).astype(np.float32)
+  s1, i1 = topk_blocked(jnp.asarray(queries), jnp.asarray(corpus), 3, block_size=6)
+  s2, i2 = topk_blocked(queries, corpus, 3, block_size=6)
+  np.testing.assert_array_equal(np.asarray(i1), np.asarray(i2))
+  with pytest.raises(ValueError, match='dimension'):
+    topk_blocked(queries, corpus[:, :4], 3)
+  with pytest.raises(ValueError, match='k must be'):
+    topk_blocked(queries, corpus, 0)
