@@ -1,0 +1,175 @@
+"""Embedding any number of texts: packed rows, few static shapes, bounded memory, streamed output.
+
+How it works, and why:
+- Texts are tokenized in chunks (``chunk_size`` texts at a time), so memory is bounded by a chunk,
+  not by the corpus.
+- Within a chunk, texts are sorted by length and *packed*: several texts share one row of
+  ``row_length`` tokens, each with its own segment id and positions restarting at 0, and attention
+  is restricted to each text's own tokens. This computes exactly what separate padded rows would
+  (tested against sentence-transformers) but spends no work on padding.
+- Every device call has the same shape (``rows_per_batch`` x ``row_length``, at most
+  ``max_segments`` texts a row), so ``jit`` compiles once per row length: at most two per run.
+- Results go into a preallocated array, or into an ``.npy`` memmap written under a temporary name
+  and renamed when complete, so an interrupted run never leaves a truncated file that looks whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedjax.models.embedder import embed_packed
+from embedjax.models.pretrained import EmbedderSpec, Pretrained
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBatch:
+  """Host arrays of one device call. Shapes: (R, L) for the token arrays, (R, S) for ``text_index``."""
+  input_ids: np.ndarray
+  segment_ids: np.ndarray
+  position_ids: np.ndarray
+  text_index: np.ndarray  # which text (chunk-local index) each (row, slot) holds; -1 = empty
+
+
+def _row_length_for(longest: int, max_seq_length: int) -> int:
+  """Smallest of 64/128/256/... that fits the longest text, capped at max_seq_length."""
+  row = 64
+  while row < longest:
+    row *= 2
+  return max(min(row, max_seq_length), longest)
+
+
+def pack(token_ids: Sequence[Sequence[int]], row_length: int, rows_per_batch: int,
+         max_segments: int, pad_id: int = 0) -> list[PackedBatch]:
+  """Packs tokenized texts into fixed-shape batches of rows (best fit over length-sorted texts).
+
+  Every text must fit in one row (len <= row_length). Returns batches of exactly
+  ``rows_per_batch`` rows; trailing rows of the last batch are empty.
+  """
+  # Best fit over texts sorted longest first: each text goes to the open row whose free space
+  # fits it most tightly. bins[f] holds the open rows with exactly f free tokens, so a lookup
+  # scans at most row_length sizes instead of every row.
+  order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+  rows: list[list[int]] = []
+  bins: list[list[int]] = [[] for _ in range(row_length + 1)]
+  for i in order:
+    n = len(token_ids[i])
+    if n > row_length:
+      raise ValueError(f'text {i} has {n} tokens, more than the row length {row_length}')
+    free = next((f for f in range(n, row_length + 1) if bins[f]), None)
+    if free is None:
+      rows.append([])
+      r, free = len(rows) - 1, row_length
+    else:
+      r = bins[free].pop()
+    rows[r].append(i)
+    if len(rows[r]) < max_segments and free - n > 0:
+      bins[free - n].append(r)
+
+  batches = []
+  for start in range(0, len(rows), rows_per_batch):
+    ids = np.full((rows_per_batch, row_length), pad_id, np.int32)
+    seg = np.zeros((rows_per_batch, row_length), np.int32)
+    pos = np.zeros((rows_per_batch, row_length), np.int32)
+    where = np.full((rows_per_batch, max_segments), -1, np.int64)
+    for r, row in enumerate(rows[start:start + rows_per_batch]):
+      offset = 0
+      for s, i in enumerate(row):
+        toks = token_ids[i]
+        ids[r, offset:offset + len(toks)] = toks
+        seg[r, offset:offset + len(toks)] = s + 1
+        pos[r, offset:offset + len(toks)] = np.arange(len(toks))
+        where[r, s] = i
+        offset += len(toks)
+    batches.append(PackedBatch(ids, seg, pos, where))
+  return batches
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_embed(spec: EmbedderSpec, num_segments: int) -> Callable:
+  # Cached per (spec, S) so repeated encode() calls reuse the jitted function (and its compiled
+  # executables for each row length) instead of tracing anew.
+  return jax.jit(functools.partial(embed_packed, spec=spec, num_segments=num_segments))
+
+
+def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int = 16,
+           max_segments: int = 32, chunk_size: int = 32768, out: str | os.PathLike | None = None,
+           progress: bool = True, allow_empty: bool = False, params=None) -> np.ndarray:
+  """Embeds texts with a pretrained (or fine-tuned) model.
+
+  Args:
+    model: a ``Pretrained`` (spec, params, tokenizer).
+    texts: N strings. An empty list is an error; so is an empty/blank string unless allow_empty.
+    rows_per_batch: rows per device call; with row length L that is rows_per_batch * L tokens.
+    max_segments: at most this many texts share a row (static S of the pooled output).
+    chunk_size: texts tokenized and packed at a time (bounds host memory).
+    out: optional ``.npy`` path: embeddings are streamed into a memmap there (atomic rename).
+    progress: show a progress bar.
+    params: optional params overriding ``model.params`` (e.g. a training state's).
+  Returns:
+    (N, H) float32 embeddings, in input order (a memmap when ``out`` is given).
+  """
+  if isinstance(texts, str):
+    raise TypeError('encode takes a sequence of texts, not a single string')
+  n = len(texts)
+  if n == 0:
+    raise ValueError('encode got no texts')
+  if not allow_empty:
+    for i, t in enumerate(texts):
+      if isinstance(t, str) and not t.strip():
+        raise ValueError(f'text {i} is empty (pass allow_empty=True to embed it as [CLS] [SEP])')
+  params = model.params if params is None else params
+  spec, tok = model.spec, model.tokenizer
+  dim = spec.bert.hidden_size
+  fn = _compiled_embed(spec, max_segments)
+
+  tmp_path = None
+  if out is not None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out.with_name(out.name + '.partial.npy')
+    result = np.lib.format.open_memmap(tmp_path, mode='w+', dtype=np.float32, shape=(n, dim))
+  else:
+    result = np.empty((n, dim), np.float32)
+
+  bar = tqdm(total=n, desc='encode', unit='text', disable=not progress, dynamic_ncols=True)
+  try:
+    for start in range(0, n, chunk_size):
+      chunk = texts[start:start + chunk_size]
+      ids = tok.encode(chunk)
+      row_length = _row_length_for(max(len(x) for x in ids), spec.max_seq_length)
+      pending = None  # overlap: dispatch batch k+1 before copying batch k back to the host
+      for batch in pack(ids, row_length, rows_per_batch, max_segments, tok.pad_id):
+        emb = fn(params, input_ids=batch.input_ids, segment_ids=batch.segment_ids,
+                 position_ids=batch.position_ids)
+        if pending is not None:
+          _scatter(result, start, *pending, bar)
+        pending = (emb, batch.text_index)
+      _scatter(result, start, *pending, bar)
+    if out is not None:
+      result.flush()
+      del result
+      os.replace(tmp_path, out)
+      return np.load(out, mmap_mode='r')
+    return result
+  except BaseException:
+    if tmp_path is not None and tmp_path.exists():
+      tmp_path.unlink()
+    raise
+  finally:
+    bar.close()
+
+
+def _scatter(result: np.ndarray, offset: int, emb: jax.Array, text_index: np.ndarray, bar) -> None:
+  emb = np.asarray(emb)
+  filled = text_index >= 0
+  result[offset + text_index[filled]] = emb[filled]
+  bar.update(int(filled.sum()))
