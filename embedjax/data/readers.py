@@ -195,7 +195,7 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise DataFormatError(path, number, None, f'invalid JSON ({e.msg} at column {e.colno})') from None
+      raise DataFormatError(path, number, None, f'invalid JSON: {e.msg} (column {e.colno})') from None
     if not isinstance(obj, dict):
       raise DataFormatError(path, number, None, f'expected a JSON object, got {type(obj).__name__}')
     yield number, obj
@@ -294,7 +294,7 @@ def read_qrels_tsv(path: PathLike) -> list[QrelRow]:
         raise DataFormatError(path, number, None,
                               f'expected header query-id<TAB>corpus-id<TAB>score, got {line!r}')
       continue
-    query_id, doc_id = fields[0].strip(), fields[1].strip()
+    query_id, doc_id = fields[0], fields[1]  # exact: ids may legitimately contain spaces
     if not query_id:
       raise DataFormatError(path, number, 'query-id', 'empty id')
     if not doc_id:

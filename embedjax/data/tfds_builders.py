@@ -17,6 +17,8 @@ Limitations of the TF-free path, and how this module deals with them:
   declares for Python < 3.9; the builders here override it with this file's path.
 * ``dataset_info_from_configs()`` expects a TFDS dataset package directory (README, checksums);
   the builders here build ``tfds.core.DatasetInfo`` directly.
+* Example float lists are float32 (4.4 -> 4.4000001); float64 scores are stored as raw bytes
+  (``Encoding.BYTES``) so they round-trip exactly.
 * Text features come back from ``as_data_source()`` as UTF-8 ``bytes``; :class:`DecodedSource`
   turns them into ``str``.
 * TFDS caches a prepared dataset by name/config/version only, and would happily serve stale rows
@@ -211,8 +213,14 @@ def build(name: str, source_dir: str | os.PathLike, data_dir: str | os.PathLike)
 def _decode_value(value: Any) -> Any:
   if isinstance(value, bytes):
     return value.decode('utf-8')
+  # Scalars come back as Python ints (int64 features) or 0-d arrays (bytes-encoded float64);
+  # make both numpy scalars so a row's types do not depend on the storage encoding.
   if isinstance(value, np.ndarray) and value.ndim == 0:
-    return value[()]  # 0-d array (bytes-encoded tensors) -> numpy scalar, like Scalar features.
+    return value[()]
+  if isinstance(value, int) and not isinstance(value, bool):
+    return np.int64(value)
+  if isinstance(value, float):
+    return np.float64(value)
   return value
 
 
