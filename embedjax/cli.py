@@ -1,0 +1,152 @@
+"""Command line: ``embedjax eval`` and ``embedjax encode`` (``python -m embedjax.cli ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from embedjax import paths
+
+
+def _model_label(name_or_path: str) -> str:
+  return Path(name_or_path.rstrip('/')).name or name_or_path
+
+
+def _resolve_tasks(spec: str, data_dir: Path | None) -> list[str]:
+  from embedjax.evals.tasks import DEFAULT_TASKS, SYNTHETIC_TASKS, TASKS
+  if spec == 'default':
+    return list(DEFAULT_TASKS if data_dir is not None else SYNTHETIC_TASKS)
+  names = [t.strip() for t in spec.split(',') if t.strip()]
+  unknown = [t for t in names if t not in TASKS]
+  if unknown or not names:
+    raise SystemExit(f'embedjax eval: unknown task(s) {unknown or spec!r}; choose from '
+                     f'{", ".join(TASKS)} or "default"')
+  return names
+
+
+def cmd_eval(args) -> int:
+  from embedjax.encoding import encode
+  from embedjax.evals.tasks import format_table, run_task
+  from embedjax.io import atomic_write_json
+  from embedjax.models.pretrained import load_pretrained
+  from embedjax.provenance import provenance
+
+  data_dir = Path(args.data_dir) if args.data_dir else paths.shared_data_dir()
+  if data_dir is not None and not data_dir.is_dir():
+    raise SystemExit(f'embedjax eval: data dir {data_dir} does not exist')
+  tasks = _resolve_tasks(args.tasks, data_dir)
+  synthetic_only = all(t.startswith('synthetic_') for t in tasks)
+  print(f'data: {data_dir if data_dir else "none found: using the synthetic tasks"}', flush=True)
+  model = load_pretrained(args.model, dtype=args.dtype)
+  print(f'model: {args.model} ({model.source}) pooling={model.spec.pooling} '
+        f'normalize={model.spec.normalize} max_seq_length={model.spec.max_seq_length}', flush=True)
+  encode_fn = lambda texts: encode(model, texts, rows_per_batch=args.rows_per_batch,
+                                   progress=not args.quiet)
+  results = {}
+  for name in tasks:
+    print(f'[{name}] running', flush=True)
+    results[name] = run_task(name, encode_fn, data_dir)
+    r = results[name]
+    print(f'[{name}] {r["main_metric"]} = {100 * r[r["main_metric"]]:.2f} '
+          f'({r["counts"]}, {r["seconds"]:.1f} s)', flush=True)
+  out = Path(args.out) if args.out else (
+      paths.repo_root() / 'results' / 'eval' /
+      (_model_label(args.model) + ('.synthetic' if synthetic_only else '') + '.json'))
+  record = dict(results)
+  record.update(model=args.model, dtype=args.dtype, data_dir=str(data_dir) if data_dir else None,
+                **provenance())
+  atomic_write_json(out, record)
+  print()
+  print(format_table(results))
+  print(f'\nwrote {out}')
+  return 0
+
+
+def _read_texts(path: Path, field: str) -> list[str]:
+  """One text per line (.txt) or a JSON-lines field (.jsonl[.gz]; BEIR docs join title + text)."""
+  from embedjax.data.readers import read_jsonl
+  from embedjax.errors import DataFormatError
+  if not path.exists():
+    raise SystemExit(f'embedjax encode: {path}: no such file')
+  texts = []
+  if path.suffix == '.txt':
+    try:
+      with open(path, encoding='utf-8') as f:
+        for number, line in enumerate(f, 1):
+          text = line.rstrip('\n').rstrip('\r')
+          if not text.strip():
+            raise DataFormatError(path, number, None, 'empty line (one text per line expected)')
+          texts.append(text)
+    except UnicodeDecodeError as e:
+      raise DataFormatError(path, None, None, f'not UTF-8 ({e})') from e
+  else:
+    for number, obj in read_jsonl(path):
+      if field not in obj or not isinstance(obj[field], str):
+        raise DataFormatError(path, number, field, 'missing or not a string')
+      text = (str(obj.get('title') or '') + ' ' + obj[field]).strip()
+      if not text:
+        raise DataFormatError(path, number, field, 'empty text')
+      texts.append(text)
+  if not texts:
+    raise SystemExit(f'embedjax encode: {path}: no texts')
+  return texts
+
+
+def cmd_encode(args) -> int:
+  from embedjax.encoding import encode
+  from embedjax.models.pretrained import load_pretrained
+  texts = _read_texts(Path(args.input), args.field)
+  model = load_pretrained(args.model, dtype=args.dtype)
+  start = time.perf_counter()
+  emb = encode(model, texts, rows_per_batch=args.rows_per_batch, out=args.output,
+               chunk_size=args.chunk_size, progress=not args.quiet)
+  seconds = time.perf_counter() - start
+  print(f'wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} float32 '
+        f'({emb.shape[0] / seconds:.1f} texts/s)')
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='embedjax', description=__doc__)
+  sub = parser.add_subparsers(dest='command', required=True)
+
+  def model_args(p):
+    p.add_argument('--model', default='all-MiniLM-L6-v2',
+                   help='packaged model name or a local HF / sentence-transformers folder')
+    p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                   help='compute dtype (params stay float32)')
+    p.add_argument('--rows-per-batch', type=int, default=16,
+                   help='packed rows per device call (row length 64-256 tokens)')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+
+  ev = sub.add_parser('eval', help='evaluate a model on benchmark tasks')
+  model_args(ev)
+  ev.add_argument('--tasks', default='default',
+                  help='comma-separated task names, or "default" (the shared benchmarks when '
+                       '../shared/data exists, else the synthetic tasks)')
+  ev.add_argument('--data-dir', default=None, help='shared data folder (default: ../shared/data)')
+  ev.add_argument('--out', default=None, help='result JSON (default: results/eval/<model>.json)')
+  ev.set_defaults(fn=cmd_eval)
+
+  en = sub.add_parser('encode', help='embed texts from a file into an .npy file')
+  model_args(en)
+  en.add_argument('--input', required=True, help='.txt (one text a line) or .jsonl[.gz]')
+  en.add_argument('--field', default='text', help='JSON field holding the text')
+  en.add_argument('--output', required=True, help='.npy file (written atomically)')
+  en.add_argument('--chunk-size', type=int, default=32768, help='texts held in memory at a time')
+  en.set_defaults(fn=cmd_encode)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault('TOKENIZERS_PARALLELISM', 'true')
+  args = build_parser().parse_args(argv)
+  return args.fn(args)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
