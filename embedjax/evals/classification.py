@@ -10,10 +10,10 @@ With more than two classes W is (D, C) (multinomial, one column per class); with
 two-column softmax would have a different penalty and so a different optimum).
 
 Solved full-batch with ``optax.lbfgs`` (zoom line search) inside one ``lax.while_loop`` until the
-gradient norm is below ``tol`` or ``max_iter`` steps. Features are centred internally with the train
-mean: this only moves the unpenalised bias, so the optimum is the same, but the problem is much better
-conditioned for float32. Optional standardisation (``standardize=True``) does change the problem:
-the model is then fitted to (x - mean) / std.
+gradient norm is below ``tol`` or ``max_iter`` steps. Features are centred internally with the
+train mean: this only moves the unpenalised bias, so the optimum is the same, but the problem is
+much better conditioned for float32. Optional standardisation (``standardize=True``) does change
+the problem: the model is then fitted to (x - mean) / std.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ descending), so a run with ties should be evaluated with rank-derived scores on 
 
 Semantics (as trec_eval 9 with the default relevance level 1):
   * relevant = qrels relevance > 0; gain = relevance (linear), negative relevance counts as 0;
-  * nDCG@k: DCG over the top k with discount log2(rank + 1); ideal DCG from *all* judged relevant docs
-    of the query (also those the corpus lacks), sorted by gain, cut at k;
+  * nDCG@k: DCG over the top k with discount log2(rank + 1); ideal DCG from *all* judged relevant
+    docs of the query (also those the corpus lacks), sorted by gain, cut at k;
   * recall@k = relevant in top k / all relevant; P@k = relevant in top k / k (k, not K, also when
     fewer than k documents were returned);
   * MAP@k = sum over relevant docs in the top k of precision at their rank / all relevant; ``map``
-    is MAP over the whole returned list; MRR@k = 1 / rank of the first relevant doc in the top k, 0 if
-    none; ``mrr`` is over the whole list (trec_eval's ``recip_rank``);
+    is MAP over the whole returned list; MRR@k = 1 / rank of the first relevant doc in the top k,
+    0 if none; ``mrr`` is over the whole list (trec_eval's ``recip_rank``);
   * queries present in the qrels but without any relevant doc are evaluated and score 0 everywhere;
   * queries absent from the qrels are not evaluated (NaN per query, left out of the means); qrels
     queries without a run row are ignored (trec_eval averages over queries that have both).
@@ -168,7 +168,7 @@ def mrr_at_k(rel: RunRelevance, k: int | None = None) -> np.ndarray:
 
 
 def map_at_k(rel: RunRelevance, k: int | None = None) -> np.ndarray:
-  """(Q,) average precision over the top k (whole list if k is None; trec_eval ``map_cut.k``/``map``)."""
+  """(Q,) average precision in the top k (trec_eval ``map_cut.k``; whole list if None: ``map``)."""
   _check_k(k)
   hit = rel.gains[:, :k] > 0
   precision = np.cumsum(hit, axis=1) / np.arange(1, hit.shape[1] + 1, dtype=np.float64)

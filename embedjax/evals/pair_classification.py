@@ -1,4 +1,4 @@
-"""Pair classification (MTEB-style): is a pair a duplicate / paraphrase, judged by a similarity score.
+"""Pair classification (MTEB-style): is a pair a duplicate/paraphrase, judged by a similarity score.
 
 Reports average precision (sklearn ``average_precision_score`` semantics: one step per distinct
 score) and the best accuracy and F1 over all thresholds, with the threshold, precision and recall.

@@ -2,9 +2,9 @@
 
 Similarities are computed per pair in float64 on the host: cosine, negative manhattan and negative
 euclidean distance (negated so that larger means more similar, as MTEB does) and the dot product.
-Correlations are returned as fractions in [-1, 1] (MTEB's x100 is not applied). A zero embedding has
-cosine similarity 0 with anything (sklearn's ``paired_cosine_distances``, used by MTEB, gives 0.5). A constant similarity
-or gold vector has no correlation: NaN, as scipy returns.
+Correlations are returned as fractions in [-1, 1] (MTEB's x100 is not applied). A zero embedding
+has cosine similarity 0 with anything (sklearn's ``paired_cosine_distances``, used by MTEB, gives
+0.5). A constant similarity or gold vector has no correlation: NaN, as scipy returns.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def pair_similarities(emb1, emb2) -> dict[str, np.ndarray]:
   unit_a = a / np.where(na == 0, 1.0, na)
   unit_b = b / np.where(nb == 0, 1.0, nb)
   unit_diff = unit_a - unit_b
-  # 1 - |a^ - b^|^2 / 2 (sklearn's paired cosine form) rather than a^.b^: identical pairs get exactly
-  # 1, so they tie exactly, as the reference does, instead of differing in the last bit.
+  # 1 - |a^ - b^|^2 / 2 (sklearn's paired cosine form) rather than a^.b^: identical pairs get
+  # exactly 1, so they tie exactly, as in the reference, instead of differing in the last bit.
   cosine = 1.0 - 0.5 * np.sum(unit_diff * unit_diff, axis=1)
   cosine = np.where((na[:, 0] == 0) | (nb[:, 0] == 0), 0.0, cosine)
   diff = a - b

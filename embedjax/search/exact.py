@@ -53,7 +53,8 @@ def _topk_one_query_block(queries: jax.Array, corpus: jax.Array, k: int, block: 
     scores = jnp.where(global_idx[None, :] >= b * block, scores, -jnp.inf)
     blk_scores, blk_pos = jax.lax.top_k(scores, kb)
     blk_indices = blk_pos + start
-    # Running entries come first: they hold lower indices, so stable top_k keeps lower index on ties.
+    # Running entries come first: they hold lower indices, so the stable top_k keeps the lower
+    # index on ties.
     cat_scores = jnp.concatenate([run_scores, blk_scores], axis=1)
     cat_indices = jnp.concatenate([run_indices, blk_indices], axis=1)
     new_scores, pos = jax.lax.top_k(cat_scores, k)
