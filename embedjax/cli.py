@@ -74,15 +74,15 @@ def _read_texts(path: Path, field: str) -> list[str]:
     raise SystemExit(f'embedjax encode: {path}: no such file')
   texts = []
   if path.suffix == '.txt':
-    try:
-      with open(path, encoding='utf-8') as f:
-        for number, line in enumerate(f, 1):
-          text = line.rstrip('\n').rstrip('\r')
-          if not text.strip():
-            raise DataFormatError(path, number, None, 'empty line (one text per line expected)')
-          texts.append(text)
-    except UnicodeDecodeError as e:
-      raise DataFormatError(path, None, None, f'not UTF-8 ({e})') from e
+    with open(path, 'rb') as f:  # bytes, so a bad byte is reported with its line number
+      for number, raw in enumerate(f, 1):
+        try:
+          text = raw.decode('utf-8').rstrip('\n').rstrip('\r')
+        except UnicodeDecodeError as e:
+          raise DataFormatError(path, number, None, f'not UTF-8 ({e.reason} at byte {e.start})') from e
+        if not text.strip():
+          raise DataFormatError(path, number, None, 'empty line (one text per line expected)')
+        texts.append(text)
   else:
     for number, obj in read_jsonl(path):
       if field not in obj or not isinstance(obj[field], str):

@@ -113,7 +113,7 @@ def _classification(data, encode_fn: EncodeFn, key) -> dict:
 
 def _clustering(data: readers.ClassificationData, encode_fn: EncodeFn, key) -> dict:
   emb = encode_fn(data.texts)
-  return clustering.clustering_scores(emb, data.labels, len(data.label_names), key)
+  return clustering.clustering_scores(emb, data.labels, len(data.label_names), key, n_init=5)
 
 
 _RUNNERS = {'retrieval': _retrieval, 'sts': _sts, 'pair': _pair,
