@@ -110,6 +110,16 @@ def cmd_encode(args) -> int:
   return 0
 
 
+def cmd_train(args, overrides: list[str]) -> int:
+  from embedjax.config import load_config
+  from embedjax.train.loop import train
+  cfg = load_config(args.config, overrides)
+  summary = train(cfg, args.workdir, resume=not args.no_resume, progress=not args.quiet)
+  print(f"trained {summary['steps_done']}/{summary['steps']} steps in {summary['seconds']} s "
+        f"({summary['pairs_per_s']} pairs/s); before: {summary['before']}; after: {summary['after']}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='embedjax', description=__doc__)
   sub = parser.add_subparsers(dest='command', required=True)
@@ -132,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument('--out', default=None, help='result JSON (default: results/eval/<model>.json)')
   ev.set_defaults(fn=cmd_eval)
 
+  tr = sub.add_parser('train', help='train from a config file (overrides: --config.a.b=value)')
+  tr.add_argument('--config', required=True, help='configs/NAME.py[:arg]')
+  tr.add_argument('--workdir', required=True, help='checkpoints, logs and the exported model')
+  tr.add_argument('--no-resume', action='store_true', help='ignore checkpoints in the workdir')
+  tr.add_argument('--quiet', action='store_true', help='no progress bars')
+  tr.set_defaults(fn=cmd_train)
+
   en = sub.add_parser('encode', help='embed texts from a file into an .npy file')
   model_args(en)
   en.add_argument('--input', required=True, help='.txt (one text a line) or .jsonl[.gz]')
@@ -144,7 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault('TOKENIZERS_PARALLELISM', 'true')
-  args = build_parser().parse_args(argv)
+  args, rest = build_parser().parse_known_args(argv)
+  if args.command == 'train':
+    bad = [r for r in rest if not r.startswith('--config.')]
+    if bad:
+      raise SystemExit(f'embedjax train: unrecognized arguments {bad}')
+    return args.fn(args, rest)
+  if rest:
+    raise SystemExit(f'embedjax {args.command}: unrecognized arguments {rest}')
   return args.fn(args)
 
 

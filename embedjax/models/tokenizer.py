@@ -48,6 +48,10 @@ class TextTokenizer:
       return cls(wp._tokenizer, max_length)  # the wrapped tokenizers.Tokenizer
     raise FileNotFoundError(f'{folder}: no tokenizer.json or vocab.txt')
 
+  def with_max_length(self, max_length: int) -> 'TextTokenizer':
+    """The same tokenizer truncating at ``max_length`` tokens (special tokens included)."""
+    return TextTokenizer(self._tok, max_length, source_json=self._source_json)
+
   @property
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size()

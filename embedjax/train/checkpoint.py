@@ -1,0 +1,65 @@
+"""Orbax checkpointing of the train state and the data iterator's position.
+
+One ``CheckpointManager`` (async saves) keeps the latest ``keep`` checkpoints plus the ``keep_best``
+best by an evaluation metric. A checkpoint holds the TrainState (params, optimizer state, step)
+and the grain iterator state (JSON), so a resumed run continues with the same data order; the PRNG
+stream needs no saving because every step folds its step number into the run's base key.
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
+killed mid-save resumes from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+class Checkpointer:
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 2, keep_best: int = 1,
+               best_metric: str | None = None, best_mode: str = 'max', async_save: bool = True):
+    policies = [pp.LatestN(keep)]
+    if best_metric:
+      policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min',
+                               n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True)
+    self.best_metric = best_metric
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                          item_names=('state', 'data'))
+
+  def save(self, step: int, state, data_state: dict, metrics: dict[str, float] | None = None) -> None:
+    if metrics is not None and self.best_metric and self.best_metric not in metrics:
+      metrics = None  # no evaluation at this step: not a candidate for "best"
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     data=ocp.args.JsonSave(data_state)),
+                       metrics=metrics)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step() if self.best_metric else None
+
+  def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
+    """Restores onto ``abstract_state`` (e.g. ``jax.eval_shape`` output carrying shardings)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored['state'], restored['data']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_like(state, sharding) -> Any:
+  """ShapeDtypeStructs of ``state`` placed with ``sharding`` (restore target)."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)

@@ -1,0 +1,146 @@
+"""Training pairs and triplets from the shared data, streamed through tfds (ArrayRecord) + grain.
+
+Sources (``SOURCES``), each a list of rows ``{'query', 'positive', ['negative'], 'doc_key'}``:
+  scifact   SciFact train qrels: claim -> cited abstract (title + " " + text)
+  mrpc      MRPC train pairs labelled paraphrase (1)
+  stsb      STS-B train pairs with gold score >= 4
+  sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
+  synthetic the project's own synthetic retrieval pairs (needs no shared data)
+The rows are read through the tfds builders of ``embedjax.data.tfds_builders`` (prepared once into
+a cache folder) and kept in memory: they are small, and filtering (score >= 4, label 1) needs a
+pass anyway. Batches come from a grain pipeline that is deterministic from a seed and
+checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches (static
+shapes), then tokenization to fixed lengths.
+
+Multi-process: every process builds the same global batches and keeps its own contiguous slice of
+rows, so the data order does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import grain
+import numpy as np
+
+from embedjax.data import synthetic, tfds_builders
+from embedjax.models.tokenizer import TextTokenizer
+
+
+def default_cache_dir() -> Path:
+  return Path(os.environ.get('EMBEDJAX_CACHE', Path.home() / '.cache' / 'embedjax')) / 'tfds'
+
+
+def _key(text: str) -> int:
+  # A stable 31-bit id for duplicate-positive masking (crc32 is stable across processes and runs).
+  return zlib.crc32(text.encode('utf-8')) & 0x7FFFFFFF
+
+
+def _scifact(data_dir: Path, cache: Path) -> list[dict]:
+  src = tfds_builders.load_pairs_source('beir', 'train', data_dir / 'scifact', cache)
+  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
+          for r in (src[i] for i in range(len(src)))]
+
+
+def _pairs(name: str, folder: str, keep: Callable[[dict], bool]):
+  def load(data_dir: Path, cache: Path) -> list[dict]:
+    src = tfds_builders.load_pairs_source(name, 'train', data_dir / folder, cache)
+    return [{'query': r['sentence1'], 'positive': r['sentence2'], 'doc_key': _key(r['sentence2'])}
+            for r in (src[i] for i in range(len(src))) if keep(r)]
+  return load
+
+
+def _sick_triplets(data_dir: Path, cache: Path) -> list[dict]:
+  src = tfds_builders.load_pairs_source('sick', 'train', data_dir / 'sick', cache)
+  entailed: dict[str, list[str]] = {}
+  contradicted: dict[str, list[str]] = {}
+  for i in range(len(src)):
+    r = src[i]
+    if r['label'] == 'ENTAILMENT':
+      entailed.setdefault(r['sentence1'], []).append(r['sentence2'])
+    elif r['label'] == 'CONTRADICTION':
+      contradicted.setdefault(r['sentence1'], []).append(r['sentence2'])
+  rows = []
+  for premise in sorted(entailed):  # sorted: a stable order whatever the file order
+    for j, pos in enumerate(entailed[premise]):
+      negs = contradicted.get(premise)
+      if negs:
+        rows.append({'query': premise, 'positive': pos, 'negative': negs[j % len(negs)],
+                     'doc_key': _key(pos)})
+  return rows
+
+
+def _synthetic(data_dir: Path | None, cache: Path) -> list[dict]:
+  folder = cache / 'synthetic_beir_seed0'
+  if not (folder / 'qrels' / 'test.tsv').exists():
+    synthetic.write_beir(synthetic.synthetic_retrieval(seed=0, n_docs=300, n_queries=200), folder)
+  src = tfds_builders.load_pairs_source('beir', 'test', folder, cache)
+  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
+          for r in (src[i] for i in range(len(src)))]
+
+
+SOURCES: dict[str, Callable[[Path | None, Path], list[dict]]] = {
+    'scifact': _scifact,
+    'mrpc': _pairs('mrpc', 'mrpc', lambda r: r['score'] == 1),
+    'stsb': _pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0),
+    'sick': _sick_triplets,
+    'synthetic': _synthetic,
+}
+
+
+def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | None = None) -> list[dict]:
+  """Concatenated rows of the named sources (a list or a comma-separated string)."""
+  names = [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
+  cache = Path(cache_dir) if cache_dir else default_cache_dir()
+  rows = []
+  for name in names:
+    if name not in SOURCES:
+      raise ValueError(f'unknown training source {name!r}; choose from {sorted(SOURCES)}')
+    if name != 'synthetic' and data_dir is None:
+      raise FileNotFoundError(f'training source {name!r} needs the shared data folder')
+    rows.extend(SOURCES[name](data_dir, cache))
+  if not rows:
+    raise ValueError(f'training sources {names} produced no rows')
+  with_neg = sum('negative' in r for r in rows)
+  if 0 < with_neg < len(rows):
+    raise ValueError('cannot mix sources with and without hard negatives in one batch stream')
+  return rows
+
+
+def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
+                   process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  """A grain batch (dict of arrays of texts) -> this process's slice of fixed-length token arrays."""
+  n = len(rows['query'])
+  per = n // process_count
+  sl = slice(process_index * per, (process_index + 1) * per)
+  q = query_tok.pad(query_tok.encode([str(t) for t in rows['query'][sl]]), query_tok.max_length)
+  d = doc_tok.pad(doc_tok.encode([str(t) for t in rows['positive'][sl]]), doc_tok.max_length)
+  out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
+         'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],
+         'doc_key': np.asarray(rows['doc_key'][sl], np.int32)}
+  if 'negative' in rows:
+    neg = doc_tok.pad(doc_tok.encode([str(t) for t in rows['negative'][sl]]), doc_tok.max_length)
+    out['neg_ids'] = neg['input_ids'][:, None]
+    out['neg_mask'] = neg['attention_mask'][:, None]
+  return out
+
+
+def make_loader(rows: list[dict], tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
+                doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
+                prefetch: int = 2) -> Any:
+  """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts)."""
+  if batch_size % process_count:
+    raise ValueError(f'batch size {batch_size} is not divisible by {process_count} processes')
+  if len(rows) < batch_size:
+    raise ValueError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
+  fn = functools.partial(tokenize_batch, query_tok=tokenizer.with_max_length(query_len),
+                         doc_tok=tokenizer.with_max_length(doc_len),
+                         process_index=process_index, process_count=process_count)
+  ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
+        .batch(batch_size, drop_remainder=True).map(fn))
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(options))

@@ -1,0 +1,67 @@
+"""Optimizer from a config block: AdamW, warmup + decay, gradient clipping, regex freezing.
+
+Config fields (``cfg``): lr, warmup_steps, decay ('cosine' | 'linear' | 'constant'), end_lr_ratio,
+weight_decay, b1, b2, eps, clip_norm (0 = off), freeze (regex over '/'-joined param paths;
+matching params get no update, and so no optimizer state is spent on them).
+Weight decay skips biases, LayerNorm parameters and the temperature, as the Hugging Face trainer
+(and so sentence-transformers) does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+
+
+def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+  warmup = int(cfg.get('warmup_steps', 0))
+  decay_steps = max(total_steps - warmup, 1)
+  end = cfg.lr * float(cfg.get('end_lr_ratio', 0.0))
+  kind = cfg.get('decay', 'linear')
+  if kind == 'cosine':
+    after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=end / cfg.lr if cfg.lr else 0.0)
+  elif kind == 'linear':
+    after = optax.linear_schedule(cfg.lr, end, decay_steps)
+  elif kind == 'constant':
+    after = optax.constant_schedule(cfg.lr)
+  else:
+    raise ValueError(f"optim.decay must be 'cosine', 'linear' or 'constant', got {kind!r}")
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+
+
+def param_paths(params) -> Any:
+  """A pytree like ``params`` whose leaves are the '/'-joined key paths."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path), params)
+
+
+def _decay_mask(params):
+  return jax.tree_util.tree_map(
+      lambda p: not (p.endswith('/bias') or 'LayerNorm' in p or p == 'logit_scale'),
+      param_paths(params))
+
+
+def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformation:
+  """The full update rule for ``params`` (a pytree used only for its structure and names)."""
+  schedule = make_schedule(cfg, total_steps)
+  parts = []
+  if float(cfg.get('clip_norm', 0.0)) > 0:
+    parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+  parts.append(optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999),
+                           eps=cfg.get('eps', 1e-6), weight_decay=cfg.get('weight_decay', 0.01),
+                           mask=_decay_mask))
+  tx = optax.chain(*parts)
+  pattern = cfg.get('freeze', '') or ''
+  if not pattern:
+    return tx
+  regex = re.compile(pattern)
+  labels = jax.tree_util.tree_map(lambda p: 'frozen' if regex.search(p) else 'train',
+                                  param_paths(params))
+  if 'train' not in jax.tree_util.tree_leaves(labels):
+    raise ValueError(f'optim.freeze={pattern!r} freezes every parameter')
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
