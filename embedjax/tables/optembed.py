@@ -214,6 +214,21 @@ def served_dims(served, num_fields: int) -> list[int]:
   return [served[f'field{f}'].shape[1] for f in range(num_fields)]
 
 
+def dims_mask(dims: Sequence[int], dim: int) -> np.ndarray:
+  """(F, D) float32: 1 on the first d_f columns of field f."""
+  return (np.arange(dim)[None, :] < np.asarray(dims)[:, None]).astype(np.float32)
+
+
+def masked_lookup(embedding: jax.Array, ids: jax.Array, vocab_sizes: Sequence[int], keep: jax.Array,
+                  dim_mask: jax.Array) -> jax.Array:
+  """Rows of ``embedding`` (N, D) with pruned rows (``keep`` (N,) 0/1) and trailing dims
+  (``dim_mask`` (F, D)) zeroed: the retrain-stage view, with the masks as *arguments* so a search
+  can score many candidates with one compiled function."""
+  gid = base.global_ids(ids, vocab_sizes)
+  e = jnp.take(embedding, gid, axis=0)
+  return e * jnp.take(keep, gid)[..., None] * dim_mask[None]
+
+
 def fixed(vocab_sizes: Sequence[int], dim: int, *, keep: np.ndarray, dims: Sequence[int],
           init_std: float = 0.01) -> base.Table:
   """Stage 3: retrain with the row mask ``keep`` (N,) and widths ``dims`` (F,) fixed."""
@@ -223,7 +238,7 @@ def fixed(vocab_sizes: Sequence[int], dim: int, *, keep: np.ndarray, dims: Seque
   dims = tuple(int(d) for d in dims)
   if keep.shape != (n,):
     raise ValueError(f'keep must have shape ({n},), got {keep.shape}')
-  dim_mask = np.asarray([[j < d for j in range(dim)] for d in dims], np.float32)  # (F, D)
+  dim_mask = dims_mask(dims, dim)
 
   def init(key):
     return {'embedding': base.normal_init(key, (n, dim), init_std)}
@@ -231,12 +246,10 @@ def fixed(vocab_sizes: Sequence[int], dim: int, *, keep: np.ndarray, dims: Seque
   def lookup(params, ids, key=None):
     del key
     base.check_ids(ids, vocab_sizes)
-    gid = base.global_ids(ids, vocab_sizes)
     if 'bitmap' in params:
-      return _served_rows(params, gid, vocab_sizes, dim)
-    row_mask = jnp.take(jnp.asarray(keep, jnp.float32), gid)
-    e = jnp.take(params['embedding'], gid, axis=0)
-    return e * row_mask[..., None] * jnp.asarray(dim_mask)[None]
+      return _served_rows(params, base.global_ids(ids, vocab_sizes), vocab_sizes, dim)
+    return masked_lookup(params['embedding'], ids, vocab_sizes, jnp.asarray(keep, jnp.float32),
+                         jnp.asarray(dim_mask))
 
   def finalize(params):
     if 'bitmap' in params:

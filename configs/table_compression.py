@@ -1,0 +1,64 @@
+r"""Compressed recommender embedding tables under memory budgets (GitHub issue 6).
+
+python -m experiments.table_compression --config configs/table_compression.py
+
+Benchmark: every method of embedjax.tables at budgets of 100/50/10/1/0.1% of the full table on
+MovieLens-100k as CTR (official split u1, rating >= 4 positive), FM on top, 3 seeds. The 10M-id
+memory check (synthetic Zipf data, each method in its own process, peak RSS) is the 'memory'
+variant:
+
+python -m experiments.table_compression --config configs/table_compression.py:memory
+"""
+
+import ml_collections as mlc
+
+
+def get_config(arg=None):
+  c = mlc.ConfigDict()
+  c.mode = 'memory' if arg == 'memory' else 'benchmark'
+  c.workdir = 'runs/table_compression'  # per-run JSONL lines here; a rerun skips what is present
+  c.results = 'results/table_compression'  # writes .json, .md, .png (memory mode: _memory.json/.md)
+
+  c.data = mlc.ConfigDict()
+  c.data.split = 'u1'  # MovieLens-100k official 80/20 split (u1.base / u1.test)
+  c.data.valid_fraction = 0.1  # of u1.base, held out for early stopping and OptEmbed's search
+  c.data.valid_seed = 0
+
+  c.dim = 16
+  c.model = 'fm'  # the model under every table in the main grid (lr, fm, deepfm, dlrm)
+  c.model_sweep = ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
+  c.methods = ('full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt')
+  c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
+  c.seeds = (0, 1, 2)
+  c.epochs = 8  # the epoch with the best validation AUC is kept (early stopping)
+  c.batch_size = 512
+  c.optimizer = 'adam'
+  c.lr = 3e-3
+  c.eval_batch_size = 4096
+
+  c.optembed = mlc.ConfigDict()
+  c.optembed.alpha = 1e-2  # weight of sum_f exp(-threshold_f): larger prunes more rows (1e-2 keeps ~83%)
+  c.optembed.supernet_epochs = 8
+  c.optembed.population = 12  # evolutionary search over per-field widths, scored on validation
+  c.optembed.generations = 4
+
+  # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
+  c.method_kw = mlc.ConfigDict({'unified': {'probes': 2}, 'dhe': {'num_hashes': 64, 'layers': 2},
+                                'qr': {'max_parts': 4}})
+
+  c.memory = mlc.ConfigDict()
+  # 10,000,000 ids over 8 fields, 64 dims: the full float32 table alone is 2.56 GB.
+  c.memory.vocab_sizes = (5_000_000, 2_500_000, 1_500_000, 700_000, 200_000, 80_000, 15_000, 5_000)
+  c.memory.dim = 64
+  c.memory.rows = 1_000_000  # synthetic rows generated (Zipf a = 1.1, planted logistic truth)
+  c.memory.steps = 20  # training steps per method: enough for peak memory and steps/s
+  c.memory.batch_size = 4096
+  c.memory.budgets = (0.1, 0.01)
+  c.memory.methods = ('hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified')
+  # The full table measured at these smaller vocabularies (scaled-down copies of the 8 fields)
+  # and extrapolated linearly to 10M ids; not run at 10M beside other people's jobs.
+  c.memory.full_probe_ids = (500_000, 1_000_000, 2_000_000)
+  # Caps that keep the compute of the per-step MLP / TT contraction short on 2 CPU cores.
+  c.memory.method_kw = mlc.ConfigDict({'dhe': {'max_hidden': 128}, 'tt': {'max_rank': 16}})
+  c.memory.only = ''  # internal: 'method:fraction' runs one child process
+  return c
