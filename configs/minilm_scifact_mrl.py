@@ -1,0 +1,15 @@
+r"""configs/minilm_scifact.py with a Matryoshka loss at 384/256/128/64/32 dims (equal weights).
+
+python -m embedjax.cli train --config configs/minilm_scifact_mrl.py --workdir runs/minilm_scifact_mrl
+(`experiments/train_scifact.py` runs it beside the plain run and writes results/train/minilm_scifact_mrl.json)
+"""
+
+from pathlib import Path
+
+from embedjax.config import load_config
+
+
+def get_config(arg=None):
+  c = load_config(str(Path(__file__).with_name('minilm_scifact.py')))
+  c.loss.matryoshka_dims = (384, 256, 128, 64, 32)
+  return c
