@@ -43,7 +43,9 @@ def get_config(arg=None):
   c.optembed.generations = 4
 
   # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
-  c.method_kw = mlc.ConfigDict({'unified': {'probes': 2}, 'dhe': {'num_hashes': 64, 'layers': 2},
+  # DHE's hidden width is capped at 96 (~29% of the full table's bytes): every lookup runs the whole
+  # MLP, and wider ones cost minutes per run on 2 CPU cores; larger budgets reuse the capped size.
+  c.method_kw = mlc.ConfigDict({'unified': {'probes': 2}, 'dhe': {'num_hashes': 64, 'layers': 2, 'max_hidden': 96},
                                 'qr': {'max_parts': 4}})
 
   c.memory = mlc.ConfigDict()

@@ -64,12 +64,23 @@ def dense(params, n: int) -> jax.Array:
   return full.reshape(n1 * n2 * n3, d1 * d2 * d3)[:n]
 
 
-def tt(vocab_sizes: Sequence[int], dim: int, *, rank: int, init_std: float = 0.01) -> base.Table:
+# Below this many (rows x dims) of the implicit matrix a lookup builds the whole matrix from the
+# cores and gathers from it: for small vocabularies that costs fewer FLOPs than contracting the
+# cores once per looked-up id (and XLA:CPU is slow at batches of tiny matmuls).
+MATERIALIZE_MAX = 1 << 20
+
+
+def tt(vocab_sizes: Sequence[int], dim: int, *, rank: int, init_std: float = 0.01,
+       materialize: bool | None = None) -> base.Table:
+  """``materialize``: build the dense matrix per lookup (None: when it has <= MATERIALIZE_MAX
+  entries). Both paths compute the same rows; only the cost differs."""
   vocab_sizes = tuple(int(v) for v in vocab_sizes)
   n = sum(vocab_sizes)
   ns = vocab_factors(n)
   ds = balanced_factors(dim)
   (n1, n2, n3), (d1, d2, d3) = ns, ds
+  if materialize is None:
+    materialize = n1 * n2 * n3 * dim <= MATERIALIZE_MAX
 
   def init(key):
     k1, k2, k3 = jax.random.split(key, 3)
@@ -84,6 +95,8 @@ def tt(vocab_sizes: Sequence[int], dim: int, *, rank: int, init_std: float = 0.0
     del key
     base.check_ids(ids, vocab_sizes)
     x = base.global_ids(ids, vocab_sizes)
+    if materialize:
+      return jnp.take(dense(params, n), x, axis=0)
     i1, rest = x // (n2 * n3), x % (n2 * n3)
     i2, i3 = rest // n3, rest % n3
     a = jnp.take(params['core1'], i1, axis=0)  # (B, F, d1, r)
@@ -94,7 +107,7 @@ def tt(vocab_sizes: Sequence[int], dim: int, *, rank: int, init_std: float = 0.0
 
   return base.Table('tt', vocab_sizes, dim, init, lookup,
                     config={'rank': rank, 'vocab_factors': list(ns), 'dim_factors': list(ds),
-                            'init_std': init_std})
+                            'init_std': init_std, 'materialize': materialize})
 
 
 def for_budget(vocab_sizes: Sequence[int], dim: int, budget_bytes: int, *, max_rank: int = 256,

@@ -175,7 +175,12 @@ def test_tt_reconstruction_equals_dense_matrix():
     np.testing.assert_allclose(dense[row], ref, rtol=1e-5, atol=1e-9)
   ids = _all_ids()
   g = np.asarray(ids) + base.field_offsets(VOCAB)
+  assert table.config['materialize']  # small: the lookup gathers from the dense matrix
   np.testing.assert_allclose(np.asarray(table.lookup(params, ids)), dense[g], rtol=1e-5, atol=1e-9)
+  # The per-id contraction (used for large vocabularies) gives the same rows.
+  per_id = tt.tt(VOCAB, DIM, rank=3, materialize=False)
+  assert not per_id.config['materialize']
+  np.testing.assert_allclose(np.asarray(jax.jit(per_id.lookup)(params, ids)), dense[g], rtol=1e-5, atol=1e-8)
 
 
 def test_tt_helpers():
