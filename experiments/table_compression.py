@@ -329,7 +329,9 @@ def _pareto_plot(main, full_bytes, path: Path) -> None:
   for i, m in enumerate(methods_seen):
     pts = sorted((s['bytes'], s['test_auc_mean'], s['test_auc_std']) for s in feasible if s['method'] == m)
     x, y, e = map(np.asarray, zip(*pts))
-    ax.errorbar(x, y, yerr=e, marker='o', ms=5, capsize=2, lw=1.2, color=cmap(i % 10), label=m)
+    # Distinct markers: several methods share a point (full/hashing/int8 at their sizes).
+    ax.errorbar(x, y, yerr=e, marker='os^Dv<>PX*'[i % 10], ms=6, mfc='none', capsize=2, lw=1.2,
+                color=cmap(i % 10), label=m)
   # Pareto front over all (bytes, AUC) points.
   pts = sorted(((s['bytes'], s['test_auc_mean']) for s in feasible), key=lambda p: (p[0], -p[1]))
   front, best = [], -1.0
@@ -381,7 +383,11 @@ def _memory_child(cfg) -> None:
     budget = int(float(value) * base.full_table_bytes(vocab, dim))
   rss0 = _peak_rss_bytes()
   data, _ = ctr.synthetic_ctr(cfg.memory.rows, vocab, seed=0)
-  table = methods.for_budget(name, vocab, dim, budget, **dict(cfg.memory.method_kw.get(name, {})))
+  try:
+    table = methods.for_budget(name, vocab, dim, budget, **dict(cfg.memory.method_kw.get(name, {})))
+  except base.Infeasible as e:
+    print(json.dumps({'method': name, 'value': value, 'infeasible': str(e)}), flush=True)
+    return
   model = ctr_models.fm(len(vocab), dim)
   opt = optax.adam(1e-3)
   step = tr.make_train_step(table, model, opt)
@@ -435,7 +441,7 @@ def run_memory(cfg) -> None:
   records = [done[j] for j in jobs]
   vocab = tuple(cfg.memory.vocab_sizes)
   full_bytes = base.full_table_bytes(vocab, cfg.memory.dim)
-  probes = [r for r in records if r['method'] == 'full' and 'error' not in r]
+  probes = [r for r in records if r['method'] == 'full' and 'peak_rss_bytes' in r]
   extrapolated = None
   if len(probes) >= 2:
     import numpy as np
@@ -473,8 +479,9 @@ def _memory_markdown(cfg, result) -> str:
       '|---|---|---|---|---|---|---|',
   ]
   for r in result['records']:
-    if 'error' in r:
-      lines.append(f"| {r['method']} | {r['value']} | error | | | | |")
+    if 'error' in r or 'infeasible' in r:
+      what = 'infeasible: ' + r['infeasible'] if 'infeasible' in r else 'error (see the JSON)'
+      lines.append(f"| {r['method']} | {float(r['value']):g}x | {what} | | | | |")
       continue
     label = f"{r['value']} ids" if r['method'] == 'full' else f"{float(r['value']):g}x"
     lines.append(f"| {r['method']} | {label} | {r['served_bytes'] / 2**20:,.1f} MiB | "
