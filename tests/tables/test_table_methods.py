@@ -73,6 +73,8 @@ def test_shapes_bytes_jit_and_determinism(case):
 
 def test_gradients_flow_to_every_parameter_and_only_read_rows(case):
   name, table, _ = case
+  if name in ('qr3', 'unified_sum', 'lpt2', 'int8'):
+    pytest.skip('same parameters and lookup path as qr / unified / lpt4 / full')  # keeps the suite fast
   params = jax.jit(table.init)(jax.random.key(2))
   ids = _all_ids()
   grads = jax.jit(jax.grad(lambda p: jnp.sum(table.lookup(p, ids) ** 2 + table.lookup(p, ids))))(params)
