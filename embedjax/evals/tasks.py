@@ -72,7 +72,7 @@ TASKS: dict[str, Task] = {
                                      lambda d: synthetic.synthetic_classification(seed=0),
                                      'accuracy', needs_shared_data=False),
 }
-DEFAULT_TASKS = ('scifact', 'stsb', 'sickr', 'mrpc', 'banking77')
+DEFAULT_TASKS = ('scifact', 'stsb', 'sickr', 'mrpc', 'banking77', 'banking77_clustering', 'limit_small')
 SYNTHETIC_TASKS = ('synthetic_retrieval', 'synthetic_sts', 'synthetic_pairs',
                    'synthetic_classification')
 
