@@ -1,0 +1,61 @@
+"""benchmarks/train_gpu.py --smoke: the GPU benchmark's whole path (embedjax, torch eager,
+torch.compile, FLOP counting, JSON) on the CPU with tiny shapes, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / 'benchmarks' / 'train_gpu.py'
+
+pytestmark = pytest.mark.slow  # about 40 s of CPU time: two compilers, two frameworks
+
+
+def test_smoke_writes_the_result_keys(tmp_path):
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  out = tmp_path / 'bench_train_gpu.json'
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['JAX_PLATFORMS'] = 'cpu'        # a CPU run even where a GPU is visible
+  env['CUDA_VISIBLE_DEVICES'] = ''
+  # Generous: the wall time depends on what else the (shared) machine is running.
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--out', str(out)], env=env,
+                        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert record['smoke'] is True and record['errors'] == {}
+  assert record['device'] == 'cpu'
+  for key in ('ratio_vs_torch_compile', 'ratio_vs_torch_eager'):
+    assert set(record[key]) == {'minilm_l6', 'bert_base'}
+    assert all(isinstance(v, float) and v > 0 for v in record[key].values())
+  for model in ('minilm_l6', 'bert_base'):
+    runs = record['results'][model]
+    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile'}
+    for r in runs.values():
+      assert r['pairs_per_s'] > 0 and r['step_ms'] > 0 and r['achieved_tflops'] > 0
+      assert r['mfu'] is None  # no known peak for a CPU
+      assert r['loss'] > 0
+    flops = record['flops_per_step'][model]
+    assert flops['total'] == flops['dense'] + flops['attention'] > 0
+  assert {'command', 'versions', 'machine'} <= set(record['provenance'])
+  assert record['settings']['torch_compile']['backend'] == 'aot_eager'
+
+
+def test_flop_count_by_hand():
+  sys.path.insert(0, str(SCRIPT.parent))
+  import train_gpu
+  f = train_gpu.flops_per_step(dict(hidden=768, layers=12, heads=12, intermediate=3072),
+                               batch=256, query_len=128, doc_len=128, vocab=30522)
+  n = 12 * (4 * 768 ** 2 + 2 * 768 * 3072)  # 84,934,656 matmul parameters in BERT-base
+  assert f['matmul_params'] == n == 84_934_656
+  assert f['tokens'] == 256 * 256
+  assert f['dense'] == 6 * n * 65_536
+  assert f['attention'] == 12 * 12 * 768 * 256 * 2 * 128 ** 2
+  assert f['total'] == f['dense'] + f['attention']
