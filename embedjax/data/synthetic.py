@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from embedjax.io import atomic_write_text
 from embedjax.data.readers import ClassificationData, PairData, RetrievalData
 
 # Topic vocabularies: nouns only, all distinct across topics so topic words identify the topic.
@@ -241,18 +241,6 @@ def synthetic_classification(seed: int = 0, n_per_class: int = 50,
   return make(), make()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-  """Writes ``text`` to a temporary file beside ``path``, then renames it into place."""
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def write_beir(data: RetrievalData, folder: str | os.PathLike, split: str = 'test') -> Path:
   """Writes ``data`` as a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
 
@@ -275,7 +263,7 @@ def write_beir(data: RetrievalData, folder: str | os.PathLike, split: str = 'tes
                     for i, t in zip(data.query_ids, data.query_texts))
   qrels = 'query-id\tcorpus-id\tscore\n' + ''.join(
       f'{qid}\t{did}\t{score}\n' for qid, judged in data.qrels.items() for did, score in judged.items())
-  _atomic_write_text(folder / 'corpus.jsonl', corpus)
-  _atomic_write_text(folder / 'queries.jsonl', queries)
-  _atomic_write_text(folder / 'qrels' / f'{split}.tsv', qrels)
+  atomic_write_text(folder / 'corpus.jsonl', corpus)
+  atomic_write_text(folder / 'queries.jsonl', queries)
+  atomic_write_text(folder / 'qrels' / f'{split}.tsv', qrels)
   return folder
