@@ -7,8 +7,15 @@ How it works, and why:
   ``row_length`` tokens, each with its own segment id and positions restarting at 0, and attention
   is restricted to each text's own tokens. This computes exactly what separate padded rows would
   (tested against sentence-transformers) but spends no work on padding.
-- Every device call has the same shape (``rows_per_batch`` x ``row_length``, at most
-  ``max_segments`` texts a row), so ``jit`` compiles once per row length: at most two per run.
+- Row lengths come from a short ladder (64, 128, 256, ... up to ``max_seq_length``) and each text
+  goes to the shortest row that holds it (its *length class*), so short texts are not packed into
+  long rows: attention costs (row length)^2 per row, and on CPU it is the largest cost after the
+  dense layers. A class that cannot fill a whole batch hands its texts to the next longer class
+  (where they pack several to a row), so every row length used runs full batches and only the
+  longest one has a partial last batch; that last batch is cut to a multiple of a quarter batch.
+  The number of shapes to compile stays small (each costs seconds on CPU).
+- Every device call holds about ``tokens_per_batch`` tokens (``rows_per_batch`` x ``row_length``,
+  at most ``max_segments`` texts a row), so ``jit`` compiles once per (rows, row length).
 - Results go into a preallocated array, or into an ``.npy`` memmap written under a temporary name
   and renamed when complete, so an interrupted run never leaves a truncated file that looks whole.
 """
@@ -39,29 +46,30 @@ class PackedBatch:
   text_index: np.ndarray  # which text (chunk-local index) each (row, slot) holds; -1 = empty
 
 
-def _row_length_for(longest: int, max_seq_length: int) -> int:
-  """Smallest of 64/128/256/... that fits the longest text, capped at max_seq_length."""
-  row = 64
-  while row < longest:
+def row_length_ladder(max_seq_length: int, shortest: int = 64) -> tuple[int, ...]:
+  """Row lengths used: shortest, 2x, 4x ... below max_seq_length, then max_seq_length itself."""
+  ladder = []
+  row = shortest
+  while row < max_seq_length:
+    ladder.append(row)
     row *= 2
-  return max(min(row, max_seq_length), longest)
+  return tuple(ladder) + (max_seq_length,)
 
 
-def pack(token_ids: Sequence[Sequence[int]], row_length: int, rows_per_batch: int,
-         max_segments: int, pad_id: int = 0) -> list[PackedBatch]:
-  """Packs tokenized texts into fixed-shape batches of rows (best fit over length-sorted texts).
+def pack_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
+  """Best-fit packing of texts (given their token counts) into rows of ``row_length`` tokens.
 
-  Every text must fit in one row (len <= row_length). Returns batches of exactly
-  ``rows_per_batch`` rows; trailing rows of the last batch are empty.
+  Returns rows as lists of text indices; rows come out longest texts first, so the last rows hold
+  the shortest texts. Every length must be <= row_length.
   """
   # Best fit over texts sorted longest first: each text goes to the open row whose free space
   # fits it most tightly. bins[f] holds the open rows with exactly f free tokens, so a lookup
   # scans at most row_length sizes instead of every row.
-  order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+  order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
   rows: list[list[int]] = []
   bins: list[list[int]] = [[] for _ in range(row_length + 1)]
   for i in order:
-    n = len(token_ids[i])
+    n = lengths[i]
     if n > row_length:
       raise ValueError(f'text {i} has {n} tokens, more than the row length {row_length}')
     free = next((f for f in range(n, row_length + 1) if bins[f]), None)
@@ -73,24 +81,77 @@ def pack(token_ids: Sequence[Sequence[int]], row_length: int, rows_per_batch: in
     rows[r].append(i)
     if len(rows[r]) < max_segments and free - n > 0:
       bins[free - n].append(r)
+  return rows
 
-  batches = []
-  for start in range(0, len(rows), rows_per_batch):
-    ids = np.full((rows_per_batch, row_length), pad_id, np.int32)
-    seg = np.zeros((rows_per_batch, row_length), np.int32)
-    pos = np.zeros((rows_per_batch, row_length), np.int32)
-    where = np.full((rows_per_batch, max_segments), -1, np.int64)
-    for r, row in enumerate(rows[start:start + rows_per_batch]):
-      offset = 0
-      for s, i in enumerate(row):
-        toks = token_ids[i]
-        ids[r, offset:offset + len(toks)] = toks
-        seg[r, offset:offset + len(toks)] = s + 1
-        pos[r, offset:offset + len(toks)] = np.arange(len(toks))
-        where[r, s] = i
-        offset += len(toks)
-    batches.append(PackedBatch(ids, seg, pos, where))
-  return batches
+
+def make_batch(token_ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], row_length: int,
+               num_rows: int, max_segments: int, pad_id: int = 0) -> PackedBatch:
+  """Host arrays for packed ``rows`` (lists of text indices), padded to ``num_rows`` rows."""
+  ids = np.full((num_rows, row_length), pad_id, np.int32)
+  seg = np.zeros((num_rows, row_length), np.int32)
+  pos = np.zeros((num_rows, row_length), np.int32)
+  where = np.full((num_rows, max_segments), -1, np.int64)
+  for r, row in enumerate(rows):
+    offset = 0
+    for s, i in enumerate(row):
+      toks = token_ids[i]
+      ids[r, offset:offset + len(toks)] = toks
+      seg[r, offset:offset + len(toks)] = s + 1
+      pos[r, offset:offset + len(toks)] = np.arange(len(toks))
+      where[r, s] = i
+      offset += len(toks)
+  return PackedBatch(ids, seg, pos, where)
+
+
+def pack(token_ids: Sequence[Sequence[int]], row_length: int, rows_per_batch: int,
+         max_segments: int, pad_id: int = 0) -> list[PackedBatch]:
+  """Packs tokenized texts into fixed-shape batches of rows (best fit over length-sorted texts).
+
+  Every text must fit in one row (len <= row_length). Returns batches of exactly
+  ``rows_per_batch`` rows; trailing rows of the last batch are empty.
+  """
+  rows = pack_rows([len(t) for t in token_ids], row_length, max_segments)
+  return [make_batch(token_ids, rows[start:start + rows_per_batch], row_length, rows_per_batch,
+                     max_segments, pad_id)
+          for start in range(0, len(rows), rows_per_batch)]
+
+
+def plan_batches(lengths: Sequence[int], ladder: Sequence[int], rows_for: Callable[[int], int],
+                 max_segments: int) -> list[tuple[int, int, list[list[int]]]]:
+  """Splits texts into length classes and packs each: a list of (row_length, num_rows, rows).
+
+  Each text starts in the shortest row length of ``ladder`` that holds it. A class packs into full
+  batches of ``rows_for(row_length)`` rows; texts of rows that do not fill a whole batch move up to
+  the next class. The longest class present keeps its partial last batch, with ``num_rows``
+  rounded up to a multiple of a quarter batch (a few shapes to compile, little empty work).
+  """
+  if max(lengths) > ladder[-1]:
+    raise ValueError(f'a text has {max(lengths)} tokens, more than the longest row {ladder[-1]}')
+  classes: list[list[int]] = [[] for _ in ladder]
+  for i, n in enumerate(lengths):
+    classes[next(c for c, row in enumerate(ladder) if n <= row)].append(i)
+  last = max(c for c, members in enumerate(classes) if members)
+  plan = []
+  carry: list[int] = []
+  for c in range(last + 1):
+    members = carry + classes[c]
+    if not members:
+      continue
+    row_length, per_batch = ladder[c], rows_for(ladder[c])
+    rows = [[members[k] for k in row]
+            for row in pack_rows([lengths[i] for i in members], row_length, max_segments)]
+    full = len(rows) // per_batch * per_batch if c < last else len(rows)
+    for start in range(0, full, per_batch):
+      chunk = rows[start:start + per_batch]
+      quarter = max(1, per_batch // 4)
+      plan.append((row_length, min(per_batch, -(-len(chunk) // quarter) * quarter), chunk))
+    carry = [i for row in rows[full:] for i in row]
+  return plan
+
+
+# Tokens per device call. Measured on a 2-core AMD EPYC (XLA CPU, all-MiniLM-L6-v2): see
+# BENCHMARKS.md.
+TOKENS_PER_BATCH = 2048
 
 
 @functools.lru_cache(maxsize=16)
@@ -100,15 +161,18 @@ def _compiled_embed(spec: EmbedderSpec, num_segments: int) -> Callable:
   return jax.jit(functools.partial(embed_packed, spec=spec, num_segments=num_segments))
 
 
-def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int = 16,
-           max_segments: int = 32, chunk_size: int = 32768, out: str | os.PathLike | None = None,
-           progress: bool = True, allow_empty: bool = False, params=None) -> np.ndarray:
+def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int | None = None,
+           tokens_per_batch: int = TOKENS_PER_BATCH, max_segments: int = 32,
+           chunk_size: int = 32768, out: str | os.PathLike | None = None, progress: bool = True,
+           allow_empty: bool = False, params=None) -> np.ndarray:
   """Embeds texts with a pretrained (or fine-tuned) model.
 
   Args:
     model: a ``Pretrained`` (spec, params, tokenizer).
     texts: N strings. An empty list is an error; so is an empty/blank string unless allow_empty.
-    rows_per_batch: rows per device call; with row length L that is rows_per_batch * L tokens.
+    rows_per_batch: rows per device call, whatever the row length; None (default): about
+      ``tokens_per_batch`` tokens per call, i.e. tokens_per_batch // L rows of length L.
+    tokens_per_batch: tokens per device call when rows_per_batch is None.
     max_segments: at most this many texts share a row (static S of the pooled output).
     chunk_size: texts tokenized and packed at a time (bounds host memory).
     out: optional ``.npy`` path: embeddings are streamed into a memmap there (atomic rename).
@@ -130,6 +194,11 @@ def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int = 16,
   spec, tok = model.spec, model.tokenizer
   dim = spec.bert.hidden_size
   fn = _compiled_embed(spec, max_segments)
+  ladder = row_length_ladder(spec.max_seq_length, min(64, spec.max_seq_length))
+  if rows_per_batch is not None and rows_per_batch < 1:
+    raise ValueError(f'rows_per_batch must be positive, got {rows_per_batch}')
+  rows_for = ((lambda row_length: rows_per_batch) if rows_per_batch is not None else
+              (lambda row_length: max(1, tokens_per_batch // row_length)))
 
   tmp_path = None
   if out is not None:
@@ -145,9 +214,10 @@ def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int = 16,
     for start in range(0, n, chunk_size):
       chunk = texts[start:start + chunk_size]
       ids = tok.encode(chunk)
-      row_length = _row_length_for(max(len(x) for x in ids), spec.max_seq_length)
+      plan = plan_batches([len(x) for x in ids], ladder, rows_for, max_segments)
       pending = None  # overlap: dispatch batch k+1 before copying batch k back to the host
-      for batch in pack(ids, row_length, rows_per_batch, max_segments, tok.pad_id):
+      for row_length, num_rows, rows in plan:
+        batch = make_batch(ids, rows, row_length, num_rows, max_segments, tok.pad_id)
         emb = fn(params, input_ids=batch.input_ids, segment_ids=batch.segment_ids,
                  position_ids=batch.position_ids)
         if pending is not None:
