@@ -13,45 +13,91 @@ and the rows it shares with the previous block get score -inf, which is what -in
 Ties are broken towards the lower corpus index (``lax.top_k`` is stable and the running top-k, which
 only holds earlier blocks, comes first in every merge). Scores are assumed finite: with NaN or -inf
 scores the order among those rows is unspecified.
+
+The same loop serves every other exhaustive search (``topk_blocked_by``): the score is any static
+function ``score_fn(aux, query_rows, corpus_rows) -> (B, block) float32`` of pytrees whose leaves
+share the leading query / corpus dimension (int8 codes, packed bits, PQ codes with per-query
+distance tables, attributes for filtering). Within a block, when k is small the block's top-k is
+found among the best 64-row chunks (chunk maxima first): the same result, ties included, at a
+fraction of a full ``top_k`` over the block.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
+ScoreFn = Callable[[Any, Any, Any], jax.Array]
+_CHUNK = 64
 
-@functools.partial(jax.jit, static_argnames=('k', 'block'))
-def _topk_one_query_block(queries: jax.Array, corpus: jax.Array, k: int, block: int):
+
+def inner_product_scores(aux, queries: jax.Array, rows: jax.Array) -> jax.Array:
+  """(B, D) x (block, D) -> (B, block) float32 inner products (the default score)."""
+  del aux
+  return jnp.dot(queries, rows.T, precision=jax.lax.Precision.HIGHEST,
+                 preferred_element_type=jnp.float32)
+
+
+def _block_topk(scores: jax.Array, kb: int) -> tuple[jax.Array, jax.Array]:
+  """``lax.top_k(scores, kb)`` (B, block), computed via chunk maxima when that is cheaper.
+
+  The chunks holding the true top-kb are among the kb chunks with the largest maxima (stable
+  top_k: on equal maxima the lower chunk wins, and so would its element); gathering those chunks
+  in increasing chunk order keeps the candidates in index order, so the final stable top_k breaks
+  ties towards the lower index exactly as a full top_k would.
+  """
+  b, block = scores.shape
+  if block % _CHUNK or kb * _CHUNK * 4 > block:
+    return jax.lax.top_k(scores, kb)
+  chunks = scores.reshape(b, block // _CHUNK, _CHUNK)
+  _, best = jax.lax.top_k(jnp.max(chunks, axis=2), kb)
+  best = jnp.sort(best, axis=1)
+  cand = jnp.take_along_axis(chunks, best[:, :, None], axis=1).reshape(b, kb * _CHUNK)
+  vals, pos = jax.lax.top_k(cand, kb)
+  rows = jnp.take_along_axis(best, pos // _CHUNK, axis=1) * _CHUNK + pos % _CHUNK
+  return vals, rows
+
+
+def _leading(tree) -> int:
+  sizes = {x.shape[0] for x in jax.tree.leaves(tree)}
+  if len(sizes) != 1:
+    raise ValueError(f'pytree leaves disagree on their leading dimension: {sorted(sizes)}')
+  return sizes.pop()
+
+
+@functools.partial(jax.jit, static_argnames=('score_fn', 'k', 'block'))
+def _topk_scan(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int):
   """Top-k of one query block against the whole corpus.
 
   Args:
-    queries: (B, D).
-    corpus: (N, D), N >= block and N >= k.
+    aux: pytree passed to every ``score_fn`` call unchanged (e.g. quantizer params).
+    queries: pytree, leaves (B, ...).
+    corpus: pytree, leaves (N, ...), N >= block and N >= k.
+    score_fn: (aux, query leaves (B, ...), corpus leaves (block, ...)) -> (B, block) float32.
     k: outputs per query.
     block: corpus rows scored at once.
 
   Returns:
     scores (B, k) float32 descending, indices (B, k) int32.
   """
-  n = corpus.shape[0]
+  n = _leading(corpus)
   num_blocks = -(-n // block)
   kb = min(k, block)
-  b_rows = queries.shape[0]
+  b_rows = _leading(queries)
 
   def body(b, carry):
     run_scores, run_indices = carry
     # The last block is shifted back to stay inside the corpus; rows it re-reads were already seen.
     start = jnp.minimum(b * block, n - block)
-    rows = jax.lax.dynamic_slice_in_dim(corpus, start, block, axis=0)
-    scores = jnp.dot(queries, rows.T, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
+    rows = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, start, block, axis=0), corpus)
+    scores = score_fn(aux, queries, rows).astype(jnp.float32)
     global_idx = start + jnp.arange(block, dtype=jnp.int32)
     scores = jnp.where(global_idx[None, :] >= b * block, scores, -jnp.inf)
-    blk_scores, blk_pos = jax.lax.top_k(scores, kb)
+    blk_scores, blk_pos = _block_topk(scores, kb)
     blk_indices = blk_pos + start
     # Running entries come first: they hold lower indices, so the stable top_k keeps the lower
     # index on ties.
@@ -63,6 +109,55 @@ def _topk_one_query_block(queries: jax.Array, corpus: jax.Array, k: int, block: 
 
   init = (jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32))
   return jax.lax.fori_loop(0, num_blocks, body, init)
+
+
+def _topk_one_query_block(queries: jax.Array, corpus: jax.Array, k: int, block: int):
+  """Inner-product top-k of one query block (B, D) against the corpus (N, D); see ``_topk_scan``."""
+  return _topk_scan(None, queries, corpus, inner_product_scores, k, block)
+
+
+def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
+                    block_size: int = 65536, query_block: int = 1024
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Exact top-k by any blocked score: the loop of ``topk_blocked`` with a pluggable score.
+
+  Args:
+    score_fn: a module-level (hashable, static) function
+      ``(aux, query_rows, corpus_rows) -> (B, block)`` scores, larger = better.
+    queries: pytree of arrays whose leaves share the leading dimension Q.
+    corpus: pytree of arrays (numpy or jax) whose leaves share the leading dimension N.
+    k: results per query; clamped to N.
+    aux: pytree handed to every score_fn call (not split into blocks).
+    block_size: corpus rows scored at once (clamped to N).
+    query_block: queries scored at once (clamped to Q).
+
+  Returns:
+    scores (Q, min(k, N)) float32 descending and indices (Q, min(k, N)) int32; ties by index.
+  """
+  n = _leading(corpus)
+  q_rows = _leading(queries)
+  if n == 0:
+    raise ValueError('the corpus is empty')
+  if k < 1:
+    raise ValueError(f'k must be >= 1, got {k}')
+  if block_size < 1 or query_block < 1:
+    raise ValueError(f'block sizes must be >= 1, got block_size={block_size}, '
+                     f'query_block={query_block}')
+  k = min(k, n)
+  block = min(block_size, n)
+  corpus = jax.tree.map(jnp.asarray, corpus)
+  if q_rows == 0:
+    return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
+  qb = min(query_block, q_rows)
+  all_scores, all_indices = [], []
+  for start in range(0, q_rows, qb):
+    q = jax.tree.map(lambda x: jnp.asarray(x[start:start + qb]), queries)
+    s, i = _topk_scan(aux, q, corpus, score_fn=score_fn, k=k, block=block)
+    all_scores.append(s)
+    all_indices.append(i)
+  if len(all_scores) == 1:
+    return all_scores[0], all_indices[0]
+  return jnp.concatenate(all_scores, axis=0), jnp.concatenate(all_indices, axis=0)
 
 
 def topk_blocked(queries, corpus, k: int, *, block_size: int = 65536,
@@ -81,30 +176,9 @@ def topk_blocked(queries, corpus, k: int, *, block_size: int = 65536,
     corpus; equal scores are ordered by increasing index.
   """
   chex.assert_rank([queries, corpus], 2)
-  q_rows, dim = queries.shape
+  dim = queries.shape[1]
   n, corpus_dim = corpus.shape
   if corpus_dim != dim:
     raise ValueError(f'queries have dimension {dim} but the corpus has {corpus_dim}')
-  if n == 0:
-    raise ValueError('the corpus is empty')
-  if k < 1:
-    raise ValueError(f'k must be >= 1, got {k}')
-  if block_size < 1 or query_block < 1:
-    raise ValueError(f'block sizes must be >= 1, got block_size={block_size}, '
-                     f'query_block={query_block}')
-  k = min(k, n)
-  block = min(block_size, n)
-  corpus = jnp.asarray(corpus)
-  if q_rows == 0:
-    return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
-  qb = min(query_block, q_rows)
-  all_scores, all_indices = [], []
-  for start in range(0, q_rows, qb):
-    q = jnp.asarray(queries[start:start + qb])
-    s, i = _topk_one_query_block(q, corpus, k=k, block=block)
-    all_scores.append(s)
-    all_indices.append(i)
-  if len(all_scores) == 1:
-    return all_scores[0], all_indices[0]
-  return jnp.concatenate(all_scores, axis=0), jnp.concatenate(all_indices, axis=0)
-
+  return topk_blocked_by(inner_product_scores, queries, corpus, k, block_size=block_size,
+                         query_block=query_block)

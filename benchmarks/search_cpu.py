@@ -1,0 +1,327 @@
+"""Exhaustive search on CPU: embedjax vs faiss-cpu, flat inner product, binary Hamming and PQ.
+
+    .venv/bin/python benchmarks/search_cpu.py [--threads T] [--reps 3] [--sizes 100000,1000000]
+    .venv/bin/python benchmarks/search_cpu.py --quick     # 20k vectors, one timed run
+
+Datasets: synthetic 384-d unit vectors (100k and 1M; a mixture of 1,000 Gaussian clusters in a
+random 64-d subspace plus isotropic noise, so that neighbours and PQ/binary recall mean something),
+with 1,000 queries from the same distribution; and SciFact (5,183 all-MiniLM-L6-v2 corpus
+embeddings, 1,000 of its train + test claims as queries; the embeddings cached by
+experiments/storage_tradeoff.py, or encoded here on a miss). Top-10 everywhere.
+
+Index types, same inputs for both libraries:
+  flat    float32 inner product: ``embedjax.search.exact.topk_blocked`` vs ``faiss.IndexFlatIP``.
+  binary  sign bits packed 8 per byte (``np.packbits(x > 0)``), Hamming distance, queries
+          binarised too: ``embedjax.search.hamming.hamming_topk`` vs ``faiss.IndexBinaryFlat``.
+  pq      M=16 sub-quantizers x 8 bits (16 bytes/vector), trained on the same 65,536 (or all, if
+          fewer) base vectors, 25 k-means iterations, inner-product ADC: ``embedjax.quant.pq`` +
+          ``embedjax.search.quantized.asymmetric_topk`` vs ``faiss.IndexPQ(METRIC_INNER_PRODUCT)``.
+
+Each (dataset, index, library) runs in its own process, so that its peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the process loads the data, builds the
+index (timed, not part of queries/s), runs one untimed warm-up search (jit compilation, faiss
+thread start), then ``reps`` timed searches of all 1,000 queries (results copied to host numpy).
+queries/s = 1000 / median seconds. recall@10 = overlap with the exact float32 top-10 (computed
+once by faiss IndexFlatIP). ratio_vs_faiss = embedjax queries/s / faiss queries/s.
+
+Threads: T (default: the CPUs this process may use) for both. faiss: ``faiss.omp_set_num_threads``.
+XLA's CPU pool is sized from the CPUs the process may run on (no thread-count flag in jax 0.10), so
+for T below the machine's count the worker is pinned to T CPUs (``os.sched_setaffinity``), which
+bounds faiss too. Runs alternate library order per dataset so that drift on a shared machine hits
+both. The load average at start and end is recorded: timings taken on a loaded machine are noisy.
+
+Memory bound (flat, blocked): embedjax holds the corpus (N x D x 4 bytes; given as numpy it is
+copied once into a device buffer, so the numpy copy and the buffer can coexist) plus
+query_block x block_size x 4 bytes of scores per step and (Q, k) outputs, on top of the runtime
+(~0.3-0.5 GB for jax/XLA). The measured peak RSS is reported per case beside that bound.
+Writes ``results/bench_search_cpu.json`` (atomically) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+DIM = 384
+NUM_QUERIES = 1000
+K = 10
+PQ_M = 16
+FLAT_BLOCK, FLAT_QUERY_BLOCK = 16384, 1000
+HAMMING_BLOCK = 16384
+LIBS = ('embedjax', 'faiss')
+INDEXES = ('flat', 'binary', 'pq')
+
+
+def _set_threads(threads: int) -> None:
+  allowed = sorted(os.sched_getaffinity(0))
+  if threads < len(allowed):
+    os.sched_setaffinity(0, allowed[:threads])
+  os.environ['OMP_NUM_THREADS'] = str(threads)
+
+
+def _peak_rss() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _rss_now() -> int:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data (prepared once by the parent, read by every worker)
+
+
+def synthetic(n: int, seed: int) -> 'np.ndarray':
+  """(n, 384) float32 unit vectors: 1,000 clusters in a random 64-d subspace plus noise."""
+  import numpy as np
+  rng = np.random.default_rng(1234)  # the subspace and centres are shared by base and queries
+  basis = np.linalg.qr(rng.standard_normal((DIM, 64)))[0].T.astype(np.float32)  # (64, 384)
+  centres = rng.standard_normal((1000, 64)).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  out = np.empty((n, DIM), np.float32)
+  for s in range(0, n, 100_000):  # in chunks: the peak stays near the output's size
+    m = min(100_000, n - s)
+    z = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal((m, 64), dtype=np.float32)
+    x = z @ basis + 0.15 * rng.standard_normal((m, DIM), dtype=np.float32)
+    out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+  return out
+
+
+def scifact_embeddings() -> tuple['np.ndarray', 'np.ndarray']:
+  import numpy as np
+  from embedjax.data.readers import read_beir
+  from embedjax.embedding_cache import cached_encode
+  from embedjax.models.pretrained import load_pretrained
+  from embedjax.paths import shared_data_dir
+  d = shared_data_dir()
+  if d is None:
+    raise FileNotFoundError('SciFact needs the shared data folder')
+  model = load_pretrained('all-MiniLM-L6-v2')
+  test, train = read_beir(d / 'scifact', 'test'), read_beir(d / 'scifact', 'train')
+  corpus = cached_encode(model, test.corpus_texts, 'scifact-corpus')
+  queries = np.concatenate([cached_encode(model, test.query_texts, 'scifact-test-queries'),
+                            cached_encode(model, train.query_texts, 'scifact-train-queries')])
+  return corpus, queries[:NUM_QUERIES]
+
+
+def prepare(datasets: list[str], folder: Path) -> dict[str, dict]:
+  """Writes base/queries/ground truth .npy files per dataset; returns their paths."""
+  import faiss
+  import numpy as np
+  folder.mkdir(parents=True, exist_ok=True)
+  out = {}
+  for name in datasets:
+    paths = {k: folder / f'{name}.{k}.npy' for k in ('base', 'queries', 'truth')}
+    if not all(p.exists() for p in paths.values()):
+      print(f'preparing {name} ...', flush=True)
+      if name == 'scifact':
+        base, queries = scifact_embeddings()
+      else:
+        n = int(name.removeprefix('synthetic'))
+        base, queries = synthetic(n, seed=1), synthetic(NUM_QUERIES, seed=2)
+      index = faiss.IndexFlatIP(DIM)
+      index.add(base)
+      truth = index.search(queries, K)[1]
+      for key, arr in (('base', base), ('queries', queries), ('truth', truth)):
+        np.save(paths[key], arr)
+      del base, index
+    out[name] = {k: str(p) for k, p in paths.items()}
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One case, in a worker process
+
+
+def _recall(found, truth) -> float:
+  return float(sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist()))
+               / truth.size)
+
+
+def _build_and_search(lib: str, index: str, base, queries, threads: int):
+  """Returns (build_seconds, search_fn) where search_fn() -> (Q, K) numpy indices."""
+  import numpy as np
+  start = time.perf_counter()
+  train = base[:65536]
+  if lib == 'faiss':
+    import faiss
+    faiss.omp_set_num_threads(threads)
+    if index == 'flat':
+      ix = faiss.IndexFlatIP(DIM)
+      ix.add(base)
+      q = queries
+    elif index == 'binary':
+      ix = faiss.IndexBinaryFlat(DIM)
+      ix.add(np.packbits(base > 0, axis=-1))
+      q = np.packbits(queries > 0, axis=-1)
+    else:
+      ix = faiss.IndexPQ(DIM, PQ_M, 8, faiss.METRIC_INNER_PRODUCT)
+      ix.train(train)
+      ix.add(base)
+      q = queries
+    return time.perf_counter() - start, lambda: ix.search(q, K)[1]
+  import jax
+  if index == 'flat':
+    from embedjax.search.exact import topk_blocked
+    corpus = jax.block_until_ready(jax.device_put(base))
+    fn = lambda: np.asarray(topk_blocked(queries, corpus, K, block_size=FLAT_BLOCK,
+                                         query_block=FLAT_QUERY_BLOCK)[1])
+  elif index == 'binary':
+    from embedjax.search.hamming import hamming_topk
+    codes = jax.block_until_ready(jax.device_put(np.packbits(base > 0, axis=-1)))
+    qcodes = np.packbits(queries > 0, axis=-1)
+    fn = lambda: np.asarray(hamming_topk(qcodes, codes, K, block_size=HAMMING_BLOCK)[1])
+  else:
+    from embedjax.quant import pq
+    from embedjax.search.quantized import asymmetric_topk
+    q = pq.product_quantizer(PQ_M)
+    params = q.fit(train, key=jax.random.key(0))
+    codes = jax.block_until_ready(q.encode(params, base))
+    fn = lambda: np.asarray(asymmetric_topk(q, params, queries, codes, K, block_size=FLAT_BLOCK,
+                                            query_block=FLAT_QUERY_BLOCK)[1])
+  return time.perf_counter() - start, fn
+
+
+def worker(spec: dict) -> dict:
+  _set_threads(spec['threads'])
+  import numpy as np
+  files = spec['files']
+  base = np.load(files['base'])
+  queries = np.load(files['queries'])
+  truth = np.load(files['truth'])
+  rss_data = _rss_now()
+  n = base.shape[0]
+  build_s, search = _build_and_search(spec['lib'], spec['index'], base, queries,
+                                      spec['threads'])
+  if spec['lib'] == 'embedjax':
+    del base  # the device buffer (or codes) is all the search needs
+  rss_built = _rss_now()
+  t0 = time.perf_counter()
+  found = search()  # warm-up: compilation / thread start
+  warm_s = time.perf_counter() - t0
+  times = []
+  for _ in range(spec['reps']):
+    t0 = time.perf_counter()
+    found = search()
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  return {'lib': spec['lib'], 'index': spec['index'], 'dataset': spec['dataset'],
+          'n': int(n), 'threads': spec['threads'],
+          'seconds': times, 'median_seconds': med, 'queries_per_second': NUM_QUERIES / med,
+          'first_search_seconds': warm_s, 'build_seconds': build_s,
+          'recall@10': _recall(np.asarray(found), truth), 'indices_head': found[:3].tolist(),
+          'rss_after_load_bytes': rss_data, 'rss_after_build_bytes': rss_built,
+          'peak_rss_bytes': _peak_rss()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_case(spec: dict) -> dict:
+  cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', json.dumps(spec)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_REPO)
+  if proc.returncode != 0:
+    raise RuntimeError(f'worker {spec["lib"]}/{spec["index"]}/{spec["dataset"]} failed:\n'
+                       f'{proc.stderr[-3000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def flat_memory_bound(n: int) -> dict:
+  corpus = n * DIM * 4
+  scores = FLAT_QUERY_BLOCK * min(FLAT_BLOCK, n) * 4
+  return {'corpus_bytes': corpus, 'score_block_bytes': scores,
+          'bound_bytes': 2 * corpus + 4 * scores + (512 << 20),
+          'bound_formula': '2 x corpus (numpy + device copy) + 4 x score block '
+                           '(scores, masked scores, top-k work) + 512 MiB runtime'}
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
+  ap.add_argument('--reps', type=int, default=3)
+  ap.add_argument('--sizes', default='100000,1000000')
+  ap.add_argument('--indexes', default=','.join(INDEXES))
+  ap.add_argument('--no-scifact', action='store_true')
+  ap.add_argument('--quick', action='store_true', help='20k synthetic vectors, one timed run')
+  ap.add_argument('--out', default=str(_REPO / 'results' / 'bench_search_cpu.json'))
+  ap.add_argument('--worker', help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.worker:
+    print(json.dumps(worker(json.loads(args.worker))))
+    return 0
+
+  from embedjax.io import atomic_write_json
+  from embedjax.provenance import provenance
+  sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(',') if s]
+  reps = 1 if args.quick else args.reps
+  datasets = [f'synthetic{n}' for n in sizes] + ([] if args.quick or args.no_scifact
+                                                  else ['scifact'])
+  indexes = args.indexes.split(',')
+  load_start = os.getloadavg()
+  files = prepare(datasets, _REPO / 'runs' / 'bench_search')
+  cases, results = [], {}
+  for di, ds in enumerate(datasets):
+    for ii, index in enumerate(indexes):
+      order = LIBS if (di + ii) % 2 == 0 else LIBS[::-1]  # alternate who runs first
+      for lib in order:
+        spec = {'lib': lib, 'index': index, 'dataset': ds, 'files': files[ds],
+                'threads': args.threads, 'reps': reps}
+        print(f'{ds:>18} {index:>6} {lib:>8} ...', end=' ', flush=True)
+        r = run_case(spec)
+        print(f'{r["queries_per_second"]:9.1f} q/s  recall@10 {r["recall@10"]:.4f}  '
+              f'peak RSS {r["peak_rss_bytes"] / 2**30:.2f} GiB', flush=True)
+        cases.append(r)
+        results.setdefault(ds, {}).setdefault(index, {})[lib] = r
+  summary = {}
+  for ds, per_index in results.items():
+    for index, libs in per_index.items():
+      e, f = libs['embedjax'], libs['faiss']
+      entry = {'embedjax_qps': e['queries_per_second'], 'faiss_qps': f['queries_per_second'],
+               'ratio_vs_faiss': e['queries_per_second'] / f['queries_per_second'],
+               'embedjax_recall@10': e['recall@10'], 'faiss_recall@10': f['recall@10'],
+               'embedjax_peak_rss_gib': e['peak_rss_bytes'] / 2**30,
+               'faiss_peak_rss_gib': f['peak_rss_bytes'] / 2**30,
+               'embedjax_build_seconds': e['build_seconds'],
+               'faiss_build_seconds': f['build_seconds']}
+      if index == 'flat':
+        entry['memory_bound'] = flat_memory_bound(e['n'])
+        entry['embedjax_within_bound'] = e['peak_rss_bytes'] <= entry['memory_bound'][
+            'bound_bytes']
+      summary.setdefault(ds, {})[index] = entry
+  record = {
+      'summary': summary, 'cases': cases,
+      'settings': {'threads': args.threads, 'reps': reps, 'queries': NUM_QUERIES, 'k': K,
+                   'dim': DIM, 'pq_m': PQ_M, 'flat_block_size': FLAT_BLOCK,
+                   'flat_query_block': FLAT_QUERY_BLOCK, 'hamming_block_size': HAMMING_BLOCK,
+                   'faiss': f'omp_set_num_threads({args.threads})',
+                   'xla': f'pool sized from the CPUs the worker may use '
+                          f'(pinned to {args.threads} when fewer than the machine has)',
+                   'loadavg_start': load_start, 'loadavg_end': os.getloadavg()},
+      'provenance': provenance(extra_packages=('faiss-cpu',)),
+  }
+  out = Path(args.out)
+  if args.quick:
+    out = out.with_name(out.stem + '.quick.json')
+  atomic_write_json(out, record)
+  print(f'\n{"dataset":>18} {"index":>6} {"embedjax q/s":>13} {"faiss q/s":>10} {"ratio":>6} '
+        f'{"recall ej/faiss":>16}')
+  for ds, per_index in summary.items():
+    for index, s in per_index.items():
+      print(f'{ds:>18} {index:>6} {s["embedjax_qps"]:13.1f} {s["faiss_qps"]:10.1f} '
+            f'{s["ratio_vs_faiss"]:6.2f} {s["embedjax_recall@10"]:7.4f}/{s["faiss_recall@10"]:.4f}')
+  print(f'wrote {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

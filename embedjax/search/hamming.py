@@ -1,0 +1,94 @@
+"""Exact Hamming top-k over packed binary codes (smallest distances first), blocked.
+
+Codes are packed bits as ``np.packbits(x > 0, axis=-1)`` makes them (uint8), or
+sentence-transformers' int8 'binary' codes (packed - 128, same distances).
+
+Two exact ways to compute the distances, chosen by ``method``:
+  * 'matmul' (default): with s, t the +-1 forms of the bit vectors over all 8W bits,
+    hamming = (8W - s . t) / 2. Zero padding bits are equal in both operands and add nothing.
+    The GEMM runs in float32 on integers of magnitude <= 8W, which is exact for 8W < 2^24.
+    On CPUs without a vector popcount (AVX2), XLA's XOR + popcount loop is ~20x slower than this
+    GEMM, and on GPUs/TPUs the GEMM runs on the matrix units; both are exact.
+  * 'popcount': XOR + popcount on uint32 words, the textbook form (materialises
+    query_block x block_size x words per block, so use smaller blocks).
+
+Ties (equal distances) are ordered by increasing corpus index.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from embedjax.search.exact import topk_blocked_by
+
+_EXACT_BITS = 1 << 24
+
+
+def _as_uint8(codes) -> jax.Array:
+  codes = jnp.asarray(codes)
+  if codes.dtype == jnp.int8:
+    return (codes.astype(jnp.int16) + 128).astype(jnp.uint8)
+  if codes.dtype != jnp.uint8:
+    raise TypeError(f'packed codes must be uint8 or int8, got {codes.dtype}')
+  return codes
+
+
+def _signs(packed: jax.Array) -> jax.Array:
+  """(N, W) uint8 -> (N, 8W) float32 +-1 over all bits (padding included)."""
+  return jnp.unpackbits(packed, axis=-1).astype(jnp.float32) * 2 - 1
+
+
+def _to_words(packed: jax.Array) -> jax.Array:
+  w = packed.shape[-1]
+  pad = (-w) % 4
+  if pad:
+    packed = jnp.pad(packed, [(0, 0), (0, pad)])
+  return jax.lax.bitcast_convert_type(packed.reshape(packed.shape[0], -1, 4), jnp.uint32)
+
+
+def _matmul_scores(aux, query_signs, rows):
+  """(B, 8W) +-1 float32 x (block, W) uint8 -> (B, block) s . t (= 8W - 2 hamming)."""
+  del aux
+  return jnp.dot(query_signs, _signs(rows).T, precision=jax.lax.Precision.HIGHEST,
+                 preferred_element_type=jnp.float32)
+
+
+def _popcount_scores(aux, query_words, rows):
+  """(B, words) uint32 x (block, W) uint8 -> (B, block) negated Hamming distances."""
+  del aux
+  x = jnp.bitwise_xor(query_words[:, None, :], _to_words(rows)[None, :, :])
+  return -jnp.sum(jax.lax.population_count(x).astype(jnp.int32), axis=-1).astype(jnp.float32)
+
+
+def hamming_topk(query_codes, corpus_codes, k: int, *, method: str = 'matmul',
+                 block_size: int = 16384, query_block: int = 1024
+                 ) -> tuple[jax.Array, jax.Array]:
+  """The k nearest corpus codes in Hamming distance for every query code.
+
+  Args:
+    query_codes: (Q, W) packed bits, uint8 or int8 (sentence-transformers 'binary').
+    corpus_codes: (N, W) packed bits of the same width and kind.
+    k: neighbours per query (clamped to N).
+    method: 'matmul' or 'popcount' (see the module docstring); same results.
+    block_size, query_block: corpus rows / queries per step.
+
+  Returns:
+    distances (Q, min(k, N)) int32 ascending and indices (Q, min(k, N)) int32; ties by index.
+  """
+  q = _as_uint8(query_codes)
+  c = _as_uint8(corpus_codes)
+  if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
+    raise ValueError(f'codes must be (Q, W) and (N, W), got {q.shape} and {c.shape}')
+  bits = 8 * q.shape[1]
+  if method == 'matmul':
+    if bits >= _EXACT_BITS:
+      raise ValueError(f'{bits} bits is too wide for exact float32 matmul; use popcount')
+    scores, idx = topk_blocked_by(_matmul_scores, _signs(q), c, k, block_size=block_size,
+                                  query_block=query_block)
+    return ((bits - scores) / 2).astype(jnp.int32), idx
+  if method == 'popcount':
+    scores, idx = topk_blocked_by(_popcount_scores, _to_words(q), c, k, block_size=block_size,
+                                  query_block=query_block)
+    return (-scores).astype(jnp.int32), idx
+  raise ValueError(f"method must be 'matmul' or 'popcount', got {method!r}")

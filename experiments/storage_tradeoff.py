@@ -1,0 +1,297 @@
+"""Storage vs quality of all-MiniLM-L6-v2 embeddings: every quantization / reduction scheme on
+SciFact (retrieval, nDCG@10) and STS-B (Spearman of cosine similarity).
+
+Run (see configs/storage_tradeoff.py):
+  python -m experiments.storage_tradeoff --config configs/storage_tradeoff.py
+  python -m experiments.storage_tradeoff --config configs/storage_tradeoff.py:quick
+
+Protocol:
+  * float32 embeddings come from ``embedjax.encoding.encode`` and are cached (runs/cache), so only
+    the first run pays for the encoder.
+  * SciFact: every scheme is fitted on the corpus embeddings (the vectors to be stored: ranges,
+    PCA, codebooks, binarizer weights), the corpus is encoded, and the 300 test queries are
+    scored as float32 against the codes (asymmetric), except where the scheme name says otherwise
+    (binary schemes: Hamming distance with the query binarised; ``int8_sym``: integer inner
+    products of int8 queries; ``rb<u>``: the binarizer's symmetric distance). Top 100 by exact
+    exhaustive search; trec_eval nDCG@10.
+  * STS-B: every scheme is fitted on the train split's sentence embeddings (held out), the test
+    sentences are stored and read back (``decode(encode(x))``), and the Spearman correlation of
+    the pairs' cosine similarities with the gold scores is reported. Rescoring has no STS analogue
+    and is skipped there.
+  * retention = metric / metric of float32; compression = 1536 bytes / bytes_per_vector, where
+    bytes_per_vector counts only what is stored per vector (shared params - ranges, PCA matrix,
+    codebooks, binarizer weights - are not); ``binary_rescore_int8`` keeps int8 codes beside the
+    bits, reported as bytes_per_vector (bits, scanned) plus bytes_on_disk (int8, read for 40
+    candidates per query).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from embedjax import paths, quant
+from embedjax.data.readers import read_beir, read_stsb
+from embedjax.embedding_cache import cached_encode
+from embedjax.evals.metrics import retrieval_metrics
+from embedjax.evals.sts import sts_scores
+from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.provenance import provenance
+from embedjax.search.hamming import hamming_topk
+from embedjax.search.quantized import asymmetric_topk, int8_topk
+from embedjax.search.rescore import binary_rescore
+
+FLOAT32_BYTES = 384 * 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def load_embeddings(cfg) -> dict:
+  """float32 embeddings (cached) and the evaluation data of both tasks."""
+  from embedjax.models.pretrained import load_pretrained
+  data_dir = paths.shared_data_dir()
+  if data_dir is None:
+    raise SystemExit('storage_tradeoff needs the shared data folder (../shared/data or '
+                     'EMBEDJAX_DATA_DIR)')
+  cache = cfg.cache_dir or None
+  model = load_pretrained(cfg.model)
+  sf = read_beir(data_dir / 'scifact', cfg.scifact.split)
+  test = read_stsb(data_dir / 'stsb', cfg.stsb.split)
+  train = read_stsb(data_dir / 'stsb', cfg.stsb.calibration)
+  test_sentences = sorted(set(test.sentences1) | set(test.sentences2))
+  train_sentences = sorted(set(train.sentences1) | set(train.sentences2))
+  enc = lambda texts, label: cached_encode(model, texts, label, cache_dir=cache)
+  out = {
+      'scifact': sf,
+      'scifact_queries': enc(sf.query_texts, f'scifact-{cfg.scifact.split}-queries'),
+      'scifact_corpus': enc(sf.corpus_texts, 'scifact-corpus'),
+      'stsb': test,
+      'stsb_test': enc(test_sentences, f'stsb-{cfg.stsb.split}-sentences'),
+      'stsb_train': enc(train_sentences, f'stsb-{cfg.stsb.calibration}-sentences'),
+  }
+  row = {s: i for i, s in enumerate(test_sentences)}
+  out['stsb_pairs'] = (np.array([row[s] for s in test.sentences1]),
+                       np.array([row[s] for s in test.sentences2]))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Schemes
+
+
+def parse_scheme(name: str) -> tuple[str, str]:
+  """Scheme name -> (quantizer name for ``quant.get``, search mode).
+
+  Modes: 'asym' (float query vs codes), 'hamming' (binary schemes, query binarised),
+  'rescore' / 'rescore_int8' (Hamming first stage, then rescoring), 'int8_sym'.
+  """
+  if name == 'int8_sym':
+    return 'int8', 'int8_sym'
+  for suffix, mode in (('_rescore_int8', 'rescore_int8'), ('_rescore', 'rescore'),
+                       ('_asym', 'asym')):
+    if name.endswith(suffix) and not name.startswith('rb'):  # 'rb<u>_asym' is a quantizer name
+      return name[:-len(suffix)], mode
+  if name.endswith(('binary', 'binary_centered')):
+    return name, 'hamming'
+  return name, 'asym'
+
+
+def build(name: str, cfg) -> quant.Quantizer:
+  if name.startswith(('pq', 'opq')):
+    return quant.get(name, iters=cfg.pq.iters, opq_iters=cfg.pq.opq_iters)
+  if name.startswith('rb'):
+    return quant.get(name, **cfg.rb)
+  return quant.get(name)
+
+
+def family(scheme: str) -> str:
+  for prefix, fam in (('trunc', 'truncation'), ('pca', 'PCA'), ('grp', 'random proj.'),
+                      ('srp', 'random proj.'), ('opq', 'PQ'), ('pq', 'PQ'),
+                      ('rb', 'trained binary'), ('binary', 'binary'), ('ubinary', 'binary'),
+                      ('int', 'integer'), ('uint', 'integer')):
+    if scheme.startswith(prefix):
+      return fam
+  return 'float'
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def retrieval_run(scheme: str, q, params, emb: dict, cfg, key) -> tuple[np.ndarray, dict]:
+  """Top-k corpus indices (Q, K) for the SciFact test queries under a scheme."""
+  base, mode = parse_scheme(scheme)
+  corpus, queries = emb['scifact_corpus'], emb['scifact_queries']
+  k = cfg.scifact.k
+  codes = q.encode(params, corpus)
+  extra = {}
+  if mode == 'asym':
+    _, idx = asymmetric_topk(q, params, queries, codes, k)
+  elif mode == 'hamming':
+    _, idx = hamming_topk(q.encode(params, queries), codes, k)
+  elif mode == 'int8_sym':
+    _, idx = int8_topk(q.encode(params, queries), codes, k)
+  else:
+    rescorer = None
+    if mode == 'rescore_int8':
+      q8 = quant.get('int8')
+      p8 = q8.fit(corpus)
+      rescorer = (q8, p8, q8.encode(p8, corpus))
+      extra['bytes_on_disk'] = q8.bytes_per_vector(p8)
+    _, idx = binary_rescore(queries, q.encode(params, queries), codes, 10,
+                            cfg.rescore_multiplier, rescorer=rescorer)
+  return np.asarray(idx), extra
+
+
+def sts_eval(q, params, emb: dict) -> float:
+  stored = np.asarray(q.decode(params, q.encode(params, emb['stsb_test'])), np.float64)
+  a, b = emb['stsb_pairs']
+  return sts_scores(stored[a], stored[b], emb['stsb'].scores)['spearman']
+
+
+def run(cfg, emb: dict, log=print) -> dict:
+  sf = emb['scifact']
+  key = jax.random.key(cfg.seed)
+  out = {'scifact': {}, 'stsb': {}, 'fit_seconds': {}}
+  for i, scheme in enumerate(cfg.schemes):
+    base, mode = parse_scheme(scheme)
+    q = build(base, cfg)
+    # One key per reducer (or scheme), so that e.g. grp50_float32 and grp50_float8 share their
+    # random projection and differ only in precision.
+    reducer_name = base.split('_')[0] if '_' in base else base
+    k_sf, k_sts = jax.random.split(jax.random.fold_in(key, zlib.crc32(reducer_name.encode())))
+    start = time.perf_counter()
+    params = q.fit(emb['scifact_corpus'], key=k_sf)
+    nbytes = q.bytes_per_vector(params)
+    idx, extra = retrieval_run(scheme, q, params, emb, cfg, k_sf)
+    m = retrieval_metrics(idx, sf.qrels, sf.query_ids, sf.corpus_ids, ks=(10,))
+    out['scifact'][scheme] = {'ndcg@10': m['ndcg@10'], 'recall@10': m['recall@10'],
+                              'bytes_per_vector': nbytes,
+                              'compression': FLOAT32_BYTES / nbytes, **extra}
+    line = f'[{i + 1}/{len(cfg.schemes)}] {scheme:<22} {nbytes:5d} B  scifact {m["ndcg@10"]:.4f}'
+    if mode in ('asym', 'hamming'):  # rescoring / integer-query variants are retrieval-only
+      sp = q.fit(emb['stsb_train'], key=k_sts)
+      rho = sts_eval(q, sp, emb)
+      out['stsb'][scheme] = {'spearman': rho, 'bytes_per_vector': q.bytes_per_vector(sp),
+                             'compression': FLOAT32_BYTES / q.bytes_per_vector(sp)}
+      line += f'  stsb {rho:.4f}'
+    out['fit_seconds'][scheme] = round(time.perf_counter() - start, 2)
+    log(f'{line}  ({out["fit_seconds"][scheme]:.1f} s)')
+  for task, metric in (('scifact', 'ndcg@10'), ('stsb', 'spearman')):
+    ref = out[task]['float32'][metric]
+    for r in out[task].values():
+      r['retention'] = r[metric] / ref
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def pareto(points: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
+  """The (bytes, retention, name) points no other point beats on both (fewer bytes, higher)."""
+  front, best = [], -np.inf
+  for b, r, n in sorted(points, key=lambda p: (p[0], -p[1])):
+    if r > best:
+      front.append((b, r, n))
+      best = r
+  return front
+
+
+def markdown(results: dict) -> str:
+  names = list(results['scifact'])
+  front = {t: {n for _, _, n in pareto([(v['bytes_per_vector'], v['retention'], k)
+                                        for k, v in results[t].items()])}
+           for t in ('scifact', 'stsb')}
+  lines = ['| scheme | bytes/vector | compression | SciFact nDCG@10 | retention | '
+           'STS-B Spearman | retention |', '|---|---:|---:|---:|---:|---:|---:|']
+  for n in sorted(names, key=lambda n: (-results['scifact'][n]['bytes_per_vector'], n)):
+    s = results['scifact'][n]
+    t = results['stsb'].get(n)
+    mark = lambda task: ' *' if n in front[task] else ''
+    nbytes = f'{s["bytes_per_vector"]}' + (f' (+{s["bytes_on_disk"]} on disk)'
+                                          if 'bytes_on_disk' in s else '')
+    sts_cells = (f'{100 * t["spearman"]:.2f} | {100 * t["retention"]:.1f}%{mark("stsb")}'
+                 if t else '- | -')
+    lines.append(f'| {n} | {nbytes} | {s["compression"]:.0f}x | {100 * s["ndcg@10"]:.2f} | '
+                 f'{100 * s["retention"]:.1f}%{mark("scifact")} | {sts_cells} |')
+  lines.append('')
+  lines.append('`*` = on the Pareto front of its task (no scheme is both smaller and better).')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: dict, path: Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fams = sorted({family(n) for n in results['scifact']})
+  colors = dict(zip(fams, plt.cm.tab10.colors))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+  for ax, task, title in ((axes[0], 'scifact', 'SciFact nDCG@10'),
+                          (axes[1], 'stsb', 'STS-B Spearman')):
+    pts = [(v['bytes_per_vector'], 100 * v['retention'], n) for n, v in results[task].items()]
+    for fam in fams:
+      sel = [(b, r) for b, r, n in pts if family(n) == fam]
+      if sel:
+        ax.scatter(*zip(*sel), s=22, color=colors[fam], label=fam, alpha=0.85)
+    front = pareto(pts)
+    ax.step([b for b, _, _ in front], [r for _, r, _ in front], where='post', color='k', lw=1,
+            alpha=0.6)
+    for b, r, n in front:
+      ax.annotate(n, (b, r), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('bytes per vector (log2)')
+    ax.set_ylabel(f'retention of float32 {title} (%)')
+    ax.set_title(f'all-MiniLM-L6-v2, {title}')
+    ax.set_ylim(max(50, min(r for _, r, _ in pts) - 2), 101.5)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.png', dir=path.parent)
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=130)
+    os.replace(tmp, path)
+  finally:
+    Path(tmp).unlink(missing_ok=True)
+    plt.close(fig)
+
+
+def main(argv) -> None:
+  del argv
+  cfg = _CONFIG.value  # defined below, only when run as a script: importing has no side effects
+  out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results'
+  start = time.perf_counter()
+  print('encoding (or reading cached) embeddings ...', flush=True)
+  emb = load_embeddings(cfg)
+  print(f'  scifact corpus {emb["scifact_corpus"].shape}, queries {emb["scifact_queries"].shape}; '
+        f'stsb test {emb["stsb_test"].shape}, train {emb["stsb_train"].shape} '
+        f'({time.perf_counter() - start:.0f} s)', flush=True)
+  results = run(cfg, emb, log=lambda s: print(s, flush=True))
+  results['config'] = cfg.to_dict()
+  results['seconds'] = round(time.perf_counter() - start, 1)
+  results['provenance'] = provenance(extra_packages=('ml_dtypes', 'faiss-cpu',
+                                                     'sentence-transformers'))
+  name = cfg.name
+  atomic_write_json(out_dir / f'{name}.json', results)
+  atomic_write_text(out_dir / f'{name}.md', markdown(results))
+  plot(results, out_dir / f'{name}.png')
+  print(markdown(results))
+  print(f'wrote {out_dir / name}.{{json,md,png}} in {results["seconds"]:.0f} s')
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/storage_tradeoff.py')
+  sys.exit(app.run(main))
