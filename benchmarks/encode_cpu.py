@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
   from embedjax.provenance import provenance
 
   torch.set_num_threads(args.threads)
+  # Taken at the start: the commit and command that the timed code came from, even if the
+  # repository moves on during a long run.
+  prov = provenance(extra_packages=('torch', 'sentence-transformers', 'transformers'))
   names = [n.strip() for n in args.sets.split(',') if n.strip()]
   if texts is None:
     unknown = sorted(set(names) - set(SETS))
@@ -223,7 +226,7 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
           'load_average_before': [round(x, 2) for x in load_before],
           'load_average_after': [round(x, 2) for x in os.getloadavg()],
       },
-      provenance=provenance(extra_packages=('torch', 'sentence-transformers', 'transformers')),
+      provenance=prov,
   )
   out = Path(args.out) if args.out else (
       _REPO / 'results' / ('bench_encode_cpu.quick.json' if args.quick else 'bench_encode_cpu.json'))

@@ -117,14 +117,15 @@ class EmbedjaxSystem:
     loss = jax.jit(lambda p, b: loss_and_grads(cfg, p, b, jax.random.key(0))[0][0])
     self.loss_no_dropout = float(loss({'encoder': model.params}, self.batch))
 
-  def run(self, n: int) -> tuple[list[float], float]:
-    times, loss = [], None
+  def run(self, n: int) -> tuple[list[float], list[float], float]:
+    times, cpu, loss = [], [], None
     for _ in range(n):
-      t = time.perf_counter()
+      c, t = time.process_time(), time.perf_counter()
       self.state, metrics = self.step(self.state, self.batch, self.rng)
       loss = float(metrics['loss'])  # the host read waits for the step
       times.append(time.perf_counter() - t)
-    return times, loss
+      cpu.append(time.process_time() - c)
+    return times, cpu, loss
 
 
 class SentenceTransformersSystem:
@@ -161,17 +162,18 @@ class SentenceTransformersSystem:
     # Fresh dicts each step: the modules add 'token_embeddings' / 'sentence_embedding' in place.
     return [dict(c) for c in self.columns]
 
-  def run(self, n: int) -> tuple[list[float], float]:
-    times, loss = [], None
+  def run(self, n: int) -> tuple[list[float], list[float], float]:
+    times, cpu, loss = [], [], None
     for _ in range(n):
-      t = time.perf_counter()
+      c, t = time.process_time(), time.perf_counter()
       out = self.loss_fn(self._features(), None)
       out.backward()
       self.opt.step()
       self.opt.zero_grad()
       loss = float(out.detach())
       times.append(time.perf_counter() - t)
-    return times, loss
+      cpu.append(time.process_time() - c)
+    return times, cpu, loss
 
 
 class RepresentaxSystem:
@@ -212,9 +214,9 @@ class RepresentaxSystem:
   def warmup(self, n: int) -> list[float]:
     return self._ask(f'warmup {n}')['warmup_s']
 
-  def run(self, n: int) -> tuple[list[float], float]:
+  def run(self, n: int) -> tuple[list[float], list[float], float]:
     out = self._ask(f'run {n}')
-    return out['times'], out['loss']
+    return out['times'], out['cpu_times'], out['loss']
 
   def close(self):
     try:
@@ -226,7 +228,8 @@ class RepresentaxSystem:
 
 
 def bench(systems: dict, warmup: int, rounds: int, per_round: int, log=print) -> dict:
-  res = {'warmup_s': {}, 'step_s': {n: [] for n in systems}, 'order': [], 'last_loss': {}}
+  res = {'warmup_s': {}, 'step_s': {n: [] for n in systems}, 'cpu_s': {n: [] for n in systems},
+         'order': [], 'last_loss': {}}
   for name, sys_ in systems.items():
     t = time.perf_counter()
     if hasattr(sys_, 'warmup'):
@@ -244,8 +247,9 @@ def bench(systems: dict, warmup: int, rounds: int, per_round: int, log=print) ->
     order = names[k:] + names[:k]  # rotate so that every system follows every other
     res['order'].append(order)
     for name in order:
-      times, loss = systems[name].run(per_round)
+      times, cpu, loss = systems[name].run(per_round)
       res['step_s'][name] += [round(x, 4) for x in times]
+      res['cpu_s'][name] += [round(x, 4) for x in cpu]
       res['last_loss'][name] = loss
       log(f'  round {r + 1}/{rounds} {name}: {", ".join(f"{x:.2f}" for x in times)} s '
           f'(loss {loss:.4f}, load {tc.load_average()[0]})')
@@ -271,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help='random-init the peer (same shape) instead of loading the weights')
   p.add_argument('--systems', default=','.join(SYSTEMS[:2]) + ',representax',
                  help='comma-separated subset of ' + ','.join(SYSTEMS))
-  p.add_argument('--quick', action='store_true', help='smoke run: B=4, L=8/16, 1 warm-up, 1 round')
+  p.add_argument('--quick', action='store_true', help='smoke run: B=4, L=8/16, 2 warm-up steps, 1 round')
   p.add_argument('--out', default=None,
                  help='default results/bench_train_cpu.json (.quick.json with --quick)')
   p.add_argument('--log-dir', default=str(tc.REPO / 'runs' / 'train_cpu'))
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = build_parser().parse_args(argv)
   if args.quick:
     args.batch, args.query_len, args.doc_len = 4, 8, 16
-    args.warmup, args.rounds, args.steps_per_round = 1, 1, 1
+    args.warmup, args.rounds, args.steps_per_round = 2, 1, 1  # representax compiles twice
   thread_settings = configure_threads(args.threads)
   load_before = tc.load_average()
   library_state = tc.library_state()  # before the imports: the code this run executes
@@ -341,6 +345,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for n in sps:
       if n != 'sentence_transformers':
         ratios[n] = round(sps[n] / sps['sentence_transformers'], 4)
+  # Paired per round: the systems of one round ran back to back, so their ratio is less exposed to
+  # load that drifts over minutes than the ratio of overall medians.
+  per_round = {}
+  k = args.steps_per_round
+  if 'sentence_transformers' in med:
+    for n in med:
+      if n != 'sentence_transformers':
+        per_round[n] = [round(tc.median(res['step_s']['sentence_transformers'][i:i + k]) /
+                              tc.median(res['step_s'][n][i:i + k]), 4)
+                        for i in range(0, len(res['step_s'][n]), k)]
+  cpu_med = {n: tc.median(v) for n, v in res['cpu_s'].items()}
   record = {
       'benchmark': 'train_cpu', 'quick': args.quick,
       'ratio_vs_sentence_transformers': ratios.get('embedjax'),
@@ -348,9 +363,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
       'ratio_embedjax_vs_representax': (round(sps['embedjax'] / sps['representax'], 4)
                                         if {'embedjax', 'representax'} <= set(sps) else None),
       'median_step_s': {n: round(v, 4) for n, v in med.items() if v},
+      'paired_round_ratios_vs_sentence_transformers': per_round,
+      'median_of_paired_round_ratios': {n: round(tc.median(v), 4) for n, v in per_round.items()},
+      'median_cpu_s_per_step': {n: round(v, 4) for n, v in cpu_med.items() if v},
+      'cpu_ratio_vs_sentence_transformers': (
+          {n: round(cpu_med['sentence_transformers'] / v, 4) for n, v in cpu_med.items()
+           if v and n != 'sentence_transformers'} if cpu_med.get('sentence_transformers') else {}),
       'steps_per_s': sps,
       'pairs_per_s': {n: round(v * args.batch, 2) for n, v in sps.items()},
-      'step_s': res['step_s'], 'warmup_s': res['warmup_s'], 'round_order': res['order'],
+      'step_s': res['step_s'], 'cpu_s': res['cpu_s'], 'warmup_s': res['warmup_s'],
+      'round_order': res['order'],
       'loss_no_dropout': {n: round(s.loss_no_dropout, 6) for n, s in systems.items()},
       'last_train_loss': res['last_loss'],
       'representax': peer_record,
@@ -367,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           'optimizer': f'AdamW lr {tc.LR}, weight decay {tc.WEIGHT_DECAY}, no clipping, constant',
           'dtype': 'float32', 'dropout': True,
           'warmup_steps': args.warmup, 'rounds': args.rounds, 'steps_per_round': args.steps_per_round,
-          'timing': 'each step timed alone, until its loss is on the host; order rotated per round',
+          'timing': 'each step timed alone (wall, and CPU seconds of its process: '
+                    'time.process_time), until its loss is on the host; order rotated per round',
           'st_step': 'loss_fn(features, None).backward(); opt.step(); opt.zero_grad() under '
                      'model.train() - SentenceTransformerTrainer per step without its dataloader',
           'ratio': 'system steps/s (1 / median step seconds) / sentence-transformers steps/s',

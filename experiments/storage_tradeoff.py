@@ -111,6 +111,8 @@ def build(name: str, cfg) -> quant.Quantizer:
   if name.startswith(('pq', 'opq')):
     return quant.get(name, iters=cfg.pq.iters, opq_iters=cfg.pq.opq_iters)
   if name.startswith('rb'):
+    if name.endswith('_untrained'):  # the binarizer at its initialisation: residual sign bits
+      return quant.get(name[:-len('_untrained')], **{**cfg.rb, 'steps': 0})
     return quant.get(name, **cfg.rb)
   return quant.get(name)
 
@@ -129,7 +131,7 @@ def family(scheme: str) -> str:
 # Evaluation
 
 
-def retrieval_run(scheme: str, q, params, emb: dict, cfg, key) -> tuple[np.ndarray, dict]:
+def retrieval_run(scheme: str, q, params, emb: dict, cfg) -> tuple[np.ndarray, dict]:
   """Top-k corpus indices (Q, K) for the SciFact test queries under a scheme."""
   base, mode = parse_scheme(scheme)
   corpus, queries = emb['scifact_corpus'], emb['scifact_queries']
@@ -174,7 +176,7 @@ def run(cfg, emb: dict, log=print) -> dict:
     start = time.perf_counter()
     params = q.fit(emb['scifact_corpus'], key=k_sf)
     nbytes = q.bytes_per_vector(params)
-    idx, extra = retrieval_run(scheme, q, params, emb, cfg, k_sf)
+    idx, extra = retrieval_run(scheme, q, params, emb, cfg)
     m = retrieval_metrics(idx, sf.qrels, sf.query_ids, sf.corpus_ids, ks=(10,))
     out['scifact'][scheme] = {'ndcg@10': m['ndcg@10'], 'recall@10': m['recall@10'],
                               'bytes_per_vector': nbytes,
@@ -224,7 +226,9 @@ def markdown(results: dict) -> str:
                                           if 'bytes_on_disk' in s else '')
     sts_cells = (f'{100 * t["spearman"]:.2f} | {100 * t["retention"]:.1f}%{mark("stsb")}'
                  if t else '- | -')
-    lines.append(f'| {n} | {nbytes} | {s["compression"]:.0f}x | {100 * s["ndcg@10"]:.2f} | '
+    ratio = s['compression']
+    ratio = f'{ratio:.1f}x' if ratio < 10 else f'{ratio:.0f}x'
+    lines.append(f'| {n} | {nbytes} | {ratio} | {100 * s["ndcg@10"]:.2f} | '
                  f'{100 * s["retention"]:.1f}%{mark("scifact")} | {sts_cells} |')
   lines.append('')
   lines.append('`*` = on the Pareto front of its task (no scheme is both smaller and better).')

@@ -16,7 +16,7 @@ fresh PRNG key per step), state donated. Then it answers one command per stdin l
 line on stdout (everything else goes to stderr):
 
   warmup N   run N untimed steps          -> {"warmup_s": [...]}
-  run N      run N steps, each timed      -> {"times": [...], "loss": last loss}
+  run N      run N steps, each timed      -> {"times": [...], "cpu_times": [...], "loss": ...}
   quit                                    -> {"bye": true}
 
 The first line it prints is {"ready": ...} with versions, what was loaded and the no-dropout loss
@@ -155,12 +155,13 @@ def main(argv=None) -> None:
           times.append(round(time.perf_counter() - t, 4))
         _emit({'warmup_s': times})
       elif cmd[0] == 'run':
-        times, loss = [], None
+        times, cpu, loss = [], [], None
         for _ in range(int(cmd[1])):
-          t = time.perf_counter()
+          c, t = time.process_time(), time.perf_counter()
           loss = one()
           times.append(time.perf_counter() - t)
-        _emit({'times': times, 'loss': loss})
+          cpu.append(time.process_time() - c)
+        _emit({'times': times, 'cpu_times': cpu, 'loss': loss})
       elif cmd[0] == 'quit':
         _emit({'bye': True, 'steps_done': n})
         return

@@ -46,7 +46,7 @@ def test_pareto_front_and_markdown():
     res['stsb'][n] = {'spearman': r * 0.8, 'retention': r, 'bytes_per_vector': b,
                       'compression': 1536 / b}
   table = study.markdown(res)
-  assert table.splitlines()[2].startswith('| float32 | 1536 | 1x | 60.00 | 100.0% |')
+  assert table.splitlines()[2].startswith('| float32 | 1536 | 1.0x | 60.00 | 100.0% |')
   assert '| binary | 48 | 32x | 54.00 | 90.0% * |' in table
 
 
