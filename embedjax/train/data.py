@@ -6,6 +6,10 @@ Sources (``SOURCES``), each a list of rows ``{'query', 'positive', ['negative'],
   stsb      STS-B train pairs with gold score >= 4
   sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
   synthetic the project's own synthetic retrieval pairs (needs no shared data)
+  limit_small  LIMIT-small qrels: "Who likes X?" -> each of its two relevant people (the *test*
+            set: training on it measures what the model can fit, not what it generalises)
+  limit_gen    a generated LIMIT-style training set (dense pattern, 46 people, 1,000 queries,
+            seed 1: other names and attribute assignments than LIMIT-small; needs no shared data)
 The rows are read through the tfds builders of ``embedjax.data.tfds_builders`` (prepared once into
 a cache folder) and kept in memory: they are small, and filtering (score >= 4, label 1) needs a
 pass anyway. Batches come from a grain pipeline that is deterministic from a seed and
@@ -83,12 +87,37 @@ def _synthetic(data_dir: Path | None, cache: Path) -> list[dict]:
           for r in (src[i] for i in range(len(src)))]
 
 
+def _beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
+  src = tfds_builders.load_pairs_source('beir', split, folder, cache)
+  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
+          for r in (src[i] for i in range(len(src)))]
+
+
+def _limit_small(data_dir: Path, cache: Path) -> list[dict]:
+  # LIMIT ships qrels as JSON lines; written once as a BEIR folder so the same tfds builder reads it.
+  from embedjax.data.readers import read_limit
+  folder = cache / 'limit_small_beir'
+  if not (folder / 'qrels' / 'test.tsv').exists():
+    synthetic.write_beir(read_limit(data_dir / 'limit' / 'limit-small'), folder)
+  return _beir_rows(folder, 'test', cache)
+
+
+def _limit_gen(data_dir: Path | None, cache: Path) -> list[dict]:
+  from embedjax.limit import patterns
+  folder = cache / 'limit_gen_dense_46_1000_seed1'
+  if not (folder / 'qrels' / 'test.tsv').exists():
+    patterns.generate_corpus('dense', 46, 1000, seed=1).write_beir(folder)
+  return _beir_rows(folder, 'test', cache)
+
+
 SOURCES: dict[str, Callable[[Path | None, Path], list[dict]]] = {
     'scifact': _scifact,
     'mrpc': _pairs('mrpc', 'mrpc', lambda r: r['score'] == 1),
     'stsb': _pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0),
     'sick': _sick_triplets,
     'synthetic': _synthetic,
+    'limit_small': _limit_small,
+    'limit_gen': _limit_gen,
 }
 
 
@@ -100,7 +129,7 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
   for name in names:
     if name not in SOURCES:
       raise ValueError(f'unknown training source {name!r}; choose from {sorted(SOURCES)}')
-    if name != 'synthetic' and data_dir is None:
+    if name not in ('synthetic', 'limit_gen') and data_dir is None:
       raise FileNotFoundError(f'training source {name!r} needs the shared data folder')
     rows.extend(SOURCES[name](data_dir, cache))
   if not rows:

@@ -1,0 +1,37 @@
+r"""Free-embedding critical-n sweep (LIMIT, k = 2): the largest n whose C(n, 2) top-2 sets free
+unit vectors can realise in d dimensions, for d = 4 ... 32, with a cubic fit and extrapolation.
+
+python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
+(`...:quick` sweeps d = 4 ... 8 with a smaller budget and writes results/limit/critical_n.quick.*)
+
+Writes results/limit/critical_n.{json,md,png}; the JSON is rewritten after every dimension, so an
+interrupted sweep resumes where it stopped (dimensions already done with the same protocol are
+kept).
+"""
+
+import ml_collections as mlc
+
+
+def get_config(arg=None):
+  c = mlc.ConfigDict()
+  c.name = 'critical_n'           # results/limit/<name>.{json,md,png}
+  c.out_dir = ''                  # '' = results/limit in the repository
+  c.seed = 0                      # n's probe in dimension d uses fold_in(fold_in(key(seed), d), n)
+  c.dims = list(range(4, 33))
+  c.extrapolate = [384, 512, 768, 1024, 3072, 4096]
+  c.protocol = dict(
+      learning_rate=0.01,         # Adam
+      temperature=0.1,            # InfoNCE logits = cosine / temperature
+      patience=1000,              # stop a restart after 1000 steps without relative improvement
+      min_delta=1e-4,             # ... of more than 1e-4 of the best loss
+      max_steps=20_000,           # hard cap per attempt
+      check_every=50,             # success and patience checked every 50 steps
+      restarts=4,                 # vmapped random initialisations; any success counts
+  )
+  c.start = 3                     # first n tried at the first dimension; later ones start from
+                                  # the previous dimension's critical-n
+  if arg == 'quick':
+    c.name = 'critical_n.quick'
+    c.dims = list(range(4, 9))
+    c.protocol.update(patience=300, max_steps=3000, restarts=2)
+  return c

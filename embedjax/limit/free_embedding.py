@@ -1,0 +1,347 @@
+"""Free-embedding optimisation: can *any* d-dimensional vectors realise a qrel matrix?
+
+The LIMIT paper (Weller et al., 2025) bounds the number of top-k sets a single-vector retriever
+can return by the embedding dimension, and measures the bound empirically with "free" embeddings:
+query and document vectors are optimised directly on the test qrels (no model, no text), so any
+failure is a failure of the dimension, not of a model. For k = 2 and n documents the queries are
+all C(n, 2) pairs; the largest n that can still be solved in d dimensions is the *critical-n*.
+
+Protocol (the paper's, details that it leaves open are fields of ``Protocol``):
+  * unit-normalised query vectors (M, d) and document vectors (n, d), random normal init, each
+    restart from its own key;
+  * Adam on the full-batch InfoNCE loss: for every (query, relevant doc) pair, the softmax over
+    that document and all of the query's *non-relevant* documents (every document is a negative,
+    the other relevant ones excepted), scores = cosine / temperature, mean over pairs;
+  * vectors are re-normalised after every update (the paper normalises after updates);
+  * success: every query ranks each relevant document strictly above every non-relevant one
+    (``min relevant score > max non-relevant score``), checked every ``check_every`` steps;
+  * early stopping when the loss has not improved by more than ``min_delta`` (relative) for
+    ``patience`` steps, or at ``max_steps``.
+
+Restarts run side by side (``vmap``) in one jitted ``while_loop``; the loop ends as soon as one
+restart succeeds, or when all have stopped improving. Nothing is global: every function takes its
+PRNG key and returns arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """Optimisation protocol of one free-embedding attempt (all hashable: a static jit argument)."""
+
+  learning_rate: float = 0.01
+  temperature: float = 0.1      # cosine / temperature are the InfoNCE logits
+  patience: int = 1000          # steps without relative loss improvement > min_delta
+  min_delta: float = 1e-4
+  max_steps: int = 20_000
+  check_every: int = 50         # steps between success / patience checks (one jitted chunk)
+  restarts: int = 4             # independent random initialisations, vmapped
+
+  def __post_init__(self):
+    for name in ('patience', 'max_steps', 'check_every', 'restarts'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'Protocol.{name} must be >= 1, got {getattr(self, name)}')
+    if self.learning_rate <= 0 or self.temperature <= 0:
+      raise ValueError('Protocol.learning_rate and Protocol.temperature must be > 0')
+
+
+def all_pairs_qrels(n: int) -> np.ndarray:
+  """(C(n, 2), n) bool: query i is relevant to exactly the two documents of the i-th pair.
+
+  Pairs are in lexicographic order, ``(0, 1), (0, 2), ..., (n-2, n-1)``.
+  """
+  if n < 2:
+    raise ValueError(f'all_pairs_qrels needs n >= 2 documents, got {n}')
+  pairs = np.array(list(itertools.combinations(range(n), 2)), dtype=np.int64)
+  rel = np.zeros((len(pairs), n), dtype=bool)
+  rel[np.arange(len(pairs))[:, None], pairs] = True
+  return rel
+
+
+def _normalise(x: jax.Array) -> jax.Array:
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def infonce_loss(queries: jax.Array, docs: jax.Array, rel: jax.Array, temperature: float
+                 ) -> jax.Array:
+  """Mean InfoNCE over (query, relevant doc) pairs, negatives = the query's non-relevant docs.
+
+  Args:
+    queries: (M, d) unit vectors.
+    docs: (n, d) unit vectors.
+    rel: (M, n) bool qrels.
+    temperature: logits are ``queries @ docs.T / temperature``.
+
+  Returns:
+    Scalar. For a pair (q, p): ``log(exp(s_qp) + sum_{j not rel} exp(s_qj)) - s_qp``
+    = ``softplus(lse_neg_q - s_qp)``.
+  """
+  s = queries @ docs.T / temperature
+  lse_neg = jax.nn.logsumexp(jnp.where(rel, -jnp.inf, s), axis=1, keepdims=True)
+  # A query relevant to every document has no negatives: lse_neg = -inf, softplus(-inf) = 0.
+  per_pair = jax.nn.softplus(lse_neg - s)
+  return jnp.sum(jnp.where(rel, per_pair, 0.0)) / jnp.maximum(jnp.sum(rel), 1)
+
+
+def query_margins(queries: jax.Array, docs: jax.Array, rel: jax.Array) -> jax.Array:
+  """(M,) ``min relevant score - max non-relevant score`` per query (+inf if a side is empty)."""
+  s = queries @ docs.T
+  lowest_rel = jnp.min(jnp.where(rel, s, jnp.inf), axis=1)
+  highest_neg = jnp.max(jnp.where(rel, -jnp.inf, s), axis=1)
+  return lowest_rel - highest_neg
+
+
+def solved(queries: jax.Array, docs: jax.Array, rel: jax.Array) -> jax.Array:
+  """True when every query ranks all its relevant documents above all others (strictly)."""
+  return jnp.all(query_margins(queries, docs, rel) > 0)
+
+
+def _init(key: jax.Array, num_queries: int, num_docs: int, dim: int):
+  kq, kd = jax.random.split(key)
+  return {'q': _normalise(jax.random.normal(kq, (num_queries, dim))),
+          'd': _normalise(jax.random.normal(kd, (num_docs, dim)))}
+
+
+def _optimizer(p: Protocol) -> optax.GradientTransformation:
+  return optax.adam(p.learning_rate)
+
+
+def _step(p: Protocol, rel, params, opt_state):
+  """One Adam step on one restart, followed by re-normalisation. Returns (params, state, loss)."""
+  loss, grads = jax.value_and_grad(
+      lambda v: infonce_loss(v['q'], v['d'], rel, p.temperature))(params)
+  updates, opt_state = _optimizer(p).update(grads, opt_state, params)
+  params = jax.tree.map(_normalise, optax.apply_updates(params, updates))
+  return params, opt_state, loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+  """Outcome of one (qrels, d) optimisation over all restarts.
+
+  Attributes:
+    solved: whether some restart realised the qrels.
+    steps: optimisation steps taken (the same for every restart: they run in lockstep).
+    best_loss: (R,) lowest full-batch loss each restart reached.
+    margin: (R,) final ``min over queries`` of the per-query margin (> 0 means solved).
+    seconds: wall time, compilation included.
+  """
+
+  solved: bool
+  steps: int
+  best_loss: np.ndarray
+  margin: np.ndarray
+  seconds: float
+
+
+def _run(p: Protocol, dim: int, rel: jax.Array, key: jax.Array):
+  """The jitted loop: restarts vmapped, chunks of ``check_every`` steps in a while_loop."""
+  num_queries, num_docs = rel.shape
+  params = jax.vmap(lambda k: _init(k, num_queries, num_docs, dim))(
+      jax.random.split(key, p.restarts))
+  opt_state = jax.vmap(_optimizer(p).init)(params)
+  step = jax.vmap(lambda v, s: _step(p, rel, v, s))
+
+  def chunk(carry):
+    params, opt_state, step_no, best, since, _, _ = carry
+
+    def body(_, c):
+      v, s, _ = c
+      return step(v, s)
+
+    params, opt_state, loss = jax.lax.fori_loop(
+        0, p.check_every, body, (params, opt_state, jnp.zeros((p.restarts,))))
+    # ``loss`` is the loss of the last step's *input* params: close enough for stopping.
+    improved = loss < best * (1 - p.min_delta)
+    best = jnp.minimum(best, loss)
+    since = jnp.where(improved, 0, since + p.check_every)
+    margins = jax.vmap(lambda v: jnp.min(query_margins(v['q'], v['d'], rel)))(params)
+    return params, opt_state, step_no + p.check_every, best, since, margins, loss
+
+  def keep_going(carry):
+    _, _, step_no, _, since, margins, _ = carry
+    return ((step_no < p.max_steps) & ~jnp.any(margins > 0)
+            & jnp.any(since < p.patience))
+
+  init_margins = jax.vmap(lambda v: jnp.min(query_margins(v['q'], v['d'], rel)))(params)
+  carry = (params, opt_state, jnp.int32(0), jnp.full((p.restarts,), jnp.inf),
+           jnp.zeros((p.restarts,), jnp.int32), init_margins, jnp.full((p.restarts,), jnp.inf))
+  params, _, steps, best, _, margins, _ = jax.lax.while_loop(keep_going, chunk, carry)
+  return params, steps, best, margins
+
+
+_run_jit = jax.jit(_run, static_argnums=(0, 1))
+
+
+def optimise(rel, dim: int, key: jax.Array, protocol: Protocol = Protocol(),
+             return_params: bool = False):
+  """Tries to realise ``rel`` with free unit vectors in ``dim`` dimensions.
+
+  Args:
+    rel: (M, n) bool qrel matrix (numpy or jax).
+    dim: embedding dimension d >= 1.
+    key: PRNG key; restart r starts from ``split(key, R)[r]``.
+    protocol: the optimisation protocol.
+    return_params: also return the final vectors ``{'q': (R, M, d), 'd': (R, n, d)}``.
+
+  Returns:
+    An ``Attempt`` (and the params when asked).
+  """
+  rel = jnp.asarray(rel, dtype=bool)
+  chex.assert_rank(rel, 2)
+  if dim < 1:
+    raise ValueError(f'dim must be >= 1, got {dim}')
+  start = time.perf_counter()
+  params, steps, best, margins = _run_jit(protocol, int(dim), rel, key)
+  margins = np.asarray(margins)
+  attempt = Attempt(solved=bool(np.any(margins > 0)), steps=int(steps),
+                    best_loss=np.asarray(best), margin=margins,
+                    seconds=time.perf_counter() - start)
+  return (attempt, params) if return_params else attempt
+
+
+# ----------------------------------------------------------------------------------------------
+# Searches over n (critical-n) and over d (minimum dimension)
+
+
+@dataclasses.dataclass
+class SearchTrace:
+  """Every attempt a search made: ``{size: Attempt}`` in the order they ran."""
+
+  attempts: dict[int, Attempt] = dataclasses.field(default_factory=dict)
+
+  def record(self, size: int, attempt: Attempt, log: Callable[[str], None] | None, what: str):
+    self.attempts[size] = attempt
+    if log:
+      log(f'  {what}={size}: {"solved" if attempt.solved else "failed"} after {attempt.steps} '
+          f'steps, best loss {float(np.min(attempt.best_loss)):.4g}, {attempt.seconds:.1f} s')
+
+
+def _boundary(holds: Callable[[int], bool], start: int, first_step: int, lowest: int
+              ) -> tuple[int, int]:
+  """(largest size where ``holds``, smallest where it does not) for a predicate that holds up to
+  a boundary and fails beyond it.
+
+  Gallops from ``start`` (doubling the step) until the boundary is bracketed, then bisects. Sizes
+  below ``lowest`` count as holding without a try. Assumes monotonicity: an optimiser's success
+  is not strictly monotone, which the callers state.
+  """
+  n = max(start, lowest)
+  step = max(first_step, 1)
+  if holds(n):
+    lo, hi = n, None
+    while hi is None:
+      n = lo + step
+      if holds(n):
+        lo, step = n, step * 2
+      else:
+        hi = n
+  else:
+    lo, hi = lowest - 1, n
+    while True:
+      n = max(hi - step, lowest)
+      if n >= hi:  # hi == lowest: nothing left below
+        break
+      if holds(n):
+        lo = n
+        break
+      hi, step = n, step * 2
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if holds(mid):
+      lo = mid
+    else:
+      hi = mid
+  return lo, hi
+
+
+def critical_n(dim: int, key: jax.Array, protocol: Protocol = Protocol(), *, start: int = 3,
+               first_step: int = 4, log: Callable[[str], None] | None = None) -> dict:
+  """Largest n whose all-pairs (k = 2) qrels free embeddings solve in ``dim`` dimensions.
+
+  Returns:
+    ``{'dim', 'critical_n' (largest solved n), 'first_failure' (smallest failed n),
+    'attempts': {n: {...}}, 'seconds'}``. Each n gets its own key, ``fold_in(key, n)``, so a
+    probe's outcome does not depend on the search path.
+  """
+  trace = SearchTrace()
+  start_time = time.perf_counter()
+
+  def is_solved(n: int) -> bool:
+    if n not in trace.attempts:
+      trace.record(n, optimise(all_pairs_qrels(n), dim, jax.random.fold_in(key, n), protocol),
+                   log, f'd={dim} n')
+    return trace.attempts[n].solved
+
+  lo, hi = _boundary(is_solved, start, first_step, lowest=2)
+  return {'dim': dim, 'critical_n': lo, 'first_failure': hi,
+          'attempts': {n: _attempt_record(a) for n, a in trace.attempts.items()},
+          'seconds': round(time.perf_counter() - start_time, 2)}
+
+
+def min_dimension(rel, key: jax.Array, protocol: Protocol = Protocol(), *,
+                  log: Callable[[str], None] | None = None) -> dict:
+  """Smallest d at which free embeddings realise the qrel matrix ``rel`` (M, n).
+
+  An upper bound always exists: with d = n the documents can be an orthonormal basis and each
+  query the normalised sum of its relevant documents. The search gallops up from d = 1 and
+  bisects, so it assumes success is monotone in d (more dimensions never hurt the optimum; the
+  optimiser can still miss, which the restarts make unlikely).
+
+  Returns:
+    ``{'min_dim', 'largest_failed_dim', 'attempts': {d: {...}}, 'seconds'}``.
+  """
+  rel = np.asarray(rel, dtype=bool)
+  if rel.ndim != 2 or rel.shape[0] == 0 or rel.shape[1] == 0:
+    raise ValueError(f'rel must be a non-empty (queries, docs) matrix, got shape {rel.shape}')
+  trace = SearchTrace()
+  start_time = time.perf_counter()
+
+  def fails(d: int) -> bool:  # increasing in d: failure at small d, success from min_dim on
+    if d not in trace.attempts:
+      trace.record(d, optimise(rel, d, jax.random.fold_in(key, d), protocol), log, 'd')
+    return not trace.attempts[d].solved
+
+  # d >= n needs no try: orthonormal documents realise any qrels (see above).
+  cap = rel.shape[1]
+  lo, hi = _boundary(lambda d: d < cap and fails(d), start=1, first_step=1, lowest=1)
+  return {'min_dim': hi, 'largest_failed_dim': lo,
+          'attempts': {d: _attempt_record(a) for d, a in sorted(trace.attempts.items())},
+          'seconds': round(time.perf_counter() - start_time, 2)}
+
+
+def _attempt_record(a: Attempt) -> dict:
+  return {'solved': a.solved, 'steps': a.steps,
+          'best_loss': [round(float(x), 6) for x in a.best_loss],
+          'min_margin': [round(float(x), 6) for x in a.margin],
+          'seconds': round(a.seconds, 3)}
+
+
+def fit_cubic(dims, ns) -> np.ndarray:
+  """Least-squares cubic ``n(d) = c0 + c1 d + c2 d^2 + c3 d^3``; returns [c0, c1, c2, c3]."""
+  dims = np.asarray(dims, np.float64)
+  ns = np.asarray(ns, np.float64)
+  if len(dims) < 4:
+    raise ValueError(f'a cubic fit needs >= 4 points, got {len(dims)}')
+  return np.polynomial.polynomial.polyfit(dims, ns, 3)
+
+
+def eval_cubic(coef, d) -> np.ndarray:
+  return np.polynomial.polynomial.polyval(np.asarray(d, np.float64), np.asarray(coef))
+
+
+def num_pairs(n: int) -> int:
+  return math.comb(n, 2)

@@ -1,0 +1,64 @@
+"""Can fine-tuning fix LIMIT-small? MiniLM trained on generated LIMIT-style data vs on the test
+qrels themselves, at several Matryoshka dims.
+
+python -m experiments.limit_finetune [--only train|test] [--runs-dir runs]
+
+Runs configs/limit_finetune.py:train and :test (each resumable) and writes
+results/limit/finetune.json: recall@2/@10/@20 on LIMIT-small at every dim, before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from embedjax import paths
+from embedjax.config import load_config
+from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.provenance import provenance
+from embedjax.train.loop import train
+
+METRICS = ('recall@2', 'recall@10', 'recall@20')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--only', choices=('train', 'test'), default=None)
+  parser.add_argument('--runs-dir', default=str(paths.repo_root() / 'runs'))
+  args = parser.parse_args(argv)
+  repo = paths.repo_root()
+  config = repo / 'configs' / 'limit_finetune.py'
+  prov = provenance()
+  out, runs = {}, {}
+  for split in ('train', 'test'):
+    if args.only and args.only != split:
+      continue
+    cfg = load_config(f'{config}:{split}')
+    print(f'== fine-tune on {split}: {cfg.data.train}', flush=True)
+    s = train(cfg, Path(args.runs_dir) / f'limit_finetune_{split}')
+    dims = cfg.evals.limit_small.dims
+    out[split] = {str(d): {'before': {m: s['before'][f'limit_small_{m}@{d}'] for m in METRICS},
+                           'after': {m: s['after'][f'limit_small_{m}@{d}'] for m in METRICS}}
+                  for d in dims}
+    runs[split] = {'seconds': s['seconds'], 'steps': s['steps'], 'train_rows': s['train_rows'],
+                   'source': cfg.data.train}
+  record = {'limit_small': out, 'runs': runs,
+            'note': 'train = generated LIMIT-style set (other people and assignments); '
+                    'test = the LIMIT-small qrels themselves', **prov}
+  out_dir = repo / 'results' / 'limit'
+  name = 'finetune' if not args.only else f'finetune_{args.only}'
+  atomic_write_json(out_dir / f'{name}.json', record)
+  lines = ['| trained on | dim | ' + ' | '.join(f'{m} before -> after' for m in METRICS) + ' |',
+           '|---|---|' + '---|' * len(METRICS)]
+  for split, table in out.items():
+    for d, r in table.items():
+      lines.append(f'| {split} | {d} | ' + ' | '.join(
+          f'{100 * r["before"][m]:.1f} -> {100 * r["after"][m]:.1f}' for m in METRICS) + ' |')
+  atomic_write_text(out_dir / f'{name}.md', '\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

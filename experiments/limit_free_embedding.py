@@ -1,0 +1,152 @@
+"""Critical-n of free embeddings for k = 2 (LIMIT's "free embedding" experiment), d by d.
+
+python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
+
+For each dimension d the search starts from the previous dimension's critical-n (it grows with d)
+and gallops then bisects over n; each probe optimises all C(n, 2) queries and n documents with the
+protocol of the config (``embedjax.limit.free_embedding``). The paper's own cubic fit is plotted
+beside ours for comparison.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from embedjax import paths
+from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.limit import free_embedding as fe
+from embedjax.provenance import provenance
+
+# Weller et al. (2025), fit of their critical-n points (k = 2): -10.5322 + 4.0309 d + 0.0520 d^2
+# + 0.0037 d^3.
+PAPER_FIT = [-10.5322, 4.0309, 0.0520, 0.0037]
+
+
+def sweep(cfg, done: dict, save, log=print) -> dict:
+  """Runs the dimensions of ``cfg.dims`` not in ``done`` ({str(d): record}); calls ``save``."""
+  protocol = fe.Protocol(**cfg.protocol)
+  key = jax.random.key(cfg.seed)
+  prev_n, prev_step = cfg.start, 4
+  for d in cfg.dims:
+    if str(d) in done:
+      rec = done[str(d)]
+    else:
+      log(f'd={d}: searching from n={prev_n}')
+      rec = fe.critical_n(d, jax.random.fold_in(key, d), protocol, start=prev_n,
+                          first_step=prev_step, log=log)
+      done[str(d)] = rec
+      log(f'd={d}: critical n = {rec["critical_n"]} (first failure {rec["first_failure"]}), '
+          f'{rec["seconds"]:.0f} s')
+      save(done)
+    prev_step = max(1, rec['critical_n'] - prev_n) if d != cfg.dims[0] else 4
+    prev_n = rec['critical_n']
+  return done
+
+
+def summarise(cfg, done: dict) -> dict:
+  dims = [d for d in cfg.dims if str(d) in done]
+  ns = [done[str(d)]['critical_n'] for d in dims]
+  out = {'protocol': dict(cfg.protocol), 'k': 2,
+         'definition': 'critical_n = largest n for which some restart solved all C(n,2) top-2 '
+                       'queries (every query ranks both its documents above all others); '
+                       'first_failure = the n just above it that no restart solved',
+         'critical_n': {str(d): n for d, n in zip(dims, ns)},
+         'first_failure': {str(d): done[str(d)]['first_failure'] for d in dims},
+         'seconds_per_dim': {str(d): done[str(d)]['seconds'] for d in dims},
+         'sweep_seconds': round(sum(done[str(d)]['seconds'] for d in dims), 1),
+         'paper_fit': PAPER_FIT}
+  if len(dims) >= 4:
+    coef = fe.fit_cubic(dims, ns)
+    out['fit'] = [float(x) for x in coef]
+    pred = fe.eval_cubic(coef, dims)
+    ss_res = float(np.sum((np.asarray(ns) - pred) ** 2))
+    ss_tot = float(np.sum((np.asarray(ns) - np.mean(ns)) ** 2))
+    out['fit_r2'] = round(1 - ss_res / ss_tot, 5) if ss_tot else None
+    out['extrapolated'] = {str(d): int(round(float(fe.eval_cubic(coef, d))))
+                           for d in cfg.extrapolate}
+    out['paper_fit_extrapolated'] = {str(d): int(round(float(fe.eval_cubic(PAPER_FIT, d))))
+                                     for d in cfg.extrapolate}
+  out['runs'] = done
+  return out
+
+
+def markdown(res: dict) -> str:
+  lines = ['| d | critical-n (ours) | paper fit at d | seconds |', '|---|---|---|---|']
+  for d, n in res['critical_n'].items():
+    lines.append(f'| {d} | {n} | {fe.eval_cubic(PAPER_FIT, int(d)):.0f} | '
+                 f'{res["seconds_per_dim"][d]:.0f} |')
+  if 'fit' in res:
+    c = res['fit']
+    lines += ['', f'Cubic fit (ours): n(d) = {c[0]:.4f} + {c[1]:.4f} d + {c[2]:.5f} d^2 + '
+              f'{c[3]:.6f} d^3 (R^2 {res["fit_r2"]}); paper: -10.5322 + 4.0309 d + 0.0520 d^2 + '
+              '0.0037 d^3.', '', '| d | extrapolated critical-n (ours) | (paper fit) |',
+              '|---|---|---|']
+    for d, n in res['extrapolated'].items():
+      lines.append(f'| {d} | {n:,} | {res["paper_fit_extrapolated"][d]:,} |')
+  lines += ['', f'Sweep time: {res["sweep_seconds"]:.0f} s.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(res: dict, path: Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  dims = np.array([int(d) for d in res['critical_n']])
+  ns = np.array(list(res['critical_n'].values()))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(dims, ns, 'o', label='critical-n (embedjax)')
+  grid = np.linspace(dims.min(), dims.max(), 200)
+  if 'fit' in res:
+    ax.plot(grid, fe.eval_cubic(res['fit'], grid), '-', label='cubic fit (ours)')
+  ax.plot(grid, fe.eval_cubic(PAPER_FIT, grid), '--', label='cubic fit (paper)')
+  ax.set_xlabel('embedding dimension d')
+  ax.set_ylabel('largest n with all top-2 sets solved')
+  ax.set_title('Free embeddings, k = 2')
+  ax.legend()
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.tmp.png')
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  tmp.replace(path)
+
+
+def main(argv) -> None:
+  del argv
+  cfg = _CONFIG.value
+  out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
+  json_path = out_dir / f'{cfg.name}.json'
+  prov = provenance()
+  done = {}
+  if json_path.exists():  # resume: keep the dimensions already solved under the same protocol
+    import json
+    old = json.loads(json_path.read_text())
+    if old.get('protocol') == dict(cfg.protocol) and old.get('seed', cfg.seed) == cfg.seed:
+      done = {d: r for d, r in old.get('runs', {}).items() if int(d) in cfg.dims}
+      print(f'resuming: {len(done)} dimension(s) already done', flush=True)
+
+  def save(done):
+    res = summarise(cfg, done)
+    res.update(seed=cfg.seed, provenance=prov)
+    atomic_write_json(json_path, res)
+
+  start = time.perf_counter()
+  sweep(cfg, done, save, log=lambda s: print(s, flush=True))
+  res = summarise(cfg, done)
+  res.update(seed=cfg.seed, provenance=prov, wall_seconds=round(time.perf_counter() - start, 1))
+  atomic_write_json(json_path, res)
+  atomic_write_text(out_dir / f'{cfg.name}.md', markdown(res))
+  plot(res, out_dir / f'{cfg.name}.png')
+  print(markdown(res))
+
+
+if __name__ == '__main__':
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/limit_free_embedding.py')
+  sys.exit(app.run(main))

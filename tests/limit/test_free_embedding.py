@@ -1,0 +1,152 @@
+"""Free-embedding optimisation: loss vs float64 numpy, success criterion on hand-made vectors,
+solvable / unsolvable tiny cases from geometry, jit+vmap equal to a plain loop, searches."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from embedjax.limit import free_embedding as fe
+
+# Small and fast: the tiny cases converge in a few hundred steps when they can.
+FAST = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=300, max_steps=3000,
+                   check_every=50, restarts=4)
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_all_pairs_qrels():
+  rel = fe.all_pairs_qrels(4)
+  assert rel.shape == (6, 4)
+  assert rel.sum(1).tolist() == [2] * 6
+  assert [tuple(np.flatnonzero(r)) for r in rel] == list(itertools.combinations(range(4), 2))
+  with pytest.raises(ValueError, match='n >= 2'):
+    fe.all_pairs_qrels(1)
+
+
+def test_loss_equals_float64_numpy():
+  rng = np.random.default_rng(0)
+  q, d = _unit(rng.normal(size=(7, 5))), _unit(rng.normal(size=(9, 5)))
+  rel = rng.random((7, 9)) < 0.3
+  rel[0] = False
+  rel[0, 3] = True       # one positive
+  rel[1] = True          # a query relevant to everything: no negatives, zero loss
+  t = 0.2
+  s = q @ d.T / t
+  total, count = 0.0, 0
+  for i in range(7):
+    neg = s[i, ~rel[i]]
+    for j in np.flatnonzero(rel[i]):
+      total += -s[i, j] + np.log(np.exp(s[i, j]) + np.exp(neg).sum())
+      count += 1
+  got = fe.infonce_loss(jnp.asarray(q, jnp.float32), jnp.asarray(d, jnp.float32),
+                        jnp.asarray(rel), t)
+  np.testing.assert_allclose(float(got), total / count, rtol=1e-5)
+
+
+def test_success_criterion_on_hand_made_vectors():
+  # n = 3 in d = 2: documents 120 degrees apart, each pair's query at the middle of its arc.
+  angles = np.deg2rad([0, 120, 240])
+  docs = np.stack([np.cos(angles), np.sin(angles)], 1)
+  rel = fe.all_pairs_qrels(3)
+  queries = _unit(rel.astype(float) @ docs)
+  margins = np.asarray(fe.query_margins(jnp.asarray(queries), jnp.asarray(docs), jnp.asarray(rel)))
+  # relevant at 60 degrees (cos 0.5), the other document opposite (cos -1): margin 1.5.
+  np.testing.assert_allclose(margins, 1.5, atol=1e-6)
+  assert bool(fe.solved(jnp.asarray(queries), jnp.asarray(docs), jnp.asarray(rel)))
+  # Swap one query for another pair's: that query now ranks a non-relevant document first.
+  wrong = queries.copy()
+  wrong[0] = queries[2]
+  assert not bool(fe.solved(jnp.asarray(wrong), jnp.asarray(docs), jnp.asarray(rel)))
+  # A tie is not a success: strictly above.
+  tie_docs = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+  assert not bool(fe.solved(jnp.asarray(queries), jnp.asarray(tie_docs), jnp.asarray(rel)))
+
+
+def test_tiny_cases_solved_exactly_when_geometry_allows():
+  key = jax.random.key(0)
+  # n = 3, d = 2: solvable (above).
+  assert fe.optimise(fe.all_pairs_qrels(3), 2, key, FAST).solved
+  # n = 3, d = 1: unit vectors are +-1, two documents share a sign; the query for a mixed pair
+  # cannot put both above the third.
+  assert not fe.optimise(fe.all_pairs_qrels(3), 1, key, FAST).solved
+  # n = 4, d = 2: on a circle a query's top 2 are neighbours in angular order, so the two
+  # non-adjacent pairs can never be returned.
+  assert not fe.optimise(fe.all_pairs_qrels(4), 2, key, FAST).solved
+  # n = 4, d = 3: a regular tetrahedron with queries at the edge midpoints solves it.
+  assert fe.optimise(fe.all_pairs_qrels(4), 3, key, FAST).solved
+
+
+def test_jitted_vmapped_loop_equals_plain_loop():
+  # An unsolvable case with patience off runs exactly max_steps in both versions.
+  p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=10_000, max_steps=60,
+                  check_every=20, restarts=3)
+  rel = jnp.asarray(fe.all_pairs_qrels(4))
+  key = jax.random.key(3)
+  attempt, params = fe.optimise(rel, 2, key, p, return_params=True)
+  assert attempt.steps == 60 and not attempt.solved
+  opt = fe._optimizer(p)
+  for r, k in enumerate(jax.random.split(key, p.restarts)):
+    v = fe._init(k, 6, 4, 2)
+    s = opt.init(v)
+    losses = []
+    for _ in range(60):  # eager, one restart at a time
+      v, s, loss = fe._step(p, rel, v, s)
+      losses.append(float(loss))
+    np.testing.assert_allclose(params['q'][r], v['q'], atol=2e-5)
+    np.testing.assert_allclose(params['d'][r], v['d'], atol=2e-5)
+    np.testing.assert_allclose(attempt.best_loss[r], min(losses[19::20]), rtol=1e-5)
+    np.testing.assert_allclose(attempt.margin[r], float(jnp.min(fe.query_margins(
+        v['q'], v['d'], rel))), atol=2e-5)
+
+
+def test_early_stopping_on_patience():
+  p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=100, min_delta=0.5,
+                  max_steps=10_000, check_every=50, restarts=2)
+  # min_delta 0.5: no chunk improves the loss by half, so every restart stalls after the first
+  # chunk's improvement from inf plus two more chunks.
+  a = fe.optimise(fe.all_pairs_qrels(4), 2, jax.random.key(1), p)
+  assert not a.solved and a.steps == 150
+
+
+@pytest.mark.parametrize('threshold', [2, 3, 7, 20, 33])
+@pytest.mark.parametrize('start', [3, 10, 40])
+def test_boundary_search(threshold, start):
+  probes = []
+
+  def holds(n):
+    probes.append(n)
+    return n <= threshold
+
+  lo, hi = fe._boundary(holds, start, first_step=4, lowest=2)
+  assert (lo, hi) == (threshold, threshold + 1)
+  assert len(set(probes)) == len(probes)  # never asks twice
+  assert all(n >= 2 for n in probes)
+
+
+def test_critical_n_in_two_dimensions_is_three():
+  out = fe.critical_n(2, jax.random.key(0), FAST, start=3, first_step=1)
+  assert out['critical_n'] == 3 and out['first_failure'] == 4
+
+
+def test_min_dimension_of_all_pairs_of_four_is_three():
+  out = fe.min_dimension(fe.all_pairs_qrels(4), jax.random.key(0), FAST)
+  assert out['min_dim'] == 3 and out['largest_failed_dim'] == 2
+  # One relevant document per query: d = 1 fails for 5 documents (only two directions), d = 2
+  # solves any n (documents spread on the circle, each query on its document).
+  ident = np.eye(5, dtype=bool)
+  assert fe.min_dimension(ident, jax.random.key(0), FAST)['min_dim'] == 2
+  with pytest.raises(ValueError, match='non-empty'):
+    fe.min_dimension(np.zeros((0, 3), bool), jax.random.key(0))
+
+
+def test_cubic_fit_recovers_coefficients():
+  c = np.array([-10.5, 4.0, 0.05, 0.004])
+  d = np.arange(4, 33)
+  np.testing.assert_allclose(fe.fit_cubic(d, fe.eval_cubic(c, d)), c, rtol=1e-6, atol=1e-8)
+  with pytest.raises(ValueError, match='>= 4 points'):
+    fe.fit_cubic([1, 2, 3], [1, 2, 3])
