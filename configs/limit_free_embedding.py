@@ -22,9 +22,10 @@ def get_config(arg=None):
   c.protocol = dict(
       learning_rate=0.01,         # Adam
       temperature=0.1,            # InfoNCE logits = cosine / temperature
-      patience=1000,              # stop a restart after 1000 steps without relative improvement
-      min_delta=1e-4,             # ... of more than 1e-4 of the best loss
-      max_steps=20_000,           # hard cap per attempt
+      patience=1000,              # give up after 1000 steps without progress ...
+      stop_on='violations',       # ... = fewer violated queries than ever (the paper: loss)
+      min_delta=1e-4,             # (only for stop_on='loss': relative loss improvement)
+      max_steps=10_000,           # hard cap per attempt
       check_every=50,             # success and patience checked every 50 steps
       restarts=4,                 # vmapped random initialisations; any success counts
   )

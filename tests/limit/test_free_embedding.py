@@ -131,11 +131,19 @@ def test_jitted_vmapped_loop_equals_plain_loop():
 
 def test_early_stopping_on_patience():
   p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=100, min_delta=0.5,
-                  max_steps=10_000, check_every=50, restarts=2)
+                  max_steps=10_000, check_every=50, restarts=2, stop_on='loss')
   # min_delta 0.5: no chunk improves the loss by half, so every restart stalls after the first
   # chunk's improvement from inf plus two more chunks.
   a = fe.optimise(fe.all_pairs_qrels(4), 2, jax.random.key(1), p)
   assert not a.solved and a.steps == 150
+  # By violations: n = 4 in d = 2 always leaves >= 1 of the 6 queries unsolved (two pairs are
+  # never neighbours); the count stops falling early and the run ends long before max_steps.
+  p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=200, max_steps=10_000,
+                  check_every=50, restarts=2)
+  a = fe.optimise(fe.all_pairs_qrels(4), 2, jax.random.key(1), p)
+  assert not a.solved and a.steps < 2000 and a.fewest_violations.min() >= 1
+  with pytest.raises(ValueError, match='stop_on'):
+    fe.Protocol(stop_on='margin')
 
 
 @pytest.mark.parametrize('threshold', [2, 3, 7, 20, 33])
