@@ -2,7 +2,7 @@ r"""LIMIT evaluations: the packaged MiniLM (full dim, truncated, quantized) and 
 and on the project's generated LIMIT-style corpora with the four qrel patterns.
 
 python -m experiments.limit_eval --config configs/limit_eval.py
-(`...:quick` uses 2,000-document generated corpora and writes results/limit/*.quick.*)
+(`...:quick` uses 2,000-document, 100-query generated corpora and writes results/limit/*.quick.*)
 
 Writes results/limit/limit_small.{json,md} and results/limit/patterns.{json,md}. Embeddings are
 cached under runs/cache (keyed by model and texts), so a rerun skips the encoding.
@@ -24,12 +24,11 @@ def get_config(arg=None):
       names=('dense', 'random', 'cycle', 'disjoint'),
       num_queries=1000,
       seed=0,
-      # documents per generated corpus; the dense pattern is also run at dense_num_docs
-      num_docs=10_000,
-      dense_num_docs=50_000,
+      num_docs=50_000,            # documents per generated corpus (the patterns share all but
+                                  # their pool documents, so ~53k distinct texts are embedded)
   )
   c.suffix = ''
   if arg == 'quick':
-    c.patterns.update(num_docs=2000, dense_num_docs=2000)
+    c.patterns.update(num_docs=2000, num_queries=100)
     c.suffix = '.quick'
   return c

@@ -60,15 +60,20 @@ def quantized_run(scheme: str, queries, corpus, k: int) -> tuple[np.ndarray, int
   return order, q.bytes_per_vector(params)
 
 
-def evaluate(model, data: RetrievalData, label: str, cfg, *, dims=None, schemes=(), log=print
-             ) -> dict:
-  """MiniLM rows (full dim, each truncation, each scheme) and BM25 for one retrieval split."""
-  cache = cfg.cache_dir or None
+def embed(model, texts, label: str, cfg) -> np.ndarray:
+  return cached_encode(model, list(texts), label, cache_dir=cfg.cache_dir or None)
+
+
+def evaluate(data: RetrievalData, corpus, queries, label: str, cfg, *, dims=None, schemes=(),
+             log=print) -> dict:
+  """MiniLM rows (full dim, each truncation, each scheme) and BM25 for one retrieval split.
+
+  Args:
+    data: the split (texts, ids, qrels).
+    corpus: (N, D) embeddings of ``data.corpus_texts``; queries: (Q, D) of ``data.query_texts``.
+  """
   kmax = min(max(cfg.ks), len(data.corpus_ids))
-  t = time.perf_counter()
-  corpus = cached_encode(model, data.corpus_texts, f'{label}-corpus', cache_dir=cache)
-  queries = cached_encode(model, data.query_texts, f'{label}-queries', cache_dir=cache)
-  out = {'counts': data.counts, 'encode_seconds': round(time.perf_counter() - t, 1)}
+  out = {'counts': data.counts}
   rows = {}
   for d in (dims or (corpus.shape[1],)):
     rows[f'minilm_d{d}'] = recalls(dense_run(truncate(queries, d), truncate(corpus, d), kmax),
@@ -112,27 +117,48 @@ def main(argv) -> None:
   else:
     small = read_limit(data_dir / 'limit' / 'limit-small')
     log(f'LIMIT-small: {small.summary()}')
-    res = evaluate(model, small, 'limit-small', cfg, dims=cfg.dims, schemes=cfg.schemes, log=log)
-    res.update(config=cfg.to_dict(), provenance=prov)
+    t = time.perf_counter()
+    corpus = embed(model, small.corpus_texts, 'limit-small-corpus', cfg)
+    queries = embed(model, small.query_texts, 'limit-small-queries', cfg)
+    res = evaluate(small, corpus, queries, 'limit-small', cfg, dims=cfg.dims, schemes=cfg.schemes,
+                   log=log)
+    res.update(encode_seconds=round(time.perf_counter() - t, 1), config=cfg.to_dict(),
+               provenance=prov)
     atomic_write_json(out_dir / f'limit_small{cfg.suffix}.json', res)
     atomic_write_text(out_dir / f'limit_small{cfg.suffix}.md', table(res['rows'], cfg.ks) + '\n')
 
+  # The pattern corpora share every document outside their pools (same seed, size and items per
+  # document), so the union of their texts is embedded once.
   pc = cfg.patterns
-  runs = [(name, pc.num_docs) for name in pc.names]
-  if pc.dense_num_docs != pc.num_docs:
-    runs.append(('dense', pc.dense_num_docs))
+  likes = max(int(np.bincount(patterns.qrel_pairs(name, pc.num_queries, None, pc.seed).ravel()).max())
+              for name in pc.names)
+  corpora = {name: patterns.generate_corpus(name, pc.num_docs, pc.num_queries, pc.seed,
+                                            likes_per_doc=max(likes, patterns.MIN_LIKES_PER_DOC))
+             for name in pc.names}
+  doc_texts = sorted(set().union(*(c.corpus_texts for c in corpora.values())))
+  query_texts = sorted(set().union(*(c.query_texts for c in corpora.values())))
+  tag = f'limitgen-{pc.num_docs}-{pc.num_queries}-s{pc.seed}'
+  log(f'{tag}: {len(doc_texts):,} distinct documents and {len(query_texts):,} distinct queries '
+      f'over the patterns {", ".join(pc.names)}')
+  t = time.perf_counter()
+  doc_emb = embed(model, doc_texts, f'{tag}-docs', cfg)
+  query_emb = embed(model, query_texts, f'{tag}-queries', cfg)
+  encode_seconds = round(time.perf_counter() - t, 1)
+  doc_row = {x: i for i, x in enumerate(doc_texts)}
+  query_row = {x: i for i, x in enumerate(query_texts)}
   results = {}
-  for name, n in runs:
-    t = time.perf_counter()
-    corpus = patterns.generate_corpus(name, n, pc.num_queries, pc.seed)
+  for name, corpus in corpora.items():
     data = corpus.to_retrieval_data()
-    label = f'limitgen-{name}-{n}-{pc.num_queries}-s{pc.seed}'
-    log(f'{label}: {data.summary()} (generated in {time.perf_counter() - t:.1f} s)')
-    results[f'{name}_{n}'] = {'pattern': name, 'num_docs': n,
-                              **evaluate(model, data, label, cfg, log=log)}
+    log(f'{name}: {data.summary()}, pool {corpus.pool_size}, {corpus.likes_per_doc} items per doc')
+    results[name] = {
+        'pattern': name, 'num_docs': pc.num_docs, 'pool_size': corpus.pool_size,
+        'likes_per_doc': corpus.likes_per_doc,
+        **evaluate(data, doc_emb[[doc_row[x] for x in data.corpus_texts]],
+                   query_emb[[query_row[x] for x in data.query_texts]], name, cfg, log=log)}
     atomic_write_json(out_dir / f'patterns{cfg.suffix}.json',
-                      {'results': results, 'config': cfg.to_dict(), 'provenance': prov})
-  lines = ['| corpus | system | ' + ' | '.join(f'recall@{k}' for k in cfg.ks) + ' |',
+                      {'results': results, 'encode_seconds': encode_seconds,
+                       'config': cfg.to_dict(), 'provenance': prov})
+  lines = ['| pattern (docs) | system | ' + ' | '.join(f'recall@{k}' for k in cfg.ks) + ' |',
            '|---' * (len(cfg.ks) + 2) + '|']
   for key, r in results.items():
     for system, row in r['rows'].items():

@@ -7,7 +7,9 @@ pattern says which pair of pool documents each query asks for:
 * ``dense``: all C(m, 2) pairs of the pool in lexicographic order, the first Q of them; the default
   pool is the smallest m with C(m, 2) >= Q (46 for Q = 1000, as in LIMIT).
 * ``random``: Q distinct pairs drawn uniformly without replacement from the C(m, 2) pairs of a pool
-  of the same default size as ``dense``.
+  of m = 2Q documents (as many as ``disjoint`` uses), so that a document is relevant to about one
+  query, as when relevant documents are drawn at random from a corpus. (Drawn from a 46-document
+  pool, 1,000 random pairs would be 97 % of all its pairs: ``dense`` again.)
 * ``cycle``: query i asks for (i, (i + 1) mod m); default pool m = Q.
 * ``disjoint``: query i asks for (2i, 2i + 1); default pool m = 2Q.
 
@@ -201,7 +203,7 @@ def default_pool_size(pattern: str, num_queries: int) -> int:
   """The pool size m a pattern uses for Q queries when none is given (see the module docstring)."""
   _check_pattern(pattern)
   q = _check_int(num_queries, 'num_queries', 1)
-  if pattern in ('dense', 'random'):
+  if pattern == 'dense':
     # Smallest m with C(m, 2) >= Q; the float root is only a first guess, fixed by exact integers.
     m = max(2, math.ceil((1 + math.sqrt(1 + 8 * q)) / 2))
     while math.comb(m - 1, 2) >= q:
@@ -212,7 +214,7 @@ def default_pool_size(pattern: str, num_queries: int) -> int:
   if pattern == 'cycle':
     # A cycle needs 3 documents to give distinct pairs; 1 query needs just 2.
     return q if q >= 3 else q + 1
-  return 2 * q  # disjoint
+  return 2 * q  # disjoint and random
 
 
 def max_queries(pattern: str, pool_size: int) -> int:
@@ -381,11 +383,12 @@ def generate_corpus(pattern: str, num_docs: int, num_queries: int, seed: int = 0
                     pool_size: int | None = None, likes_per_doc: int | None = None) -> LimitCorpus:
   """A LIMIT-style corpus of ``num_docs`` people and ``num_queries`` "Who likes X?" queries.
 
-  Steps, all drawn from ``np.random.default_rng(seed)`` in this order: the qrel pairs
-  (``qrel_pairs(pattern, num_queries, pool_size, rng)``, so they equal ``qrel_pairs(..., seed)``),
-  D distinct names, the m corpus positions of the pool documents, the query attributes (a distinct
-  variety word and a noun each), the fillers of each document, and the order of the items within
-  each document.
+  Randomness: the qrel pairs come from ``np.random.default_rng(seed)`` (so they equal
+  ``qrel_pairs(..., seed)``); the names, the pool positions, the query attributes, the fillers and
+  the order of the items within each document each come from their own stream spawned from
+  ``np.random.SeedSequence(seed)``. So the documents outside the pool do not depend on the
+  pattern: corpora of different patterns with the same seed, ``num_docs`` and ``likes_per_doc``
+  share the text of every document that is in neither pool (an evaluation embeds them once).
 
   Args:
     pattern: one of ``PATTERNS``.
@@ -425,16 +428,18 @@ def generate_corpus(pattern: str, num_docs: int, num_queries: int, seed: int = 0
   if likes > NUM_FILLERS:
     raise ValueError(f'likes_per_doc ({likes}) is more than the {NUM_FILLERS} distinct fillers available')
 
-  names = [person_name(i) for i in rng.choice(MAX_DOCS, size=d, replace=False)]
-  pool_docs = rng.choice(d, size=m, replace=False).astype(np.int64)
-  varieties = rng.choice(MAX_QUERIES, size=q, replace=False)
-  nouns = rng.integers(len(_NOUNS), size=q)
+  r_names, r_pool, r_attributes, r_fillers, r_order = (
+      np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+  names = [person_name(i) for i in r_names.choice(MAX_DOCS, size=d, replace=False)]
+  pool_docs = r_pool.choice(d, size=m, replace=False).astype(np.int64)
+  varieties = r_attributes.choice(MAX_QUERIES, size=q, replace=False)
+  nouns = r_attributes.integers(len(_NOUNS), size=q)
   query_attributes = [f'{_VARIETIES[v]} {_NOUNS[n]}' for v, n in zip(varieties.tolist(), nouns.tolist())]
 
   # Item ids: 0 .. NUM_FILLERS - 1 are fillers, NUM_FILLERS + i is query i's attribute. Every
   # document starts with `likes` distinct fillers; a pool document then has its first degree[j]
   # slots overwritten by its query attributes (never equal to a filler, so items stay distinct).
-  items = _distinct_rows(rng, NUM_FILLERS, d, likes)
+  items = _distinct_rows(r_fillers, NUM_FILLERS, d, likes)
   owner = pairs.ravel()                                    # pool document of each (query, side)
   owned = NUM_FILLERS + np.repeat(np.arange(q), 2)         # the item it must list
   order = np.argsort(owner, kind='stable')
@@ -442,7 +447,7 @@ def generate_corpus(pattern: str, num_docs: int, num_queries: int, seed: int = 0
   slot = np.arange(owner.size) - np.searchsorted(owner, owner, side='left')  # 0, 1, ... per document
   items[pool_docs[owner], slot] = owned
   # Shuffle within each document so the query attributes do not sit in the first slots.
-  items = rng.permuted(items, axis=1)
+  items = r_order.permuted(items, axis=1)
 
   item_names = np.array([filler(i) for i in range(NUM_FILLERS)] + query_attributes, dtype=object)
   texts = [_likes_text(name, row) for name, row in zip(names, item_names[items].tolist())]

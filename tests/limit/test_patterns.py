@@ -30,7 +30,7 @@ def items_of(doc_id: str, text: str) -> list[str]:
 
 @pytest.mark.parametrize('pattern,q,m', [
     ('dense', 1000, 46), ('dense', 1035, 46), ('dense', 1036, 47), ('dense', 1, 2), ('dense', 3, 3),
-    ('random', 1000, 46), ('cycle', 1000, 1000), ('cycle', 2, 3), ('cycle', 1, 2), ('disjoint', 1000, 2000),
+    ('random', 1000, 2000), ('random', 1, 2), ('cycle', 1000, 1000), ('cycle', 2, 3), ('cycle', 1, 2), ('disjoint', 1000, 2000),
 ])
 def test_default_pool_size(pattern, q, m):
   assert lp.default_pool_size(pattern, q) == m
@@ -62,14 +62,17 @@ def test_disjoint():
 
 
 def test_random():
-  pairs = lp.qrel_pairs('random', 1000, None, 0)
+  pairs = lp.qrel_pairs('random', 1000, 46, 0)
   assert pairs.shape == (1000, 2) and pairs.dtype == np.int64
   assert (pairs[:, 0] < pairs[:, 1]).all() and pairs.min() >= 0 and pairs.max() < 46
   assert len({tuple(p) for p in pairs.tolist()}) == 1000  # no duplicate pair
-  np.testing.assert_array_equal(pairs, lp.qrel_pairs('random', 1000, None, 0))
-  assert not np.array_equal(pairs, lp.qrel_pairs('random', 1000, None, 1))
+  np.testing.assert_array_equal(pairs, lp.qrel_pairs('random', 1000, 46, 0))
+  assert not np.array_equal(pairs, lp.qrel_pairs('random', 1000, 46, 1))
+  # The default pool (2Q): documents are relevant to about one query each.
+  sparse = lp.qrel_pairs('random', 1000, None, 0)
+  assert sparse.max() < 2000 and np.bincount(sparse.ravel()).max() <= 6
   # Asking for every pair gives all of them, in a random order.
-  full = lp.qrel_pairs('random', 1035, None, 3)
+  full = lp.qrel_pairs('random', 1035, 46, 3)
   assert sorted(map(tuple, full.tolist())) == list(itertools.combinations(range(46), 2))
   # A pool far larger than the queries.
   big = lp.qrel_pairs('random', 200, 50_000, 0)
@@ -166,11 +169,22 @@ def test_corpus_structure(pattern, num_queries):
   degree = np.bincount(corpus.pairs.ravel(), minlength=m)
   assert corpus.likes_per_doc == max(10, int(degree.max()))
   query_items = set(corpus.query_attributes)
-  pool = set(corpus.pool_docs.tolist())
+  # (a random pool can hold documents that no drawn pair uses)
+  pool = {int(doc) for doc, deg in zip(corpus.pool_docs, degree) if deg > 0}
   for d, (doc_id, text) in enumerate(zip(corpus.corpus_ids, corpus.corpus_texts)):
     items = items_of(doc_id, text)
     assert len(items) == corpus.likes_per_doc and len(set(items)) == len(items)
     assert bool(query_items & set(items)) == (d in pool)
+
+
+def test_patterns_share_documents_outside_their_pools():
+  # Same seed, size and likes: only pool documents differ, so embeddings can be shared.
+  a = lp.generate_corpus('dense', 3000, 100, seed=2, likes_per_doc=20)
+  b = lp.generate_corpus('cycle', 3000, 100, seed=2, likes_per_doc=20)
+  assert a.corpus_ids == b.corpus_ids
+  outside = set(range(3000)) - set(a.pool_docs.tolist()) - set(b.pool_docs.tolist())
+  assert len(outside) > 2800
+  assert all(a.corpus_texts[i] == b.corpus_texts[i] for i in outside)
 
 
 def test_dense_limit_shape():

@@ -50,7 +50,8 @@ def test_grad_cache_equals_plain_gradients(h, mrl, learn):
   assert float(l1) == pytest.approx(float(l2), abs=1e-6)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), g1, g2)
   # Against finite differences of the plain loss along the gradient (an independent check).
-  loss = lambda p: loss_and_grads(plain_cfg, p, batch, rng)[0][0]
+  # jitted: run eagerly, the chunked, dropout-carrying loss takes minutes op by op.
+  loss = jax.jit(lambda p: loss_and_grads(plain_cfg, p, batch, rng)[0][0])
   direction = jax.tree_util.tree_map(lambda g: g / (optax.tree_utils.tree_norm(g1) + 1e-12), g1)
   eps = 2e-3
   plus = jax.tree_util.tree_map(lambda p, d: p + eps * d, params, direction)
