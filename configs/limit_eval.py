@@ -14,6 +14,7 @@ import ml_collections as mlc
 def get_config(arg=None):
   c = mlc.ConfigDict()
   c.model = 'all-MiniLM-L6-v2'
+  c.parts = 'limit_small,patterns'  # comma-separated: which evaluations to run
   c.out_dir = ''                   # '' = results/limit in the repository
   c.cache_dir = ''                 # '' = runs/cache
   c.ks = (2, 10, 20, 100)

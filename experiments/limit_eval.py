@@ -111,8 +111,14 @@ def main(argv) -> None:
   log = lambda s: print(s, flush=True)
   start = time.perf_counter()
 
+  parts = {x.strip() for x in cfg.parts.split(',') if x.strip()}
+  unknown = parts - {'limit_small', 'patterns'}
+  if unknown:
+    raise SystemExit(f'config.parts: unknown part(s) {sorted(unknown)}')
   data_dir = paths.shared_data_dir()
-  if data_dir is None:
+  if 'limit_small' not in parts:
+    pass
+  elif data_dir is None:
     log('no shared data folder: LIMIT-small skipped')
   else:
     small = read_limit(data_dir / 'limit' / 'limit-small')
@@ -127,6 +133,9 @@ def main(argv) -> None:
     atomic_write_json(out_dir / f'limit_small{cfg.suffix}.json', res)
     atomic_write_text(out_dir / f'limit_small{cfg.suffix}.md', table(res['rows'], cfg.ks) + '\n')
 
+  if 'patterns' not in parts:
+    log(f'done in {time.perf_counter() - start:.0f} s')
+    return
   # The pattern corpora share every document outside their pools (same seed, size and items per
   # document), so the union of their texts is embedded once.
   pc = cfg.patterns

@@ -1,0 +1,62 @@
+"""The LIMIT experiment scripts' own logic: resumable sweep, summary/fit, recall table rows."""
+
+import importlib.util
+
+import ml_collections as mlc
+import numpy as np
+
+from embedjax.data.readers import RetrievalData
+from embedjax.paths import repo_root
+
+
+def _load(rel: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, repo_root() / rel)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+limit_eval = _load('experiments/limit_eval.py', 'limit_eval')
+lfe = _load('experiments/limit_free_embedding.py', 'limit_free_embedding')
+
+
+def _cfg(dims):
+  c = mlc.ConfigDict()
+  c.seed, c.dims, c.start, c.extrapolate = 0, dims, 3, [64]
+  c.protocol = dict(learning_rate=0.05, temperature=0.1, patience=300, max_steps=3000,
+                    check_every=50, restarts=2)
+  return c
+
+
+def test_sweep_resumes_and_summarises():
+  saved = []
+  done = lfe.sweep(_cfg([2]), {}, saved.append, log=lambda s: None)
+  assert done['2']['critical_n'] == 3 and len(saved) == 1  # geometry: 3 points fit a circle, 4 don't
+  again = []
+  lfe.sweep(_cfg([2]), dict(done), again.append, log=lambda s: None)
+  assert again == []  # nothing recomputed
+  # The summary with a synthetic cubic: the fit recovers it and extrapolates.
+  fake = {str(d): {'critical_n': int(2 * d ** 2 + 1), 'first_failure': int(2 * d ** 2 + 2),
+                   'seconds': 1.0} for d in range(4, 10)}
+  res = lfe.summarise(_cfg(list(range(4, 10))), fake)
+  np.testing.assert_allclose(res['fit'], [1, 0, 2, 0], atol=1e-6)
+  assert res['extrapolated'] == {'64': 2 * 64 ** 2 + 1} and res['fit_r2'] == 1.0
+  assert '| 4 | 33 |' in lfe.markdown(res)
+
+
+def test_recalls_and_quantized_run():
+  data = RetrievalData(corpus_ids=['a', 'b', 'c', 'd'], corpus_texts=['w', 'x', 'y', 'z'],
+                       query_ids=['q1', 'q2'], query_texts=['q1', 'q2'],
+                       qrels={'q1': {'a': 1, 'b': 1}, 'q2': {'c': 1, 'd': 1}})
+  run = np.array([[0, 2, 1, 3], [0, 1, 2, 3]])
+  r = limit_eval.recalls(run, data, ks=(2, 10))
+  # q1 finds a (not b) in its top 2, q2 none: recall@2 = (0.5 + 0) / 2; k = 10 is capped at 4.
+  assert r['recall@2'] == 25.0 and 'recall@10' not in r
+  rng = np.random.default_rng(0)
+  corpus = rng.normal(size=(50, 16)).astype(np.float32)
+  corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+  queries = corpus[:5] + 0.01 * rng.normal(size=(5, 16)).astype(np.float32)
+  idx, nbytes = limit_eval.quantized_run('int8', queries, corpus, 3)
+  assert nbytes == 16 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
+  t = limit_eval.truncate(corpus, 4)
+  np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, rtol=1e-6)
