@@ -14,8 +14,11 @@ Index types, same inputs for both libraries:
   binary  sign bits packed 8 per byte (``np.packbits(x > 0)``), Hamming distance, queries
           binarised too: ``embedjax.search.hamming.hamming_topk`` vs ``faiss.IndexBinaryFlat``.
   pq      M=16 sub-quantizers x 8 bits (16 bytes/vector), trained on the same 65,536 (or all, if
-          fewer) base vectors, 25 k-means iterations, inner-product ADC: ``embedjax.quant.pq`` +
-          ``embedjax.search.quantized.asymmetric_topk`` vs ``faiss.IndexPQ(METRIC_INNER_PRODUCT)``.
+          fewer) base vectors, 25 k-means iterations, inner-product scores of the PQ codes:
+          ``embedjax.quant.pq`` (``scoring='gemm'``: each corpus block decoded and multiplied
+          with the query block - the same scores as distance tables, at matrix-multiply speed
+          for query batches) + ``embedjax.search.quantized.asymmetric_topk`` vs
+          ``faiss.IndexPQ(METRIC_INNER_PRODUCT)`` (table look-ups).
 
 Each (dataset, index, library) runs in its own process, so that its peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own: the process loads the data, builds the
@@ -183,7 +186,7 @@ def _build_and_search(lib: str, index: str, base, queries, threads: int):
   else:
     from embedjax.quant import pq
     from embedjax.search.quantized import asymmetric_topk
-    q = pq.product_quantizer(PQ_M)
+    q = pq.product_quantizer(PQ_M, scoring='gemm')  # batches of 1,000 queries: decode + GEMM
     params = q.fit(train, key=jax.random.key(0))
     codes = jax.block_until_ready(q.encode(params, base))
     fn = lambda: np.asarray(asymmetric_topk(q, params, queries, codes, K, block_size=FLAT_BLOCK,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faiss
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -66,6 +67,14 @@ def test_adc_tables_and_reconstruction(data):
   tables = pq.distance_tables(p, queries[:5], 'l2')
   l2 = np.asarray(pq.lut_scores(p, tables, codes))
   np.testing.assert_allclose(l2, -((queries[:5, None, :] - rec[None]) ** 2).sum(-1), atol=1e-5)
+  # Decode-then-GEMM scoring gives the same scores for both metrics.
+  rq = pq._rotate(p, jnp.asarray(queries[:5]))
+  np.testing.assert_allclose(np.asarray(pq.gemm_scores_ip(p, rq, codes)), queries[:5] @ rec.T,
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(pq.gemm_scores_l2(p, rq, codes)), l2, atol=1e-4)
+  gemm = pq.product_quantizer(M, scoring='gemm')
+  np.testing.assert_allclose(np.asarray(gemm.score(p, queries[:5], codes)), queries[:5] @ rec.T,
+                             atol=1e-5)
 
 
 def test_opq_rotation_is_orthogonal_and_lowers_error(data):
@@ -84,3 +93,5 @@ def test_bad_arguments():
     pq.fit(np.zeros((300, 30), np.float32), m=8)
   with pytest.raises(ValueError, match='at least'):
     pq.fit(np.zeros((100, 32), np.float32), m=8)
+  with pytest.raises(ValueError, match='scoring'):
+    pq.product_quantizer(8, scoring='tables')
