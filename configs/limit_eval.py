@@ -19,7 +19,8 @@ def get_config(arg=None):
   c.cache_dir = ''                 # '' = runs/cache
   c.ks = (2, 10, 20, 100)
   c.dims = (384, 256, 128, 64, 32)  # truncated to the first d dims, then re-normalised
-  c.schemes = ('float16', 'float8_e4m3', 'int8', 'int4', 'binary', 'binary_asym')
+  # 'binary' scores the float query against the stored bits; 'binary_hamming' binarises the query too
+  c.schemes = ('float16', 'float8_e4m3', 'int8', 'int4', 'binary', 'binary_hamming')
   c.bm25 = dict(k1=1.5, b=0.75, method='lucene')
   c.patterns = dict(
       names=('dense', 'random', 'cycle', 'disjoint'),

@@ -28,6 +28,7 @@ from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.limit import patterns
 from embedjax.provenance import provenance
 from embedjax.search.exact import topk_blocked
+from embedjax.search.hamming import hamming_topk
 
 
 def recalls(indices, data: RetrievalData, ks) -> dict:
@@ -50,10 +51,18 @@ def dense_run(queries, corpus, k: int) -> np.ndarray:
 
 
 def quantized_run(scheme: str, queries, corpus, k: int) -> tuple[np.ndarray, int]:
-  """Top-k under a storage scheme fitted on the corpus itself; returns (indices, bytes/vector)."""
-  q = quant.get(scheme)
+  """Top-k under a storage scheme fitted on the corpus itself; returns (indices, bytes/vector).
+
+  A scheme scores the float query against the stored codes (``embedjax.quant``); a
+  ``<scheme>_hamming`` name binarises the query too and ranks by Hamming distance.
+  """
+  hamming = scheme.endswith('_hamming')
+  q = quant.get(scheme[:-len('_hamming')] if hamming else scheme)
   params = q.fit(jnp.asarray(corpus))
   codes = q.encode(params, jnp.asarray(corpus))
+  if hamming:
+    _, idx = hamming_topk(q.encode(params, jnp.asarray(queries)), codes, k)
+    return np.asarray(idx), q.bytes_per_vector(params)
   scores = np.asarray(q.score(params, jnp.asarray(queries), codes))
   # stable descending order: ties go to the lower index, as in topk_blocked
   order = np.argsort(-scores, axis=1, kind='stable')[:, :k]

@@ -58,5 +58,7 @@ def test_recalls_and_quantized_run():
   queries = corpus[:5] + 0.01 * rng.normal(size=(5, 16)).astype(np.float32)
   idx, nbytes = limit_eval.quantized_run('int8', queries, corpus, 3)
   assert nbytes == 16 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
+  idx, nbytes = limit_eval.quantized_run('binary_hamming', queries, corpus, 3)
+  assert nbytes == 2 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
   t = limit_eval.truncate(corpus, 4)
   np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, rtol=1e-6)
