@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 from typing import Callable
 
@@ -417,7 +416,3 @@ def fit_cubic(dims, ns) -> np.ndarray:
 
 def eval_cubic(coef, d) -> np.ndarray:
   return np.polynomial.polynomial.polyval(np.asarray(d, np.float64), np.asarray(coef))
-
-
-def num_pairs(n: int) -> int:
-  return math.comb(n, 2)

@@ -20,18 +20,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from embedjax.quant.binary import as_uint8
 from embedjax.search.exact import topk_blocked_by
 
 _EXACT_BITS = 1 << 24
-
-
-def _as_uint8(codes) -> jax.Array:
-  codes = jnp.asarray(codes)
-  if codes.dtype == jnp.int8:
-    return (codes.astype(jnp.int16) + 128).astype(jnp.uint8)
-  if codes.dtype != jnp.uint8:
-    raise TypeError(f'packed codes must be uint8 or int8, got {codes.dtype}')
-  return codes
 
 
 def _signs(packed: jax.Array) -> jax.Array:
@@ -76,8 +68,8 @@ def hamming_topk(query_codes, corpus_codes, k: int, *, method: str = 'matmul',
   Returns:
     distances (Q, min(k, N)) int32 ascending and indices (Q, min(k, N)) int32; ties by index.
   """
-  q = _as_uint8(query_codes)
-  c = _as_uint8(corpus_codes)
+  q = as_uint8(query_codes)
+  c = as_uint8(corpus_codes)
   if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
     raise ValueError(f'codes must be (Q, W) and (N, W), got {q.shape} and {c.shape}')
   bits = 8 * q.shape[1]
