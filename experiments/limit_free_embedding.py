@@ -2,8 +2,8 @@
 
 python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
 
-For each dimension d the search starts from the previous dimension's critical-n (it grows with d)
-and gallops then bisects over n; each probe optimises all C(n, 2) queries and n documents with the
+For each dimension d the search starts from a prediction (the previous critical-n plus the recent
+increments; see ``predicted_start``) and gallops then bisects over n; each probe optimises all C(n, 2) queries and n documents with the
 protocol of the config (``embedjax.limit.free_embedding``). The paper's own cubic fit is plotted
 beside ours for comparison.
 """
@@ -29,24 +29,38 @@ from embedjax.provenance import provenance
 PAPER_FIT = [-10.5322, 4.0309, 0.0520, 0.0037]
 
 
+def predicted_start(history: list[int], first: int) -> tuple[int, int]:
+  """(first n to try, first gallop step) for the next dimension, from the critical-n so far.
+
+  The critical-n grows smoothly with d, so the next one is predicted as the last plus the mean of
+  the last three increments, and the search gallops from there in steps of 1, 2, 4, ...: near a
+  good guess it needs two probes (a success and the failure just above it), and failures are the
+  expensive probes (they run until the patience runs out).
+  """
+  if len(history) < 2:
+    return (history[-1] if history else first), 4
+  increments = np.diff(history[-4:])
+  return history[-1] + max(1, int(round(float(np.mean(increments))))), 1
+
+
 def sweep(cfg, done: dict, save, log=print) -> dict:
   """Runs the dimensions of ``cfg.dims`` not in ``done`` ({str(d): record}); calls ``save``."""
   protocol = fe.Protocol(**cfg.protocol)
   key = jax.random.key(cfg.seed)
-  prev_n, prev_step = cfg.start, 4
+  history: list[int] = []
   for d in cfg.dims:
     if str(d) in done:
       rec = done[str(d)]
     else:
-      log(f'd={d}: searching from n={prev_n}')
-      rec = fe.critical_n(d, jax.random.fold_in(key, d), protocol, start=prev_n,
-                          first_step=prev_step, log=log)
+      start, first_step = predicted_start(history, cfg.start)
+      log(f'd={d}: searching from n={start}')
+      rec = fe.critical_n(d, jax.random.fold_in(key, d), protocol, start=start,
+                          first_step=first_step, log=log)
       done[str(d)] = rec
       log(f'd={d}: critical n = {rec["critical_n"]} (first failure {rec["first_failure"]}), '
           f'{rec["seconds"]:.0f} s')
       save(done)
-    prev_step = max(1, rec['critical_n'] - prev_n) if d != cfg.dims[0] else 4
-    prev_n = rec['critical_n']
+    history.append(rec['critical_n'])
   return done
 
 

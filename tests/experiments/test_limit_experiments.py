@@ -44,6 +44,14 @@ def test_sweep_resumes_and_summarises():
   assert '| 4 | 33 |' in lfe.markdown(res)
 
 
+def test_predicted_start():
+  assert lfe.predicted_start([], 3) == (3, 4)       # nothing known: the config's start
+  assert lfe.predicted_start([9], 3) == (9, 4)      # one point: from it, wide steps
+  # last + mean of the last three increments (3, 6, 5 -> 4.67 -> 5), then steps of 1
+  assert lfe.predicted_start([5, 9, 12, 18, 23], 3) == (28, 1)
+  assert lfe.predicted_start([7, 7], 3) == (8, 1)   # never predicts no growth
+
+
 def test_recalls_and_quantized_run():
   data = RetrievalData(corpus_ids=['a', 'b', 'c', 'd'], corpus_texts=['w', 'x', 'y', 'z'],
                        query_ids=['q1', 'q2'], query_texts=['q1', 'q2'],
