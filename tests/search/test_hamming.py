@@ -23,11 +23,12 @@ def _check_against(dist, idx, ref_dist, all_dist):
   assert all(len(set(r)) == len(r) for r in idx)
 
 
+@pytest.mark.parametrize('method', ['popcount', 'matmul'])
 @pytest.mark.parametrize('n,d,k,block', [(300, 64, 10, 64), (257, 96, 25, 1000), (1000, 384, 10, 128)])
-def test_equals_faiss_index_binary_flat(n, d, k, block):
+def test_equals_faiss_index_binary_flat(n, d, k, block, method):
   rng = np.random.default_rng(n)
   corpus, queries = _codes(rng, n, d), _codes(rng, 40, d)
-  dist, idx = hamming_topk(queries, corpus, k, block_size=block, query_block=16)
+  dist, idx = hamming_topk(queries, corpus, k, method=method, block_size=block, query_block=16)
   dist, idx = np.asarray(dist), np.asarray(idx)
   assert dist.dtype == np.int32 and idx.shape == (40, k)
 
@@ -49,7 +50,7 @@ def test_equals_faiss_index_binary_flat(n, d, k, block):
 def test_popcount_method_and_signed_codes_agree():
   rng = np.random.default_rng(7)
   corpus, queries = _codes(rng, 200, 40), _codes(rng, 9, 40)  # 5 bytes: padded to 2 words
-  d1, i1 = hamming_topk(queries, corpus, 15, block_size=64)
+  d1, i1 = hamming_topk(queries, corpus, 15, method='matmul', block_size=64)
   d2, i2 = hamming_topk(queries, corpus, 15, method='popcount', block_size=64)
   signed = lambda c: (c.astype(np.int16) - 128).astype(np.int8)
   d3, i3 = hamming_topk(signed(queries), signed(corpus), 15, block_size=64)
