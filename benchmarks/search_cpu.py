@@ -266,6 +266,9 @@ def main() -> int:
   ap.add_argument('--no-scifact', action='store_true')
   ap.add_argument('--quick', action='store_true', help='20k synthetic vectors, one timed run')
   ap.add_argument('--out', default=str(_REPO / 'results' / 'bench_search_cpu.json'))
+  ap.add_argument('--update', action='store_true',
+                  help='merge into --out: keep the entries of datasets/indexes not run this time '
+                       '(each entry carries the time it was measured)')
   ap.add_argument('--worker', help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
@@ -304,7 +307,9 @@ def main() -> int:
                'embedjax_peak_rss_gib': e['peak_rss_bytes'] / 2**30,
                'faiss_peak_rss_gib': f['peak_rss_bytes'] / 2**30,
                'embedjax_build_seconds': e['build_seconds'],
-               'faiss_build_seconds': f['build_seconds']}
+               'faiss_build_seconds': f['build_seconds'],
+               'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+               'command': 'python ' + ' '.join(sys.argv)}
       if index == 'flat':
         entry['memory_bound'] = flat_memory_bound(e['n'])
         entry['embedjax_within_bound'] = e['peak_rss_bytes'] <= entry['memory_bound'][
@@ -324,6 +329,17 @@ def main() -> int:
   out = Path(args.out)
   if args.quick:
     out = out.with_name(out.stem + '.quick.json')
+  if args.update and out.exists():
+    old = json.loads(out.read_text())
+    ran = {(c['dataset'], c['index']) for c in cases}
+    for ds, per_index in old.get('summary', {}).items():
+      for index, entry in per_index.items():
+        if (ds, index) not in ran:
+          summary.setdefault(ds, {})[index] = entry
+    record['cases'] = [c for c in old.get('cases', []) if (c['dataset'], c['index']) not in ran
+                       ] + cases
+    record['earlier_runs'] = old.get('earlier_runs', []) + [
+        {'settings': old.get('settings'), 'provenance': old.get('provenance')}]
   atomic_write_json(out, record)
   print(f'\n{"dataset":>18} {"index":>6} {"embedjax q/s":>13} {"faiss q/s":>10} {"ratio":>6} '
         f'{"recall ej/faiss":>16}')
