@@ -3,8 +3,9 @@
 python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
 
 For each dimension d the search starts from a prediction (the previous critical-n plus the recent
-increments; see ``predicted_start``) and gallops then bisects over n; each probe optimises all C(n, 2) queries and n documents with the
-protocol of the config (``embedjax.limit.free_embedding``). The paper's own cubic fit is plotted
+increments; see ``predicted_start``) and gallops then bisects over n; each probe optimises all
+C(n, 2) queries and n documents with the protocol of the config
+(``embedjax.limit.free_embedding``). The paper's own cubic fit is plotted
 beside ours for comparison.
 """
 

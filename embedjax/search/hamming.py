@@ -7,7 +7,7 @@ Two exact ways to compute the distances, chosen by ``method``:
   * 'popcount' (default): XOR + popcount on uint32 words. The (B, block) distances are
     accumulated one word at a time, so each step is an elementwise pass over a (B, block) array
     that XLA vectorises along the corpus rows (AVX2 has no vector popcount; LLVM's byte-table
-    popcount is still ~3x faster than the GEMM below on a 2-core AMD EPYC, 384 bits).
+    popcount is still 2-3x faster than the GEMM below on a 2-core AMD EPYC, 384 bits).
   * 'matmul': with s, t the +-1 forms of the bit vectors over all 8W bits,
     hamming = (8W - s . t) / 2. Zero padding bits are equal in both operands and add nothing.
     The GEMM runs in float32 on integers of magnitude <= 8W, which is exact for 8W < 2^24. It
