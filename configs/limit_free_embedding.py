@@ -2,7 +2,9 @@ r"""Free-embedding critical-n sweep (LIMIT, k = 2): the largest n whose C(n, 2) 
 unit vectors can realise in d dimensions, for d = 4 ... 32, with a cubic fit and extrapolation.
 
 python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
-(`...:quick` sweeps d = 4 ... 8 with a smaller budget and writes results/limit/critical_n.quick.*)
+(`...:quick` sweeps d = 4 ... 8 with a smaller budget and writes results/limit/critical_n.quick.*;
+`...:48` sweeps d = 4 ... 48 under the same protocol and into the same files, continuing a finished
+d = 4 ... 32 sweep)
 
 Writes results/limit/critical_n.{json,md,png}; the JSON is rewritten after every dimension, so an
 interrupted sweep resumes where it stopped (dimensions already done with the same protocol are
@@ -31,8 +33,12 @@ def get_config(arg=None):
   )
   c.start = 3                     # first n tried at the first dimension; later ones start from
                                   # the previous dimension's critical-n
-  if arg == 'quick':
+  if arg and arg.isdigit():
+    c.dims = list(range(4, int(arg) + 1))
+  elif arg == 'quick':
     c.name = 'critical_n.quick'
     c.dims = list(range(4, 9))
     c.protocol.update(patience=300, max_steps=3000, restarts=2)
+  elif arg:
+    raise ValueError(f"limit_free_embedding takes ':quick' or ':<largest d>', got {arg!r}")
   return c

@@ -11,19 +11,27 @@ beside ours for comparison.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-from absl import app
+# Same seeds, same protocol, two H200 runs: d = 32, n = 295 solved in one and failed in the other.
+# XLA:GPU's atomic scatter-adds sum floats in a varying order; deterministic ops fix the order
+# (set before JAX starts its backend; a no-op on CPU).
+if '--xla_gpu_deterministic_ops' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_gpu_deterministic_ops=true').strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
 from ml_collections import config_flags
 
-from embedjax import paths
-from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.limit import free_embedding as fe
-from embedjax.provenance import provenance
+from embedjax import paths  # noqa: E402
+from embedjax.io import atomic_write_json, atomic_write_text  # noqa: E402
+from embedjax.limit import free_embedding as fe  # noqa: E402
+from embedjax.provenance import provenance  # noqa: E402
 
 # Weller et al. (2025), fit of their critical-n points (k = 2): -10.5322 + 4.0309 d + 0.0520 d^2
 # + 0.0037 d^3.
@@ -44,6 +52,12 @@ def predicted_start(history: list[int], first: int) -> tuple[int, int]:
   return history[-1] + max(1, int(round(float(np.mean(increments))))), 1
 
 
+def device_name() -> str:
+  """What ran a dimension's search, for its record: 'cpu (N cores)' or the accelerator's kind."""
+  dev = jax.devices()[0]
+  return f'cpu ({os.cpu_count()} cores)' if dev.platform == 'cpu' else dev.device_kind
+
+
 def sweep(cfg, done: dict, save, log=print) -> dict:
   """Runs the dimensions of ``cfg.dims`` not in ``done`` ({str(d): record}); calls ``save``."""
   protocol = fe.Protocol(**cfg.protocol)
@@ -57,6 +71,7 @@ def sweep(cfg, done: dict, save, log=print) -> dict:
       log(f'd={d}: searching from n={start}')
       rec = fe.critical_n(d, jax.random.fold_in(key, d), protocol, start=start,
                           first_step=first_step, log=log)
+      rec.update(device=device_name(), jax=jax.__version__)
       done[str(d)] = rec
       log(f'd={d}: critical n = {rec["critical_n"]} (first failure {rec["first_failure"]}), '
           f'{rec["seconds"]:.0f} s')
@@ -75,6 +90,7 @@ def summarise(cfg, done: dict) -> dict:
          'critical_n': {str(d): n for d, n in zip(dims, ns)},
          'first_failure': {str(d): done[str(d)]['first_failure'] for d in dims},
          'seconds_per_dim': {str(d): done[str(d)]['seconds'] for d in dims},
+         'device_per_dim': {str(d): done[str(d)].get('device', 'unknown') for d in dims},
          'sweep_seconds': round(sum(done[str(d)]['seconds'] for d in dims), 1),
          'paper_fit': PAPER_FIT}
   if len(dims) >= 4:
@@ -93,10 +109,10 @@ def summarise(cfg, done: dict) -> dict:
 
 
 def markdown(res: dict) -> str:
-  lines = ['| d | critical-n (ours) | paper fit at d | seconds |', '|---|---|---|---|']
+  lines = ['| d | critical-n (ours) | paper fit at d | seconds | ran on |', '|---|---|---|---|---|']
   for d, n in res['critical_n'].items():
     lines.append(f'| {d} | {n} | {fe.eval_cubic(PAPER_FIT, int(d)):.0f} | '
-                 f'{res["seconds_per_dim"][d]:.0f} |')
+                 f'{res["seconds_per_dim"][d]:.0f} | {res["device_per_dim"][d]} |')
   if 'fit' in res:
     c = res['fit']
     lines += ['', f'Cubic fit (ours): n(d) = {c[0]:.4f} + {c[1]:.4f} d + {c[2]:.5f} d^2 + '
@@ -105,7 +121,8 @@ def markdown(res: dict) -> str:
               '|---|---|---|']
     for d, n in res['extrapolated'].items():
       lines.append(f'| {d} | {n:,} | {res["paper_fit_extrapolated"][d]:,} |')
-  lines += ['', f'Sweep time: {res["sweep_seconds"]:.0f} s.']
+  lines += ['', f'Sweep time: {res["sweep_seconds"]:.0f} s (the sum of the per-dimension times, '
+            'each on the device named in its row).']
   return '\n'.join(lines) + '\n'
 
 
@@ -153,7 +170,10 @@ def main(argv) -> None:
     atomic_write_json(json_path, res)
 
   start = time.perf_counter()
-  sweep(cfg, done, save, log=lambda s: print(s, flush=True))
+  # float32 products in full float32 on every backend (GPUs would otherwise use TF32, whose
+  # 10-bit mantissa is coarser than the margins near the critical n).
+  with jax.default_matmul_precision('highest'):
+    sweep(cfg, done, save, log=lambda s: print(s, flush=True))
   res = summarise(cfg, done)
   res.update(seed=cfg.seed, provenance=prov, wall_seconds=round(time.perf_counter() - start, 1))
   atomic_write_json(json_path, res)

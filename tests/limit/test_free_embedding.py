@@ -67,7 +67,7 @@ def test_hand_derived_gradient_equals_autodiff():
   for t in (0.05, 0.1, 1.0):
     want = jax.grad(lambda a, b: fe.infonce_loss(a, b, jnp.asarray(rel), t), argnums=(0, 1))(q, d)
     # blocks of 4 queries: 11 rows padded to 12, so the padding path is exercised too
-    for block in (1024, 4, 1):
+    for block in (1024, 4, 1, 0):
       got = fe.infonce_grads(q, d, fe.make_qrels(rel), t, block=block)
       for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)
@@ -106,13 +106,17 @@ def test_tiny_cases_solved_exactly_when_geometry_allows():
   assert fe.optimise(fe.all_pairs_qrels(4), 3, key, FAST).solved
 
 
-def test_jitted_vmapped_loop_equals_plain_loop():
-  # An unsolvable case with patience off runs exactly max_steps in both versions.
+@pytest.mark.parametrize('execution', [fe.Execution(batch_restarts=False, query_block=1024),
+                                       fe.Execution(batch_restarts=True, query_block=0),
+                                       fe.Execution(batch_restarts=True, query_block=4)])
+def test_jitted_vmapped_loop_equals_plain_loop(execution):
+  # An unsolvable case with patience off runs exactly max_steps in both versions; each device
+  # layout of the restarts (sequential for CPU, vmapped for GPU) must give the plain loop's result.
   p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=10_000, max_steps=60,
                   check_every=20, restarts=3)
   rel = jnp.asarray(fe.all_pairs_qrels(4))
   key = jax.random.key(3)
-  attempt, params = fe.optimise(rel, 2, key, p, return_params=True)
+  attempt, params = fe.optimise(rel, 2, key, p, return_params=True, execution=execution)
   assert attempt.steps == 60 and not attempt.solved
   opt = fe._optimizer(p)
   for r, k in enumerate(jax.random.split(key, p.restarts)):
@@ -129,6 +133,13 @@ def test_jitted_vmapped_loop_equals_plain_loop():
     np.testing.assert_allclose(attempt.best_loss[r], min(losses), rtol=1e-5)
     np.testing.assert_allclose(attempt.margin[r], float(jnp.min(fe.query_margins(
         v['q'], v['d'], rel))), atol=2e-5)
+
+
+def test_default_execution_by_backend():
+  assert fe.default_execution('cpu') == fe.Execution(batch_restarts=False, query_block=1024)
+  assert fe.default_execution('gpu') == fe.Execution(batch_restarts=True, query_block=0)
+  with pytest.raises(ValueError, match='query_block'):
+    fe.Execution(query_block=-1)
 
 
 def test_early_stopping_on_patience():
