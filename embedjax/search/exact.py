@@ -48,18 +48,42 @@ def _block_topk(scores: jax.Array, kb: int) -> tuple[jax.Array, jax.Array]:
   The chunks holding the true top-kb are among the kb chunks with the largest maxima (stable
   top_k: on equal maxima the lower chunk wins, and so would its element); gathering those chunks
   in increasing chunk order keeps the candidates in index order, so the final stable top_k breaks
-  ties towards the lower index exactly as a full top_k would.
+  ties towards the lower index exactly as a full top_k would. When ``block`` is not a whole
+  number of chunks, the last ``block % 64`` columns join the candidates as they are, after the
+  gathered chunks (they hold the highest indices); padding the scores to whole chunks instead
+  costs a copy that made the whole step 4x slower on XLA:CPU.
   """
   b, block = scores.shape
-  if block % _CHUNK or kb * _CHUNK * 4 > block:
+  full = block // _CHUNK * _CHUNK
+  if kb * _CHUNK * 4 > full:
     return jax.lax.top_k(scores, kb)
-  chunks = scores.reshape(b, block // _CHUNK, _CHUNK)
+  head = scores[:, :full] if full != block else scores
+  chunks = head.reshape(b, full // _CHUNK, _CHUNK)
   _, best = jax.lax.top_k(jnp.max(chunks, axis=2), kb)
   best = jnp.sort(best, axis=1)
   cand = jnp.take_along_axis(chunks, best[:, :, None], axis=1).reshape(b, kb * _CHUNK)
+  if full != block:
+    cand = jnp.concatenate([cand, scores[:, full:]], axis=1)
   vals, pos = jax.lax.top_k(cand, kb)
-  rows = jnp.take_along_axis(best, pos // _CHUNK, axis=1) * _CHUNK + pos % _CHUNK
+  in_chunks = pos < kb * _CHUNK
+  chunk = jnp.take_along_axis(best, jnp.minimum(pos // _CHUNK, kb - 1), axis=1)
+  rows = jnp.where(in_chunks, chunk * _CHUNK + pos % _CHUNK, full + pos - kb * _CHUNK)
   return vals, rows
+
+
+def balanced_block(n: int, block_size: int) -> int:
+  """Corpus rows per block: at most ``block_size`` (and ``n``), as even as the blocks allow.
+
+  ``ceil(n / block_size)`` blocks of ``block_size`` rows would re-score up to a block of rows in
+  the shifted last block (14.7% of the work for n = 100,000 and 16,384-row blocks); the same
+  number of blocks of ``ceil(n / num_blocks)`` rows, rounded up to whole 64-row chunks where that
+  stays within both bounds, re-scores fewer than 64 rows per block.
+  """
+  block = min(block_size, n)
+  num_blocks = -(-n // block)
+  even = -(-n // num_blocks)
+  rounded = -(-even // _CHUNK) * _CHUNK
+  return rounded if rounded <= block else even
 
 
 def _leading(tree) -> int:
@@ -128,7 +152,8 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
     corpus: pytree of arrays (numpy or jax) whose leaves share the leading dimension N.
     k: results per query; clamped to N.
     aux: pytree handed to every score_fn call (not split into blocks).
-    block_size: corpus rows scored at once (clamped to N).
+    block_size: corpus rows scored at most at once (clamped to N; the blocks are made as even
+      as possible, see ``balanced_block``).
     query_block: queries scored at once (clamped to Q).
 
   Returns:
@@ -144,7 +169,7 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
     raise ValueError(f'block sizes must be >= 1, got block_size={block_size}, '
                      f'query_block={query_block}')
   k = min(k, n)
-  block = min(block_size, n)
+  block = balanced_block(n, block_size)
   corpus = jax.tree.map(jnp.asarray, corpus)
   if q_rows == 0:
     return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)

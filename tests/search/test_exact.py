@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import faiss
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from embedjax.search import exact
 from embedjax.search.exact import topk_blocked
 
 
@@ -34,6 +37,9 @@ def _assert_same_topk(scores, indices, ref_scores, ref_indices, full_scores):
     (513, 128, 1024, 200),  # k > block: running top-k larger than a block's top-k
     (1000, 1000, 33, 1000),  # k == N == block
     (97, 10, 8, 1),       # many small blocks, k=1
+    (1000, 4096, 50, 3),  # one block of 1,000 rows: chunked top-k over -inf padded scores
+    (2500, 1024, 64, 2),  # balanced blocks of 896 rows (3 x 896 > N: a shifted last block)
+    (777, 300, 20, 1),    # balanced blocks of 259 rows, each padded to 320 for the chunks
 ])
 def test_matches_numpy_and_faiss(n, block, query_block, k):
   rng = np.random.default_rng(n * 7 + block)
@@ -77,6 +83,48 @@ def test_exact_ties_lower_index_first():
     ref_scores, ref_indices = _numpy_topk(queries, corpus, 30)
     np.testing.assert_array_equal(np.asarray(indices), ref_indices)
     np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
+
+
+def test_exact_ties_lower_index_first_in_chunked_blocks():
+  # k small against large blocks takes the chunk-maxima path; 1,040 rows of 13 distinct vectors
+  # make every score a many-way tie across chunks, blocks and the -inf padding.
+  rng = np.random.default_rng(2)
+  base = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
+  corpus = np.tile(base, (80, 1))
+  queries = rng.integers(-2, 3, size=(9, 6)).astype(np.float32)
+  for block in (1040, 500, 300, 4096):
+    scores, indices = topk_blocked(queries, corpus, 3, block_size=block, query_block=5)
+    ref_scores, ref_indices = _numpy_topk(queries, corpus, 3)
+    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
+    np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
+
+
+@pytest.mark.parametrize('width,kb', [(1000, 3), (640, 2), (130, 1), (4096, 10)])
+def test_block_topk_equals_lax_top_k(width, kb):
+  # Masked (-inf) columns, as in a shifted last block, and widths that are not whole chunks.
+  rng = np.random.default_rng(width)
+  scores = rng.standard_normal((7, width)).astype(np.float32)
+  scores[:, : width // 3] = -np.inf
+  scores[0] = -np.inf                      # a row with nothing but -inf
+  scores[1, -1] = 10.0                     # the best score in the padded last chunk
+  got = exact._block_topk(jnp.asarray(scores), kb)
+  want = jax.lax.top_k(jnp.asarray(scores), kb)
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+@pytest.mark.parametrize('n,block_size,want', [
+    (100_000, 16384, 14336),   # 7 blocks: 14,286 rows rounded up to whole chunks
+    (1_000_000, 16384, 16192),
+    (5183, 16384, 5183),       # one block: the corpus
+    (1000, 300, 256),          # 4 blocks of 250 -> 256 (<= 300)
+    (777, 300, 259),           # 3 blocks of 259; 320 would exceed block_size
+    (64, 10, 10),
+])
+def test_balanced_block(n, block_size, want):
+  block = exact.balanced_block(n, block_size)
+  assert block == want
+  assert block <= min(n, block_size) and -(-n // block) == -(-n // min(n, block_size))
 
 
 def test_jax_inputs_and_bad_arguments():
