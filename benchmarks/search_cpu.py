@@ -57,7 +57,7 @@ DIM = 384
 NUM_QUERIES = 1000
 K = 10
 PQ_M = 16
-FLAT_BLOCK, FLAT_QUERY_BLOCK = 16384, 1000
+FLAT_BLOCK, FLAT_QUERY_BLOCK = 16384, 512  # = embedjax.search.exact.BLOCK_SIZE, QUERY_BLOCK
 HAMMING_BLOCK = 16384
 LIBS = ('embedjax', 'faiss')
 INDEXES = ('flat', 'binary', 'pq')
