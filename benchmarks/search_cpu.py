@@ -23,19 +23,19 @@ Index types, same inputs for both libraries:
 Each (dataset, index, library) runs in its own process, so that its peak RSS
 (``VmHWM`` of /proc/self/status) is its own: the process loads the data, builds the
 index (timed, not part of queries/s), runs one untimed warm-up search (jit compilation, faiss
-thread start), then ``reps`` timed searches of all 1,000 queries (results copied to host numpy).
-queries/s = 1000 / median seconds. recall@10 = overlap with the exact float32 top-10 (computed
-once by faiss IndexFlatIP). Then both libraries run in one more process, back to back in
-alternating order for ``--paired-rounds`` rounds (default 7): ratio_vs_faiss = the median over
-rounds of faiss seconds / embedjax seconds. On a shared machine speed drifts by 10-40% between
-minutes, which separate processes turn into ratio noise; back-to-back pairs see the same drift.
-The separate-process ratio is kept as ratio_separate_processes.
+thread start), then waits. The two processes of a (dataset, index) are then timed turn by turn:
+``--reps`` rounds (default 7), each one search of all 1,000 queries by each library (results
+copied to host numpy), the one to go first alternating, each after a 0.5 s pause in which the
+other process's threads park. queries/s = 1000 / median seconds. ratio_vs_faiss = the median over
+rounds of faiss seconds / embedjax seconds: on a shared machine speed drifts by 10-40% from one
+minute to the next, and a round's two searches, seconds apart, see the same drift
+(ratio_of_median_qps is kept beside it). recall@10 = overlap with the exact float32 top-10
+(computed once by faiss IndexFlatIP).
 
 Threads: T (default: the CPUs this process may use) for both. faiss: ``faiss.omp_set_num_threads``.
 XLA's CPU pool is sized from the CPUs the process may run on (no thread-count flag in jax 0.10), so
 for T below the machine's count the worker is pinned to T CPUs (``os.sched_setaffinity``), which
-bounds faiss too. Runs alternate library order per dataset so that drift on a shared machine hits
-both. The load average at start and end is recorded: timings taken on a loaded machine are noisy.
+bounds faiss too. The load average at start and end is recorded: timings taken on a loaded machine are noisy.
 
 Memory bound (flat, blocked): embedjax holds the corpus (N x D x 4 bytes; given as numpy it is
 copied once into a device buffer, so the numpy copy and the buffer can coexist) plus
@@ -64,6 +64,9 @@ PQ_M = 16
 FLAT_BLOCK, FLAT_QUERY_BLOCK = 16384, 512  # = embedjax.search.exact.BLOCK_SIZE, QUERY_BLOCK
 HAMMING_BLOCK = 16384
 LIBS = ('embedjax', 'faiss')
+# Both runtimes keep worker threads spinning for a moment after a search (OpenMP's wait policy,
+# Eigen's pool): each search starts after a pause, once the other process's threads have parked.
+PAUSE_SECONDS = 0.5
 INDEXES = ('flat', 'binary', 'pq')
 
 
@@ -207,39 +210,9 @@ def _build_and_search(lib: str, index: str, base, queries, threads: int):
   return time.perf_counter() - start, fn
 
 
-def paired_worker(spec: dict) -> dict:
-  """Both libraries in one process, timed in alternating order round after round.
-
-  On a shared machine the speed drifts by 10-40% between minutes; searches of the two libraries
-  taken back to back see the same drift, so the median of the per-round ratios is the ratio to
-  quote. (Peak memory cannot be told apart here: the separate-process cases give it.)
-  """
-  _set_threads(spec['threads'])
-  import numpy as np
-  files = spec['files']
-  base = np.load(files['base'])
-  queries = np.load(files['queries'])
-  searches = {lib: _build_and_search(lib, spec['index'], base, queries, spec['threads'])[1]
-              for lib in LIBS}
-  for search in searches.values():
-    search()  # warm-up
-  times = {lib: [] for lib in LIBS}
-  for r in range(spec['rounds']):
-    for lib in (LIBS if r % 2 == 0 else LIBS[::-1]):
-      t0 = time.perf_counter()
-      searches[lib]()
-      times[lib].append(time.perf_counter() - t0)
-  ratios = [f / e for e, f in zip(times['embedjax'], times['faiss'])]
-  return {'index': spec['index'], 'dataset': spec['dataset'], 'rounds': spec['rounds'],
-          'embedjax_seconds': times['embedjax'], 'faiss_seconds': times['faiss'],
-          'embedjax_qps': NUM_QUERIES / statistics.median(times['embedjax']),
-          'faiss_qps': NUM_QUERIES / statistics.median(times['faiss']),
-          'round_ratios': ratios, 'median_ratio': statistics.median(ratios)}
-
-
-def worker(spec: dict) -> dict:
-  if spec['lib'] == 'paired':
-    return paired_worker(spec)
+def worker(spec: dict) -> None:
+  """Loads, builds, warms up, then times one search per 'search' line on stdin (printing its
+  seconds), until 'done': then prints the case record. Idle between searches, blocked on stdin."""
   _set_threads(spec['threads'])
   import numpy as np
   files = spec['files']
@@ -256,32 +229,72 @@ def worker(spec: dict) -> dict:
   t0 = time.perf_counter()
   found = search()  # warm-up: compilation / thread start
   warm_s = time.perf_counter() - t0
+  print('ready', flush=True)
   times = []
-  for _ in range(spec['reps']):
+  for line in sys.stdin:
+    if line.strip() != 'search':
+      break
     t0 = time.perf_counter()
     found = search()
     times.append(time.perf_counter() - t0)
+    print(times[-1], flush=True)
   med = statistics.median(times)
-  return {'lib': spec['lib'], 'index': spec['index'], 'dataset': spec['dataset'],
-          'n': int(n), 'threads': spec['threads'],
-          'seconds': times, 'median_seconds': med, 'queries_per_second': NUM_QUERIES / med,
-          'first_search_seconds': warm_s, 'build_seconds': build_s,
-          'recall@10': _recall(np.asarray(found), truth), 'indices_head': found[:3].tolist(),
-          'rss_after_load_bytes': rss_data, 'rss_after_build_bytes': rss_built,
-          'peak_rss_bytes': _peak_rss()}
+  print(json.dumps({
+      'lib': spec['lib'], 'index': spec['index'], 'dataset': spec['dataset'],
+      'n': int(n), 'threads': spec['threads'],
+      'seconds': times, 'median_seconds': med, 'queries_per_second': NUM_QUERIES / med,
+      'first_search_seconds': warm_s, 'build_seconds': build_s,
+      'recall@10': _recall(np.asarray(found), truth), 'indices_head': found[:3].tolist(),
+      'rss_after_load_bytes': rss_data, 'rss_after_build_bytes': rss_built,
+      'peak_rss_bytes': _peak_rss()}), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Driver
 
 
-def run_case(spec: dict) -> dict:
-  cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', json.dumps(spec)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_REPO)
-  if proc.returncode != 0:
-    raise RuntimeError(f'worker {spec["lib"]}/{spec["index"]}/{spec["dataset"]} failed:\n'
-                       f'{proc.stderr[-3000:]}')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_pair(spec: dict, rounds: int, first: str) -> tuple[dict, list[float]]:
+  """Both libraries, each in its own worker process, timed turn by turn.
+
+  Each round times one search of each library (the one to go first alternates), with a pause
+  before each so that the other process's worker threads have parked. Returns ({lib: record},
+  per-round ratios faiss seconds / embedjax seconds).
+  """
+  procs = {}
+  for lib in LIBS:
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
+           json.dumps({**spec, 'lib': lib})]
+    procs[lib] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=_REPO)
+
+  def read(lib: str) -> str:
+    line = procs[lib].stdout.readline()
+    if not line:
+      raise RuntimeError(f'worker {lib}/{spec["index"]}/{spec["dataset"]} failed:\n'
+                         f'{procs[lib].stderr.read()[-3000:]}')
+    return line.strip()
+
+  try:
+    for lib in LIBS:  # both built and warmed up (one at a time: build times are their own)
+      while read(lib) != 'ready':
+        pass
+    order = [first] + [lib for lib in LIBS if lib != first]
+    times = {lib: [] for lib in LIBS}
+    for r in range(rounds):
+      for lib in (order if r % 2 == 0 else order[::-1]):
+        time.sleep(PAUSE_SECONDS)
+        procs[lib].stdin.write('search\n')
+        procs[lib].stdin.flush()
+        times[lib].append(float(read(lib)))
+    records = {}
+    for lib in LIBS:
+      procs[lib].stdin.write('done\n')
+      procs[lib].stdin.flush()
+      records[lib] = json.loads(read(lib))
+  finally:
+    for proc in procs.values():
+      proc.kill() if proc.poll() is None else None
+  return records, [f / e for e, f in zip(times['embedjax'], times['faiss'])]
 
 
 def flat_memory_bound(n: int) -> dict:
@@ -296,7 +309,7 @@ def flat_memory_bound(n: int) -> dict:
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
-  ap.add_argument('--reps', type=int, default=3)
+  ap.add_argument('--reps', type=int, default=7, help='timed rounds (one search of each library)')
   ap.add_argument('--sizes', default='100000,1000000')
   ap.add_argument('--indexes', default=','.join(INDEXES))
   ap.add_argument('--no-scifact', action='store_true')
@@ -305,21 +318,16 @@ def main() -> int:
   ap.add_argument('--update', action='store_true',
                   help='merge into --out: keep the entries of datasets/indexes not run this time '
                        '(each entry carries the time it was measured)')
-  ap.add_argument('--paired-rounds', type=int, default=7,
-                  help='rounds of back-to-back searches of both libraries in one process, '
-                       'whose median ratio is the quoted ratio (0: the separate-process ratio)')
   ap.add_argument('--worker', help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
-    print(json.dumps(worker(json.loads(args.worker))))
+    worker(json.loads(args.worker))
     return 0
 
   from embedjax.io import atomic_write_json
   from embedjax.provenance import provenance
   sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(',') if s]
   reps = 1 if args.quick else args.reps
-  if args.quick:
-    args.paired_rounds = min(args.paired_rounds, 3)
   datasets = [f'synthetic{n}' for n in sizes] + ([] if args.quick or args.no_scifact
                                                   else ['scifact'])
   indexes = args.indexes.split(',')
@@ -328,34 +336,26 @@ def main() -> int:
   cases, results = [], {}
   for di, ds in enumerate(datasets):
     for ii, index in enumerate(indexes):
-      order = LIBS if (di + ii) % 2 == 0 else LIBS[::-1]  # alternate who runs first
-      for lib in order:
-        spec = {'lib': lib, 'index': index, 'dataset': ds, 'files': files[ds],
-                'threads': args.threads, 'reps': reps}
-        print(f'{ds:>18} {index:>6} {lib:>8} ...', end=' ', flush=True)
-        r = run_case(spec)
-        print(f'{r["queries_per_second"]:9.1f} q/s  recall@10 {r["recall@10"]:.4f}  '
-              f'peak RSS {r["peak_rss_bytes"] / 2**30:.2f} GiB', flush=True)
-        cases.append(r)
-        results.setdefault(ds, {}).setdefault(index, {})[lib] = r
-      if args.paired_rounds:
-        spec = {'lib': 'paired', 'index': index, 'dataset': ds, 'files': files[ds],
-                'threads': args.threads, 'rounds': args.paired_rounds}
-        print(f'{ds:>18} {index:>6}   paired ...', end=' ', flush=True)
-        p = run_case(spec)
-        print(f'{p["embedjax_qps"]:9.1f} vs {p["faiss_qps"]:9.1f} q/s, median round ratio '
-              f'{p["median_ratio"]:.2f}', flush=True)
-        results[ds][index]['paired'] = p
+      first = LIBS[(di + ii) % 2]  # alternate who runs first
+      spec = {'index': index, 'dataset': ds, 'files': files[ds], 'threads': args.threads}
+      print(f'{ds:>18} {index:>6} ...', end=' ', flush=True)
+      records, ratios = run_pair(spec, reps, first)
+      e, f = records['embedjax'], records['faiss']
+      print(f'embedjax {e["queries_per_second"]:9.1f} q/s, faiss {f["queries_per_second"]:9.1f} '
+            f'q/s, median round ratio {statistics.median(ratios):.2f}; recall@10 '
+            f'{e["recall@10"]:.4f} / {f["recall@10"]:.4f}; peak RSS '
+            f'{e["peak_rss_bytes"] / 2**30:.2f} / {f["peak_rss_bytes"] / 2**30:.2f} GiB',
+            flush=True)
+      cases += [e, f]
+      results.setdefault(ds, {})[index] = {**records, 'round_ratios': ratios}
   summary = {}
   for ds, per_index in results.items():
     for index, libs in per_index.items():
       e, f = libs['embedjax'], libs['faiss']
-      p = libs.get('paired')
-      separate = e['queries_per_second'] / f['queries_per_second']
       entry = {'embedjax_qps': e['queries_per_second'], 'faiss_qps': f['queries_per_second'],
-               'ratio_vs_faiss': p['median_ratio'] if p else separate,
-               'ratio_from': 'paired rounds (median)' if p else 'separate processes',
-               'ratio_separate_processes': separate,
+               'ratio_vs_faiss': statistics.median(libs['round_ratios']),
+               'round_ratios': libs['round_ratios'],
+               'ratio_of_median_qps': e['queries_per_second'] / f['queries_per_second'],
                'embedjax_recall@10': e['recall@10'], 'faiss_recall@10': f['recall@10'],
                'embedjax_peak_rss_gib': e['peak_rss_bytes'] / 2**30,
                'faiss_peak_rss_gib': f['peak_rss_bytes'] / 2**30,
@@ -363,9 +363,6 @@ def main() -> int:
                'faiss_build_seconds': f['build_seconds'],
                'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                'command': 'python ' + ' '.join(sys.argv)}
-      if p:
-        entry['paired'] = {key: p[key] for key in ('rounds', 'embedjax_qps', 'faiss_qps',
-                                                   'round_ratios', 'median_ratio')}
       if index == 'flat':
         entry['memory_bound'] = flat_memory_bound(e['n'])
         entry['embedjax_within_bound'] = e['peak_rss_bytes'] <= entry['memory_bound'][
@@ -398,11 +395,11 @@ def main() -> int:
         {'settings': old.get('settings'), 'provenance': old.get('provenance')}]
   atomic_write_json(out, record)
   print(f'\n{"dataset":>18} {"index":>6} {"embedjax q/s":>13} {"faiss q/s":>10} {"ratio":>6} '
-        f'{"separate":>9} {"recall ej/faiss":>16}')
+        f'{"qps ratio":>9} {"recall ej/faiss":>16}')
   for ds, per_index in summary.items():
     for index, s in per_index.items():
       print(f'{ds:>18} {index:>6} {s["embedjax_qps"]:13.1f} {s["faiss_qps"]:10.1f} '
-            f'{s["ratio_vs_faiss"]:6.2f} {s["ratio_separate_processes"]:9.2f} '
+            f'{s["ratio_vs_faiss"]:6.2f} {s["ratio_of_median_qps"]:9.2f} '
             f'{s["embedjax_recall@10"]:7.4f}/{s["faiss_recall@10"]:.4f}')
   print(f'wrote {out}')
   return 0
