@@ -35,7 +35,8 @@ minute to the next, and a round's two searches, seconds apart, see the same drif
 Threads: T (default: the CPUs this process may use) for both. faiss: ``faiss.omp_set_num_threads``.
 XLA's CPU pool is sized from the CPUs the process may run on (no thread-count flag in jax 0.10), so
 for T below the machine's count the worker is pinned to T CPUs (``os.sched_setaffinity``), which
-bounds faiss too. The load average at start and end is recorded: timings taken on a loaded machine are noisy.
+bounds faiss too. The load average at start and end is recorded: timings taken on a loaded
+machine are noisy.
 
 Memory bound (flat, blocked): embedjax holds the corpus (N x D x 4 bytes; given as numpy it is
 copied once into a device buffer, so the numpy copy and the buffer can coexist) plus
