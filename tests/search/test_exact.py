@@ -71,30 +71,24 @@ def test_k_larger_than_corpus_is_clamped():
   np.testing.assert_allclose(np.asarray(scores), ref_scores, atol=1e-5)
 
 
-def test_exact_ties_lower_index_first():
-  # Small integer vectors give exactly representable, heavily tied scores; duplicated rows span
-  # block boundaries, including the shifted last block.
+@pytest.mark.parametrize('layout,k,blocks,query_block', [
+    # 44 rows, duplicates spanning block boundaries, including the shifted last block
+    ('uneven', 30, (5, 8, 44, 100), 4),
+    # 1,040 rows: k small against large blocks takes the chunk-maxima path, with tail columns
+    ('tiled', 3, (1040, 500, 300, 4096), 5),
+])
+def test_exact_ties_lower_index_first(layout, k, blocks, query_block):
+  # Small integer vectors give exactly representable, heavily tied scores (13 distinct rows).
   rng = np.random.default_rng(1)
   base = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
-  corpus = np.concatenate([base, base, base[:5], base], axis=0)  # N = 44
+  if layout == 'uneven':
+    corpus = np.concatenate([base, base, base[:5], base], axis=0)
+  else:
+    corpus = np.tile(base, (80, 1))
   queries = rng.integers(-2, 3, size=(9, 6)).astype(np.float32)
-  for block in (5, 8, 44, 100):
-    scores, indices = topk_blocked(queries, corpus, 30, block_size=block, query_block=4)
-    ref_scores, ref_indices = _numpy_topk(queries, corpus, 30)
-    np.testing.assert_array_equal(np.asarray(indices), ref_indices)
-    np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
-
-
-def test_exact_ties_lower_index_first_in_chunked_blocks():
-  # k small against large blocks takes the chunk-maxima path; 1,040 rows of 13 distinct vectors
-  # make every score a many-way tie across chunks, blocks and the -inf padding.
-  rng = np.random.default_rng(2)
-  base = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
-  corpus = np.tile(base, (80, 1))
-  queries = rng.integers(-2, 3, size=(9, 6)).astype(np.float32)
-  for block in (1040, 500, 300, 4096):
-    scores, indices = topk_blocked(queries, corpus, 3, block_size=block, query_block=5)
-    ref_scores, ref_indices = _numpy_topk(queries, corpus, 3)
+  ref_scores, ref_indices = _numpy_topk(queries, corpus, k)
+  for block in blocks:
+    scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block)
     np.testing.assert_array_equal(np.asarray(indices), ref_indices)
     np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
 
