@@ -106,33 +106,47 @@ def test_tiny_cases_solved_exactly_when_geometry_allows():
   assert fe.optimise(fe.all_pairs_qrels(4), 3, key, FAST).solved
 
 
-@pytest.mark.parametrize('execution', [fe.Execution(batch_restarts=False, query_block=1024),
-                                       fe.Execution(batch_restarts=True, query_block=0),
-                                       fe.Execution(batch_restarts=True, query_block=4)])
-def test_jitted_vmapped_loop_equals_plain_loop(execution):
-  # An unsolvable case with patience off runs exactly max_steps in both versions; each device
-  # layout of the restarts (sequential for CPU, vmapped for GPU) must give the plain loop's result.
-  p = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=10_000, max_steps=60,
-                  check_every=20, restarts=3)
+# An unsolvable case with patience off runs exactly max_steps in every version.
+_LOOP = fe.Protocol(learning_rate=0.05, temperature=0.1, patience=10_000, max_steps=60,
+                    check_every=20, restarts=3)
+
+
+@pytest.fixture(scope='module')
+def plain_loop():
+  """The reference: each restart stepped 60 times in a Python loop, one restart at a time (each
+  step jitted alone: eager steps recompile their scan every call and took minutes)."""
   rel = jnp.asarray(fe.all_pairs_qrels(4))
   key = jax.random.key(3)
-  attempt, params = fe.optimise(rel, 2, key, p, return_params=True, execution=execution)
-  assert attempt.steps == 60 and not attempt.solved
-  opt = fe._optimizer(p)
-  for r, k in enumerate(jax.random.split(key, p.restarts)):
+  qrels = fe.make_qrels(rel)
+  step = jax.jit(lambda v, s: fe._step(_LOOP, qrels, v, s))
+  opt = fe._optimizer(_LOOP)
+  out = []
+  for k in jax.random.split(key, _LOOP.restarts):
     v = fe._init(k, 6, 4, 2)
     s = opt.init(v)
     losses = []
-    qrels = fe.make_qrels(rel)
-    for i in range(60):  # eager, one restart at a time
-      v, s = fe._step(p, qrels, v, s)
+    for i in range(60):
+      v, s = step(v, s)
       if (i + 1) % 20 == 0:
-        losses.append(float(fe.infonce_loss(v['q'], v['d'], rel, p.temperature)))
+        losses.append(float(fe.infonce_loss(v['q'], v['d'], rel, _LOOP.temperature)))
+    out.append((v, min(losses), float(jnp.min(fe.query_margins(v['q'], v['d'], rel)))))
+  return rel, key, out
+
+
+@pytest.mark.parametrize('execution', [fe.Execution(batch_restarts=False, query_block=1024),
+                                       fe.Execution(batch_restarts=True, query_block=0),
+                                       fe.Execution(batch_restarts=True, query_block=4)])
+def test_jitted_vmapped_loop_equals_plain_loop(plain_loop, execution):
+  # Each device layout of the restarts (sequential for CPU, vmapped for GPU; gradient blocks of
+  # 1,024, all, or 4 queries) must give the plain loop's result.
+  rel, key, reference = plain_loop
+  attempt, params = fe.optimise(rel, 2, key, _LOOP, return_params=True, execution=execution)
+  assert attempt.steps == 60 and not attempt.solved
+  for r, (v, best_loss, margin) in enumerate(reference):
     np.testing.assert_allclose(params['q'][r], v['q'], atol=2e-5)
     np.testing.assert_allclose(params['d'][r], v['d'], atol=2e-5)
-    np.testing.assert_allclose(attempt.best_loss[r], min(losses), rtol=1e-5)
-    np.testing.assert_allclose(attempt.margin[r], float(jnp.min(fe.query_margins(
-        v['q'], v['d'], rel))), atol=2e-5)
+    np.testing.assert_allclose(attempt.best_loss[r], best_loss, rtol=1e-5)
+    np.testing.assert_allclose(attempt.margin[r], margin, atol=2e-5)
 
 
 def test_default_execution_by_backend():
