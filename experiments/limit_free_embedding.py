@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 # Same seeds, same protocol, two H200 runs: d = 32, n = 295 solved in one and failed in the other.
-# XLA:GPU's atomic scatter-adds sum floats in a varying order; deterministic ops fix the order
-# (set before JAX starts its backend; a no-op on CPU).
+# The likely cause is XLA:GPU summing floats in a varying order (atomic adds); deterministic ops
+# fix the order (set before JAX starts its backend; a no-op on CPU). Not yet checked on a GPU.
 if '--xla_gpu_deterministic_ops' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_gpu_deterministic_ops=true').strip()

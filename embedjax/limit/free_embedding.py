@@ -22,8 +22,9 @@ Protocol (the paper's, details that it leaves open are fields of ``Protocol``):
     while the number of unsolved queries has long stopped falling, so the loss rule spends most of
     a sweep's time on attempts that will fail; the violation rule stops them.
 
-Restarts run in one jitted ``while_loop``; the loop ends as soon as one restart succeeds, or when all have stopped improving. Nothing is global:
-every function takes its PRNG key and returns arrays. How the restarts' steps are laid out on the
+Restarts run in one jitted ``while_loop``; the loop ends as soon as one restart succeeds, or when
+all have stopped improving. Nothing is global: every function takes its PRNG key and returns
+arrays. How the restarts' steps are laid out on the
 device (``Execution``) is separate from the protocol: the maths is the same, only speed differs.
 """
 
@@ -247,8 +248,7 @@ class Execution:
 def default_execution(backend: str | None = None) -> Execution:
   """The faster layout for ``backend`` (default: JAX's default backend)."""
   backend = backend or jax.default_backend()
-  return Execution(batch_restarts=False, query_block=1024) if backend == 'cpu' else Execution(
-      batch_restarts=True, query_block=0)
+  return Execution() if backend == 'cpu' else Execution(batch_restarts=True, query_block=0)
 
 
 def _step(p: Protocol, qrels: Qrels, params, opt_state, query_block: int = 1024):
