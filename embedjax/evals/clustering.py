@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_HI = jax.lax.Precision.HIGHEST
-
+from embedjax.kmeans_seeding import kmeans_plusplus, sq_distances
 
 @dataclasses.dataclass(frozen=True)
 class KMeansResult:
@@ -28,49 +27,6 @@ class KMeansResult:
   labels: jax.Array
   inertia: float
   num_iter: int
-
-
-def _sq_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
-  """(N, k) squared euclidean distances, expanded form (as sklearn computes them)."""
-  xx = jnp.sum(x * x, axis=1, keepdims=True)
-  cc = jnp.sum(centers * centers, axis=1)
-  return jnp.maximum(xx - 2.0 * jnp.dot(x, centers.T, precision=_HI) + cc, 0.0)
-
-
-@functools.partial(jax.jit, static_argnames=('k',))
-def kmeans_plusplus(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
-  """Greedy k-means++ seeding (sklearn's): each new centre is the best of 2 + log(k) samples.
-
-  Args:
-    key: PRNG key.
-    x: (N, D).
-    k: number of centres.
-
-  Returns:
-    (k, D) initial centres, rows of x.
-  """
-  x = jnp.asarray(x, jnp.float32)
-  chex.assert_rank(x, 2)
-  n = x.shape[0]
-  trials = 2 + int(math.log(k))
-  key, first_key = jax.random.split(key)
-  first = jax.random.randint(first_key, (), 0, n)
-  centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
-  closest = _sq_distances(x, x[first][None])[:, 0]
-
-  def add_centre(c, carry):
-    centers, closest, key = carry
-    key, sub = jax.random.split(key)
-    # Sample candidates proportionally to the squared distance to the nearest chosen centre.
-    cumulative = jnp.cumsum(closest)
-    targets = jax.random.uniform(sub, (trials,)) * cumulative[-1]
-    candidates = jnp.minimum(jnp.searchsorted(cumulative, targets), n - 1)
-    with_candidate = jnp.minimum(closest[None, :], _sq_distances(x, x[candidates]).T)
-    best = jnp.argmin(jnp.sum(with_candidate, axis=1))
-    return centers.at[c].set(x[candidates[best]]), with_candidate[best], key
-
-  centers, _, _ = jax.lax.fori_loop(1, k, add_centre, (centers, closest, key))
-  return centers
 
 
 def _update_centers(x, labels, sq_dist_to_own, k):
@@ -93,7 +49,7 @@ def _update_centers(x, labels, sq_dist_to_own, k):
 
 
 def _assign(x, centers):
-  d = _sq_distances(x, centers)
+  d = sq_distances(x, centers)
   labels = jnp.argmin(d, axis=1).astype(jnp.int32)
   return labels, jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from embedjax.kmeans_seeding import kmeans_plusplus, sq_distances
 from embedjax.quant.base import HIGHEST, Quantizer, check_calibration
 
 K = 256
@@ -39,34 +40,6 @@ class PQParams:
   rotation: jax.Array | None = None
 
 
-def _sq_dist(x: jax.Array, c: jax.Array) -> jax.Array:
-  """(N, d) x (K, d) -> (N, K) squared L2, expanded form."""
-  xx = jnp.sum(x * x, axis=1, keepdims=True)
-  cc = jnp.sum(c * c, axis=1)
-  return jnp.maximum(xx - 2.0 * jnp.dot(x, c.T, precision=HIGHEST) + cc, 0.0)
-
-
-def kmeans_plusplus(key: jax.Array, x: jax.Array, k: int) -> jax.Array:
-  """k-means++ seeding: each next centre sampled with probability ~ squared distance. x (N, d)."""
-  n = x.shape[0]
-  key, first_key = jax.random.split(key)
-  first = jax.random.randint(first_key, (), 0, n)
-  centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
-  closest = _sq_dist(x, x[first][None])[:, 0]
-
-  def add(c, carry):
-    centers, closest, key = carry
-    key, sub = jax.random.split(key)
-    cumulative = jnp.cumsum(closest)
-    target = jax.random.uniform(sub) * cumulative[-1]
-    pick = jnp.minimum(jnp.searchsorted(cumulative, target), n - 1)
-    closest = jnp.minimum(closest, _sq_dist(x, x[pick][None])[:, 0])
-    return centers.at[c].set(x[pick]), closest, key
-
-  centers, _, _ = jax.lax.fori_loop(1, k, add, (centers, closest, key))
-  return centers
-
-
 def lloyd(x: jax.Array, centers: jax.Array, iters) -> jax.Array:
   """``iters`` Lloyd steps from ``centers`` (K, d); returns the final centres.
 
@@ -76,7 +49,7 @@ def lloyd(x: jax.Array, centers: jax.Array, iters) -> jax.Array:
   k = centers.shape[0]
 
   def step(_, centers):
-    d = _sq_dist(x, centers)
+    d = sq_distances(x, centers)
     labels = jnp.argmin(d, axis=1)
     own = jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
     sums = jax.ops.segment_sum(x, labels, num_segments=k)
@@ -109,7 +82,7 @@ def train_codebooks(key: jax.Array, x: jax.Array, m: int, iters,
   sub = x.reshape(n, m, d // m).transpose(1, 0, 2)  # (M, N, ds)
   keys = jax.random.split(key, m)
   if init is None:
-    return jax.lax.map(lambda a: lloyd(a[1], kmeans_plusplus(a[0], a[1], K), iters), (keys, sub))
+    return jax.lax.map(lambda a: lloyd(a[1], kmeans_plusplus(a[0], a[1], K, trials=1), iters), (keys, sub))
   return jax.lax.map(lambda a: lloyd(a[0], a[1], iters), (sub, init))
 
 
@@ -118,7 +91,7 @@ def _encode_rotated(codebooks: jax.Array, x: jax.Array) -> jax.Array:
   """(N, D) already-rotated -> (N, M) uint8 nearest-centroid indices."""
   m, _, ds = codebooks.shape
   sub = x.reshape(x.shape[0], m, ds).transpose(1, 0, 2)
-  idx = jax.lax.map(lambda a: jnp.argmin(_sq_dist(a[0], a[1]), axis=1), (sub, codebooks))
+  idx = jax.lax.map(lambda a: jnp.argmin(sq_distances(a[0], a[1]), axis=1), (sub, codebooks))
   return idx.T.astype(jnp.uint8)
 
 
