@@ -31,15 +31,17 @@ def _assert_same_topk(scores, indices, ref_scores, ref_indices, full_scores):
 
 
 @pytest.mark.parametrize('n,block,query_block,k', [
-    (50, 64, 7, 10),      # N < block
-    (300, 64, 16, 20),    # N % block != 0
+    (50, 64, 7, 10),      # N < 64: the final (tail) step alone
+    (300, 64, 16, 20),    # 4 blocks of 64 and a 44-row tail step
     (256, 64, 100, 5),    # N % block == 0, Q % query_block != 0
     (513, 128, 1024, 200),  # k > block: running top-k larger than a block's top-k
     (1000, 1000, 33, 1000),  # k == N == block
-    (97, 10, 8, 1),       # many small blocks, k=1
-    (1000, 4096, 50, 3),  # one block of 1,000 rows: chunked top-k over -inf padded scores
-    (2500, 1024, 64, 2),  # balanced blocks of 896 rows (3 x 896 > N: a shifted last block)
-    (777, 300, 20, 1),    # balanced blocks of 259 rows, each padded to 320 for the chunks
+    (97, 10, 8, 1),       # 7 blocks of 10 over 64 rows (the last shifted), k=1
+    (1000, 4096, 50, 3),  # one block of 960 rows (chunked top-k) and a 40-row tail step
+    (2500, 1000, 64, 2),  # 3 blocks of 832 rows and a 4-row tail
+    (2000, 700, 64, 2),   # 3 ragged blocks of 662 over 1,984 rows, the last shifted
+    (777, 300, 20, 1),    # 3 blocks of 256 rows and a 9-row tail
+    (700, 250, 20, 1),    # 3 ragged blocks of 214 over 640 rows, the last shifted; 60-row tail
 ])
 def test_matches_numpy_and_faiss(n, block, query_block, k):
   rng = np.random.default_rng(n * 7 + block)
