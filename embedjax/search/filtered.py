@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from embedjax.search.exact import BLOCK_SIZE, QUERY_BLOCK, inner_product_scores, topk_blocked_by
+from embedjax.search.exact import inner_product_scores, topk_blocked_by
 
 
 def equals(query_attrs, corpus_attrs):
@@ -73,7 +73,7 @@ def _missing_to_minus_one(scores, idx):
 
 def filtered_topk(queries, corpus, k: int, *, predicate: str | Callable, query_attrs,
                   corpus_attrs, mode: str = 'pre', oversample: int = 4, quantizer=None,
-                  params=None, block_size: int = BLOCK_SIZE, query_block: int = QUERY_BLOCK
+                  params=None, block_size: int | None = None, query_block: int | None = None
                   ) -> tuple[jax.Array, jax.Array]:
   """Top-k under an attribute predicate, by pre- or post-filtering.
 

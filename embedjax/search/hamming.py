@@ -58,7 +58,7 @@ def _popcount_scores(aux, query_words, rows):
 
 
 def hamming_topk(query_codes, corpus_codes, k: int, *, method: str = 'popcount',
-                 block_size: int = 16384, query_block: int = 256
+                 block_size: int | None = None, query_block: int | None = None
                  ) -> tuple[jax.Array, jax.Array]:
   """The k nearest corpus codes in Hamming distance for every query code.
 
@@ -67,7 +67,8 @@ def hamming_topk(query_codes, corpus_codes, k: int, *, method: str = 'popcount',
     corpus_codes: (N, W) packed bits of the same width and kind.
     k: neighbours per query (clamped to N).
     method: 'popcount' or 'matmul' (see the module docstring); same results.
-    block_size, query_block: corpus rows / queries per step.
+    block_size, query_block: corpus rows / queries per step (None: the defaults of
+      ``embedjax.search.exact.plan``).
 
   Returns:
     distances (Q, min(k, N)) int32 ascending and indices (Q, min(k, N)) int32; ties by index.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from embedjax.search.exact import BLOCK_SIZE, QUERY_BLOCK, topk_blocked_by
+from embedjax.search.exact import topk_blocked_by
 
 _EXACT_CHUNK = 1024  # dimensions per float32 partial sum: 1024 * 128 * 128 = 2^24
 
@@ -35,8 +35,8 @@ def int8_scores(aux, queries: jax.Array, rows: jax.Array) -> jax.Array:
   return total.astype(jnp.float32)
 
 
-def int8_topk(query_codes, corpus_codes, k: int, *, block_size: int = BLOCK_SIZE,
-              query_block: int = QUERY_BLOCK) -> tuple[jax.Array, jax.Array]:
+def int8_topk(query_codes, corpus_codes, k: int, *, block_size: int | None = None,
+              query_block: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Exact top-k by the integer inner product of int8 codes.
 
   Args:
@@ -60,8 +60,8 @@ def int8_topk(query_codes, corpus_codes, k: int, *, block_size: int = BLOCK_SIZE
   return scores, idx
 
 
-def asymmetric_topk(quantizer, params, queries, codes, k: int, *, block_size: int = BLOCK_SIZE,
-                    query_block: int = QUERY_BLOCK) -> tuple[jax.Array, jax.Array]:
+def asymmetric_topk(quantizer, params, queries, codes, k: int, *, block_size: int | None = None,
+                    query_block: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of ``quantizer.score(params, queries, codes)`` without forming (Q, N).
 
   Args:

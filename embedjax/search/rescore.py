@@ -76,7 +76,7 @@ def rescore_with(quantizer, params, queries, codes, candidates, k: int | None = 
 
 
 def binary_rescore(queries, query_codes, corpus_codes, k: int, multiplier: int = 4, *,
-                   rescorer=None, block_size: int = 16384):
+                   rescorer=None, block_size: int | None = None):
   """Binary first stage (Hamming top k * multiplier), then rescoring to the top k.
 
   Args:

@@ -43,12 +43,14 @@ def _assert_same_topk(scores, indices, ref_scores, ref_indices, full_scores):
     (777, 300, 20, 1),    # 3 blocks of 256 rows and a 9-row tail
     (700, 250, 20, 1),    # 3 ragged blocks of 214 over 640 rows, the last shifted; 60-row tail
 ])
-def test_matches_numpy_and_faiss(n, block, query_block, k):
+@pytest.mark.parametrize('strategy', ['maxima', 'merge'])
+def test_matches_numpy_and_faiss(n, block, query_block, k, strategy):
   rng = np.random.default_rng(n * 7 + block)
   d = 24
   queries = rng.standard_normal((41, d)).astype(np.float32)
   corpus = rng.standard_normal((n, d)).astype(np.float32)
-  scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block)
+  scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block,
+                                 strategy=strategy)
   scores, indices = np.asarray(scores), np.asarray(indices)
   assert scores.shape == (41, k) and indices.shape == (41, k)
   assert scores.dtype == np.float32 and indices.dtype == np.int32
@@ -78,19 +80,27 @@ def test_k_larger_than_corpus_is_clamped():
     ('uneven', 30, (5, 8, 44, 100), 4),
     # 1,040 rows: k small against large blocks takes the chunk-maxima path, with tail columns
     ('tiled', 3, (1040, 500, 300, 4096), 5),
+    # 1,040 rows drawn from 200 integer vectors: chunk maxima differ, and the integer scores tie
+    # across chunks, so chunk / sub-chunk selections must keep the lowest indices
+    ('drawn', 30, (1040, 200), 9),
+    ('drawn', 5, (1040, 333), 9),
 ])
-def test_exact_ties_lower_index_first(layout, k, blocks, query_block):
-  # Small integer vectors give exactly representable, heavily tied scores (13 distinct rows).
+@pytest.mark.parametrize('strategy', ['maxima', 'merge'])
+def test_exact_ties_lower_index_first(layout, k, blocks, query_block, strategy):
+  # Small integer vectors give exactly representable, heavily tied scores.
   rng = np.random.default_rng(1)
   base = rng.integers(-2, 3, size=(13, 6)).astype(np.float32)
   if layout == 'uneven':
     corpus = np.concatenate([base, base, base[:5], base], axis=0)
-  else:
+  elif layout == 'tiled':
     corpus = np.tile(base, (80, 1))
+  else:
+    corpus = rng.integers(-2, 3, size=(200, 6)).astype(np.float32)[rng.integers(0, 200, 1040)]
   queries = rng.integers(-2, 3, size=(9, 6)).astype(np.float32)
   ref_scores, ref_indices = _numpy_topk(queries, corpus, k)
   for block in blocks:
-    scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block)
+    scores, indices = topk_blocked(queries, corpus, k, block_size=block, query_block=query_block,
+                                   strategy=strategy)
     np.testing.assert_array_equal(np.asarray(indices), ref_indices)
     np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
 
@@ -121,6 +131,21 @@ def test_balanced_block(n, block_size, want):
   block = exact.balanced_block(n, block_size)
   assert block == want
   assert block <= min(n, block_size) and -(-n // block) == -(-n // min(n, block_size))
+
+
+def test_plan_picks_maxima_for_small_k_within_memory():
+  # 25 balanced blocks of 4,032 rows over the 99,968 rows of whole chunks
+  assert exact.plan(100_000, 10) == ('maxima', 4032, 1024, 99_968)
+  assert exact.plan(100_000, 100)[0] == 'merge'
+  assert exact.plan(50, 10) == ('merge', 0, 512, 0)  # fewer than 64 rows: the tail step alone
+  assert exact.plan(16_400, 10) == ('merge', 16_384, 512, 16_384)  # one merge block
+  # 100M rows: one query's maxima take 25 MB, so the default query block shrinks to fit 1 GiB.
+  strategy, _, qb, _ = exact.plan(100_000_000, 10)
+  assert strategy == 'maxima' and qb * 100_000_000 // 16 * 4 <= 1 << 30 and qb >= 40
+  assert exact.plan(100_000_000, 10, query_block=1024)[0] == 'merge'
+  assert exact.plan(1000, 10, block_size=100, strategy='maxima')[1] == 96  # whole sub-chunks
+  with pytest.raises(ValueError, match='strategy'):
+    exact.plan(1000, 10, strategy='heap')
 
 
 def test_jax_inputs_and_bad_arguments():
