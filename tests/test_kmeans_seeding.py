@@ -1,4 +1,4 @@
-"""k-means++ seeding: the sampling law against hand-computed probabilities, and the greedy variant."""
+"""k-means++ seeding: its sampling law against hand-computed probabilities; the greedy variant."""
 
 import jax
 import numpy as np
