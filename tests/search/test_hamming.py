@@ -8,6 +8,9 @@ import pytest
 
 from embedjax.search.hamming import hamming_topk
 
+# Each test runs under the planned strategy and with 'maxima' forced (conftest.py).
+pytestmark = pytest.mark.usefixtures('strategy')
+
 
 def _codes(rng, n, d):
   # Bits from correlated Gaussians: realistic near neighbours, plus many tied distances.

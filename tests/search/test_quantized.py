@@ -11,6 +11,9 @@ from embedjax import quant
 from embedjax.search.exact import topk_blocked_by
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 
+# Each test runs under the planned strategy and with 'maxima' forced (conftest.py).
+pytestmark = pytest.mark.usefixtures('strategy')
+
 N, Q, D = 300, 16, 32
 
 
