@@ -133,12 +133,14 @@ def _slice_rows(corpus, start, size: int):
 
 
 def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_main: int):
-  """Top-k over rows [0, n_main): each block's top-k merged into a running top-k."""
-  b_rows = _leading(queries)
-  carry = (jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32))
+  """Top-k over rows [0, n_main): each block's top-k merged into a running top-k.
+
+  Returns (B, k) scores and indices. When k <= block the first block's top-k starts the running
+  top-k (no merge with an empty one), so a single block costs no merge at all.
+  """
   kb = min(k, block)
 
-  def body(b, carry):
+  def block_topk(b):
     # The last block is shifted back to stay inside [0, n_main); rows it re-reads were already
     # seen and are masked.
     start = jnp.minimum(b * block, n_main - block)
@@ -146,9 +148,17 @@ def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, 
     global_idx = start + jnp.arange(block, dtype=jnp.int32)
     scores = jnp.where(global_idx[None, :] >= b * block, scores, -jnp.inf)
     blk_scores, blk_pos = _block_topk(scores, kb)
-    return _merge(*carry, blk_scores, blk_pos + start, k)
+    return blk_scores, blk_pos + start
 
-  return jax.lax.fori_loop(0, -(-n_main // block), body, carry)
+  def body(b, carry):
+    return _merge(*carry, *block_topk(b), k)
+
+  num_blocks = -(-n_main // block)
+  if kb < k:  # blocks smaller than k: the running top-k is wider than any block's
+    b_rows = _leading(queries)
+    empty = (jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32))
+    return jax.lax.fori_loop(0, num_blocks, body, empty)
+  return jax.lax.fori_loop(1, num_blocks, body, block_topk(0))
 
 
 def _main_by_maxima(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_main: int):
@@ -227,11 +237,12 @@ def _topk_scan(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_ma
   if n_main:
     main = _main_by_maxima if strategy == 'maxima' else _main_by_merge
     vals, idx = main(aux, queries, corpus, score_fn, k, block, n_main)
-    carry = _merge(*carry, vals, idx, k) if vals.shape[1] < k else (vals, idx)
+    carry = _merge(*carry, vals, idx, k) if vals.shape[1] < k else (vals, idx)  # k > n_main
   if n_main < n:
+    # Fewer than 64 rows: merged as they are (one top_k over k + N - n_main columns).
     scores = score_fn(aux, queries, jax.tree.map(lambda c: c[n_main:], corpus))
-    tail_scores, tail_pos = jax.lax.top_k(scores.astype(jnp.float32), min(k, n - n_main))
-    carry = _merge(*carry, tail_scores, tail_pos + n_main, k)
+    tail_idx = jnp.broadcast_to(jnp.arange(n_main, n, dtype=jnp.int32), scores.shape)
+    carry = _merge(*carry, scores.astype(jnp.float32), tail_idx, k)
   return carry
 
 
