@@ -128,6 +128,11 @@ def _merge(run_scores, run_indices, new_scores, new_indices, k: int):
   return scores, jnp.take_along_axis(cat_indices, pos, axis=1)
 
 
+def _empty(b_rows: int, k: int):
+  """An empty running top-k: (B, k) -inf scores and -1 indices."""
+  return jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32)
+
+
 def _slice_rows(corpus, start, size: int):
   return jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, start, size, axis=0), corpus)
 
@@ -155,9 +160,7 @@ def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, 
 
   num_blocks = -(-n_main // block)
   if kb < k:  # blocks smaller than k: the running top-k is wider than any block's
-    b_rows = _leading(queries)
-    empty = (jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32))
-    return jax.lax.fori_loop(0, num_blocks, body, empty)
+    return jax.lax.fori_loop(0, num_blocks, body, _empty(_leading(queries), k))
   return jax.lax.fori_loop(1, num_blocks, body, block_topk(0))
 
 
@@ -233,7 +236,7 @@ def _topk_scan(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_ma
   """
   n = _leading(corpus)
   b_rows = _leading(queries)
-  carry = (jnp.full((b_rows, k), -jnp.inf, jnp.float32), jnp.full((b_rows, k), -1, jnp.int32))
+  carry = _empty(b_rows, k)
   if n_main:
     main = _main_by_maxima if strategy == 'maxima' else _main_by_merge
     vals, idx = main(aux, queries, corpus, score_fn, k, block, n_main)
