@@ -1,0 +1,94 @@
+"""How much of a small-corpus search is the score itself: SciFact, embedjax vs faiss-cpu, CPU.
+
+    .venv/bin/python benchmarks/search_floor_cpu.py [--rounds 11]
+
+On SciFact (5,183 MiniLM corpus embeddings, 1,000 claims; see benchmarks/search_cpu.py), times
+in one process, turn by turn (each call after a 0.5 s pause, the order fixed within a round):
+
+  flat    faiss IndexFlatIP search | XLA's float32 product alone (jitted (1,000 x 384) x
+          (384 x 5,183) with a max per row, so that nothing but the product is left) |
+          embedjax ``topk_blocked``
+  binary  faiss IndexBinaryFlat search | embedjax's popcount distances alone (with a min per
+          row) | embedjax ``hamming_topk``
+
+If the score alone takes as long as faiss' whole search, no selection can bring embedjax to
+faiss' speed there; the gap between the score and embedjax's search is the selection's cost.
+Both libraries on the CPUs this process may use. Writes results/bench_search_floor_cpu.json
+(medians in ms, every round's times, command, machine and versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+PAUSE_SECONDS = 0.5
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--rounds', type=int, default=11)
+  ap.add_argument('--out', default=str(_REPO / 'results' / 'bench_search_floor_cpu.json'))
+  args = ap.parse_args()
+
+  import faiss
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from search_cpu import K, scifact_embeddings
+
+  from embedjax.io import atomic_write_json
+  from embedjax.provenance import provenance
+  from embedjax.search import hamming
+  from embedjax.search.exact import topk_blocked
+  from embedjax.search.hamming import hamming_topk
+
+  corpus, queries = scifact_embeddings()
+  d = corpus.shape[1]
+  codes, qcodes = np.packbits(corpus > 0, axis=-1), np.packbits(queries > 0, axis=-1)
+  flat, binary = faiss.IndexFlatIP(d), faiss.IndexBinaryFlat(8 * codes.shape[1])
+  flat.add(corpus)
+  binary.add(codes)
+  jcorpus, jcodes = jax.device_put(corpus), jax.device_put(codes)
+  jqueries, jwords = jnp.asarray(queries), hamming._to_words(jnp.asarray(qcodes))
+  product = jax.jit(lambda q, c: jnp.max(jnp.dot(q, c.T, precision='highest'), axis=1))
+  distances = jax.jit(lambda q, c: jnp.min(-hamming._popcount_scores(None, q, c), axis=1))
+
+  calls = {
+      'flat: faiss search': lambda: flat.search(queries, K),
+      'flat: XLA product alone': lambda: np.asarray(product(jqueries, jcorpus)),
+      'flat: embedjax search': lambda: np.asarray(topk_blocked(queries, jcorpus, K)[1]),
+      'binary: faiss search': lambda: binary.search(qcodes, K),
+      'binary: popcount distances alone': lambda: np.asarray(distances(jwords, jcodes)),
+      'binary: embedjax search': lambda: np.asarray(hamming_topk(qcodes, jcodes, K)[1]),
+  }
+  times = {name: [] for name in calls}
+  for fn in calls.values():
+    fn()  # compile, start threads
+  for r in range(args.rounds):
+    for name, fn in calls.items():
+      time.sleep(PAUSE_SECONDS)
+      start = time.perf_counter()
+      fn()
+      times[name].append(1e3 * (time.perf_counter() - start))
+    print(f'round {r + 1}/{args.rounds}', flush=True)
+  medians = {name: statistics.median(t) for name, t in times.items()}
+  for name, ms in medians.items():
+    print(f'{name:34s} {ms:7.1f} ms')
+  atomic_write_json(Path(args.out), {
+      'median_ms': medians, 'ms': times, 'rounds': args.rounds, 'pause_seconds': PAUSE_SECONDS,
+      'corpus_rows': int(corpus.shape[0]), 'queries': int(queries.shape[0]), 'k': K,
+      'command': 'python ' + ' '.join(sys.argv),
+      'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+      'provenance': provenance(extra_packages=('faiss-cpu',))})
+  print(f'wrote {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
