@@ -34,6 +34,7 @@ distance tables, attributes for filtering).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from typing import Any, Callable
 
@@ -51,6 +52,7 @@ _MAXIMA_MAX_BYTES = 1 << 30  # sub-chunk maxima of one query block: query_block 
 # 4,096 float32 product ran about 15% faster than 512 x 16,384 (its output stays in the 32 MiB
 # L3 for the maxima pass). 'merge': each block pays for a top-k and a merge, so blocks are larger.
 MAXIMA_BLOCKS = (4096, 1024)
+_CONCURRENT_QUERY_BLOCKS = 2
 MERGE_BLOCKS = (16384, 512)
 
 
@@ -312,16 +314,22 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
   if q_rows == 0:
     return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
   qb = min(qb, q_rows)
-  all_scores, all_indices = [], []
-  for start in range(0, q_rows, qb):
+
+  def search(start):
     q = jax.tree.map(lambda x: jnp.asarray(x[start:start + qb]), queries)
-    s, i = _topk_scan(aux, q, corpus, score_fn=score_fn, k=k, block=block, n_main=n_main,
-                      strategy=strategy)
-    all_scores.append(s)
-    all_indices.append(i)
-  if len(all_scores) == 1:
-    return all_scores[0], all_indices[0]
-  return jnp.concatenate(all_scores, axis=0), jnp.concatenate(all_indices, axis=0)
+    return jax.block_until_ready(_topk_scan(aux, q, corpus, score_fn=score_fn, k=k, block=block,
+                                            n_main=n_main, strategy=strategy))
+
+  starts = range(0, q_rows, qb)
+  if len(starts) == 1:
+    return search(0)
+  # Query blocks are independent: two run at once, from two host threads, so that one block's
+  # single-threaded top_k calls overlap the other's multi-threaded score (1,000 queries x 5,183
+  # packed codes in blocks of 500: 26 against 36 ms on 2 CPU cores).
+  with concurrent.futures.ThreadPoolExecutor(max_workers=_CONCURRENT_QUERY_BLOCKS) as pool:
+    results = list(pool.map(search, starts))
+  return (jnp.concatenate([r[0] for r in results], axis=0),
+          jnp.concatenate([r[1] for r in results], axis=0))
 
 
 def topk_blocked(queries, corpus, k: int, *, block_size: int | None = None,
