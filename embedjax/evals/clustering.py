@@ -20,6 +20,7 @@ import numpy as np
 
 from embedjax.kmeans_seeding import kmeans_plusplus, sq_distances
 
+
 @dataclasses.dataclass(frozen=True)
 class KMeansResult:
   """centers (k, D), labels (N,) int32, inertia (sum of squared distances), num_iter."""

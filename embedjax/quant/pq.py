@@ -82,7 +82,9 @@ def train_codebooks(key: jax.Array, x: jax.Array, m: int, iters,
   sub = x.reshape(n, m, d // m).transpose(1, 0, 2)  # (M, N, ds)
   keys = jax.random.split(key, m)
   if init is None:
-    return jax.lax.map(lambda a: lloyd(a[1], kmeans_plusplus(a[0], a[1], K, trials=1), iters), (keys, sub))
+    # Plain k-means++ (one candidate per centre), as faiss seeds its PQ codebooks.
+    seed = lambda key, xs: kmeans_plusplus(key, xs, K, trials=1)
+    return jax.lax.map(lambda a: lloyd(a[1], seed(a[0], a[1]), iters), (keys, sub))
   return jax.lax.map(lambda a: lloyd(a[0], a[1], iters), (sub, init))
 
 
