@@ -119,6 +119,22 @@ def test_block_topk_equals_lax_top_k(width, kb):
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
 
 
+@pytest.mark.parametrize('width,kb', [(1000, 5), (2050, 10), (4096, 16)])
+def test_block_topk_breaks_ties_like_lax_top_k(width, kb):
+  # Scores 0-9 (ties everywhere) and three larger spikes per row: the chunks holding the spikes
+  # are chosen first, out of index order, and also hold 9s that tie with lower rows' 9s for
+  # the last places.
+  rng = np.random.default_rng(width)
+  scores = rng.integers(0, 10, size=(200, width)).astype(np.float32)
+  spikes = rng.integers(0, width, size=(200, 3))
+  np.put_along_axis(scores, spikes, rng.integers(20, 30, size=(200, 3)).astype(np.float32), 1)
+  scores = jnp.asarray(scores)
+  got = exact._block_topk(scores, kb)
+  want = jax.lax.top_k(scores, kb)
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+
+
 @pytest.mark.parametrize('n,block_size,want', [
     (100_000, 16384, 14336),   # 7 blocks: 14,286 rows rounded up to whole chunks
     (1_000_000, 16384, 16192),
