@@ -7,9 +7,9 @@ in one process, turn by turn (each call after a 0.5 s pause, the order fixed wit
 
   flat    faiss IndexFlatIP search | XLA's float32 product alone (jitted (1,000 x 384) x
           (384 x 5,183), the (1,000, 5,183) scores left in memory) | numpy's float32 product
-          (its BLAS, the same shapes) | XLA's product with the maximum of every 64-row chunk
-          (the first step of any chunked selection, both kept) | ``lax.top_k`` alone over those
-          1,000 x 80 chunk maxima | embedjax ``topk_blocked``
+          (its BLAS, the same shapes) | XLA's product with the maximum of every 16-row chunk
+          (the first step of embedjax's selection, both kept) | ``lax.top_k`` alone over those
+          1,000 x 320 chunk maxima | embedjax ``topk_blocked``
   binary  faiss IndexBinaryFlat search | embedjax's popcount distances alone (the (1,000,
           5,183) int32 distances left in memory) | embedjax ``hamming_topk``
 
@@ -66,12 +66,12 @@ def main() -> int:
   jqueries, jwords = jnp.asarray(queries), hamming._to_words(jnp.asarray(qcodes))
   product = jax.jit(lambda q, c: jnp.dot(q, c.T, precision='highest'))
   distances = jax.jit(lambda q, c: -hamming._popcount_scores(None, q, c))
-  n_main = corpus.shape[0] // 64 * 64
+  n_main = corpus.shape[0] // 16 * 16
 
   @jax.jit
   def product_and_chunk_maxima(q, c):
     scores = jnp.dot(q, c[:n_main].T, precision='highest')
-    return scores, jnp.max(scores.reshape(q.shape[0], n_main // 64, 64), axis=2)
+    return scores, jnp.max(scores.reshape(q.shape[0], n_main // 16, 16), axis=2)
 
   chunk_maxima = product_and_chunk_maxima(jqueries, jcorpus)[1]
   top_k = jax.jit(lambda m: jax.lax.top_k(m, K))
@@ -82,7 +82,7 @@ def main() -> int:
       'flat: numpy product alone': lambda: queries @ corpus.T,
       'flat: XLA product + chunk maxima': lambda: jax.block_until_ready(
           product_and_chunk_maxima(jqueries, jcorpus)),
-      'flat: top_k alone, 1,000 x 80': lambda: jax.block_until_ready(top_k(chunk_maxima)),
+      'flat: top_k alone, 1,000 x 320': lambda: jax.block_until_ready(top_k(chunk_maxima)),
       'flat: embedjax search': lambda: np.asarray(topk_blocked(queries, jcorpus, K)[1]),
       'binary: faiss search': lambda: binary.search(qcodes, K),
       'binary: popcount distances alone': lambda: distances(jwords, jcodes).block_until_ready(),
