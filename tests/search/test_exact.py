@@ -153,13 +153,16 @@ def test_plan_picks_maxima_for_small_k_within_memory():
   # 25 balanced blocks of 4,032 rows over the 99,968 rows of whole chunks
   assert exact.plan(100_000, 10) == ('maxima', 4032, 1024, 99_968)
   assert exact.plan(100_000, 100)[0] == 'merge'
-  assert exact.plan(50, 10) == ('merge', 0, 512, 0)  # fewer than 64 rows: the tail step alone
-  assert exact.plan(16_400, 10) == ('merge', 16_384, 512, 16_384)  # one merge block
+  assert exact.plan(50, 10) == ('merge', 0, 1024, 0)  # fewer than 64 rows: the tail step alone
+  assert exact.plan(16_400, 10) == ('merge', 16_384, 1024, 16_384)  # one merge block
   # 100M rows: one query's maxima take 25 MB, so the default query block shrinks to fit 1 GiB.
   strategy, _, qb, _ = exact.plan(100_000_000, 10)
   assert strategy == 'maxima' and qb * 100_000_000 // 16 * 4 <= 1 << 30 and qb >= 40
   assert exact.plan(100_000_000, 10, query_block=1024)[0] == 'merge'
   assert exact.plan(1000, 10, block_size=100, strategy='maxima')[1] == 96  # whole sub-chunks
+  # One corpus block: 'merge', with the larger query block for small k only.
+  assert exact.plan(5183, 10) == ('merge', 5120, 1024, 5120)
+  assert exact.plan(5183, 100)[2] == 512 and exact.plan(5183, 10, query_block=7)[2] == 7
   with pytest.raises(ValueError, match='strategy'):
     exact.plan(1000, 10, strategy='heap')
 
