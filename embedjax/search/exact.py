@@ -271,8 +271,8 @@ def plan(n: int, k: int, block_size: int | None = None, query_block: int | None 
   queries over 5,183 rows on 2 CPU cores, while at 20k rows it was 172 against 228 ms), k <= 32,
   and the sub-chunk maxima of a query block fit in 1 GiB; else 'merge'. ``None`` sizes take the
   strategy's defaults (``MAXIMA_BLOCKS`` / ``MERGE_BLOCKS``); the default query block of 'maxima'
-  shrinks so that its maxima fit, and that of 'merge' is ``MAXIMA_BLOCKS[1]`` for k <= 16. Blocks are balanced (``balanced_block``) and, for 'maxima',
-  whole 16-row sub-chunks.
+  shrinks so that its maxima fit, and that of 'merge' is ``MAXIMA_BLOCKS[1]`` for k <= 16.
+  Blocks are balanced (``balanced_block``) and, for 'maxima', whole 16-row sub-chunks.
   """
   if strategy not in (None, 'maxima', 'merge'):
     raise ValueError(f"strategy must be None, 'maxima' or 'merge', got {strategy!r}")
