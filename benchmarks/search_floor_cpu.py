@@ -53,7 +53,7 @@ def main() -> int:
   from embedjax.io import atomic_write_json
   from embedjax.provenance import provenance
   from embedjax.search import hamming
-  from embedjax.search.exact import topk_blocked
+  from embedjax.search.exact import n_main_rows, topk_blocked
   from embedjax.search.hamming import hamming_topk
 
   corpus, queries = scifact_embeddings()
@@ -66,7 +66,7 @@ def main() -> int:
   jqueries, jwords = jnp.asarray(queries), hamming._to_words(jnp.asarray(qcodes))
   product = jax.jit(lambda q, c: jnp.dot(q, c.T, precision='highest'))
   distances = jax.jit(lambda q, c: -hamming._popcount_scores(None, q, c))
-  n_main = corpus.shape[0] // 16 * 16
+  n_main = n_main_rows(corpus.shape[0])  # the rows the library scans in chunks (5,120)
 
   @jax.jit
   def product_and_chunk_maxima(q, c):
