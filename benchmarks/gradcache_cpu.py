@@ -35,8 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_common as tc  # noqa: E402
+import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
 
 DEFAULT_OUT = tc.REPO / 'results' / 'bench_gradcache_cpu.json'
 DEFAULT_LOGS = tc.REPO / 'runs' / 'gradcache_cpu'

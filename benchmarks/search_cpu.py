@@ -102,6 +102,7 @@ def _rss_now() -> int:
 def synthetic(n: int, seed: int) -> 'np.ndarray':
   """(n, 384) float32 unit vectors: 1,000 clusters in a random 64-d subspace plus noise."""
   import numpy as np
+  from embedjax.ops import l2_normalize
   rng = np.random.default_rng(1234)  # the subspace and centres are shared by base and queries
   basis = np.linalg.qr(rng.standard_normal((DIM, 64)))[0].T.astype(np.float32)  # (64, 384)
   centres = rng.standard_normal((1000, 64)).astype(np.float32)
@@ -111,7 +112,7 @@ def synthetic(n: int, seed: int) -> 'np.ndarray':
     m = min(100_000, n - s)
     z = centres[rng.integers(0, 1000, m)] + 0.7 * rng.standard_normal((m, 64), dtype=np.float32)
     x = z @ basis + 0.15 * rng.standard_normal((m, DIM), dtype=np.float32)
-    out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    out[s:s + m] = l2_normalize(x)
   return out
 
 

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 PAUSE_SECONDS = 0.5
 
 
@@ -52,6 +51,7 @@ def main() -> int:
 
   from embedjax.io import atomic_write_json
   from embedjax.provenance import provenance
+  from embedjax.ops import bytes_to_words
   from embedjax.search import hamming
   from embedjax.search.exact import n_main_rows, topk_blocked
   from embedjax.search.hamming import hamming_topk
@@ -63,7 +63,7 @@ def main() -> int:
   flat.add(corpus)
   binary.add(codes)
   jcorpus, jcodes = jax.device_put(corpus), jax.device_put(codes)
-  jqueries, jwords = jnp.asarray(queries), hamming._to_words(jnp.asarray(qcodes))
+  jqueries, jwords = jnp.asarray(queries), bytes_to_words(jnp.asarray(qcodes))
   product = jax.jit(lambda q, c: jnp.dot(q, c.T, precision='highest'))
   distances = jax.jit(lambda q, c: -hamming._popcount_scores(None, q, c))
   n_main = n_main_rows(corpus.shape[0])  # the rows the library scans in chunks (5,120)

@@ -51,10 +51,11 @@ def random_pairs(rng, batch: int, query_len: int, doc_len: int, vocab: int = 305
 
 
 def optim_config():
-  import ml_collections
-  return ml_collections.ConfigDict(dict(
-      lr=LR, warmup_steps=0, decay='constant', end_lr_ratio=1.0, weight_decay=WEIGHT_DECAY,
-      b1=0.9, b2=0.999, eps=1e-6, clip_norm=0.0, freeze=''))
+  from embedjax.train.base_config import base_config
+  cfg = base_config().optim
+  cfg.update(lr=LR, warmup_steps=0, decay='constant', end_lr_ratio=1.0, weight_decay=WEIGHT_DECAY,
+             clip_norm=0.0)
+  return cfg
 
 
 def embedjax_program(spec, params, *, chunk_size: int = 0, grad_cache: bool = False,

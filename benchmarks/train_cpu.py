@@ -50,8 +50,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_common as tc  # noqa: E402
+import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
 
 SYSTEMS = ('embedjax', 'sentence_transformers', 'representax')
 PEER = Path(__file__).resolve().parent / 'peers' / 'representax_train.py'

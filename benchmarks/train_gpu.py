@@ -47,8 +47,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_common as tc  # noqa: E402
+import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
 
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
 MODELS = {
@@ -100,7 +99,8 @@ _EMBEDJAX_PROGRAMS: dict = {}  # spec -> (jitted init, jitted step, tx), reused 
 def run_embedjax(shape: dict, args, vocab: int) -> dict:
   import jax
   from embedjax.models.bert import BertConfig
-  from embedjax.models.pretrained import EmbedderSpec, init_params
+  from embedjax.models.pretrained import init_params
+  from embedjax.models.spec import EmbedderSpec
   from embedjax.train.state import create_state
 
   bert = BertConfig(vocab_size=vocab, hidden_size=shape['hidden'],

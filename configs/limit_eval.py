@@ -13,23 +13,23 @@ import ml_collections as mlc
 
 def get_config(arg=None):
   c = mlc.ConfigDict()
-  c.model = 'all-MiniLM-L6-v2'
+  c.model = 'all-MiniLM-L6-v2'     # packaged model name or a local sentence-transformers folder
   c.parts = 'limit_small,patterns'  # comma-separated: which evaluations to run
   c.out_dir = ''                   # '' = results/limit in the repository
   c.cache_dir = ''                 # '' = runs/cache
-  c.ks = (2, 10, 20, 100)
+  c.ks = (2, 10, 20, 100)          # recall@k reported (LIMIT's headline is recall@2)
   c.dims = (384, 256, 128, 64, 32)  # truncated to the first d dims, then re-normalised
   # 'binary' scores the float query against the stored bits; 'binary_hamming' binarises the query too
   c.schemes = ('float16', 'float8_e4m3', 'int8', 'int4', 'binary', 'binary_hamming')
   c.bm25 = dict(k1=1.5, b=0.75, method='lucene')
-  c.patterns = dict(
+  c.patterns = dict(              # generated LIMIT-style corpora (embedjax.limit.patterns)
       names=('dense', 'random', 'cycle', 'disjoint'),
       num_queries=1000,
       seed=0,
       num_docs=50_000,            # documents per generated corpus (the patterns share all but
                                   # their pool documents, so ~53k distinct texts are embedded)
   )
-  c.suffix = ''
+  c.suffix = ''                    # appended to result file names ('.quick' for the smoke run)
   if arg == 'quick':
     c.patterns.update(num_docs=2000, num_queries=100)
     c.suffix = '.quick'

@@ -19,9 +19,9 @@ def get_config(arg=None):
   c.name = 'critical_n'           # results/limit/<name>.{json,md,png}
   c.out_dir = ''                  # '' = results/limit in the repository
   c.seed = 0                      # n's probe in dimension d uses fold_in(fold_in(key(seed), d), n)
-  c.dims = list(range(4, 33))
-  c.extrapolate = [384, 512, 768, 1024, 3072, 4096]
-  c.protocol = dict(
+  c.dims = list(range(4, 33))     # dimensions swept, in order
+  c.extrapolate = [384, 512, 768, 1024, 3072, 4096]  # d at which the cubic fit is extrapolated
+  c.protocol = dict(              # embedjax.limit.free_embedding.Protocol: one probe's optimisation
       learning_rate=0.01,         # Adam
       temperature=0.1,            # InfoNCE logits = cosine / temperature
       patience=1000,              # give up after 1000 steps without progress ...

@@ -1,7 +1,7 @@
 r"""configs/minilm_scifact.py with a Matryoshka loss at 384/256/128/64/32 dims (equal weights).
 
 python -m embedjax.cli train --config configs/minilm_scifact_mrl.py --workdir runs/minilm_scifact_mrl
-(`experiments/train_scifact.py` runs it beside the plain run and writes results/train/minilm_scifact_mrl.json)
+(`python -m experiments.train_scifact` runs it beside the plain run and writes results/train/minilm_scifact_mrl.json)
 """
 
 from pathlib import Path

@@ -6,7 +6,8 @@ results/storage_tradeoff.quick.*)
 
 Writes results/storage_tradeoff.{json,md,png}. Scheme names follow ``embedjax.quant.get`` plus the
 search-mode suffixes of the experiment: a scheme ending in a binary quantizer is searched by
-Hamming distance (query binarised too); ``_asym`` scores the float query against the stored bits;
+Hamming distance (query binarised too); ``_asym`` scores the float query against the stored bits
+(on STS-B: the first sentence in float32 against the second's stored bits);
 ``_rescore`` retrieves rescore_multiplier x 10 by Hamming distance, then rescores with the float
 query against the same bits; ``_rescore_int8`` rescores from int8 codes kept beside the bits;
 ``int8_sym`` quantizes the query too and ranks by the integer inner product; ``rb<u>_untrained`` is
@@ -23,16 +24,16 @@ _PCA = [f'pca{f}_{p}' for f in (25, 50, 75) for p in ('float32', 'float8', 'int8
 def get_config(arg=None):
   c = mlc.ConfigDict()
   c.name = 'storage_tradeoff'    # results/<name>.{json,md,png}
-  c.model = 'all-MiniLM-L6-v2'
+  c.model = 'all-MiniLM-L6-v2'   # the model whose float32 embeddings are compressed
   c.seed = 0                     # PRNG seed: random projections, PQ k-means++, binarizer training
   c.cache_dir = ''               # float32 embedding cache ('' = runs/cache in the repository)
   c.out_dir = ''                 # where results go ('' = results/ in the repository)
-  c.scifact = dict(
+  c.scifact = dict(              # the retrieval task
       split='test',              # queries judged in qrels/<split>.tsv
       k=100,                     # depth of every first-stage run (nDCG@10 / recall@10 reported)
       calibration='corpus',      # fit every scheme (ranges, PCA, codebooks, binarizer) on the corpus
   )
-  c.stsb = dict(
+  c.stsb = dict(                 # the STS task
       split='test',
       calibration='train',       # fit on the STS-B train split's sentences (held out from test)
   )
@@ -40,7 +41,7 @@ def get_config(arg=None):
   c.pq = dict(iters=25, opq_iters=25)      # Lloyd iterations; OPQ alternations (faiss: 25, 50)
   c.rb = dict(hidden=384, steps=600, batch_size=256, lr=1e-3,   # recurrent-binarizer training
               temperature=0.3)  # softmax temperature of its similarity-matching loss
-  c.schemes = [
+  c.schemes = [                  # storage schemes (names: module docstring)
       'float32', 'float16', 'bfloat16', 'float8_e4m3', 'float8_e4m3_noscale', 'float8_e5m2',
       'int8', 'int8_sym', 'uint8', 'int4',
       'binary', 'binary_asym', 'binary_rescore', 'binary_rescore_int8', 'binary_centered',

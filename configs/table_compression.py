@@ -15,52 +15,59 @@ import ml_collections as mlc
 
 def get_config(arg=None):
   c = mlc.ConfigDict()
-  c.mode = 'memory' if arg == 'memory' else 'benchmark'
+  c.mode = 'memory' if arg == 'memory' else 'benchmark'  # which study the run makes
   c.workdir = 'runs/table_compression'  # per-run JSONL lines here; a rerun skips what is present
   c.results = 'results/table_compression'  # writes .json, .md, .png (memory mode: _memory.json/.md)
 
-  c.data = mlc.ConfigDict()
+  c.data = mlc.ConfigDict()  # MovieLens-100k as CTR
   c.data.split = 'u1'  # MovieLens-100k official 80/20 split (u1.base / u1.test)
   c.data.valid_fraction = 0.1  # of u1.base, held out for early stopping and OptEmbed's search
-  c.data.valid_seed = 0
+  c.data.valid_seed = 0  # seed of that holdout
 
-  c.dim = 16
+  c.dim = 16  # embedding width of every field
   c.model = 'fm'  # the model under every table in the main grid (lr, fm, deepfm, dlrm)
   c.model_sweep = ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
-  c.methods = ('full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt')
+  c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
+      'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
-  c.seeds = (0, 1, 2)
+  c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
   c.epochs = 8  # the epoch with the best validation AUC is kept (early stopping)
-  c.batch_size = 512
-  c.optimizer = 'adam'
-  c.lr = 3e-3
-  c.eval_batch_size = 4096
+  c.batch_size = 512  # training rows per step
+  c.optimizer = 'adam'  # optax optimizer of the table and the model
+  c.lr = 3e-3  # its learning rate
+  c.eval_batch_size = 4096  # rows per evaluation call
 
-  c.optembed = mlc.ConfigDict()
+  c.optembed = mlc.ConfigDict()  # OptEmbed's pruning and evolutionary width search
   c.optembed.alpha = 1e-2  # weight of sum_f exp(-threshold_f): larger prunes more rows (1e-2 keeps ~83%)
-  c.optembed.supernet_epochs = 8
+  c.optembed.supernet_epochs = 8  # epochs of the supernet that the search samples from
   c.optembed.population = 12  # evolutionary search over per-field widths, scored on validation
-  c.optembed.generations = 4
+  c.optembed.generations = 4  # rounds of that search
 
   # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
   # DHE's hidden width is capped at 96 (~29% of the full table's bytes): every lookup runs the whole
   # MLP, and wider ones cost minutes per run on 2 CPU cores; larger budgets reuse the capped size.
-  c.method_kw = mlc.ConfigDict({'unified': {'probes': 2}, 'dhe': {'num_hashes': 64, 'layers': 2, 'max_hidden': 96},
-                                'qr': {'max_parts': 4}})
+  # One entry per method (an empty one keeps the module defaults).
+  c.method_kw = mlc.ConfigDict({m: {} for m in c.methods})
+  c.method_kw.update({'unified': {'probes': 2},
+                      'dhe': {'num_hashes': 64, 'layers': 2, 'max_hidden': 96},
+                      'qr': {'max_parts': 4}})
 
-  c.memory = mlc.ConfigDict()
+  c.memory = mlc.ConfigDict()  # the 10M-id peak-memory check (mode 'memory')
   # 10,000,000 ids over 8 fields, 64 dims: the full float32 table alone is 2.56 GB.
-  c.memory.vocab_sizes = (5_000_000, 2_500_000, 1_500_000, 700_000, 200_000, 80_000, 15_000, 5_000)
-  c.memory.dim = 64
+  c.memory.vocab_sizes = (  # ids per field
+      5_000_000, 2_500_000, 1_500_000, 700_000, 200_000, 80_000, 15_000, 5_000)
+  c.memory.dim = 64  # embedding width
   c.memory.rows = 1_000_000  # synthetic rows generated (Zipf a = 1.1, planted logistic truth)
   c.memory.steps = 20  # training steps per method: enough for peak memory and steps/s
-  c.memory.batch_size = 4096
-  c.memory.budgets = (0.1, 0.01)
-  c.memory.methods = ('hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified')
+  c.memory.batch_size = 4096  # rows per step
+  c.memory.budgets = (0.1, 0.01)  # fractions of the full table's bytes
+  c.memory.methods = (  # families measured
+      'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified')
   # The full table measured at these smaller vocabularies (scaled-down copies of the 8 fields)
   # and extrapolated linearly to 10M ids; not run at 10M beside other people's jobs.
   c.memory.full_probe_ids = (500_000, 1_000_000, 2_000_000)
   # Caps that keep the compute of the per-step MLP / TT contraction short on 2 CPU cores.
-  c.memory.method_kw = mlc.ConfigDict({'dhe': {'max_hidden': 128}, 'tt': {'max_rank': 16}})
+  c.memory.method_kw = mlc.ConfigDict({m: {} for m in c.memory.methods})
+  c.memory.method_kw.update({'dhe': {'max_hidden': 128}, 'tt': {'max_rank': 16}})
   c.memory.only = ''  # internal: 'method:fraction' runs one child process
   return c

@@ -110,14 +110,42 @@ def cmd_encode(args) -> int:
   return 0
 
 
-def cmd_train(args, overrides: list[str]) -> int:
-  from embedjax.config import load_config
-  from embedjax.train.loop import train
-  cfg = load_config(args.config, overrides)
-  summary = train(cfg, args.workdir, resume=not args.no_resume, progress=not args.quiet)
+def training_sources() -> dict:
+  """Every training source ``embedjax train`` knows: the loop's own and the studies'."""
+  from embedjax.limit.training_sources import SOURCES as LIMIT_SOURCES
+  from embedjax.train.data import SOURCES
+  return {**SOURCES, **LIMIT_SOURCES}
+
+
+def _train_flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_string('workdir', None, 'checkpoints, logs and the exported model', flag_values=fv)
+  flags.DEFINE_boolean('no-resume', False, 'ignore checkpoints in the workdir', flag_values=fv)
+  flags.DEFINE_boolean('quiet', False, 'no progress bars', flag_values=fv)
+  flags.DEFINE_boolean('dry-run', False, 'build the run abstractly (no weights, no data), print '
+                       'its shapes and stop', flag_values=fv)
+
+
+def _train_main(cfg, fv) -> int:
+  from embedjax.train.loop import dry_build, train
+  if fv['dry-run'].value:
+    r = dry_build(cfg, training_sources())
+    print(f"dry run: {r['param_count']:,} encoder params; batch "
+          f"{ {k: v.shape for k, v in r['batch'].items()} }; metrics {sorted(r['metrics'])}")
+    return 0
+  if not fv['workdir'].value:
+    raise SystemExit('embedjax train: --workdir is required')
+  summary = train(cfg, fv['workdir'].value, sources=training_sources(),
+                  resume=not fv['no-resume'].value, progress=not fv['quiet'].value)
   print(f"trained {summary['steps_done']}/{summary['steps']} steps in {summary['seconds']} s "
         f"({summary['pairs_per_s']} pairs/s); before: {summary['before']}; after: {summary['after']}")
   return 0
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+  """``embedjax train --config FILE[:arg] --workdir DIR [--config.a.b=v | --config.a.b v ...]``."""
+  from embedjax.config import run_main
+  return run_main(_train_main, None, argv, prog='embedjax train', define_flags=_train_flags)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,12 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument('--out', default=None, help='result JSON (default: results/eval/<model>.json)')
   ev.set_defaults(fn=cmd_eval)
 
-  tr = sub.add_parser('train', help='train from a config file (overrides: --config.a.b=value)')
-  tr.add_argument('--config', required=True, help='configs/NAME.py[:arg]')
-  tr.add_argument('--workdir', required=True, help='checkpoints, logs and the exported model')
-  tr.add_argument('--no-resume', action='store_true', help='ignore checkpoints in the workdir')
-  tr.add_argument('--quiet', action='store_true', help='no progress bars')
-  tr.set_defaults(fn=cmd_train)
+  # Listed for --help only: main() hands 'train' to the config parser (embedjax.config.run).
+  sub.add_parser('train', help='train from a config: --config configs/NAME.py --workdir DIR '
+                 '[--config.a.b=value ...] [--no-resume] [--quiet] [--dry-run]')
 
   en = sub.add_parser('encode', help='embed texts from a file into an .npy file')
   model_args(en)
@@ -161,12 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault('TOKENIZERS_PARALLELISM', 'true')
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['train'] and not {'-h', '--help'} & set(argv):
+    return cmd_train(argv[1:])
   args, rest = build_parser().parse_known_args(argv)
-  if args.command == 'train':
-    bad = [r for r in rest if not r.startswith('--config.')]
-    if bad:
-      raise SystemExit(f'embedjax train: unrecognized arguments {bad}')
-    return args.fn(args, rest)
   if rest:
     raise SystemExit(f'embedjax {args.command}: unrecognized arguments {rest}')
   return args.fn(args)

@@ -34,7 +34,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from embedjax.models.embedder import embed_packed
-from embedjax.models.pretrained import EmbedderSpec, Pretrained
+from embedjax.models.pretrained import Pretrained
+from embedjax.models.spec import EmbedderSpec
 
 
 @dataclasses.dataclass(frozen=True)

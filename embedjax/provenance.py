@@ -64,3 +64,19 @@ def provenance(extra_packages: tuple[str, ...] = ()) -> dict:
       'versions': versions(extra_packages),
       'machine': machine(),
   }
+
+
+def rerender(json_path, md_path, markdown_fn, renderer: str):
+  """Rewrites a results table from its JSON (``markdown_fn(record) -> str``) without re-running
+  the measurement, and says so in a last line naming the renderer and the commit it ran at."""
+  import json
+  from pathlib import Path
+
+  from embedjax.io import atomic_write_text
+  json_path = Path(json_path)
+  md_path = Path(md_path) if md_path else json_path.with_suffix('.md')
+  text = markdown_fn(json.loads(json_path.read_text())).rstrip('\n')
+  text += (f'\n\nThis table was re-rendered from `{json_path.name}` by `{renderer}` at commit '
+           f'{git_commit()}; the numbers are the JSON file\'s.\n')
+  atomic_write_text(md_path, text)
+  return md_path

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
 from embedjax import paths, quant
+from embedjax.config import run_main
 from embedjax.data.readers import RetrievalData, read_limit
 from embedjax.embedding_cache import cached_encode
 from embedjax.evals.bm25 import bm25_topk
 from embedjax.evals.metrics import retrieval_metrics
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.limit import patterns
+from embedjax.losses.matryoshka import truncate_and_renormalize
 from embedjax.provenance import provenance
 from embedjax.search.exact import topk_blocked
 from embedjax.search.hamming import hamming_topk
@@ -38,12 +38,6 @@ def recalls(indices, data: RetrievalData, ks) -> dict:
   out = {f'recall@{k}': round(100 * m[f'recall@{k}'], 2) for k in ks}
   out.update({f'ndcg@{k}': round(100 * m[f'ndcg@{k}'], 2) for k in ks})
   return out
-
-
-def truncate(x: np.ndarray, d: int) -> np.ndarray:
-  """First d dims, re-normalised (cosine of the truncated vectors)."""
-  x = np.asarray(x[:, :d], np.float32)
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def dense_run(queries, corpus, k: int) -> np.ndarray:
@@ -73,8 +67,8 @@ def embed(model, texts, label: str, cfg) -> np.ndarray:
   return cached_encode(model, list(texts), label, cache_dir=cfg.cache_dir or None)
 
 
-def evaluate(data: RetrievalData, corpus, queries, label: str, cfg, *, dims=None, schemes=(),
-             log=print) -> dict:
+def evaluate_split(data: RetrievalData, corpus, queries, label: str, cfg, *, dims=None,
+                   schemes=(), log=print) -> dict:
   """MiniLM rows (full dim, each truncation, each scheme) and BM25 for one retrieval split.
 
   Args:
@@ -85,8 +79,9 @@ def evaluate(data: RetrievalData, corpus, queries, label: str, cfg, *, dims=None
   out = {'counts': data.counts}
   rows = {}
   for d in (dims or (corpus.shape[1],)):
-    rows[f'minilm_d{d}'] = recalls(dense_run(truncate(queries, d), truncate(corpus, d), kmax),
-                                   data, cfg.ks)
+    # first d dims, re-normalised (cosine of the truncated vectors)
+    run = dense_run(truncate_and_renormalize(queries, d), truncate_and_renormalize(corpus, d), kmax)
+    rows[f'minilm_d{d}'] = recalls(run, data, cfg.ks)
     log(f'  {label} minilm d={d}: {rows[f"minilm_d{d}"]}')
   for s in schemes:
     idx, nbytes = quantized_run(s, queries, corpus, kmax)
@@ -110,10 +105,33 @@ def table(rows: dict, ks) -> str:
   return '\n'.join(lines)
 
 
-def main(argv) -> None:
-  del argv
-  cfg = _CONFIG.value
+PARTS = ('limit_small', 'patterns')
+
+
+def dry_run(cfg) -> dict:
+  """Checks every name and size the config gives and builds each scheme's quantizer, without
+  reading data or weights; returns what the run would do."""
+  from embedjax.evals.bm25 import METHODS as BM25_METHODS
+  from embedjax.models.pretrained import load_spec
+  parts = [x.strip() for x in cfg.parts.split(',') if x.strip()]
+  unknown = sorted(set(parts) - set(PARTS))
+  if unknown or not parts:
+    raise ValueError(f'parts: unknown part(s) {unknown or cfg.parts!r}; choose from {PARTS}')
+  width = load_spec(cfg.model)[0].bert.hidden_size
+  if any(not 0 < d <= width for d in cfg.dims):
+    raise ValueError(f'dims {tuple(cfg.dims)}: each must be in 1..{width}')
+  quantizers = {s: quant.get(s[:-len('_hamming')] if s.endswith('_hamming') else s)
+                for s in cfg.schemes}
+  if cfg.bm25.method not in BM25_METHODS:
+    raise ValueError(f'bm25.method {cfg.bm25.method!r}: not one of {BM25_METHODS}')
+  for name in cfg.patterns.names:
+    patterns.default_pool_size(name, cfg.patterns.num_queries)  # checks the name and the size
+  return {'parts': parts, 'width': width, 'quantizers': quantizers}
+
+
+def main(cfg, flags=None) -> None:
   from embedjax.models.pretrained import load_pretrained
+  dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
   prov = provenance(extra_packages=('bm25s',))
   model = load_pretrained(cfg.model)
@@ -121,9 +139,6 @@ def main(argv) -> None:
   start = time.perf_counter()
 
   parts = {x.strip() for x in cfg.parts.split(',') if x.strip()}
-  unknown = parts - {'limit_small', 'patterns'}
-  if unknown:
-    raise SystemExit(f'config.parts: unknown part(s) {sorted(unknown)}')
   data_dir = paths.shared_data_dir()
   if 'limit_small' not in parts:
     pass
@@ -135,8 +150,8 @@ def main(argv) -> None:
     t = time.perf_counter()
     corpus = embed(model, small.corpus_texts, 'limit-small-corpus', cfg)
     queries = embed(model, small.query_texts, 'limit-small-queries', cfg)
-    res = evaluate(small, corpus, queries, 'limit-small', cfg, dims=cfg.dims, schemes=cfg.schemes,
-                   log=log)
+    res = evaluate_split(small, corpus, queries, 'limit-small', cfg, dims=cfg.dims,
+                         schemes=cfg.schemes, log=log)
     res.update(encode_seconds=round(time.perf_counter() - t, 1), config=cfg.to_dict(),
                provenance=prov)
     atomic_write_json(out_dir / f'limit_small{cfg.suffix}.json', res)
@@ -171,8 +186,8 @@ def main(argv) -> None:
     results[name] = {
         'pattern': name, 'num_docs': pc.num_docs, 'pool_size': corpus.pool_size,
         'likes_per_doc': corpus.likes_per_doc,
-        **evaluate(data, doc_emb[[doc_row[x] for x in data.corpus_texts]],
-                   query_emb[[query_row[x] for x in data.query_texts]], name, cfg, log=log)}
+        **evaluate_split(data, doc_emb[[doc_row[x] for x in data.corpus_texts]],
+                         query_emb[[query_row[x] for x in data.query_texts]], name, cfg, log=log)}
     atomic_write_json(out_dir / f'patterns{cfg.suffix}.json',
                       {'results': results, 'encode_seconds': encode_seconds,
                        'config': cfg.to_dict(), 'provenance': prov})
@@ -189,5 +204,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/limit_eval.py')
-  sys.exit(app.run(main))
+  sys.exit(run_main(main, 'configs/limit_eval.py'))

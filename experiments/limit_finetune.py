@@ -1,7 +1,7 @@
 """Can fine-tuning fix LIMIT-small? MiniLM trained on generated LIMIT-style data vs on the test
 qrels themselves, at several Matryoshka dims.
 
-python -m experiments.limit_finetune [--only train|test] [--epochs N] [--runs-dir runs]
+python -m experiments.limit_finetune [--only train|test] [--epochs N] [--runs-dir runs] [--config.x=y ...]
 
 Runs configs/limit_finetune.py:train and :test (each resumable) and writes
 results/limit/finetune.json: recall@2/@10/@20 on LIMIT-small at every dim, before and after
@@ -11,52 +11,58 @@ of 32 rows over the 2,000 (query, relevant person) rows).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from absl import flags
+
 from embedjax import paths
-from embedjax.config import load_config
+from embedjax.cli import training_sources
+from embedjax.config import config_overrides, load_config, run_main
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.provenance import provenance
-from embedjax.train.loop import train
+from embedjax.train.loop import dry_build, train
 
 METRICS = ('recall@2', 'recall@10', 'recall@20')
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--only', choices=('train', 'test'), default=None)
-  parser.add_argument('--epochs', type=int, default=1, help='passes over the training rows')
-  parser.add_argument('--runs-dir', default=str(paths.repo_root() / 'runs'))
-  args = parser.parse_args(argv)
-  if args.epochs < 1:
-    parser.error(f'--epochs must be >= 1, got {args.epochs}')
+def _flags(fv) -> None:
+  flags.DEFINE_enum('only', None, ['train', 'test'], 'run one of the two', flag_values=fv)
+  flags.DEFINE_integer('epochs', 1, 'passes over the training rows', lower_bound=1, flag_values=fv)
+  flags.DEFINE_string('runs-dir', str(paths.repo_root() / 'runs'), 'workdirs go here',
+                      flag_values=fv)
+
+
+def main(cfg, fv) -> int:
+  del cfg  # the ':train' config: both splits are loaded below, with the same overrides
+  args = {name: fv[name].value for name in ('only', 'epochs', 'runs-dir')}
   repo = paths.repo_root()
   config = repo / 'configs' / 'limit_finetune.py'
   prov = provenance()
   out, runs = {}, {}
   for split in ('train', 'test'):
-    if args.only and args.only != split:
+    if args['only'] and args['only'] != split:
       continue
-    cfg = load_config(f'{config}:{split}')
-    cfg.steps *= args.epochs
-    cfg.ckpt_every *= args.epochs
-    suffix = '' if args.epochs == 1 else f'_e{args.epochs}'
+    cfg = load_config(f'{config}:{split}', config_overrides(sys.argv[1:]))
+    cfg.steps *= args['epochs']
+    cfg.ckpt_every *= args['epochs']
+    dry_build(cfg, training_sources())
+    suffix = '' if args['epochs'] == 1 else f"_e{args['epochs']}"
     print(f'== fine-tune on {split}: {cfg.data.train}, {cfg.steps} steps', flush=True)
-    s = train(cfg, Path(args.runs_dir) / f'limit_finetune_{split}{suffix}')
+    s = train(cfg, Path(args['runs-dir']) / f'limit_finetune_{split}{suffix}',
+              sources=training_sources())
     dims = cfg.evals.limit_small.dims
     out[split] = {str(d): {'before': {m: s['before'][f'limit_small_{m}@{d}'] for m in METRICS},
                            'after': {m: s['after'][f'limit_small_{m}@{d}'] for m in METRICS}}
                   for d in dims}
     runs[split] = {'seconds': s['seconds'], 'steps': s['steps'], 'train_rows': s['train_rows'],
-                   'epochs': args.epochs, 'source': cfg.data.train}
+                   'epochs': args['epochs'], 'source': cfg.data.train}
   record = {'limit_small': out, 'runs': runs,
             'note': 'train = generated LIMIT-style set (other people and assignments); '
                     'test = the LIMIT-small qrels themselves', **prov}
   out_dir = repo / 'results' / 'limit'
-  name = ('finetune' if not args.only else f'finetune_{args.only}') + (
-      '' if args.epochs == 1 else f'_e{args.epochs}')
+  name = ('finetune' if not args['only'] else f"finetune_{args['only']}") + (
+      '' if args['epochs'] == 1 else f"_e{args['epochs']}")
   atomic_write_json(out_dir / f'{name}.json', record)
   lines = ['| trained on | dim | ' + ' | '.join(f'{m} before -> after' for m in METRICS) + ' |',
            '|---|---|' + '---|' * len(METRICS)]
@@ -70,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(run_main(main, 'configs/limit_finetune.py', define_flags=_flags))

@@ -7,6 +7,10 @@ increments; see ``predicted_start``) and gallops then bisects over n; each probe
 C(n, 2) queries and n documents with the protocol of the config
 (``embedjax.limit.free_embedding``). The paper's own cubic fit is plotted
 beside ours for comparison.
+
+The report gives, per d, both the largest solved n and the first (smallest) failed n, computed
+from the probe records by ``probe_bounds``; ``render(json_path)`` rewrites the .md from the JSON
+without re-running the sweep.
 """
 
 from __future__ import annotations
@@ -25,13 +29,12 @@ if '--xla_gpu_deterministic_ops' not in os.environ.get('XLA_FLAGS', ''):
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
-from ml_collections import config_flags
 
 from embedjax import paths  # noqa: E402
+from embedjax.config import run_main  # noqa: E402
 from embedjax.io import atomic_write_json, atomic_write_text  # noqa: E402
 from embedjax.limit import free_embedding as fe  # noqa: E402
-from embedjax.provenance import provenance  # noqa: E402
+from embedjax.provenance import provenance, rerender  # noqa: E402
 
 # Weller et al. (2025), fit of their critical-n points (k = 2): -10.5322 + 4.0309 d + 0.0520 d^2
 # + 0.0037 d^3.
@@ -108,11 +111,53 @@ def summarise(cfg, done: dict) -> dict:
   return out
 
 
+def probe_bounds(run: dict) -> dict:
+  """One dimension's boundary, computed from its probe records (``run['attempts']``).
+
+  Returns {'largest_solved': largest n some restart solved, 'first_failed': smallest n no
+  restart solved, 'unprobed': the n strictly between the two that were never probed,
+  'monotone': no failed n below a solved one}. A record without probes (hand-built summaries)
+  gives its recorded 'critical_n' / 'first_failure', with nothing known about the n between.
+  """
+  attempts = run.get('attempts')
+  if not attempts:
+    return {'largest_solved': run['critical_n'], 'first_failed': run['first_failure'],
+            'unprobed': [], 'monotone': True}
+  solved = [int(n) for n, a in attempts.items() if a['solved']]
+  failed = [int(n) for n, a in attempts.items() if not a['solved']]
+  lo = max(solved) if solved else None
+  hi = min(failed) if failed else None
+  probed = {int(n) for n in attempts}
+  between = range(lo + 1, hi) if lo is not None and hi is not None else range(0)
+  return {'largest_solved': lo, 'first_failed': hi,
+          'unprobed': [n for n in between if n not in probed],
+          'monotone': lo is None or hi is None or hi > lo}
+
+
 def markdown(res: dict) -> str:
-  lines = ['| d | critical-n (ours) | paper fit at d | seconds | ran on |', '|---|---|---|---|---|']
+  lines = ['| d | largest solved n | first failed n | paper fit at d | seconds | ran on |',
+           '|---|---|---|---|---|---|']
+  notes = []
   for d, n in res['critical_n'].items():
-    lines.append(f'| {d} | {n} | {fe.eval_cubic(PAPER_FIT, int(d)):.0f} | '
+    b = probe_bounds(res.get('runs', {}).get(d) or
+                     {'critical_n': n, 'first_failure': res['first_failure'][d]})
+    first = '-' if b['first_failed'] is None else str(b['first_failed'])
+    if b['unprobed']:
+      first += ' †'
+      notes.append(f'† d = {d}: n = {", ".join(map(str, b["unprobed"]))} not probed, so the '
+                   f'first failure lies in {b["largest_solved"] + 1} ... {b["first_failed"]}.')
+    if not b['monotone']:
+      first += ' ‡'
+      notes.append(f'‡ d = {d}: a failed n lies below a solved one (success not monotone in n).')
+    lines.append(f'| {d} | {b["largest_solved"]} | {first} | '
+                 f'{fe.eval_cubic(PAPER_FIT, int(d)):.0f} | '
                  f'{res["seconds_per_dim"][d]:.0f} | {res["device_per_dim"][d]} |')
+  lines += ['', 'Both columns are computed from the probe records (`runs`): largest solved n = the '
+            'largest n for which some restart solved all C(n, 2) top-2 queries (the fits below use '
+            'it); first failed n = the smallest n that no restart solved. The paper fit is its '
+            'cubic, not a measured value.']
+  for note in notes:
+    lines += ['', note]
   if 'fit' in res:
     c = res['fit']
     lines += ['', f'Cubic fit (ours): n(d) = {c[0]:.4f} + {c[1]:.4f} d + {c[2]:.5f} d^2 + '
@@ -123,7 +168,21 @@ def markdown(res: dict) -> str:
       lines.append(f'| {d} | {n:,} | {res["paper_fit_extrapolated"][d]:,} |')
   lines += ['', f'Sweep time: {res["sweep_seconds"]:.0f} s (the sum of the per-dimension times, '
             'each on the device named in its row).']
+  run_notes = [(d, r['note']) for d, r in res.get('runs', {}).items() if r.get('note')]
+  if run_notes:
+    lines += ['', 'Notes recorded with a dimension:']
+    lines += [f'- d = {d}: {note}' for d, note in run_notes]
+  prov = res.get('provenance')
+  if prov:
+    lines += ['', f'Results file last written by `{prov.get("command", "?")}` at commit '
+              f'{prov.get("git_commit", "?")}, {prov.get("date", "?")}.']
   return '\n'.join(lines) + '\n'
+
+
+def render(json_path: str | Path, md_path: str | Path | None = None) -> Path:
+  """Rewrites the table from a results JSON without re-running the sweep (for a report format
+  change); writes ``<json stem>.md`` beside it unless ``md_path`` is given."""
+  return rerender(json_path, md_path, markdown, 'experiments.limit_free_embedding.render')
 
 
 def plot(res: dict, path: Path) -> None:
@@ -150,9 +209,24 @@ def plot(res: dict, path: Path) -> None:
   tmp.replace(path)
 
 
-def main(argv) -> None:
-  del argv
-  cfg = _CONFIG.value
+def dry_run(cfg) -> dict:
+  """Checks the protocol and the dimensions, and traces the loss of the first probe abstractly."""
+  protocol = fe.Protocol(**cfg.protocol)
+  dims = list(cfg.dims)
+  if not dims or any(d < 1 for d in dims) or dims != sorted(set(dims)):
+    raise ValueError(f'dims {dims}: positive and increasing')
+  if cfg.start < 2:
+    raise ValueError(f'start {cfg.start}: n starts at 2 or more (k = 2)')
+  rel = fe.all_pairs_qrels(cfg.start)
+  loss = jax.eval_shape(
+      lambda q, d: fe.infonce_loss(q, d, rel, protocol.temperature),
+      jax.ShapeDtypeStruct((rel.shape[0], dims[0]), np.float32),
+      jax.ShapeDtypeStruct((cfg.start, dims[0]), np.float32))
+  return {'protocol': protocol, 'dims': dims, 'first_loss': loss}
+
+
+def main(cfg, flags=None) -> None:
+  dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
   json_path = out_dir / f'{cfg.name}.json'
   prov = provenance()
@@ -183,5 +257,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/limit_free_embedding.py')
-  sys.exit(app.run(main))
+  sys.exit(run_main(main, 'configs/limit_free_embedding.py'))

@@ -16,8 +16,15 @@ Protocol:
     exhaustive search; trec_eval nDCG@10.
   * STS-B: every scheme is fitted on the train split's sentence embeddings (held out), the test
     sentences are stored and read back (``decode(encode(x))``), and the Spearman correlation of
-    the pairs' cosine similarities with the gold scores is reported. Rescoring has no STS analogue
-    and is skipped there.
+    the pairs' cosine similarities with the gold scores is reported. Both sentences of a pair are
+    stored (symmetric), except for ``*_asym`` schemes: STS has no query/document roles, so there
+    the first sentence of each pair plays the query and stays float32, and the second is stored,
+    cos(x1, decode(encode(x2))) - for binary, the float-vs-bits score of retrieval's asymmetric
+    mode. (Runs before this rule computed ``*_asym`` like the symmetric scheme; reports mark those
+    values, see ``stale_sts``.) Rescoring has no STS analogue and is skipped there.
+  * Reports label plain ``int8`` as asymmetric (float32 query vs int8 codes) beside ``int8_sym``
+    (``SCHEME_LABELS``). ``render(json_path)`` rewrites a run's .md from its JSON without
+    re-running.
   * retention = metric / metric of float32; compression = 1536 bytes / bytes_per_vector, where
     bytes_per_vector counts only what is stored per vector (shared params - ranges, PCA matrix,
     codebooks, binarizer weights - are not); ``binary_rescore_int8`` keeps int8 codes beside the
@@ -36,16 +43,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 
 from embedjax import paths, quant
+from embedjax.config import run_main
 from embedjax.data.readers import read_beir, read_stsb
 from embedjax.embedding_cache import cached_encode
 from embedjax.evals.metrics import retrieval_metrics
 from embedjax.evals.sts import sts_scores
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import provenance
+from embedjax.provenance import provenance, rerender
 from embedjax.search.hamming import hamming_topk
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 from embedjax.search.rescore import binary_rescore
@@ -156,16 +162,41 @@ def retrieval_run(scheme: str, q, params, emb: dict, cfg) -> tuple[np.ndarray, d
   return np.asarray(idx), extra
 
 
-def sts_eval(q, params, emb: dict) -> float:
+# Written into the results, so that a report can tell a run with asymmetric STS-B scoring from one
+# made before it (those computed ``*_asym`` exactly like the symmetric scheme: a duplicate).
+STSB_PROTOCOL = {'symmetric': 'cos(decode(encode(x1)), decode(encode(x2)))',
+                 'asym': 'cos(x1, decode(encode(x2))): first sentence float32, second stored'}
+
+
+def sts_asymmetric(scheme: str) -> bool:
+  """Whether STS-B scores ``scheme`` asymmetrically: its name ends in the ``_asym`` search mode."""
+  base, mode = parse_scheme(scheme)
+  return mode == 'asym' and base != scheme  # plain names (int8, pq48, rb2_asym) are quantizers
+
+
+def sts_eval(scheme: str, q, params, emb: dict) -> float:
+  """Spearman of the STS-B test pairs' cosine similarities with the gold scores under ``scheme``.
+
+  Symmetric (every scheme but ``*_asym``): both sentences of a pair are stored and read back,
+  cos(decode(encode(x1)), decode(encode(x2))); for binary that ranks like Hamming distance.
+  Asymmetric (``*_asym``): the first sentence stays float32 and plays the query, the second is
+  stored, cos(x1, decode(encode(x2))), as retrieval scores a float query against stored codes.
+  """
+  x = np.asarray(emb['stsb_test'], np.float64)
   stored = np.asarray(q.decode(params, q.encode(params, emb['stsb_test'])), np.float64)
   a, b = emb['stsb_pairs']
+  if sts_asymmetric(scheme):
+    if stored.shape != x.shape:
+      raise ValueError(f'{scheme}: asymmetric STS needs codes decoded to the input width '
+                       f'{x.shape[1]}, got {stored.shape[1]}')
+    return sts_scores(x[a], stored[b], emb['stsb'].scores)['spearman']
   return sts_scores(stored[a], stored[b], emb['stsb'].scores)['spearman']
 
 
 def run(cfg, emb: dict, log=print) -> dict:
   sf = emb['scifact']
   key = jax.random.key(cfg.seed)
-  out = {'scifact': {}, 'stsb': {}, 'fit_seconds': {}}
+  out = {'scifact': {}, 'stsb': {}, 'fit_seconds': {}, 'stsb_protocol': STSB_PROTOCOL}
   for i, scheme in enumerate(cfg.schemes):
     base, mode = parse_scheme(scheme)
     q = build(base, cfg)
@@ -184,7 +215,7 @@ def run(cfg, emb: dict, log=print) -> dict:
     line = f'[{i + 1}/{len(cfg.schemes)}] {scheme:<22} {nbytes:5d} B  scifact {m["ndcg@10"]:.4f}'
     if mode in ('asym', 'hamming'):  # rescoring / integer-query variants are retrieval-only
       sp = q.fit(emb['stsb_train'], key=k_sts)
-      rho = sts_eval(q, sp, emb)
+      rho = sts_eval(scheme, q, sp, emb)
       out['stsb'][scheme] = {'spearman': rho, 'bytes_per_vector': q.bytes_per_vector(sp),
                              'compression': FLOAT32_BYTES / q.bytes_per_vector(sp)}
       line += f'  stsb {rho:.4f}'
@@ -211,28 +242,74 @@ def pareto(points: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]
   return front
 
 
+# Row labels of the report tables (the JSON keeps the scheme names). SciFact scores a float32 query
+# against the stored codes unless the name says otherwise, so plain 'int8' is the asymmetric
+# result; it is labelled so, beside the symmetric int8_sym.
+SCHEME_LABELS = {
+    'int8': 'int8 asymmetric (float32 query)',
+    'int8_sym': 'int8_sym symmetric (int8 query)',
+}
+
+PROTOCOL_NOTE = (
+    'SciFact: the float32 query is scored against the stored codes (asymmetric), except schemes '
+    'ending in a binary quantizer (Hamming distance, query binarised too), `int8_sym` (integer '
+    'inner product of int8 query and document codes) and `rb<u>` (the binarizer\'s symmetric '
+    'distance). STS-B: both sentences of a pair are stored and read back (symmetric), except '
+    '`*_asym` (first sentence float32 against the second one\'s stored code). `- | -`: not run '
+    'on STS-B (rescoring and integer-query variants are retrieval-only).')
+
+
+def label(scheme: str) -> str:
+  return SCHEME_LABELS.get(scheme, scheme)
+
+
+def stale_sts(results: dict) -> set[str]:
+  """The ``*_asym`` STS-B entries of results written before asymmetric STS-B scoring existed:
+  those runs computed them exactly like the symmetric scheme, so they are duplicates."""
+  if 'stsb_protocol' in results:
+    return set()
+  return {n for n in results['stsb'] if sts_asymmetric(n)}
+
+
 def markdown(results: dict) -> str:
   names = list(results['scifact'])
+  stale = stale_sts(results)
+  sts = {n: v for n, v in results['stsb'].items() if n not in stale}
   front = {t: {n for _, _, n in pareto([(v['bytes_per_vector'], v['retention'], k)
-                                        for k, v in results[t].items()])}
-           for t in ('scifact', 'stsb')}
+                                        for k, v in rows.items()])}
+           for t, rows in (('scifact', results['scifact']), ('stsb', sts))}
   lines = ['| scheme | bytes/vector | compression | SciFact nDCG@10 | retention | '
            'STS-B Spearman | retention |', '|---|---:|---:|---:|---:|---:|---:|']
   for n in sorted(names, key=lambda n: (-results['scifact'][n]['bytes_per_vector'], n)):
     s = results['scifact'][n]
-    t = results['stsb'].get(n)
+    t = sts.get(n)
     mark = lambda task: ' *' if n in front[task] else ''
     nbytes = f'{s["bytes_per_vector"]}' + (f' (+{s["bytes_on_disk"]} on disk)'
                                           if 'bytes_on_disk' in s else '')
     sts_cells = (f'{100 * t["spearman"]:.2f} | {100 * t["retention"]:.1f}%{mark("stsb")}'
-                 if t else '- | -')
+                 if t else 'n/a † | n/a †' if n in stale else '- | -')
     ratio = s['compression']
     ratio = f'{ratio:.1f}x' if ratio < 10 else f'{ratio:.0f}x'
-    lines.append(f'| {n} | {nbytes} | {ratio} | {100 * s["ndcg@10"]:.2f} | '
+    lines.append(f'| {label(n)} | {nbytes} | {ratio} | {100 * s["ndcg@10"]:.2f} | '
                  f'{100 * s["retention"]:.1f}%{mark("scifact")} | {sts_cells} |')
   lines.append('')
   lines.append('`*` = on the Pareto front of its task (no scheme is both smaller and better).')
+  lines += ['', PROTOCOL_NOTE]
+  if stale:
+    lines += ['', f'† Not reported: this run predates asymmetric STS-B scoring and computed '
+              f'{", ".join(sorted(stale))} on STS-B exactly like the symmetric scheme (a '
+              'duplicate value, left out here and of the Pareto front); the next run measures it.']
+  prov = results.get('provenance')
+  if prov:
+    lines += ['', f'Run: `{prov.get("command", "?")}` at commit {prov.get("git_commit", "?")}, '
+              f'{prov.get("date", "?")}.']
   return '\n'.join(lines) + '\n'
+
+
+def render(json_path: str | Path, md_path: str | Path | None = None) -> Path:
+  """Rewrites a run's table from its results JSON without re-running anything (for a report
+  format change); writes ``<json stem>.md`` beside it unless ``md_path`` is given."""
+  return rerender(json_path, md_path, markdown, 'experiments.storage_tradeoff.render')
 
 
 def plot(results: dict, path: Path) -> None:
@@ -244,7 +321,9 @@ def plot(results: dict, path: Path) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
   for ax, task, title in ((axes[0], 'scifact', 'SciFact nDCG@10'),
                           (axes[1], 'stsb', 'STS-B Spearman')):
-    pts = [(v['bytes_per_vector'], 100 * v['retention'], n) for n, v in results[task].items()]
+    stale = stale_sts(results) if task == 'stsb' else set()
+    pts = [(v['bytes_per_vector'], 100 * v['retention'], n) for n, v in results[task].items()
+           if n not in stale]
     for fam in fams:
       sel = [(b, r) for b, r, n in pts if family(n) == fam]
       if sel:
@@ -273,9 +352,24 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv) -> None:
-  del argv
-  cfg = _CONFIG.value  # defined below, only when run as a script: importing has no side effects
+def dry_run(cfg) -> dict:
+  """Builds every scheme's quantizer and search mode from its name (no data, no fitting)."""
+  from embedjax.models.pretrained import load_spec
+  width = load_spec(cfg.model)[0].bert.hidden_size
+  if width * 4 != FLOAT32_BYTES:
+    raise ValueError(f'model {cfg.model}: {width} dims, the study counts bytes for 384')
+  if cfg.scifact.calibration != 'corpus' or cfg.stsb.calibration == cfg.stsb.split:
+    raise ValueError('scifact.calibration must be corpus; stsb.calibration a split other than '
+                     f'stsb.split ({cfg.stsb.split!r})')
+  schemes = {}
+  for name in cfg.schemes:
+    base, mode = parse_scheme(name)
+    schemes[name] = (build(base, cfg), mode)
+  return {'schemes': schemes}
+
+
+def main(cfg, flags=None) -> None:
+  dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results'
   start = time.perf_counter()
   print('encoding (or reading cached) embeddings ...', flush=True)
@@ -297,5 +391,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/storage_tradeoff.py')
-  sys.exit(app.run(main))
+  sys.exit(run_main(main, 'configs/storage_tradeoff.py'))

@@ -26,10 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/table_compression.py')
+from embedjax.config import run_main
 
 
 def _tqdm(*a, **kw):
@@ -76,7 +73,8 @@ def _run_default(table, model, cfg, train, valid, test, seed, cache):
                        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
                        seed=seed, step_fn=cache['step'], predict=cache['predict'])
   served = tr.served_params(table, params)
-  test_metrics = tr.evaluate(cache['predict'], served, test.ids, test.labels, cfg.eval_batch_size)
+  test_metrics = tr.evaluate_ctr(cache['predict'], served, test.ids, test.labels,
+                                 cfg.eval_batch_size)
   return {'bytes': table.param_bytes(served['table']), 'test_auc': test_metrics['auc'],
           'test_logloss': test_metrics['logloss'], 'steps_per_s': log['steps_per_s'],
           'best_epoch': log['best_epoch'], 'valid_auc': max(h['valid_auc'] for h in log['history']),
@@ -152,6 +150,7 @@ def run_benchmark(cfg) -> None:
   train_all, test = ctr.read_movielens_ctr(data_dir / 'movielens-100k', cfg.data.split)
   train, valid = train_all.holdout(cfg.data.valid_fraction, cfg.data.valid_seed)
   vocab, dim = train.vocab_sizes, cfg.dim
+  dry_run(cfg, vocab)
   full_bytes = base.full_table_bytes(vocab, dim)
   work = Path(cfg.workdir)
   runs_path = work / 'runs.jsonl'
@@ -173,7 +172,7 @@ def run_benchmark(cfg) -> None:
     if method.startswith('model:'):
       model_name, name = method.split(':', 1)[1], 'full'
     model = ctr_models.MODELS[model_name](len(vocab), dim)
-    kw = dict(cfg.method_kw.get(name, {}))
+    kw = dict(cfg.method_kw[name])
     if name == 'optembed':
       kw['alpha'] = cfg.optembed.alpha
     try:
@@ -384,7 +383,7 @@ def _memory_child(cfg) -> None:
   rss0 = _peak_rss_bytes()
   data, _ = ctr.synthetic_ctr(cfg.memory.rows, vocab, seed=0)
   try:
-    table = methods.for_budget(name, vocab, dim, budget, **dict(cfg.memory.method_kw.get(name, {})))
+    table = methods.for_budget(name, vocab, dim, budget, **dict(cfg.memory.method_kw[name]))
   except base.Infeasible as e:
     print(json.dumps({'method': name, 'value': value, 'infeasible': str(e)}), flush=True)
     return
@@ -503,9 +502,44 @@ def cfg_path() -> str:
   return 'configs/table_compression.py'
 
 
-def main(argv) -> None:
-  del argv
-  cfg = _CONFIG.value
+def dry_run(cfg, vocab=None) -> dict:
+  """Sizes every (method, budget) table of the run (no data, no arrays: tables are specs until
+  initialised). ``vocab``: the field vocabularies (the benchmark's come from its data; the memory
+  mode's from the config). Returns {(method, budget): table or the Infeasible reason}."""
+  from embedjax.tables import base, ctr_models, methods
+  memory = cfg.mode == 'memory'
+  names = cfg.memory.methods if memory else cfg.methods
+  kw_block = cfg.memory.method_kw if memory else cfg.method_kw
+  unknown = sorted(set(names) - set(methods.BUDGETED))
+  if unknown:
+    raise ValueError(f'methods: unknown {unknown}; choose from {sorted(methods.BUDGETED)}')
+  extra = sorted(set(kw_block.keys()) - set(names))
+  if extra or set(names) - set(kw_block.keys()):
+    raise ValueError(f'method_kw: one entry per method, got extra {extra}, missing '
+                     f'{sorted(set(names) - set(kw_block.keys()))}')
+  from embedjax.tables.train import OPTIMIZERS
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f'optimizer {cfg.optimizer!r}: not one of {sorted(OPTIMIZERS)}')
+  for model in (cfg.model, *cfg.model_sweep):
+    if model not in ctr_models.MODELS:
+      raise ValueError(f'model {model!r}: not one of {sorted(ctr_models.MODELS)}')
+  vocab = tuple(cfg.memory.vocab_sizes) if memory else tuple(vocab)
+  dim = cfg.memory.dim if memory else cfg.dim
+  full = base.full_table_bytes(vocab, dim)
+  out = {}
+  for name in names:
+    kw = dict(kw_block[name])
+    if name == 'optembed':
+      kw['alpha'] = cfg.optembed.alpha
+    for budget in (cfg.memory.budgets if memory else cfg.budgets):
+      try:
+        out[name, budget] = methods.for_budget(name, vocab, dim, int(budget * full), **kw)
+      except base.Infeasible as e:
+        out[name, budget] = str(e)
+  return out
+
+
+def main(cfg, flags=None) -> None:
   if cfg.memory.only:
     _memory_child(cfg)
   elif cfg.mode == 'memory':
@@ -515,4 +549,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(run_main(main, cfg_path()))

@@ -1,26 +1,25 @@
 r"""Fine-tune all-MiniLM-L6-v2 on SciFact train pairs, plain and Matryoshka; evaluate on SciFact test.
 
-python experiments/train_scifact.py [--only plain|mrl] [--runs-dir runs]
+python -m experiments.train_scifact [--only plain|mrl] [--runs-dir runs] [--config.x=y ...]
 
 Runs configs/minilm_scifact.py and configs/minilm_scifact_mrl.py (each resumable: rerunning the
-command continues from the last checkpoint) and writes
+command continues from the last checkpoint; ``--config.x=y`` overrides apply to both) and writes
   results/train/minilm_scifact.json      {"before": {"scifact_ndcg@10": ...}, "after": {...}}
   results/train/minilm_scifact_mrl.json  nDCG@10 at every dim for the MRL run and the plain run
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from absl import flags
 
-from embedjax.config import load_config  # noqa: E402
-from embedjax.io import atomic_write_json  # noqa: E402
-from embedjax.provenance import provenance  # noqa: E402
-from embedjax.train.loop import train  # noqa: E402
+from embedjax import paths
+from embedjax.config import config_overrides, load_config, run_main
+from embedjax.io import atomic_write_json
+from embedjax.provenance import provenance
+from embedjax.train.loop import dry_build, train
 
 DIMS = (384, 256, 128, 64, 32)
 
@@ -29,19 +28,32 @@ def _metric(evals: dict, name: str, dim: int) -> float:
   return evals[f'scifact_{name}@{dim}']
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--only', choices=('plain', 'mrl'), default=None)
-  parser.add_argument('--runs-dir', default=str(REPO / 'runs'))
-  args = parser.parse_args(argv)
-  out_dir = REPO / 'results' / 'train'
+CONFIGS = {'plain': 'configs/minilm_scifact.py', 'mrl': 'configs/minilm_scifact_mrl.py'}
+
+
+def _flags(fv) -> None:
+  flags.DEFINE_enum('only', None, list(CONFIGS), 'run one of the two', flag_values=fv)
+  flags.DEFINE_string('runs-dir', str(paths.repo_root() / 'runs'), 'workdirs go here',
+                      flag_values=fv)
+
+
+def configs(argv) -> dict:
+  """Both runs' configs, with the command line's overrides applied to each."""
+  repo = paths.repo_root()
+  return {name: load_config(str(repo / path), config_overrides(argv))
+          for name, path in CONFIGS.items()}
+
+
+def main(cfg, fv) -> int:
+  del cfg  # the plain run's config: both are loaded below, with the same overrides
+  out_dir = paths.repo_root() / 'results' / 'train'
   summaries = {}
-  for name, config in (('plain', 'minilm_scifact.py'), ('mrl', 'minilm_scifact_mrl.py')):
-    if args.only and args.only != name:
+  for name, cfg in configs(sys.argv[1:]).items():
+    if fv['only'].value and fv['only'].value != name:
       continue
-    cfg = load_config(str(REPO / 'configs' / config))
-    print(f'== {name}: {config}', flush=True)
-    summaries[name] = train(cfg, Path(args.runs_dir) / Path(config).stem)
+    dry_build(cfg)
+    print(f'== {name}: {CONFIGS[name]}', flush=True)
+    summaries[name] = train(cfg, Path(fv['runs-dir'].value) / Path(CONFIGS[name]).stem)
   prov = provenance()
 
   def run_record(s):
@@ -79,4 +91,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(run_main(main, CONFIGS['plain'], define_flags=_flags))

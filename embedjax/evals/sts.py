@@ -12,6 +12,8 @@ from __future__ import annotations
 import chex
 import numpy as np
 
+from embedjax.ops import l2_normalize
+
 
 def rank_average(x) -> np.ndarray:
   """(N,) float64 ranks 1..N of a (N,) vector, ties get the average of their ranks."""
@@ -63,8 +65,7 @@ def pair_similarities(emb1, emb2) -> dict[str, np.ndarray]:
   chex.assert_equal_shape([a, b])
   na = np.linalg.norm(a, axis=1, keepdims=True)
   nb = np.linalg.norm(b, axis=1, keepdims=True)
-  unit_a = a / np.where(na == 0, 1.0, na)
-  unit_b = b / np.where(nb == 0, 1.0, nb)
+  unit_a, unit_b = l2_normalize(a, axis=1), l2_normalize(b, axis=1)  # zero rows stay zero
   unit_diff = unit_a - unit_b
   # 1 - |a^ - b^|^2 / 2 (sklearn's paired cosine form) rather than a^.b^: identical pairs get
   # exactly 1, so they tie exactly, as in the reference, instead of differing in the last bit.

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from embedjax.ops import l2_normalize
+
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
@@ -76,10 +78,6 @@ def all_pairs_qrels(n: int) -> np.ndarray:
   rel = np.zeros((len(pairs), n), dtype=bool)
   rel[np.arange(len(pairs))[:, None], pairs] = True
   return rel
-
-
-def _normalise(x: jax.Array) -> jax.Array:
-  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def infonce_loss(queries: jax.Array, docs: jax.Array, rel: jax.Array, temperature: float
@@ -118,8 +116,8 @@ def solved(queries: jax.Array, docs: jax.Array, rel: jax.Array) -> jax.Array:
 
 def _init(key: jax.Array, num_queries: int, num_docs: int, dim: int):
   kq, kd = jax.random.split(key)
-  return {'q': _normalise(jax.random.normal(kq, (num_queries, dim))),
-          'd': _normalise(jax.random.normal(kd, (num_docs, dim)))}
+  return {'q': l2_normalize(jax.random.normal(kq, (num_queries, dim))),
+          'd': l2_normalize(jax.random.normal(kd, (num_docs, dim)))}
 
 
 def _optimizer(p: Protocol) -> optax.GradientTransformation:
@@ -189,8 +187,8 @@ def infonce_grads(queries: jax.Array, docs: jax.Array, qrels: Qrels, temperature
   Unit vectors bound the logits by 1/t, so ``exp(s - 1/t)`` needs no running max. The relevant
   documents' terms are gathered (M, K) rather than scattered into the (M, n) matrix, and the
   queries are processed ``block`` rows at a time in a ``scan`` so that each block's (block, n)
-  scores stay in cache between the three products that use them (1.4x faster on a 2-core CPU
-  at n = 150, d = 24; no faster at n ~ 85). ``tests/limit`` checks it against
+  scores stay in cache between the three products that use them (faster on CPU for the larger
+  corpora of a sweep; measurements: BENCHMARKS.md). ``tests/limit`` checks it against
   ``jax.grad(infonce_loss)``.
 
   Args:
@@ -232,8 +230,8 @@ class Execution:
   Attributes:
     batch_restarts: vmap the restarts' steps (one batched product per step: right for GPU/TPU,
       where a step of a few small products is launch-bound) or step them one after another with
-      ``lax.map`` (right for XLA:CPU, whose batched matrix product is 1.6x slower than the same
-      products in sequence at n = 150).
+      ``lax.map`` (right for XLA:CPU, whose batched matrix product is slower than the same
+      products in sequence; measurements: BENCHMARKS.md).
     query_block: queries per gradient block in ``infonce_grads``; 0 = all queries at once.
   """
 
@@ -255,7 +253,7 @@ def _step(p: Protocol, qrels: Qrels, params, opt_state, query_block: int = 1024)
   """One Adam step on one restart, followed by re-normalisation. Returns (params, state)."""
   gq, gd = infonce_grads(params['q'], params['d'], qrels, p.temperature, block=query_block)
   updates, opt_state = _optimizer(p).update({'q': gq, 'd': gd}, opt_state, params)
-  params = jax.tree.map(_normalise, optax.apply_updates(params, updates))
+  params = jax.tree.map(l2_normalize, optax.apply_updates(params, updates))
   return params, opt_state
 
 

@@ -23,16 +23,24 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from embedjax.ops import l2_normalize
+
+# The inverse temperature sentence-transformers uses; every other default (StepConfig, the base
+# config) reads it from here.
+DEFAULT_SCALE = 20.0
 DIRECTIONS = ('query_to_doc', 'query_to_query', 'doc_to_query', 'doc_to_doc')
 _NEG = -1e9  # a masked logit: exp() underflows to 0 in float32, unlike -inf it keeps grads finite
 
 
 def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
-  """(N, D) x (M, D) -> (N, M) cosine similarities in float32."""
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+  """(N, D) x (M, D) -> (N, M) cosine similarities in float32.
+
+  >>> print(cosine_matrix(jnp.array([[1.0, 0.0], [3.0, 3.0]]), jnp.array([[2.0, 0.0]])).round(4))
+  [[1.    ]
+   [0.7071]]
+  """
+  a = l2_normalize(a.astype(jnp.float32))
+  b = l2_normalize(b.astype(jnp.float32))
   return a @ b.T
 
 
@@ -43,7 +51,7 @@ def _dot_matrix(a, b):
 SIMILARITIES = {'cosine': cosine_matrix, 'dot': _dot_matrix}
 
 
-def info_nce(q: jax.Array, d: jax.Array, *, scale: float | jax.Array = 20.0,
+def info_nce(q: jax.Array, d: jax.Array, *, scale: float | jax.Array = DEFAULT_SCALE,
              hard_negatives: jax.Array | None = None,
              directions: tuple[str, ...] = ('query_to_doc',), partition_mode: str = 'joint',
              similarity: str = 'cosine', doc_ids: jax.Array | None = None,
@@ -67,6 +75,18 @@ def info_nce(q: jax.Array, d: jax.Array, *, scale: float | jax.Array = 20.0,
   Returns:
     (scalar loss, metrics dict with 'loss', 'accuracy' (positive ranked first among query_to_doc
     candidates), 'positive_similarity', 'negative_similarity').
+
+  Example (under ``jit``): each query equals its positive and is orthogonal to the other
+  documents, so the positive wins every softmax by a margin of ``scale`` = 20 and the loss is
+  log(1 + 2 exp(-20)) ~ 0; swapping two positives makes the loss large.
+
+  >>> loss_fn = jax.jit(info_nce)
+  >>> q = jnp.eye(3)
+  >>> loss, metrics = loss_fn(q, q)
+  >>> round(float(loss), 6), float(metrics['accuracy'])
+  (0.0, 1.0)
+  >>> round(float(loss_fn(q, q[jnp.array([1, 0, 2])])[0]), 2)  # rows 0 and 1 swapped: 2/3 * 20
+  13.33
   """
   chex.assert_rank([q, d], 2)
   chex.assert_equal_shape([q, d])

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
-from embedjax.models.pooling import l2_normalize, pool_segments
-from embedjax.models.pretrained import EmbedderSpec
+from embedjax.models.pooling import pool_segments
+from embedjax.models.spec import EmbedderSpec
+from embedjax.ops import l2_normalize
 
 
 def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: jax.Array,

@@ -62,8 +62,3 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, mode: str = 'mean') -> ja
   chex.assert_rank(attention_mask, 2)
   return pool_segments(hidden, attention_mask.astype(jnp.int32), 1, mode)[:, 0]
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (torch.nn.functional.normalize semantics)."""
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, eps)

@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from embedjax.models.bert import BertConfig, BertEncoder
-from embedjax.models.pooling import POOLING_MODES
+from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer, tokenizer_config_json, write_vocab_txt
 
 # Models known by name -> (python package, function returning the folder). Plain dict, no registry.
@@ -38,22 +38,6 @@ _ST_POOLING_KEYS = {
     'max': 'pooling_mode_max_tokens', 'weighted_mean': 'pooling_mode_weightedmean_tokens',
     'last_token': 'pooling_mode_lasttoken',
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedderSpec:
-  """Everything besides weights that defines an embedding model."""
-  bert: BertConfig
-  pooling: str = 'mean'          # one of POOLING_MODES
-  normalize: bool = True         # L2-normalise the pooled vector
-  max_seq_length: int = 256      # tokens per text, special tokens included
-
-  def __post_init__(self):
-    if self.pooling not in POOLING_MODES:
-      raise ValueError(f'pooling {self.pooling!r} is not one of {POOLING_MODES}')
-    if self.max_seq_length > self.bert.max_position_embeddings:
-      raise ValueError(f'max_seq_length {self.max_seq_length} exceeds max_position_embeddings '
-                       f'{self.bert.max_position_embeddings}')
 
 
 @dataclasses.dataclass
@@ -204,17 +188,7 @@ def _read_st_modules(folder: Path) -> tuple[str, bool, int | None, bool]:
   return pooling, normalize, max_len, lower
 
 
-def load_pretrained(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
-                    max_seq_length: int | None = None) -> Pretrained:
-  """Loads a local HF/sentence-transformers BERT folder, or a packaged model by name.
-
-  Args:
-    name_or_path: 'all-MiniLM-L6-v2' or a folder path.
-    dtype: compute dtype of the encoder ('float32' or 'bfloat16'); params stay float32.
-    max_seq_length: override of the model's token limit (default: sentence_bert_config.json,
-      else the tokenizer's limit, at most max_position_embeddings).
-  """
-  folder = resolve_model_dir(name_or_path)
+def _spec_from_folder(folder: Path, dtype: str, max_seq_length: int | None) -> EmbedderSpec:
   config_path = folder / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(f'{folder}: no config.json')
@@ -229,12 +203,37 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
     tcfg = _read_json(tcfg_path) if tcfg_path.exists() else {}
     max_len = min(int(tcfg.get('model_max_length', cfg.max_position_embeddings)),
                   cfg.max_position_embeddings)
+  return EmbedderSpec(bert=cfg, pooling=pooling, normalize=normalize, max_seq_length=max_len)
+
+
+def load_spec(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
+              max_seq_length: int | None = None) -> tuple[EmbedderSpec, TextTokenizer, Path]:
+  """(spec, tokenizer, folder) of a model, read from its JSON and tokenizer files, no weights.
+
+  Args: as :func:`load_pretrained`.
+  """
+  folder = resolve_model_dir(name_or_path)
+  spec = _spec_from_folder(folder, dtype, max_seq_length)
+  return spec, TextTokenizer.from_folder(folder, spec.max_seq_length), folder
+
+
+def load_pretrained(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
+                    max_seq_length: int | None = None) -> Pretrained:
+  """Loads a local HF/sentence-transformers BERT folder, or a packaged model by name.
+
+  Args:
+    name_or_path: 'all-MiniLM-L6-v2' or a folder path.
+    dtype: compute dtype of the encoder ('float32' or 'bfloat16'); params stay float32.
+    max_seq_length: override of the model's token limit (default: sentence_bert_config.json,
+      else the tokenizer's limit, at most max_position_embeddings).
+  """
+  folder = resolve_model_dir(name_or_path)
+  spec = _spec_from_folder(folder, dtype, max_seq_length)
   weights = folder / 'model.safetensors'
   if not weights.exists():
     raise FileNotFoundError(f'{folder}: no model.safetensors (PyTorch .bin files are not read)')
-  params, extra = params_from_hf(load_file(str(weights)), cfg, source=str(weights))
-  tokenizer = TextTokenizer.from_folder(folder, max_len)
-  spec = EmbedderSpec(bert=cfg, pooling=pooling, normalize=normalize, max_seq_length=max_len)
+  params, extra = params_from_hf(load_file(str(weights)), spec.bert, source=str(weights))
+  tokenizer = TextTokenizer.from_folder(folder, spec.max_seq_length)
   return Pretrained(spec=spec, params=params, tokenizer=tokenizer, source=str(folder), extra=extra)
 
 

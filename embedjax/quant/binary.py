@@ -14,6 +14,18 @@ Symmetric search (query binarised too) is Hamming distance: ``embedjax.search.ha
 ``binary_centered`` subtracts the per-dimension calibration mean before the sign: embedding
 spaces are anisotropic (all coordinates share a common offset), and a zero threshold wastes bits
 on that offset.
+
+Example: four dimensions, bits x > 0 in the top bits of one byte (as ``np.packbits``).
+
+>>> import numpy as np
+>>> x = np.array([[0.3, -0.1, 0.0, 2.0], [-0.3, 0.1, 0.2, -2.0]], np.float32)
+>>> params = ubinary.fit(x)
+>>> ubinary.encode(params, x).tolist(), np.packbits(x > 0, axis=-1).tolist()
+([[144], [96]], [[144], [96]])
+>>> binary.encode(params, x).tolist()  # the same bits, as int8 = packed - 128
+[[16], [-32]]
+>>> ubinary.decode(params, ubinary.encode(params, x)).tolist()
+[[1.0, -1.0, -1.0, 1.0], [-1.0, 1.0, 1.0, -1.0]]
 """
 
 from __future__ import annotations
@@ -23,56 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from embedjax.ops import bytes_to_words, pack_bits, unpack_signs
 from embedjax.quant.base import Quantizer, check_calibration, dim_of, dot_scores
-
-
-def pack_bits(bits) -> jax.Array:
-  """(..., D) bool -> (..., ceil(D / 8)) uint8, np.packbits(axis=-1) layout (big-endian bits)."""
-  return jnp.packbits(jnp.asarray(bits, jnp.bool_), axis=-1)
-
-
-def as_uint8(codes) -> jax.Array:
-  """Packed codes as uint8: sentence-transformers' int8 'binary' codes are packed - 128."""
-  codes = jnp.asarray(codes)
-  if codes.dtype == jnp.int8:
-    return (codes.astype(jnp.int16) + 128).astype(jnp.uint8)
-  if codes.dtype != jnp.uint8:
-    raise TypeError(f'packed codes must be uint8 or int8, got {codes.dtype}')
-  return codes
-
-
-def unpack_bits(packed, dim: int) -> jax.Array:
-  """(..., W) uint8/int8 packed -> (..., dim) uint8 in {0, 1}; inverse of ``pack_bits``."""
-  p = as_uint8(packed)
-  if not 0 < dim <= 8 * p.shape[-1]:
-    raise ValueError(f'dim {dim} does not fit {p.shape[-1]} bytes')
-  return jnp.unpackbits(p, axis=-1, count=dim)
-
-
-def unpack_signs(packed, dim: int, dtype=jnp.float32) -> jax.Array:
-  """(..., W) packed -> (..., dim) +-1 of ``dtype`` (bit 1 -> +1)."""
-  return unpack_bits(packed, dim).astype(dtype) * 2 - 1
-
-
-def bytes_to_words(packed) -> jax.Array:
-  """(..., W) uint8/int8 -> (..., ceil(W / 4)) uint32, zero-padded; for word-wise popcount.
-
-  The byte order inside a word is the machine's (bitcast); Hamming distances do not depend on it,
-  and ``words_to_bytes`` inverts it exactly.
-  """
-  p = as_uint8(packed)
-  w = p.shape[-1]
-  pad = (-w) % 4
-  if pad:
-    p = jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, pad)])
-  return jax.lax.bitcast_convert_type(p.reshape(*p.shape[:-1], -1, 4), jnp.uint32)
-
-
-def words_to_bytes(words, num_bytes: int) -> jax.Array:
-  """(..., ceil(W / 4)) uint32 -> (..., num_bytes) uint8; inverse of ``bytes_to_words``."""
-  words = jnp.asarray(words, jnp.uint32)
-  b = jax.lax.bitcast_convert_type(words, jnp.uint8)  # (..., n, 4)
-  return b.reshape(*words.shape[:-1], -1)[..., :num_bytes]
 
 
 def popcount_hamming(a, b) -> jax.Array:
@@ -80,6 +44,11 @@ def popcount_hamming(a, b) -> jax.Array:
 
   The reference definition; it materialises (A, B, W) so it is meant for small inputs.
   ``embedjax.search.hamming`` searches large corpora.
+
+  >>> import numpy as np
+  >>> a = np.packbits(np.array([[1, 0, 1, 1], [0, 0, 0, 0]], bool), axis=-1)
+  >>> popcount_hamming(a, a).tolist()
+  [[0, 3], [3, 0]]
   """
   wa, wb = bytes_to_words(a), bytes_to_words(b)
   chex.assert_equal_shape_suffix([wa, wb], 1)

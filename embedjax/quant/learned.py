@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from embedjax.ops import l2_normalize, pack_bits, unpack_signs
 from embedjax.quant import scalar
 from embedjax.quant.base import HIGHEST, Quantizer, check_calibration, dot_scores
-from embedjax.quant.binary import pack_bits, popcount_hamming, unpack_signs
+from embedjax.quant.binary import popcount_hamming
 
 # ----------------------------------------------------------------------------------------------
 # Straight-through fake quantization
@@ -116,7 +117,16 @@ FAKE_QUANT: dict[str, Callable[..., jax.Array]] = {
 
 
 def fake_quant(name: str, x: jax.Array, **kwargs) -> jax.Array:
-  """``FAKE_QUANT[name](x, **kwargs)``; int8 needs ``ranges=``."""
+  """``FAKE_QUANT[name](x, **kwargs)``; int8 needs ``ranges=``.
+
+  Example: the forward pass sees the stored format, the backward pass the identity.
+
+  >>> x = jnp.array([[0.5, -0.25, 0.75, -0.5]])
+  >>> fake_quant('binary', x).tolist()  # the signs, at the row's mean |x|
+  [[0.5, -0.5, 0.5, -0.5]]
+  >>> jax.grad(lambda v: fake_quant('binary', v).sum())(x).tolist()
+  [[1.0, 1.0, 1.0, 1.0]]
+  """
   if name not in FAKE_QUANT:
     raise ValueError(f'unknown fake-quant format {name!r}; choose from {", ".join(FAKE_QUANT)}')
   return FAKE_QUANT[name](x, **kwargs)
@@ -173,10 +183,6 @@ def _alpha(params: RBParams) -> jax.Array:
   return jnp.exp(params.variables['params']['log_alpha'])
 
 
-def _normalize(x):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def similarity_loss(x: jax.Array, recon: jax.Array, temperature: float = 1.0
                     ) -> tuple[jax.Array, dict]:
   """Embedding-to-embedding objective on a batch: x, recon (B, D) -> (scalar, metrics).
@@ -188,8 +194,8 @@ def similarity_loss(x: jax.Array, recon: jax.Array, temperature: float = 1.0
   cosines than the floats (matching raw cosines, as a squared error would, pushes the codes back
   towards the shared offset and made 1-bit codes worse than untrained ones).
   """
-  s = jnp.dot(_normalize(x), _normalize(x).T, precision=HIGHEST)
-  s_hat = jnp.dot(_normalize(recon), _normalize(recon).T, precision=HIGHEST)
+  s = jnp.dot(l2_normalize(x), l2_normalize(x).T, precision=HIGHEST)
+  s_hat = jnp.dot(l2_normalize(recon), l2_normalize(recon).T, precision=HIGHEST)
   off = ~jnp.eye(x.shape[0], dtype=bool)
   count = x.shape[0] - 1
 
@@ -229,7 +235,7 @@ def fit_recurrent_binarizer(calibration, key=None, *, bits: int, hidden: int = 5
   key = jax.random.key(0) if key is None else key
   init_key, data_key = jax.random.split(key)
   model = RecurrentBinarizer(bits=bits, hidden=hidden)
-  variables = model.init(init_key, x[:2])
+  variables = jax.jit(model.init)(init_key, x[:2])  # one compilation, not one per eager op
   # Start each level's scale at the greedy residual-sign value: mean |x|, halving per level.
   base = float(jnp.mean(jnp.abs(x - jnp.mean(x, axis=0))))
   log_alpha = jnp.log(base * 0.5 ** jnp.arange(bits, dtype=jnp.float32))
@@ -316,7 +322,21 @@ def sdc_popcount(params: RBParams, codes_a, codes_b) -> jax.Array:
 
 
 def recurrent_binarizer(bits: int, *, asymmetric: bool = False, **train_kwargs) -> Quantizer:
-  """A RecurrentBinarizer as a Quantizer named 'rb<bits>' (SDC) or 'rb<bits>_asym'."""
+  """A RecurrentBinarizer as a Quantizer named 'rb<bits>' (SDC) or 'rb<bits>_asym'.
+
+  Example: untrained (``steps=0``), one bit per dimension is the sign of the centred x, packed as
+  ``np.packbits`` packs it; 2 bits per dimension take 2 bytes per 8 dimensions.
+
+  >>> import numpy as np
+  >>> x = np.array([[1.0, -2.0, 3.0, 0.5], [-1.0, 2.0, -3.0, -0.5], [0.3, 0.3, 0.3, 0.3]],
+  ...              np.float32)
+  >>> rb1 = recurrent_binarizer(1, hidden=8, steps=0)
+  >>> params = rb1.fit(x)
+  >>> rb1.encode(params, x).tolist(), np.packbits(x - x.mean(0) > 0, axis=-1).tolist()
+  ([[176], [64], [240]], [[176], [64], [240]])
+  >>> recurrent_binarizer(2).bytes_per_vector(8), rb1.name
+  (2, 'rb1')
+  """
 
   def fit(calibration, key=None) -> RBParams:
     return fit_recurrent_binarizer(calibration, key, bits=bits, **train_kwargs)

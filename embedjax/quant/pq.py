@@ -75,8 +75,8 @@ def train_codebooks(key: jax.Array, x: jax.Array, m: int, iters,
   """Per-subspace k-means. x (N, D) -> codebooks (M, K, D / M); ``init`` warm-starts Lloyd.
 
   Subspaces run one after another (``lax.map``), each with plain 2-D GEMMs: XLA's CPU batched
-  dot over all subspaces at once measured ~10x slower than the loop. ``iters`` is traced (a loop
-  bound), so one compilation serves every iteration count.
+  dot over all subspaces at once measured much slower than the loop (BENCHMARKS.md). ``iters`` is
+  traced (a loop bound), so one compilation serves every iteration count.
   """
   n, d = x.shape
   sub = x.reshape(n, m, d // m).transpose(1, 0, 2)  # (M, N, ds)
@@ -154,7 +154,8 @@ def lut_scores(params: PQParams, tables: jax.Array, codes: jax.Array) -> jax.Arr
   """(B, M, K) tables x (N, M) codes -> (B, N) float32: sum over m of tables[b, m, codes[n, m]].
 
   Gathered as rows: with the tables laid out (M, K, B), each code fetches a contiguous B-vector,
-  which XLA's CPU gather does ~2-3x faster than fetching one column entry per (b, n) pair.
+  which XLA's CPU gather does faster than fetching one column entry per (b, n) pair
+  (measurements: BENCHMARKS.md).
   """
   del params
   codes = codes.astype(jnp.int32)
@@ -252,6 +253,23 @@ def product_quantizer(m: int, *, opq: bool = False, metric: str = 'ip', iters: i
 
   ``scoring``: 'lut' (asymmetric distance tables, the classic ADC) or 'gemm' (decode each corpus
   block and multiply; equal scores up to float rounding, faster for batches of queries).
+
+  Example: 256 4-d points, 2 sub-quantizers of 256 centroids each (as many as points): the
+  2-byte codes read back almost exactly, and the ADC score of a query is its inner product with
+  the decoded vector.
+
+  >>> import numpy as np
+  >>> x = np.random.default_rng(0).standard_normal((256, 4), dtype=np.float32)
+  >>> pq2 = product_quantizer(2, iters=1)
+  >>> params = pq2.fit(x)
+  >>> codes = pq2.encode(params, x)
+  >>> codes.shape, codes.dtype, pq2.bytes_per_vector(params)
+  ((256, 2), dtype('uint8'), 2)
+  >>> recon = np.asarray(pq2.decode(params, codes))
+  >>> float(np.mean((recon - x) ** 2) / np.mean(x ** 2)) < 1e-3
+  True
+  >>> np.allclose(pq2.score(params, x[:3], codes), x[:3] @ recon.T, atol=1e-5)
+  True
   """
   if scoring not in ('lut', 'gemm'):
     raise ValueError(f"scoring must be 'lut' or 'gemm', got {scoring!r}")

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from embedjax.ops import l2_normalize
 from embedjax.quant.base import HIGHEST, check_calibration, dim_of
 
 
@@ -43,10 +44,7 @@ class Reducer:
 
 
 def _maybe_normalize(y: jax.Array, normalize: bool) -> jax.Array:
-  if not normalize:
-    return y
-  norm = jnp.linalg.norm(y, axis=-1, keepdims=True)
-  return y / jnp.where(norm == 0, 1.0, norm)
+  return l2_normalize(y) if normalize else y  # a zero vector stays zero
 
 
 def _resolve_dim(d: int, dim: int | None, fraction: float | None) -> int:
@@ -74,7 +72,17 @@ class TruncateParams:
 
 def truncate(dim: int | None = None, *, fraction: float | None = None,
              normalize: bool = True) -> Reducer:
-  """Keeps the first ``dim`` (or ``fraction`` of D) coordinates."""
+  """Keeps the first ``dim`` (or ``fraction`` of D) coordinates.
+
+  >>> x = jnp.array([[3.0, 4.0, 12.0], [1.0, 0.0, 5.0]])
+  >>> r = truncate(2)
+  >>> params = r.fit(x)
+  >>> r.name, r.out_dim(params)
+  ('trunc2', 2)
+  >>> print(r.apply(params, x))  # re-normalised (``normalize=True``)
+  [[0.6 0.8]
+   [1.  0. ]]
+  """
 
   def fit(x, key=None) -> TruncateParams:
     del key
@@ -139,7 +147,17 @@ def pca_basis(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def pca(dim: int | None = None, *, fraction: float | None = None, center: bool = True,
         normalize: bool = True) -> Reducer:
-  """Projects onto the top principal components of the calibration set."""
+  """Projects onto the top principal components of the calibration set.
+
+  Example: points on a line (plus a small orthogonal wiggle) keep their order along the line's
+  direction, the first component.
+
+  >>> x = jnp.array([[0.0, 0.0], [1.0, 1.1], [2.0, 1.9], [3.0, 3.0]])
+  >>> r = pca(1, normalize=False)
+  >>> params = r.fit(x)
+  >>> [round(v, 2) for v in r.apply(params, x)[:, 0].tolist()]
+  [-2.12, -0.64, 0.64, 2.12]
+  """
 
   def fit(x, key=None) -> LinearParams:
     del key
@@ -154,7 +172,15 @@ def pca(dim: int | None = None, *, fraction: float | None = None, center: bool =
 
 def gaussian(dim: int | None = None, *, fraction: float | None = None,
              normalize: bool = True) -> Reducer:
-  """Gaussian random projection; ``fit`` uses only x's width and the key."""
+  """Gaussian random projection; ``fit`` uses only x's width and the key.
+
+  >>> import numpy as np
+  >>> x = np.eye(8, dtype=np.float32)
+  >>> r = gaussian(fraction=0.5)
+  >>> y = np.asarray(r.apply(r.fit(x, key=jax.random.key(0)), x))
+  >>> r.name, y.shape, np.allclose(np.linalg.norm(y, axis=1), 1.0)  # re-normalised
+  ('grp50', (8, 4), True)
+  """
 
   def fit(x, key=None) -> LinearParams:
     x = check_calibration(x)
@@ -170,7 +196,16 @@ def gaussian(dim: int | None = None, *, fraction: float | None = None,
 
 def sparse(dim: int | None = None, *, fraction: float | None = None, density: float | None = None,
            normalize: bool = True) -> Reducer:
-  """Very sparse random projection (stored dense: the (D, k) map is shared, not per vector)."""
+  """Very sparse random projection (stored dense: the (D, k) map is shared, not per vector).
+
+  Example: with density 1/2 and k = 2, the entries are 0 or +-sqrt(1 / (1/2 * 2)) = +-1.
+
+  >>> import numpy as np
+  >>> r = sparse(2, density=0.5)
+  >>> params = r.fit(np.zeros((1, 16)), key=jax.random.key(0))
+  >>> sorted(set(params.matrix.ravel().tolist())) == [-1.0, 0.0, 1.0], params.matrix.shape
+  (True, (16, 2))
+  """
 
   def fit(x, key=None) -> LinearParams:
     x = check_calibration(x)

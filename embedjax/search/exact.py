@@ -48,17 +48,15 @@ _SUB = 16  # rows per sub-chunk whose maximum the 'maxima' strategy keeps for ev
 _RESCORE_BATCH = 16  # queries whose candidate rows are gathered at once (16 x 16k rows)
 _MAXIMA_MAX_K = 32  # beyond it the re-scored candidates (16k rows per query) cost too much
 _MAXIMA_MAX_BYTES = 1 << 30  # sub-chunk maxima of one query block: query_block x N / 16 x 4
-# Default (corpus rows, queries) per step. 'maxima': on a 2-core CPU at 100k x 384 a 1,000 x
-# 4,096 float32 product ran about 15% faster than 512 x 16,384 (its output stays in the 32 MiB
-# L3 for the maxima pass). 'merge': each block pays for a top-k and a merge, so blocks are larger.
+# Default (corpus rows, queries) per step. 'maxima': a 1,000 x 4,096 float32 score block stays in
+# cache for the maxima pass that follows the product. 'merge': each block pays for a top-k and a
+# merge, so blocks are larger. (Measurements: BENCHMARKS.md, "Figures behind library defaults".)
 MAXIMA_BLOCKS = (4096, 1024)
 _CONCURRENT_QUERY_BLOCKS = 2
 MERGE_BLOCKS = (16384, 512)
 # For k up to this, the 'merge' strategy's default query block is MAXIMA_BLOCKS[1] instead: with a
 # cheap selection, 1,000 queries gain more from one block than from two overlapping in two host
-# threads (SciFact, k = 10, 15 alternating rounds: flat 48.2 against 52.2 ms, Hamming 24.8
-# against 29.8); for k = 32 and 100 the two threads win (flat 57.4 against 63.6 and 77.9 against
-# 96.2 ms), as they do over 100k rows in blocks of 14,336 at k = 100 (1,118 against 1,389 ms).
+# threads; for larger k the two threads win (measurements: BENCHMARKS.md).
 _MERGE_LARGE_QUERY_BLOCK_MAX_K = 16
 
 
@@ -78,12 +76,11 @@ def _block_topk(scores: jax.Array, kb: int) -> tuple[jax.Array, jax.Array]:
   ties towards the lower index exactly as a full top_k would. When ``block`` is not a whole
   number of chunks, the last ``block % 16`` columns join the candidates as they are, after the
   gathered chunks (they hold the highest indices); padding the scores to whole chunks instead
-  costs a copy that made the whole step 4x slower on XLA:CPU.
+  costs a copy of the whole score block.
 
   16-row chunks rather than 64: XLA:CPU's gather and the final top_k then handle 16 kb candidates
-  instead of 64 kb, which outweighs the longer top_k over the chunk maxima (SciFact, 1,000
-  queries x 5,183 rows, 31 alternating rounds: Hamming 23.4 against 26.0 ms, flat 48.6 against
-  50.2 ms; at 100k rows in blocks of 14,336, k = 10 and 100, no difference beyond noise).
+  instead of 64 kb, which outweighs the longer top_k over the chunk maxima (measurements:
+  BENCHMARKS.md).
   """
   b, block = scores.shape
   full = block // _SUB * _SUB
@@ -267,8 +264,8 @@ def plan(n: int, k: int, block_size: int | None = None, query_block: int | None 
   """How ``topk_blocked_by`` searches n rows for k results: (strategy, block, query_block, n_main).
 
   strategy None picks 'maxima' when the corpus spans more than one default 'merge' block (with
-  one block there is no merge to save, and the re-score costs more: 71 against 50 ms for 1,000
-  queries over 5,183 rows on 2 CPU cores, while at 20k rows it was 172 against 228 ms), k <= 32,
+  one block there is no merge to save, and the re-score costs more than it saves; BENCHMARKS.md
+  has the measurements), k <= 32,
   and the sub-chunk maxima of a query block fit in 1 GiB; else 'merge'. ``None`` sizes take the
   strategy's defaults (``MAXIMA_BLOCKS`` / ``MERGE_BLOCKS``); the default query block of 'maxima'
   shrinks so that its maxima fit, and that of 'merge' is ``MAXIMA_BLOCKS[1]`` for k <= 16.
@@ -336,8 +333,8 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
   if len(starts) == 1:
     return search(0)  # dispatched asynchronously, like any jitted call
   # Query blocks are independent: two run at once, from two host threads, so that one block's
-  # single-threaded top_k calls overlap the other's multi-threaded score (1,000 SciFact queries,
-  # k = 100, flat: 77.9 ms in two blocks of 512 against 96.2 ms in one block, on 2 CPU cores).
+  # single-threaded top_k calls (XLA:CPU) overlap the other's multi-threaded score (measurements:
+  # BENCHMARKS.md).
   # Each thread waits for its block, so that the next block it takes starts only then.
   with concurrent.futures.ThreadPoolExecutor(max_workers=_CONCURRENT_QUERY_BLOCKS) as pool:
     results = list(pool.map(lambda start: jax.block_until_ready(search(start)), starts))

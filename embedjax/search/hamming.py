@@ -6,8 +6,8 @@ sentence-transformers' int8 'binary' codes (packed - 128, same distances).
 Two exact ways to compute the distances, chosen by ``method``:
   * 'popcount' (default): XOR + popcount on uint32 words. The (B, block) distances are
     accumulated one word at a time, so each step is an elementwise pass over a (B, block) array
-    that XLA vectorises along the corpus rows (AVX2 has no vector popcount; LLVM's byte-table
-    popcount is still 2-3x faster than the GEMM below on a 2-core AMD EPYC, 384 bits).
+    that XLA vectorises along the corpus rows (AVX2 has no vector popcount, yet LLVM's byte-table
+    popcount still beats the GEMM below on CPUs; measurements: BENCHMARKS.md).
   * 'matmul': with s, t the +-1 forms of the bit vectors over all 8W bits,
     hamming = (8W - s . t) / 2. Zero padding bits are equal in both operands and add nothing.
     The GEMM runs in float32 on integers of magnitude <= 8W, which is exact for 8W < 2^24. It
@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from embedjax.quant.binary import as_uint8
+from embedjax.ops import as_uint8, bytes_to_words, unpack_signs
 from embedjax.search.exact import topk_blocked_by
 
 _EXACT_BITS = 1 << 24
@@ -29,15 +29,7 @@ _EXACT_BITS = 1 << 24
 
 def _signs(packed: jax.Array) -> jax.Array:
   """(N, W) uint8 -> (N, 8W) float32 +-1 over all bits (padding included)."""
-  return jnp.unpackbits(packed, axis=-1).astype(jnp.float32) * 2 - 1
-
-
-def _to_words(packed: jax.Array) -> jax.Array:
-  w = packed.shape[-1]
-  pad = (-w) % 4
-  if pad:
-    packed = jnp.pad(packed, [(0, 0), (0, pad)])
-  return jax.lax.bitcast_convert_type(packed.reshape(packed.shape[0], -1, 4), jnp.uint32)
+  return unpack_signs(packed, 8 * packed.shape[-1])
 
 
 def _matmul_scores(aux, query_signs, rows):
@@ -50,7 +42,7 @@ def _matmul_scores(aux, query_signs, rows):
 def _popcount_scores(aux, query_words, rows):
   """(B, words) uint32 x (block, W) uint8 -> (B, block) negated Hamming distances."""
   del aux
-  words = _to_words(rows).T  # (words, block): each word is a contiguous row
+  words = bytes_to_words(rows).T  # (words, block): each word is a contiguous row
   dist = jax.lax.population_count(query_words[:, 0, None] ^ words[None, 0, :])
   for w in range(1, query_words.shape[1]):  # static: W / 4 words (12 for 384 bits)
     dist = dist + jax.lax.population_count(query_words[:, w, None] ^ words[None, w, :])
@@ -85,7 +77,7 @@ def hamming_topk(query_codes, corpus_codes, k: int, *, method: str = 'popcount',
                                   query_block=query_block)
     return ((bits - scores) / 2).astype(jnp.int32), idx
   if method == 'popcount':
-    scores, idx = topk_blocked_by(_popcount_scores, _to_words(q), c, k, block_size=block_size,
+    scores, idx = topk_blocked_by(_popcount_scores, bytes_to_words(q), c, k, block_size=block_size,
                                   query_block=query_block)
     return (-scores).astype(jnp.int32), idx
   raise ValueError(f"method must be 'matmul' or 'popcount', got {method!r}")

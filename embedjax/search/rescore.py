@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from embedjax.ops import unpack_signs
 from embedjax.search.hamming import hamming_topk
 
 
@@ -104,9 +105,5 @@ def binary_rescore(queries, query_codes, corpus_codes, k: int, multiplier: int =
 def _pm1_scores(aux, queries, rows):
   """(B, D) float queries x (C, W) packed bits -> (B, C) q . (2b - 1) over the first D bits."""
   del aux
-  dim = queries.shape[1]
-  codes = rows
-  if codes.dtype == jnp.int8:
-    codes = (codes.astype(jnp.int16) + 128).astype(jnp.uint8)
-  signs = jnp.unpackbits(codes, axis=-1, count=dim).astype(jnp.float32) * 2 - 1
+  signs = unpack_signs(rows, queries.shape[1])
   return jnp.dot(queries, signs.T, precision=jax.lax.Precision.HIGHEST)

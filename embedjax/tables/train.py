@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -24,21 +23,23 @@ import optax
 from embedjax.tables import metrics as ctr_metrics
 from embedjax.tables.base import Table
 from embedjax.tables.ctr_models import Model
+# The encoder trainer's state (step, params, opt_state) serves the tables as it is. It is the one
+# import from embedjax.train, a leaf module that depends on flax/jax/optax only, so the tables do
+# not pull in the trainer (a departure from DESIGN.md's dependency direction, for one TrainState).
+from embedjax.train.state import TrainState, create_state
 
+# Plain Adam / Adagrad at a constant rate, as the table-compression papers train CTR models. The
+# encoder trainer's optimizer (``embedjax.train.optim.make_optimizer``) is AdamW with a warmup/decay
+# schedule, decay masks and freezing read from a config block, and has no Adagrad: it does not
+# serve here.
 OPTIMIZERS = {'adam': optax.adam, 'adagrad': optax.adagrad}
-
-
-class TrainState(NamedTuple):
-  params: dict  # {'table': ..., 'model': ...}
-  opt_state: Any
-  step: jax.Array
 
 
 def init_state(table: Table, model: Model, optimizer: optax.GradientTransformation,
                key: jax.Array) -> TrainState:
+  """The generic ``TrainState`` with ``params = {'table': ..., 'model': ...}``."""
   kt, km = jax.random.split(key)
-  params = {'table': table.init(kt), 'model': model.init(km)}
-  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  return create_state({'table': table.init(kt), 'model': model.init(km)}, optimizer)
 
 
 def logits_fn(table: Table, model: Model, params: dict, ids: jax.Array,
@@ -65,7 +66,7 @@ def make_train_step(table: Table, model: Model, optimizer: optax.GradientTransfo
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params = {**params, 'table': table.post_update(params['table'], k_post)}
-    return TrainState(params, opt_state, state.step + 1), aux
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), aux
 
   return jax.jit(step, donate_argnums=0)
 
@@ -88,8 +89,9 @@ def predict_batched(predict: Callable, params: dict, ids: np.ndarray, batch_size
   return out
 
 
-def evaluate(predict: Callable, params: dict, ids: np.ndarray, labels: np.ndarray,
-             batch_size: int = 4096) -> dict[str, float]:
+def evaluate_ctr(predict: Callable, params: dict, ids: np.ndarray, labels: np.ndarray,
+                 batch_size: int = 4096) -> dict[str, float]:
+  """ROC AUC and log loss of the logits of ``predict`` on (ids (N, F), labels (N,))."""
   logits = predict_batched(predict, params, ids, batch_size)
   return {'auc': ctr_metrics.auc(labels, logits), 'logloss': ctr_metrics.log_loss(labels, logits)}
 
@@ -138,8 +140,8 @@ def fit(table: Table, model: Model, train: tuple[np.ndarray, np.ndarray],
     timed_steps += steps_per_epoch - 1
     entry = {'epoch': epoch + 1, 'train_bce': float(aux['bce'])}
     if valid is not None:
-      entry.update({f'valid_{k}': v for k, v in evaluate(predict, served_params(table, state.params),
-                                                          *valid).items()})
+      valid_metrics = evaluate_ctr(predict, served_params(table, state.params), *valid)
+      entry.update({f'valid_{k}': v for k, v in valid_metrics.items()})
       if entry['valid_auc'] > best_auc:
         # A real copy: the next step donates (and may overwrite) the state's buffers.
         best_auc, best = entry['valid_auc'], jax.tree_util.tree_map(np.array, state.params)

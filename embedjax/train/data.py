@@ -1,15 +1,14 @@
 """Training pairs and triplets from the shared data, streamed through tfds (ArrayRecord) + grain.
 
-Sources (``SOURCES``), each a list of rows ``{'query', 'positive', ['negative'], 'doc_key'}``:
+Sources (``SOURCES``, a plain dict of :class:`Source`), each a list of rows
+``{'query', 'positive', ['negative'], 'doc_key'}``:
   scifact   SciFact train qrels: claim -> cited abstract (title + " " + text)
   mrpc      MRPC train pairs labelled paraphrase (1)
   stsb      STS-B train pairs with gold score >= 4
   sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
   synthetic the project's own synthetic retrieval pairs (needs no shared data)
-  limit_small  LIMIT-small qrels: "Who likes X?" -> each of its two relevant people (the *test*
-            set: training on it measures what the model can fit, not what it generalises)
-  limit_gen    a generated LIMIT-style training set (dense pattern, 46 people, 1,000 queries,
-            seed 1: other names and attribute assignments than LIMIT-small; needs no shared data)
+Studies add their own sources by passing ``{**SOURCES, **theirs}`` to the loop (e.g.
+``embedjax.limit.training_sources``); this module knows none of them.
 The rows are read through the tfds builders of ``embedjax.data.tfds_builders`` (prepared once into
 a cache folder) and kept in memory: they are small, and filtering (score >= 4, label 1) needs a
 pass anyway. Batches come from a grain pipeline that is deterministic from a seed and
@@ -22,6 +21,7 @@ rows, so the data order does not depend on the number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import zlib
@@ -45,9 +45,7 @@ def _key(text: str) -> int:
 
 
 def _scifact(data_dir: Path, cache: Path) -> list[dict]:
-  src = tfds_builders.load_pairs_source('beir', 'train', data_dir / 'scifact', cache)
-  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
-          for r in (src[i] for i in range(len(src)))]
+  return beir_rows(data_dir / 'scifact', 'train', cache)
 
 
 def _pairs(name: str, folder: str, keep: Callable[[dict], bool]):
@@ -82,61 +80,64 @@ def _synthetic(data_dir: Path | None, cache: Path) -> list[dict]:
   folder = cache / 'synthetic_beir_seed0'
   if not (folder / 'qrels' / 'test.tsv').exists():
     synthetic.write_beir(synthetic.synthetic_retrieval(seed=0, n_docs=300, n_queries=200), folder)
-  src = tfds_builders.load_pairs_source('beir', 'test', folder, cache)
-  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
-          for r in (src[i] for i in range(len(src)))]
+  return beir_rows(folder, 'test', cache)
 
 
-def _beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
+def beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
+  """Rows of a BEIR folder's qrels split: (query, relevant document, its key)."""
   src = tfds_builders.load_pairs_source('beir', split, folder, cache)
   return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
           for r in (src[i] for i in range(len(src)))]
 
 
-def _limit_small(data_dir: Path, cache: Path) -> list[dict]:
-  # LIMIT ships qrels as JSON lines; written once as a BEIR folder so the same tfds builder reads it.
-  from embedjax.data.readers import read_limit
-  folder = cache / 'limit_small_beir'
-  if not (folder / 'qrels' / 'test.tsv').exists():
-    synthetic.write_beir(read_limit(data_dir / 'limit' / 'limit-small'), folder)
-  return _beir_rows(folder, 'test', cache)
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A training source: ``load(data_dir, cache) -> rows``, and what it needs and gives."""
+  load: Callable[[Path | None, Path], list[dict]]
+  needs_shared_data: bool        # reads ../shared/data (else generates its own)
+  hard_negatives: bool           # rows carry a 'negative'
 
 
-def _limit_gen(data_dir: Path | None, cache: Path) -> list[dict]:
-  from embedjax.limit import patterns
-  folder = cache / 'limit_gen_dense_46_1000_seed1'
-  if not (folder / 'qrels' / 'test.tsv').exists():
-    patterns.generate_corpus('dense', 46, 1000, seed=1).write_beir(folder)
-  return _beir_rows(folder, 'test', cache)
-
-
-SOURCES: dict[str, Callable[[Path | None, Path], list[dict]]] = {
-    'scifact': _scifact,
-    'mrpc': _pairs('mrpc', 'mrpc', lambda r: r['score'] == 1),
-    'stsb': _pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0),
-    'sick': _sick_triplets,
-    'synthetic': _synthetic,
-    'limit_small': _limit_small,
-    'limit_gen': _limit_gen,
+SOURCES: dict[str, Source] = {
+    'scifact': Source(_scifact, needs_shared_data=True, hard_negatives=False),
+    'mrpc': Source(_pairs('mrpc', 'mrpc', lambda r: r['score'] == 1), True, False),
+    'stsb': Source(_pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0), True, False),
+    'sick': Source(_sick_triplets, needs_shared_data=True, hard_negatives=True),
+    'synthetic': Source(_synthetic, needs_shared_data=False, hard_negatives=False),
 }
 
 
-def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | None = None) -> list[dict]:
+def source_names(names: str | list[str]) -> list[str]:
+  return [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
+
+
+def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[Source]:
+  """The named sources, or a one-line error (unknown name, or hard negatives mixed with none)."""
+  picked = []
+  for name in source_names(names):
+    if name not in sources:
+      raise ValueError(f'data.train: unknown training source {name!r}; choose from {sorted(sources)}')
+    picked.append(sources[name])
+  if len({s.hard_negatives for s in picked}) > 1:
+    raise ValueError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
+                     'in one batch stream')
+  return picked
+
+
+def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | None = None,
+              sources: dict[str, Source] = SOURCES) -> list[dict]:
   """Concatenated rows of the named sources (a list or a comma-separated string)."""
-  names = [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
   cache = Path(cache_dir) if cache_dir else default_cache_dir()
   rows = []
-  for name in names:
-    if name not in SOURCES:
-      raise ValueError(f'unknown training source {name!r}; choose from {sorted(SOURCES)}')
-    if name not in ('synthetic', 'limit_gen') and data_dir is None:
+  for name, source in zip(source_names(names), check_sources(names, sources)):
+    if source.needs_shared_data and data_dir is None:
       raise FileNotFoundError(f'training source {name!r} needs the shared data folder')
-    rows.extend(SOURCES[name](data_dir, cache))
+    rows.extend(source.load(data_dir, cache))
   if not rows:
     raise ValueError(f'training sources {names} produced no rows')
   with_neg = sum('negative' in r for r in rows)
-  if 0 < with_neg < len(rows):
-    raise ValueError('cannot mix sources with and without hard negatives in one batch stream')
+  if 0 < with_neg < len(rows):  # a source that gives negatives for only some rows
+    raise ValueError('cannot mix rows with and without hard negatives in one batch stream')
   return rows
 
 

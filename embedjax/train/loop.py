@@ -14,6 +14,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,59 +28,122 @@ from tqdm.auto import tqdm
 
 from embedjax import paths
 from embedjax.encoding import encode
-from embedjax.evals.tasks import run_task
+from embedjax.evals.tasks import TASKS, run_task
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.models.bert import BertConfig
-from embedjax.models.pretrained import (EmbedderSpec, Pretrained, export_sentence_transformers,
-                                        init_params, load_pretrained)
+from embedjax.models.pretrained import (Pretrained, export_sentence_transformers, init_params,
+                                        load_pretrained, load_spec)
+from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
+from embedjax.ops import l2_normalize
 from embedjax.provenance import provenance
 from embedjax.train import data as train_data
+from embedjax.train.base_config import check_config
 from embedjax.train.checkpoint import Checkpointer, abstract_like
 from embedjax.train.mesh import global_batch, make_mesh, replicated
 from embedjax.train.optim import make_optimizer
-from embedjax.train.state import TrainState, create_state
+from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, make_train_step
 
 
-def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
-  """'pretrained:NAME_OR_PATH' loads weights; 'random:NAME_OR_PATH' takes that model's
-  architecture and tokenizer with fresh N(0, 0.02) weights (bert overrides in cfg.bert)."""
+def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokenizer]:
+  """The architecture and tokenizer that ``cfg.model`` names, read without weights.
+
+  'pretrained:NAME_OR_PATH' is that model; 'random:NAME_OR_PATH' takes its architecture (changed
+  by the non-zero ``cfg.model.bert`` fields) and tokenizer, to be initialised afresh.
+  """
   kind, _, name = cfg.init.partition(':')
   if kind not in ('pretrained', 'random'):
     raise ValueError(f"model.init must be 'pretrained:NAME' or 'random:NAME', got {cfg.init!r}")
-  base = load_pretrained(name, dtype=cfg.get('dtype', 'float32'),
-                         max_seq_length=cfg.get('max_seq_length', None))
+  spec, tokenizer, _ = load_spec(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
+  changes = {k: v for k, v in cfg.bert.items() if v}
+  if changes and kind != 'random':
+    raise ValueError(f'model.bert {changes} changes the architecture: only for random:NAME inits')
+  bert = dataclasses.replace(spec.bert, **changes)
+  return dataclasses.replace(spec, bert=bert, pooling=cfg.pooling or spec.pooling), tokenizer
+
+
+def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
+  """The model ``cfg.model`` names, with its weights (pretrained) or fresh N(0, 0.02) ones."""
+  spec, tokenizer = model_spec(cfg)
+  kind, _, name = cfg.init.partition(':')
   if kind == 'pretrained':
-    return base
-  bert = BertConfig(**{**base.spec.bert.__dict__, **dict(cfg.get('bert', {}))})
-  spec = EmbedderSpec(bert=bert, pooling=cfg.get('pooling', base.spec.pooling),
-                      normalize=base.spec.normalize, max_seq_length=base.spec.max_seq_length)
-  return Pretrained(spec=spec, params=init_params(bert, key), tokenizer=base.tokenizer,
+    loaded = load_pretrained(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
+    return dataclasses.replace(loaded, spec=spec)
+  return Pretrained(spec=spec, params=init_params(spec.bert, key), tokenizer=tokenizer,
                     source=f'random init ({name} architecture)')
 
 
 def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfig:
   loss = cfg.loss
-  kwargs = {k: v for k, v in loss.items()
-            if k not in ('name', 'scale', 'learnable_scale', 'matryoshka_dims', 'matryoshka_weights')}
-  for k, v in kwargs.items():
-    if isinstance(v, list):
-      kwargs[k] = tuple(v)
+  own = ('name', 'scale', 'learnable_scale', 'matryoshka_dims', 'matryoshka_weights')
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in loss.items() if k not in own}
   return StepConfig(
       spec=spec, loss=loss.name, loss_kwargs=tuple(sorted(kwargs.items())),
-      scale=float(loss.get('scale', 20.0)), learnable_scale=bool(loss.get('learnable_scale', False)),
-      matryoshka_dims=tuple(loss.get('matryoshka_dims', ()) or ()),
-      matryoshka_weights=tuple(loss.matryoshka_weights) if loss.get('matryoshka_weights') else None,
-      chunk_size=int(cfg.train.get('chunk_size', 0)), grad_cache=bool(cfg.train.get('grad_cache', False)),
-      dropout=bool(cfg.train.get('dropout', True)))
+      scale=float(loss.scale), learnable_scale=bool(loss.learnable_scale),
+      matryoshka_dims=tuple(loss.matryoshka_dims),
+      matryoshka_weights=tuple(loss.matryoshka_weights) or None,
+      chunk_size=int(cfg.train.chunk_size), grad_cache=bool(cfg.train.grad_cache),
+      dropout=bool(cfg.train.dropout))
 
 
-def evaluate(model: Pretrained, params, evals: dict, data_dir: Path | None, progress: bool) -> dict:
+def train_params(cfg: ml_collections.ConfigDict, encoder_params) -> dict:
+  """The trained pytree: the encoder's params, plus log(scale) when the temperature is learned."""
+  params = {'encoder': encoder_params}
+  if cfg.loss.learnable_scale:
+    params['logit_scale'] = jnp.log(jnp.float32(cfg.loss.scale))
+  return params
+
+
+def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.Source]) -> dict:
+  """The global batch as ShapeDtypeStructs (what ``train_data.tokenize_batch`` makes)."""
+  picked = train_data.check_sources(cfg.data.train, sources)
+  b, lq, ld = cfg.data.batch_size, cfg.data.query_len, cfg.data.doc_len
+  shapes = {'query_ids': (b, lq), 'query_mask': (b, lq), 'doc_ids': (b, ld), 'doc_mask': (b, ld),
+            'doc_key': (b,)}
+  if picked[0].hard_negatives:
+    shapes.update(neg_ids=(b, 1, ld), neg_mask=(b, 1, ld))
+  return {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
+
+
+def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
+  for task in cfg.evals.keys():
+    if task not in TASKS:
+      raise ValueError(f'evals.{task}: unknown task; choose from {sorted(TASKS)}')
+    too_wide = [d for d in cfg.evals[task].dims if not 0 < d <= width]
+    if too_wide:
+      raise ValueError(f'evals.{task}.dims {too_wide}: outside 1..{width} (the model width)')
+
+
+def dry_build(cfg: ml_collections.ConfigDict,
+              sources: dict[str, train_data.Source] = train_data.SOURCES) -> dict:
+  """Builds the whole run abstractly (``jax.eval_shape``: no weights read, no arrays made):
+  model spec, params, optimizer state, batch and one train step. Checks everything the config
+  names, so a config whose model does not fit this machine still builds.
+
+  Returns {'spec', 'param_count', 'state', 'batch', 'metrics'} (the last three abstract).
+  """
+  check_config(cfg)
+  spec, _ = model_spec(cfg.model)
+  check_evals(cfg, spec.bert.hidden_size)
+  encoder = jax.eval_shape(lambda k: init_params(spec.bert, k), jax.random.key(0))
+  params = jax.eval_shape(lambda p: train_params(cfg, p), encoder)
+  tx = make_optimizer(cfg.optim, params, cfg.steps)
+  state = jax.eval_shape(lambda p: create_state(p, tx), params)
+  batch = batch_shapes(cfg, sources)
+  step = make_train_step(step_config(cfg, spec), tx)
+  _, metrics = jax.eval_shape(step, state, batch, jax.random.key(0))
+  count = sum(x.size for x in jax.tree_util.tree_leaves(encoder))
+  return {'spec': spec, 'param_count': int(count), 'state': state, 'batch': batch,
+          'metrics': metrics}
+
+
+def run_evals(model: Pretrained, params, evals: ml_collections.ConfigDict, data_dir: Path | None,
+              progress: bool) -> dict:
   """Runs each eval block, at each of its ``dims`` (truncate + renormalise); keys 'task_metric@dim'."""
   out = {}
-  for task, block in evals.items():
-    dims = tuple(block.get('dims', (model.spec.bert.hidden_size,)))
+  for task in evals.keys():
+    block = evals[task]
+    dims = tuple(block.dims) or (model.spec.bert.hidden_size,)
     cache: dict[int, np.ndarray] = {}
 
     def encode_full(texts):
@@ -90,10 +154,9 @@ def evaluate(model: Pretrained, params, evals: dict, data_dir: Path | None, prog
 
     for dim in dims:
       def encode_fn(texts, dim=dim):
-        x = encode_full(texts)[:, :dim]
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return l2_normalize(encode_full(texts)[:, :dim])
       r = run_task(task, encode_fn, data_dir)
-      for metric in block.get('metrics', (r['main_metric'],)):
+      for metric in tuple(block.metrics) or (r['main_metric'],):
         out[f'{task}_{metric}@{dim}'] = r[metric]
   return out
 
@@ -137,39 +200,41 @@ class _Logger:
       self._tb.close()
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool = True,
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
+          sources: dict[str, train_data.Source] = train_data.SOURCES, resume: bool = True,
           stop_after: int | None = None, progress: bool = True) -> dict:
-  """Trains per ``cfg``; returns the summary written to ``workdir/summary.json``.
+  """Trains per ``cfg`` (a config built on ``base_config()``); returns the summary written to
+  ``workdir/summary.json``.
 
   Args:
+    sources: the training sources ``cfg.data.train`` may name (studies add theirs).
     resume: continue from the latest checkpoint in ``workdir`` if there is one.
     stop_after: stop (after checkpointing) once this many steps are done in this call — used by
       tests to interrupt a run at a chosen step.
   """
+  check_config(cfg)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  data_dir = Path(cfg.data.data_dir) if cfg.data.get('data_dir') else paths.shared_data_dir()
+  data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
   key = jax.random.key(cfg.seed)
   init_key, run_key = jax.random.split(key)
 
   model = build_model(cfg.model, init_key)
-  params = {'encoder': model.params}
-  if cfg.loss.get('learnable_scale', False):
-    params['logit_scale'] = jnp.log(jnp.float32(cfg.loss.get('scale', 20.0)))
+  check_evals(cfg, model.spec.bert.hidden_size)
+  params = train_params(cfg, model.params)
   tx = make_optimizer(cfg.optim, params, cfg.steps)
   mesh = make_mesh()
   repl = replicated(mesh)
   state = jax.device_put(create_state(params, tx), repl)
 
-  rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.get('cache_dir'))
+  rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.cache_dir or None, sources)
   loader = train_data.make_loader(
       rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
       doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
       process_count=jax.process_count())
 
-  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.get('ckpt_keep', 2),
-                      best_metric=cfg.get('best_metric') or None,
-                      async_save=cfg.get('async_checkpointing', True))
+  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.ckpt_keep,
+                      best_metric=cfg.best_metric or None, async_save=cfg.async_checkpointing)
   start = 0
   if resume and ckpt.latest_step() is not None:
     start = ckpt.latest_step()
@@ -179,13 +244,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
 
   step_fn = jax.jit(make_train_step(step_config(cfg, model.spec), tx), donate_argnums=0,
                     in_shardings=(repl, None, repl), out_shardings=(repl, repl))
-  evals = dict(cfg.get('evals', {}) or {})
+  evals = cfg.evals
   before = None
   before_path = workdir / 'eval_before.json'
   if before_path.exists() and start > 0:
     before = json.loads(before_path.read_text())
-  elif evals and cfg.get('eval_before', True):
-    before = evaluate(model, state.params['encoder'], evals, data_dir, progress)
+  elif evals and cfg.eval_before:
+    before = run_evals(model, state.params['encoder'], evals, data_dir, progress)
     logger.write(0, {f'eval/{k}': v for k, v in before.items()})
     if jax.process_index() == 0:
       atomic_write_json(before_path, before)
@@ -202,20 +267,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
     if t_first is None:
       jax.block_until_ready(metrics)
       t_first = time.perf_counter()
-    if number % cfg.get('log_every', 10) == 0 or number == cfg.steps:
+    if number % cfg.log_every == 0 or number == cfg.steps:
       m = jax.device_get(metrics)
       rate = (done - 1) * cfg.data.batch_size / max(time.perf_counter() - t_first, 1e-9)
       logger.write(number, {**{f'train/{k}': v for k, v in m.items()}, 'train/pairs_per_s': rate})
       bar.set_postfix(loss=f'{float(m["loss"]):.4f}', pairs_s=f'{rate:.1f}')
     bar.update(1)
     eval_metrics = None
-    every = cfg.get('eval_every', 0)
+    every = cfg.eval_every
     if evals and ((every and number % every == 0) or number == cfg.steps):
-      eval_metrics = evaluate(model, state.params['encoder'], evals, data_dir, progress)
+      eval_metrics = run_evals(model, state.params['encoder'], evals, data_dir, progress)
       logger.write(number, {f'eval/{k}': v for k, v in eval_metrics.items()})
       last_eval = eval_metrics
     stop = stop_after is not None and done >= stop_after
-    if number % cfg.get('ckpt_every', 100) == 0 or number == cfg.steps or stop:
+    if number % cfg.ckpt_every == 0 or number == cfg.steps or stop:
       ckpt.save(number, state, loader.get_state(), metrics=eval_metrics)
     if stop:
       break
@@ -230,7 +295,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, resume: bool =
              'pairs_per_s': round(steady / max(time.perf_counter() - t_first, 1e-9), 2) if t_first else None,
              'train_rows': len(rows), 'before': before, 'after': last_eval,
              'best_step': ckpt.best_step(), 'config': cfg.to_dict(), **provenance()}
-  if int(jax.device_get(state.step)) == cfg.steps and cfg.get('export', True) and jax.process_index() == 0:
+  if int(jax.device_get(state.step)) == cfg.steps and cfg.export and jax.process_index() == 0:
     export_sentence_transformers(workdir / 'export', model.spec, state.params['encoder'],
                                  model.tokenizer, extra=model.extra)
     summary['export'] = str(workdir / 'export')

@@ -1,6 +1,7 @@
 """Optimizer from a config block: AdamW, warmup + decay, gradient clipping, regex freezing.
 
-Config fields (``cfg``): lr, warmup_steps, decay ('cosine' | 'linear' | 'constant'), end_lr_ratio,
+Config fields (``cfg``, the ``optim`` block of ``embedjax.train.base_config``, where each has its
+default and meaning): lr, warmup_steps, decay ('cosine' | 'linear' | 'constant'), end_lr_ratio,
 weight_decay, b1, b2, eps, clip_norm (0 = off), freeze (regex over '/'-joined param paths;
 matching params get no update, and so no optimizer state is spent on them).
 Weight decay skips biases, LayerNorm parameters and the temperature, as the Hugging Face trainer
@@ -17,10 +18,10 @@ import optax
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-  warmup = int(cfg.get('warmup_steps', 0))
+  warmup = int(cfg.warmup_steps)
   decay_steps = max(total_steps - warmup, 1)
-  end = cfg.lr * float(cfg.get('end_lr_ratio', 0.0))
-  kind = cfg.get('decay', 'linear')
+  end = cfg.lr * float(cfg.end_lr_ratio)
+  kind = cfg.decay
   if kind == 'cosine':
     after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=end / cfg.lr if cfg.lr else 0.0)
   elif kind == 'linear':
@@ -50,13 +51,12 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
   """The full update rule for ``params`` (a pytree used only for its structure and names)."""
   schedule = make_schedule(cfg, total_steps)
   parts = []
-  if float(cfg.get('clip_norm', 0.0)) > 0:
+  if float(cfg.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
-  parts.append(optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999),
-                           eps=cfg.get('eps', 1e-6), weight_decay=cfg.get('weight_decay', 0.01),
-                           mask=_decay_mask))
+  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, mask=_decay_mask))
   tx = optax.chain(*parts)
-  pattern = cfg.get('freeze', '') or ''
+  pattern = cfg.freeze
   if not pattern:
     return tx
   regex = re.compile(pattern)

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import optax
 
 from embedjax.losses import LOSSES, matryoshka
+from embedjax.losses.contrastive import DEFAULT_SCALE
 from embedjax.models.embedder import embed
-from embedjax.models.pretrained import EmbedderSpec
+from embedjax.models.spec import EmbedderSpec
 from embedjax.train.state import TrainState
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on a learned inverse temperature
@@ -37,7 +38,7 @@ class StepConfig:
   spec: EmbedderSpec
   loss: str = 'info_nce'
   loss_kwargs: tuple = ()                  # (name, value) pairs passed to the loss
-  scale: float = 20.0                      # inverse temperature when not learned
+  scale: float = DEFAULT_SCALE             # inverse temperature when not learned
   learnable_scale: bool = False            # learn log(scale) as params['logit_scale']
   matryoshka_dims: tuple = ()              # () = no Matryoshka
   matryoshka_weights: tuple | None = None

@@ -41,7 +41,25 @@ def test_sweep_resumes_and_summarises():
   res = lfe.summarise(_cfg(list(range(4, 10))), fake)
   np.testing.assert_allclose(res['fit'], [1, 0, 2, 0], atol=1e-6)
   assert res['extrapolated'] == {'64': 2 * 64 ** 2 + 1} and res['fit_r2'] == 1.0
-  assert '| 4 | 33 |' in lfe.markdown(res)
+  assert '| 4 | 33 | 34 |' in lfe.markdown(res)
+
+
+def test_largest_solved_and_first_failed_come_from_the_probe_records():
+  att = lambda solved: {'solved': solved}
+  # Probes 10, 12 solved; 14, 16 failed; 13 never probed: the first failure is 13 or 14.
+  run = {'critical_n': 12, 'first_failure': 14,
+         'attempts': {'10': att(True), '16': att(False), '12': att(True), '14': att(False)}}
+  assert lfe.probe_bounds(run) == {'largest_solved': 12, 'first_failed': 14, 'unprobed': [13],
+                                   'monotone': True}
+  # A failure below a success is reported, not hidden.
+  odd = {'attempts': {'10': att(False), '11': att(True), '12': att(False)}}
+  assert lfe.probe_bounds(odd) == {'largest_solved': 11, 'first_failed': 10, 'unprobed': [],
+                                   'monotone': False}
+  res = {'critical_n': {'5': 12}, 'first_failure': {'5': 14}, 'seconds_per_dim': {'5': 1.0},
+         'device_per_dim': {'5': 'cpu'}, 'sweep_seconds': 1.0, 'runs': {'5': run}}
+  table = lfe.markdown(res)
+  assert '| 5 | 12 | 14 † | 11 | 1 | cpu |' in table
+  assert '† d = 5: n = 13 not probed, so the first failure lies in 13 ... 14.' in table
 
 
 def test_predicted_start():
@@ -68,5 +86,5 @@ def test_recalls_and_quantized_run():
   assert nbytes == 16 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
   idx, nbytes = limit_eval.quantized_run('binary_hamming', queries, corpus, 3)
   assert nbytes == 2 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
-  t = limit_eval.truncate(corpus, 4)
+  t = limit_eval.truncate_and_renormalize(corpus, 4)
   np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, rtol=1e-6)

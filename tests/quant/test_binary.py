@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from embedjax import ops
 from embedjax.quant import QUANTIZERS, binary
 
 quantize_embeddings = pytest.importorskip(
@@ -48,16 +49,16 @@ def test_centered_thresholds_at_the_calibration_mean():
 @given(bits=hnp.arrays(np.bool_, st.sampled_from([(N, 24), (N, 29)])))
 def test_bit_and_word_packing_identities(bits):
   d = bits.shape[1]
-  packed = binary.pack_bits(bits)
+  packed = ops.pack_bits(bits)
   np.testing.assert_array_equal(np.asarray(packed), np.packbits(bits, axis=-1))
-  np.testing.assert_array_equal(np.asarray(binary.unpack_bits(packed, d)), bits)
-  words = binary.bytes_to_words(packed)
+  np.testing.assert_array_equal(np.asarray(ops.unpack_bits(packed, d)), bits)
+  words = ops.bytes_to_words(packed)
   assert words.dtype == np.uint32 and words.shape == (N, 1)
-  np.testing.assert_array_equal(np.asarray(binary.words_to_bytes(words, packed.shape[1])),
+  np.testing.assert_array_equal(np.asarray(ops.words_to_bytes(words, packed.shape[1])),
                                 np.asarray(packed))
   # int8 (sentence-transformers 'binary') codes unpack to the same bits.
   signed = (np.asarray(packed).astype(np.int16) - 128).astype(np.int8)
-  np.testing.assert_array_equal(np.asarray(binary.unpack_bits(signed, d)), bits)
+  np.testing.assert_array_equal(np.asarray(ops.unpack_bits(signed, d)), bits)
 
 
 @_settings

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from embedjax.models.bert import BertConfig
-from embedjax.models.pretrained import EmbedderSpec, init_params
+from embedjax.models.pretrained import init_params
+from embedjax.models.spec import EmbedderSpec
+from embedjax.train.base_config import base_config
 from embedjax.train.optim import make_optimizer, make_schedule
 from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, loss_and_grads, make_train_step
@@ -70,10 +71,9 @@ def test_chunked_plain_equals_unchunked_without_dropout():
 
 
 def _optim_cfg(**kw):
-  base = dict(lr=1e-3, warmup_steps=2, decay='linear', end_lr_ratio=0.0, weight_decay=0.01,
-              clip_norm=1.0, freeze='')
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  cfg = base_config().optim
+  cfg.update(dict(lr=1e-3, warmup_steps=2, decay='linear'), **kw)
+  return cfg
 
 
 def test_schedule_values_by_hand():

@@ -1,0 +1,126 @@
+"""The base config of a training run: every field ``embedjax train`` reads, with its default.
+
+Every training config starts from :func:`base_config` and changes what it needs (big_vision's
+``configs/common.py`` habit), so a researcher who copies one sees every knob; the library reads the
+fields directly, never ``cfg.get(key, default)``. The loss block's defaults are the loss function's
+own keyword defaults (``embedjax.losses``), so they are written once, in the loss.
+
+Conventions: '' or 0 means "the model's own value" or "off" where a comment says so; tuples stay
+tuples. :func:`check_config` reports a missing or unknown field in one line.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import ml_collections
+from ml_collections import config_dict
+
+from embedjax.config import ConfigError, closest, leaf_paths
+from embedjax.losses import LOSSES
+
+# Keyword arguments of a loss that come from the batch, not from the config.
+BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights')
+# BERT fields a 'random:NAME' model may change (0 = keep NAME's value).
+BERT_OVERRIDES = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
+EVAL_BLOCK_FIELDS = ('dims', 'metrics')
+
+
+def loss_defaults(name: str) -> dict:
+  """The config-settable keyword defaults of loss ``name`` (None becomes a typed placeholder)."""
+  fn = LOSSES[name]
+  hints = typing.get_type_hints(fn)
+  out = {}
+  for p in inspect.signature(fn).parameters.values():
+    if p.kind is not p.KEYWORD_ONLY or p.name in BATCH_ARGUMENTS:
+      continue
+    if p.default is None:
+      kinds = [t for t in typing.get_args(hints[p.name]) if t is not type(None)]
+      out[p.name] = config_dict.placeholder(kinds[0] if kinds else object)
+    else:
+      out[p.name] = p.default
+  return out
+
+
+def eval_block(dims: tuple[int, ...] = (), metrics: tuple[str, ...] = ()) -> dict:
+  """One entry of ``cfg.evals`` (keyed by task name): dims () = the model's full width (else
+  truncate + renormalise to each); metrics () = the task's main metric."""
+  return dict(dims=tuple(dims), metrics=tuple(metrics))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                     # PRNG seed: init, dropout, data order
+  c.steps = 100                  # optimizer steps in the whole run
+
+  c.model = ml_collections.ConfigDict()  # the embedding model
+  c.model.init = 'pretrained:all-MiniLM-L6-v2'  # 'pretrained:NAME_OR_PATH' or 'random:NAME_OR_PATH'
+  c.model.dtype = 'float32'      # compute dtype ('float32' | 'bfloat16'); params stay float32
+  c.model.max_seq_length = 0     # tokens per text (0 = the model's own limit)
+  c.model.pooling = ''           # '' = the model's own pooling; else cls|mean|max|weighted_mean|last_token
+  c.model.bert = {k: 0 for k in BERT_OVERRIDES}  # random init only: architecture changes (0 = keep)
+
+  c.loss = ml_collections.ConfigDict()  # the training loss
+  c.loss.name = 'info_nce'       # a key of embedjax.losses.LOSSES
+  c.loss.update(loss_defaults('info_nce'))  # scale, directions, partition_mode, similarity, ...
+  c.loss.learnable_scale = False  # learn log(scale) (capped at 100, as CLIP)
+  c.loss.matryoshka_dims = ()    # () = plain loss; e.g. (384, 256, 128, 64, 32)
+  c.loss.matryoshka_weights = ()  # () = equal weights; else one per dim
+
+  c.data = ml_collections.ConfigDict()  # training data and token lengths
+  c.data.train = 'synthetic'     # comma-separated training sources (embedjax.train.data.SOURCES)
+  c.data.batch_size = 32         # global batch (in-batch negatives = batch_size - 1)
+  c.data.query_len = 64          # tokens per query
+  c.data.doc_len = 256           # tokens per document (and hard negative)
+  c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
+  c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
+
+  c.train = ml_collections.ConfigDict()  # how the step embeds the batch
+  c.train.chunk_size = 0         # rows embedded at a time (0 = the whole batch)
+  c.train.grad_cache = False     # gradient caching over chunks (memory of one chunk)
+  c.train.dropout = True         # train-mode dropout, as sentence-transformers trains
+
+  c.optim = ml_collections.ConfigDict()  # AdamW, schedule, clipping, freezing
+  c.optim.lr = 2e-5              # peak learning rate (AdamW)
+  c.optim.warmup_steps = 0       # linear warmup from 0
+  c.optim.decay = 'linear'       # after warmup: 'linear' | 'cosine' | 'constant'
+  c.optim.end_lr_ratio = 0.0     # final lr = lr * end_lr_ratio
+  c.optim.weight_decay = 0.01    # decoupled; not on biases, LayerNorm, the temperature
+  c.optim.b1 = 0.9               # Adam beta1
+  c.optim.b2 = 0.999             # Adam beta2
+  c.optim.eps = 1e-6             # Adam epsilon (the Hugging Face trainer's)
+  c.optim.clip_norm = 1.0        # global gradient-norm clip (0 = off)
+  c.optim.freeze = ''            # regex over '/'-joined param paths: no update for matches
+
+  c.log_every = 10               # steps between train-metric records
+  c.eval_every = 0               # steps between evaluations (0 = only before and after)
+  c.eval_before = True           # evaluate the starting model (skip to reuse another run's)
+  c.ckpt_every = 100             # steps between checkpoints (and at the end)
+  c.ckpt_keep = 2                # latest checkpoints kept (plus the best, if best_metric)
+  c.best_metric = ''             # an eval key to keep the best checkpoint by ('' = none)
+  c.async_checkpointing = True   # save in the background (waited on before exit)
+  c.export = True                # write a sentence-transformers folder at the end
+  c.evals = ml_collections.ConfigDict()  # task name -> eval_block(dims, metrics)
+  return c
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line) for a field missing from, or unknown to, the base config."""
+  want = leaf_paths(base_config())
+  got = leaf_paths(cfg)
+  task_fields = {p for p in got if p.startswith('evals.')}
+  missing = [p for p in want if p not in got]
+  unknown = [p for p in got if p not in want and p not in task_fields]
+  if missing:
+    raise ConfigError(f'config lacks field {missing[0]!r}: start it from '
+                      'embedjax.train.base_config.base_config()')
+  if unknown:
+    raise ConfigError(f'unknown config field {unknown[0]!r}{closest(unknown[0], want)}')
+  for task in cfg.evals.keys():
+    fields = tuple(sorted(cfg.evals[task].keys()))
+    if fields != EVAL_BLOCK_FIELDS:
+      raise ConfigError(f'evals.{task} must have exactly the fields {EVAL_BLOCK_FIELDS} '
+                        f'(embedjax.train.base_config.eval_block), got {fields}')
+  if cfg.loss.name not in LOSSES:
+    raise ConfigError(f'loss.name {cfg.loss.name!r}: not one of {sorted(LOSSES)}')
