@@ -1,0 +1,95 @@
+"""Every committed summary equals what its own program computes from the committed per-run records.
+
+A summary (mean over seeds, a fit, a median of round ratios, a retention) is only trustworthy if a
+program wrote it from the records beside it: each test below recomputes one summary from the
+records in the same file, with the function that wrote it, and fails on any mismatch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+
+import ml_collections
+import numpy as np
+import pytest
+
+from embedjax.paths import repo_root
+
+RESULTS = repo_root() / 'results'
+
+
+def _load(rel: str):
+  path = repo_root() / rel
+  spec = importlib.util.spec_from_file_location(f'_summary_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _json(rel: str) -> dict:
+  return json.loads((RESULTS / rel).read_text())
+
+
+def test_table_compression_summary_is_the_mean_over_its_runs():
+  rec = _json('table_compression.json')
+  recomputed = _load('experiments/table_compression.py')._summarise(rec['runs'])
+  by_key = {(r['method'], r['budget']): r for r in recomputed}
+  assert len(by_key) == len(rec['summary'])
+  for row in rec['summary']:
+    again = by_key[row['method'], row['budget']]
+    assert again.keys() == row.keys(), (row['method'], row['budget'])
+    for key, value in row.items():
+      if isinstance(value, float):
+        assert again[key] == pytest.approx(value, rel=1e-12, abs=1e-15), (row['method'], key)
+      else:
+        assert again[key] == value, (row['method'], row['budget'], key)
+
+
+def test_critical_n_summary_and_fit_follow_from_the_probe_records():
+  rec = _json('limit/critical_n.json')
+  fe_exp = _load('experiments/limit_free_embedding.py')
+  dims = sorted(int(d) for d in rec['runs'])
+  cfg = ml_collections.ConfigDict({'dims': dims, 'protocol': rec['protocol'],
+                                   'extrapolate': [int(d) for d in rec['extrapolated']]})
+  again = fe_exp.summarise(cfg, rec['runs'])
+  for key in ('critical_n', 'first_failure', 'extrapolated', 'paper_fit_extrapolated', 'fit_r2'):
+    assert again[key] == rec[key], key
+  np.testing.assert_allclose(again['fit'], rec['fit'], rtol=1e-12)
+  for d, run in rec['runs'].items():
+    bounds = fe_exp.probe_bounds(run)
+    assert bounds['largest_solved'] == rec['critical_n'][d]
+
+
+def test_search_benchmark_ratios_are_the_medians_of_their_rounds():
+  rec = _json('bench_search_cpu.json')
+  cases = {(c['dataset'], c['index'], c['lib']): c for c in rec['cases']}
+  cells = [(ds, index, entry) for ds, per in rec['summary'].items() for index, entry in per.items()]
+  assert cells
+  for ds, index, entry in cells:
+    assert entry['ratio_vs_faiss'] == statistics.median(entry['round_ratios']), (ds, index)
+    e, f = cases[ds, index, 'embedjax'], cases[ds, index, 'faiss']
+    assert entry['embedjax_qps'] == e['queries_per_second']
+    assert entry['faiss_qps'] == f['queries_per_second']
+    assert entry['ratio_of_median_qps'] == pytest.approx(
+        e['queries_per_second'] / f['queries_per_second'], rel=1e-12)
+
+
+def test_storage_tradeoff_retention_and_compression_follow_from_each_row():
+  rec = _json('storage_tradeoff.json')
+  for task, metric in (('scifact', 'ndcg@10'), ('stsb', 'spearman')):
+    rows = rec[task]
+    base = rows['float32'][metric]
+    for name, row in rows.items():
+      assert row['retention'] == pytest.approx(row[metric] / base, rel=1e-12), (task, name)
+      assert row['compression'] == pytest.approx(1536 / row['bytes_per_vector'], rel=1e-12)
+
+
+def test_matryoshka_training_retention_is_each_dim_over_the_full_width():
+  rec = _json('train/minilm_scifact_mrl.json')
+  table = rec['ndcg@10']
+  full = table['384']
+  for d, row in table.items():
+    for run in ('plain', 'mrl'):
+      assert row[f'{run}_retention'] == pytest.approx(row[run] / full[run], rel=1e-12), (d, run)
