@@ -3,16 +3,21 @@
 #               else the project's synthetic tasks); prints a table, writes results/eval/*.json
 #   make test   the whole test suite (installs the reference libraries: torch CPU,
 #               sentence-transformers, faiss, pytrec_eval, scikit-learn)
+#   make results  regenerate every result file that is not current and fits this machine
+#               (experiments/regenerate.py; ARGS='--list' only reports, ARGS='--only eval' picks)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: eval test bench-encode
+.PHONY: eval test bench-encode results
 eval: $(VENV)/.core
 	$(PY) -m embedjax.cli eval --model all-MiniLM-L6-v2 --tasks default
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+results: $(VENV)/.dev
+	$(PY) -m experiments.regenerate $(ARGS)
 
 bench-encode: $(VENV)/.dev
 	$(PY) benchmarks/encode_cpu.py

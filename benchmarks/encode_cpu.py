@@ -161,12 +161,13 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
   from embedjax.encoding import TOKENS_PER_BATCH, encode
   from embedjax.io import atomic_write_json
   from embedjax.models.pretrained import load_pretrained
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
 
   torch.set_num_threads(args.threads)
   # Taken at the start: the commit and command that the timed code came from, even if the
   # repository moves on during a long run.
-  prov = provenance(extra_packages=('torch', 'sentence-transformers', 'transformers'))
+  run = Run(config={k: v for k, v in vars(args).items()},
+            extra_packages=('torch', 'sentence-transformers', 'transformers')).start()
   names = [n.strip() for n in args.sets.split(',') if n.strip()]
   if texts is None:
     unknown = sorted(set(names) - set(SETS))
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
     if data_dir is None:
       raise SystemExit('no shared data folder found: pass --data-dir or set EMBEDJAX_DATA_DIR')
     texts = load_sets(data_dir, names)
+    run.add_inputs(*(data_dir / n for n in ('stsb', 'scifact') if n in names))
   else:
     texts = {n: texts[n] for n in names if n in texts}
   runs = {'stsb': args.runs_stsb, 'scifact': args.runs_scifact}
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
           'load_average_before': [round(x, 2) for x in load_before],
           'load_average_after': [round(x, 2) for x in os.getloadavg()],
       },
-      provenance=prov,
+      provenance=run.finish().provenance(),
   )
   out = Path(args.out) if args.out else (
       _REPO / 'results' / ('bench_encode_cpu.quick.json' if args.quick else 'bench_encode_cpu.json'))

@@ -228,7 +228,7 @@ def _estimate_plain(jobs: dict[str, dict], target: int) -> dict:
 
 def run_parent(args) -> dict:
   from embedjax.io import atomic_write_json
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
 
   log_dir = Path(args.log_dir)
   log_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +238,8 @@ def run_parent(args) -> dict:
     done = {k: v for k, v in json.loads(out.read_text()).get('jobs', {}).items()
             if v.get('returncode') == 0}
   import psutil
+  # inputs are random token ids (no data files), drawn with numpy seed 0
+  run = Run(config=dict(vars(args)), seeds={'random_pairs': 0}, extra_packages=('psutil',)).start()
   record: dict = {
       'benchmark': 'gradcache_cpu', 'model': args.model, 'batch': args.batch,
       'query_len': args.length, 'doc_len': args.length, 'chunks': args.chunks,
@@ -255,14 +257,14 @@ def run_parent(args) -> dict:
       continue
     record['jobs'][job['name']] = _run_job(args, job, log_dir)
     record['plain_estimate'] = _estimate_plain(record['jobs'], args.plain_estimate_batch or args.batch)
-    record['provenance'] = provenance(extra_packages=('psutil',))
+    record['provenance'] = run.provenance()
     atomic_write_json(out, record)
   record['summary'] = {
       name: {k: r.get(k) for k in ('peak_rss_gib', 'compile_s', 'step_s', 'loss', 'params_changed',
                                   'params_finite', 'skipped')}
       for name, r in record['jobs'].items()}
   record['plain_estimate'] = _estimate_plain(record['jobs'], args.plain_estimate_batch or args.batch)
-  record['provenance'] = provenance(extra_packages=('psutil',))
+  record['provenance'] = run.finish().provenance()
   atomic_write_json(out, record)
   tc.log(json.dumps(record['summary'], indent=2))
   tc.log(json.dumps(record['plain_estimate'], indent=2))

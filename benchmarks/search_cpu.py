@@ -335,7 +335,10 @@ def main() -> int:
     return 0
 
   from embedjax.io import atomic_write_json
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run, merge_entries, stamp_entries
+  run = Run(config={k: v for k, v in vars(args).items() if k != 'worker'},
+            seeds={'synthetic_base': 1, 'synthetic_queries': 2},
+            extra_packages=('faiss-cpu',)).start()
   sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(',') if s]
   reps = 1 if args.quick else args.reps
   datasets = [f'synthetic{n}' for n in sizes] + ([] if args.quick or args.no_scifact
@@ -343,6 +346,10 @@ def main() -> int:
   indexes = args.indexes.split(',')
   load_start = os.getloadavg()
   files = prepare(datasets, _REPO / 'runs' / 'bench_search')
+  if 'scifact' in datasets:
+    from embedjax.paths import shared_data_dir
+    run.add_inputs(shared_data_dir() / 'scifact')
+  run.add_inputs(*(p for ds in datasets for p in files[ds].values()))
   cases, results = [], {}
   for di, ds in enumerate(datasets):
     for ii, index in enumerate(indexes):
@@ -389,18 +396,19 @@ def main() -> int:
                    'xla': f'pool sized from the CPUs the worker may use '
                           f'(pinned to {args.threads} when fewer than the machine has)',
                    'loadavg_start': load_start, 'loadavg_end': os.getloadavg()},
-      'provenance': provenance(extra_packages=('faiss-cpu',)),
+      'provenance': run.finish().provenance(),
   }
+  stamp_entries(summary, record['provenance'], depth=2)
   out = Path(args.out)
   if args.quick:
     out = out.with_name(out.stem + '.quick.json')
   if args.update and out.exists():
     old = json.loads(out.read_text())
     ran = {(c['dataset'], c['index']) for c in cases}
-    for ds, per_index in old.get('summary', {}).items():
-      for index, entry in per_index.items():
-        if (ds, index) not in ran:
-          summary.setdefault(ds, {})[index] = entry
+    # entries not rerun keep their own provenance (or, lacking one, the earlier file's, marked
+    # inherited_from_file)
+    summary = record['summary'] = merge_entries(old.get('summary', {}), summary, depth=2,
+                                                old_provenance=old.get('provenance'))
     record['cases'] = [c for c in old.get('cases', []) if (c['dataset'], c['index']) not in ran
                        ] + cases
     record['earlier_runs'] = old.get('earlier_runs', []) + [

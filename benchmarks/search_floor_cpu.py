@@ -50,12 +50,15 @@ def main() -> int:
   from search_cpu import K, scifact_embeddings
 
   from embedjax.io import atomic_write_json
-  from embedjax.provenance import provenance
+  from embedjax.paths import shared_data_dir
+  from embedjax.provenance import Run
   from embedjax.ops import bytes_to_words
   from embedjax.search import hamming
   from embedjax.search.exact import n_main_rows, topk_blocked
   from embedjax.search.hamming import hamming_topk
 
+  run = Run(config=vars(args), extra_packages=('faiss-cpu',),
+            inputs=[shared_data_dir() / 'scifact']).start()
   corpus, queries = scifact_embeddings()
   d = corpus.shape[1]
   codes, qcodes = np.packbits(corpus > 0, axis=-1), np.packbits(queries > 0, axis=-1)
@@ -106,7 +109,7 @@ def main() -> int:
       'corpus_rows': int(corpus.shape[0]), 'queries': int(queries.shape[0]), 'k': K,
       'command': 'python ' + ' '.join(sys.argv),
       'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-      'provenance': provenance(extra_packages=('faiss-cpu',))})
+      'provenance': run.finish().provenance()})
   print(f'wrote {args.out}')
   return 0
 

@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   from embedjax import paths
   from embedjax.io import atomic_write_json
   from embedjax.models.pretrained import load_pretrained
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
 
   wanted = [s.strip() for s in args.systems.split(',') if s.strip()]
   unknown = sorted(set(wanted) - set(SYSTEMS))
@@ -305,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   data_dir = Path(args.data_dir) if args.data_dir else paths.shared_data_dir()
   if args.inputs == 'scifact' and data_dir is None:
     raise SystemExit('no shared data folder: pass --data-dir, or --inputs random')
+  run = Run(config=dict(vars(args)), seeds={'random_pairs': 0, 'torch': 0},
+            inputs=[data_dir / 'scifact'] if args.inputs == 'scifact' else [],
+            extra_packages=('torch', 'sentence-transformers', 'transformers')).start()
   model = load_pretrained(args.model)
   batch, inputs_desc = make_inputs(args.inputs, model.tokenizer, args.batch, args.query_len,
                                    args.doc_len, data_dir)
@@ -395,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           'ratio': 'system steps/s (1 / median step seconds) / sentence-transformers steps/s',
           'load_average_before': load_before, 'load_average_after': tc.load_average(),
       },
-      'provenance': provenance(extra_packages=('torch', 'sentence-transformers', 'transformers')),
+      'provenance': run.finish().provenance(),
       'embedjax_code': library_state,
   }
   out = Path(args.out) if args.out else (

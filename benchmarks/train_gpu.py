@@ -314,8 +314,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return raw
 
   from embedjax.io import atomic_write_json
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
 
+  # inputs are random token ids (no data files)
+  run = Run(config=dict(vars(args)), seeds={'random_pairs': 0, 'torch': 0},
+            extra_packages=('torch', 'transformers')).start()
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   out = Path(args.out) if args.out else (
       tc.REPO / 'results' / ('bench_train_gpu.smoke.json' if args.smoke else 'bench_train_gpu.json'))
@@ -378,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           'XLA_PYTHON_CLIENT_PREALLOCATE': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'),
           'load_average': tc.load_average(),
       },
-      'provenance': provenance(extra_packages=('torch', 'transformers')),
+      'provenance': run.finish().provenance(),
       'embedjax_code': tc.library_state(),
   }
   atomic_write_json(out, record)

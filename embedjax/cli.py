@@ -30,15 +30,17 @@ def _resolve_tasks(spec: str, data_dir: Path | None) -> list[str]:
 
 def cmd_eval(args) -> int:
   from embedjax.encoding import encode
-  from embedjax.evals.tasks import format_table, run_task
+  from embedjax.evals.tasks import format_table, run_task, task_inputs
   from embedjax.io import atomic_write_json
   from embedjax.models.pretrained import load_pretrained
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
 
   data_dir = Path(args.data_dir) if args.data_dir else paths.shared_data_dir()
   if data_dir is not None and not data_dir.is_dir():
     raise SystemExit(f'embedjax eval: data dir {data_dir} does not exist')
   tasks = _resolve_tasks(args.tasks, data_dir)
+  run = Run(config={k: v for k, v in vars(args).items() if not callable(v)},
+            inputs=task_inputs(tasks, data_dir)).start()
   synthetic_only = all(t.startswith('synthetic_') for t in tasks)
   print(f'data: {data_dir if data_dir else "none found: using the synthetic tasks"}', flush=True)
   model = load_pretrained(args.model, dtype=args.dtype)
@@ -58,7 +60,7 @@ def cmd_eval(args) -> int:
       (_model_label(args.model) + ('.synthetic' if synthetic_only else '') + '.json'))
   record = dict(results)
   record.update(model=args.model, dtype=args.dtype, data_dir=str(data_dir) if data_dir else None,
-                **provenance())
+                **run.finish().provenance())
   atomic_write_json(out, record)
   print()
   print(format_table(results))

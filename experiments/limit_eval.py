@@ -26,7 +26,7 @@ from embedjax.evals.metrics import retrieval_metrics
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.limit import patterns
 from embedjax.losses.matryoshka import truncate_and_renormalize
-from embedjax.provenance import provenance
+from embedjax.provenance import Run
 from embedjax.search.exact import topk_blocked
 from embedjax.search.hamming import hamming_topk
 
@@ -133,7 +133,7 @@ def main(cfg, flags=None) -> None:
   from embedjax.models.pretrained import load_pretrained
   dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
-  prov = provenance(extra_packages=('bm25s',))
+  run_kw = dict(config=cfg, store_config=False, extra_packages=('bm25s',))  # files store config
   model = load_pretrained(cfg.model)
   log = lambda s: print(s, flush=True)
   start = time.perf_counter()
@@ -145,6 +145,7 @@ def main(cfg, flags=None) -> None:
   elif data_dir is None:
     log('no shared data folder: LIMIT-small skipped')
   else:
+    small_run = Run(inputs=[data_dir / 'limit' / 'limit-small'], **run_kw).start()
     small = read_limit(data_dir / 'limit' / 'limit-small')
     log(f'LIMIT-small: {small.summary()}')
     t = time.perf_counter()
@@ -153,7 +154,7 @@ def main(cfg, flags=None) -> None:
     res = evaluate_split(small, corpus, queries, 'limit-small', cfg, dims=cfg.dims,
                          schemes=cfg.schemes, log=log)
     res.update(encode_seconds=round(time.perf_counter() - t, 1), config=cfg.to_dict(),
-               provenance=prov)
+               provenance=small_run.finish().provenance())
     atomic_write_json(out_dir / f'limit_small{cfg.suffix}.json', res)
     atomic_write_text(out_dir / f'limit_small{cfg.suffix}.md', table(res['rows'], cfg.ks) + '\n')
 
@@ -163,6 +164,7 @@ def main(cfg, flags=None) -> None:
   # The pattern corpora share every document outside their pools (same seed, size and items per
   # document), so the union of their texts is embedded once.
   pc = cfg.patterns
+  patterns_run = Run(seeds=pc.seed, **run_kw).start()  # generated corpora: no data files read
   likes = max(int(np.bincount(patterns.qrel_pairs(name, pc.num_queries, None, pc.seed).ravel()).max())
               for name in pc.names)
   corpora = {name: patterns.generate_corpus(name, pc.num_docs, pc.num_queries, pc.seed,
@@ -190,7 +192,7 @@ def main(cfg, flags=None) -> None:
                          query_emb[[query_row[x] for x in data.query_texts]], name, cfg, log=log)}
     atomic_write_json(out_dir / f'patterns{cfg.suffix}.json',
                       {'results': results, 'encode_seconds': encode_seconds,
-                       'config': cfg.to_dict(), 'provenance': prov})
+                       'config': cfg.to_dict(), 'provenance': patterns_run.provenance()})
   lines = ['| pattern (docs) | system | ' + ' | '.join(f'recall@{k}' for k in cfg.ks) + ' |',
            '|---' * (len(cfg.ks) + 2) + '|']
   for key, r in results.items():

@@ -20,7 +20,7 @@ from embedjax import paths
 from embedjax.cli import training_sources
 from embedjax.config import config_overrides, load_config, run_main
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import provenance
+from embedjax.provenance import Run
 from embedjax.train.loop import dry_build, train
 
 METRICS = ('recall@2', 'recall@10', 'recall@20')
@@ -38,7 +38,7 @@ def main(cfg, fv) -> int:
   args = {name: fv[name].value for name in ('only', 'epochs', 'runs-dir')}
   repo = paths.repo_root()
   config = repo / 'configs' / 'limit_finetune.py'
-  prov = provenance()
+  run = Run(config={}, seeds={}).start()  # filled per split below (each split's own config)
   out, runs = {}, {}
   for split in ('train', 'test'):
     if args['only'] and args['only'] != split:
@@ -46,6 +46,7 @@ def main(cfg, fv) -> int:
     cfg = load_config(f'{config}:{split}', config_overrides(sys.argv[1:]))
     cfg.steps *= args['epochs']
     cfg.ckpt_every *= args['epochs']
+    run.config[split], run.seeds[split] = cfg, cfg.seed
     dry_build(cfg, training_sources())
     suffix = '' if args['epochs'] == 1 else f"_e{args['epochs']}"
     print(f'== fine-tune on {split}: {cfg.data.train}, {cfg.steps} steps', flush=True)
@@ -56,10 +57,12 @@ def main(cfg, fv) -> int:
                            'after': {m: s['after'][f'limit_small_{m}@{d}'] for m in METRICS}}
                   for d in dims}
     runs[split] = {'seconds': s['seconds'], 'steps': s['steps'], 'train_rows': s['train_rows'],
-                   'epochs': args['epochs'], 'source': cfg.data.train}
+                   'epochs': args['epochs'], 'source': cfg.data.train,
+                   'config_hash': s['config_hash'], 'inputs': s['inputs']}
+    run.add_inputs(hashed=s['inputs'])
   record = {'limit_small': out, 'runs': runs,
             'note': 'train = generated LIMIT-style set (other people and assignments); '
-                    'test = the LIMIT-small qrels themselves', **prov}
+                    'test = the LIMIT-small qrels themselves', **run.finish().provenance()}
   out_dir = repo / 'results' / 'limit'
   name = ('finetune' if not args['only'] else f"finetune_{args['only']}") + (
       '' if args['epochs'] == 1 else f"_e{args['epochs']}")

@@ -34,7 +34,7 @@ from embedjax import paths  # noqa: E402
 from embedjax.config import run_main  # noqa: E402
 from embedjax.io import atomic_write_json, atomic_write_text  # noqa: E402
 from embedjax.limit import free_embedding as fe  # noqa: E402
-from embedjax.provenance import provenance, rerender  # noqa: E402
+from embedjax.provenance import Run, inherited, rerender  # noqa: E402
 
 # Weller et al. (2025), fit of their critical-n points (k = 2): -10.5322 + 4.0309 d + 0.0520 d^2
 # + 0.0037 d^3.
@@ -229,16 +229,21 @@ def main(cfg, flags=None) -> None:
   dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
   json_path = out_dir / f'{cfg.name}.json'
-  prov = provenance()
+  run = Run(config=cfg, seeds=cfg.seed).start()  # free embeddings: no data files read
   done = {}
   if json_path.exists():  # resume: keep the dimensions already solved under the same protocol
     import json
     old = json.loads(json_path.read_text())
     if old.get('protocol') == dict(cfg.protocol) and old.get('seed', cfg.seed) == cfg.seed:
       done = {d: r for d, r in old.get('runs', {}).items() if int(d) in cfg.dims}
+      for r in done.values():  # kept dimensions keep their own provenance
+        r.setdefault('provenance', inherited(old.get('provenance')))
       print(f'resuming: {len(done)} dimension(s) already done', flush=True)
 
   def save(done):
+    prov = run.provenance()
+    for r in done.values():  # each dimension measured by this call records it
+      r.setdefault('provenance', prov)
     res = summarise(cfg, done)
     res.update(seed=cfg.seed, provenance=prov)
     atomic_write_json(json_path, res)
@@ -249,7 +254,8 @@ def main(cfg, flags=None) -> None:
   with jax.default_matmul_precision('highest'):
     sweep(cfg, done, save, log=lambda s: print(s, flush=True))
   res = summarise(cfg, done)
-  res.update(seed=cfg.seed, provenance=prov, wall_seconds=round(time.perf_counter() - start, 1))
+  res.update(seed=cfg.seed, provenance=run.finish().provenance(),
+             wall_seconds=round(time.perf_counter() - start, 1))
   atomic_write_json(json_path, res)
   atomic_write_text(out_dir / f'{cfg.name}.md', markdown(res))
   plot(res, out_dir / f'{cfg.name}.png')

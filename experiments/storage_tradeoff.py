@@ -51,7 +51,7 @@ from embedjax.embedding_cache import cached_encode
 from embedjax.evals.metrics import retrieval_metrics
 from embedjax.evals.sts import sts_scores
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import provenance, rerender
+from embedjax.provenance import Run, rerender
 from embedjax.search.hamming import hamming_topk
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 from embedjax.search.rescore import binary_rescore
@@ -371,6 +371,10 @@ def dry_run(cfg) -> dict:
 def main(cfg, flags=None) -> None:
   dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results'
+  data_dir = paths.shared_data_dir()
+  run = Run(config=cfg, seeds=cfg.seed, store_config=False,
+            inputs=[data_dir / 'scifact', data_dir / 'stsb'] if data_dir else [],
+            extra_packages=('ml_dtypes', 'faiss-cpu', 'sentence-transformers')).start()
   start = time.perf_counter()
   print('encoding (or reading cached) embeddings ...', flush=True)
   emb = load_embeddings(cfg)
@@ -380,8 +384,7 @@ def main(cfg, flags=None) -> None:
   results = run(cfg, emb, log=lambda s: print(s, flush=True))
   results['config'] = cfg.to_dict()
   results['seconds'] = round(time.perf_counter() - start, 1)
-  results['provenance'] = provenance(extra_packages=('ml_dtypes', 'faiss-cpu',
-                                                     'sentence-transformers'))
+  results['provenance'] = run.finish().provenance()
   name = cfg.name
   atomic_write_json(out_dir / f'{name}.json', results)
   atomic_write_text(out_dir / f'{name}.md', markdown(results))

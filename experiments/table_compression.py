@@ -143,10 +143,16 @@ def run_benchmark(cfg) -> None:
   import numpy as np
   from embedjax.data import ctr
   from embedjax.paths import shared_data_dir
+  from embedjax.provenance import Run
   from embedjax.tables import base, ctr_models, methods
   data_dir = shared_data_dir()
   if data_dir is None:
     raise SystemExit('the shared data folder (../shared/data) is needed for MovieLens-100k')
+  # the results file stores the config; each record appended by this call carries this run's
+  # provenance (records resumed from runs.jsonl keep theirs)
+  run = Run(config=cfg, seeds={'seeds': list(cfg.seeds), 'valid_seed': cfg.data.valid_seed},
+            inputs=[data_dir / 'movielens-100k'], store_config=False,
+            extra_packages=('ml_collections',)).start()
   train_all, test = ctr.read_movielens_ctr(data_dir / 'movielens-100k', cfg.data.split)
   train, valid = train_all.holdout(cfg.data.valid_fraction, cfg.data.valid_seed)
   vocab, dim = train.vocab_sizes, cfg.dim
@@ -179,7 +185,8 @@ def run_benchmark(cfg) -> None:
       table = methods.for_budget(name, vocab, dim, int(budget * full_bytes), **kw)
     except base.Infeasible as e:
       for k in todo:
-        rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': False, 'reason': str(e)}
+        rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': False, 'reason': str(e),
+               'provenance': run.provenance()}
         _append(runs_path, rec)
         done[k] = rec
         bar.update(1)
@@ -190,12 +197,14 @@ def run_benchmark(cfg) -> None:
       t0 = time.perf_counter()
       out = PIPELINES.get(name, _run_default)(table, model, cfg, train, valid, test, k[2], cache)
       rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': True, 'model': model_name,
-             'budget_bytes': int(budget * full_bytes), **out, 'seconds': time.perf_counter() - t0}
+             'budget_bytes': int(budget * full_bytes), **out, 'seconds': time.perf_counter() - t0,
+             'provenance': run.provenance()}
       _append(runs_path, rec)
       done[k] = rec
       bar.update(1)
   bar.close()
-  write_benchmark_results(cfg, [done[k] for k in plan], full_bytes, train, valid, test)
+  write_benchmark_results(cfg, [done[k] for k in plan], full_bytes, train, valid, test,
+                          run.finish().provenance())
 
 
 def _summarise(records: list[dict]) -> list[dict]:
@@ -235,15 +244,14 @@ def _short_config(method: str, config: dict) -> str:
   return ', '.join(parts).replace(' ', '') if parts else ''
 
 
-def write_benchmark_results(cfg, records, full_bytes, train, valid, test) -> None:
+def write_benchmark_results(cfg, records, full_bytes, train, valid, test, prov) -> None:
   from embedjax.io import atomic_write_json, atomic_write_text
-  from embedjax.provenance import provenance
   summary = _summarise(records)
   main = [s for s in summary if not s['method'].startswith('model:')]
   sweep = [s for s in summary if s['method'].startswith('model:')]
   out = Path(cfg.results)
   result = {
-      'provenance': provenance(extra_packages=('ml_collections',)),
+      'provenance': prov,
       'config': cfg.to_dict(),
       'data': {'name': 'movielens-100k', 'split': cfg.data.split, 'train': train.counts,
                'valid': valid.counts, 'test': test.counts, 'fields': list(train.field_names),
@@ -413,8 +421,10 @@ def _memory_child(cfg) -> None:
 
 def run_memory(cfg) -> None:
   from embedjax.io import atomic_write_json, atomic_write_text
-  from embedjax.provenance import provenance
+  from embedjax.provenance import Run
   from embedjax.tables import base
+  # synthetic CTR data (seed 0) in child processes: no data files read; the file stores config
+  run = Run(config=cfg.memory, seeds={'synthetic_ctr': 0}, store_config=False).start()
   work = Path(cfg.workdir)
   path = work / 'memory.jsonl'
   done = {}
@@ -435,6 +445,7 @@ def run_memory(cfg) -> None:
       rec = {'method': name, 'value': value, 'error': proc.stderr[-2000:]}
     else:
       rec = json.loads(proc.stdout.strip().splitlines()[-1])
+    rec['provenance'] = run.provenance()  # this record's run (resumed ones keep theirs)
     _append(path, rec)
     done[(name, value)] = rec
   records = [done[j] for j in jobs]
@@ -452,7 +463,7 @@ def run_memory(cfg) -> None:
   n = sum(vocab)
   analytic = {'params_bytes': full_bytes, 'adam_state_bytes': 2 * full_bytes, 'dense_gradient_bytes': full_bytes,
               'total_bytes': 4 * full_bytes}
-  result = {'provenance': provenance(), 'config': cfg.memory.to_dict(), 'total_ids': n,
+  result = {'provenance': run.finish().provenance(), 'config': cfg.memory.to_dict(), 'total_ids': n,
             'full_table': {'analytic': analytic, 'measured_extrapolation': extrapolated},
             'records': records}
   out = Path(cfg.results)

@@ -18,7 +18,7 @@ from absl import flags
 from embedjax import paths
 from embedjax.config import config_overrides, load_config, run_main
 from embedjax.io import atomic_write_json
-from embedjax.provenance import provenance
+from embedjax.provenance import Run
 from embedjax.train.loop import dry_build, train
 
 DIMS = (384, 256, 128, 64, 32)
@@ -48,17 +48,22 @@ def main(cfg, fv) -> int:
   del cfg  # the plain run's config: both are loaded below, with the same overrides
   out_dir = paths.repo_root() / 'results' / 'train'
   summaries = {}
+  # each run's config (stored in its record), seed and data, added below
+  run = Run(config={}, seeds={}, store_config=False).start()
   for name, cfg in configs(sys.argv[1:]).items():
     if fv['only'].value and fv['only'].value != name:
       continue
+    run.config[name], run.seeds[name] = cfg, cfg.seed
     dry_build(cfg)
     print(f'== {name}: {CONFIGS[name]}', flush=True)
     summaries[name] = train(cfg, Path(fv['runs-dir'].value) / Path(CONFIGS[name]).stem)
-  prov = provenance()
+    run.add_inputs(hashed=summaries[name]['inputs'])
+  prov = run.finish().provenance()
 
   def run_record(s):
     return {'seconds': s['seconds'], 'pairs_per_s': s['pairs_per_s'], 'steps': s['steps'],
-            'train_rows': s['train_rows'], 'config': s['config']}
+            'train_rows': s['train_rows'], 'config': s['config'], 'config_hash': s['config_hash'],
+            'inputs': s['inputs'], 'started_at': s['started_at'], 'finished_at': s['finished_at']}
 
   if 'plain' in summaries:
     s = summaries['plain']

@@ -72,6 +72,21 @@ TASKS: dict[str, Task] = {
                                      lambda d: synthetic.synthetic_classification(seed=0),
                                      'accuracy', needs_shared_data=False),
 }
+# The folder of ../shared/data each task reads (its provenance inputs); synthetic tasks read none.
+DATA_FOLDERS: dict[str, str] = {
+    'scifact': 'scifact', 'stsb': 'stsb', 'sickr': 'sick', 'mrpc': 'mrpc', 'banking77': 'banking77',
+    'banking77_clustering': 'banking77', 'agnews_clustering': 'ag_news',
+    'limit_small': 'limit/limit-small'}
+
+
+def task_inputs(names: Sequence[str], data_dir: Path | None) -> list[Path]:
+  """The data folders the named tasks read, once each, in order."""
+  if data_dir is None:
+    return []
+  folders = dict.fromkeys(DATA_FOLDERS[n] for n in names if n in DATA_FOLDERS)
+  return [Path(data_dir) / f for f in folders]
+
+
 DEFAULT_TASKS = ('scifact', 'stsb', 'sickr', 'mrpc', 'banking77', 'banking77_clustering', 'limit_small')
 SYNTHETIC_TASKS = ('synthetic_retrieval', 'synthetic_sts', 'synthetic_pairs',
                    'synthetic_classification')

@@ -32,6 +32,7 @@ def _limit_gen(data_dir: Path | None, cache: Path) -> list[dict]:
 
 
 SOURCES = {
-    'limit_small': Source(_limit_small, needs_shared_data=True, hard_negatives=False),
+    'limit_small': Source(_limit_small, needs_shared_data=True, hard_negatives=False,
+                          folders=('limit/limit-small',)),
     'limit_gen': Source(_limit_gen, needs_shared_data=False, hard_negatives=False),
 }

@@ -96,13 +96,14 @@ class Source:
   load: Callable[[Path | None, Path], list[dict]]
   needs_shared_data: bool        # reads ../shared/data (else generates its own)
   hard_negatives: bool           # rows carry a 'negative'
+  folders: tuple[str, ...] = ()  # the folders of the shared data it reads (its provenance inputs)
 
 
 SOURCES: dict[str, Source] = {
-    'scifact': Source(_scifact, needs_shared_data=True, hard_negatives=False),
-    'mrpc': Source(_pairs('mrpc', 'mrpc', lambda r: r['score'] == 1), True, False),
-    'stsb': Source(_pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0), True, False),
-    'sick': Source(_sick_triplets, needs_shared_data=True, hard_negatives=True),
+    'scifact': Source(_scifact, needs_shared_data=True, hard_negatives=False, folders=('scifact',)),
+    'mrpc': Source(_pairs('mrpc', 'mrpc', lambda r: r['score'] == 1), True, False, ('mrpc',)),
+    'stsb': Source(_pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0), True, False, ('stsb',)),
+    'sick': Source(_sick_triplets, needs_shared_data=True, hard_negatives=True, folders=('sick',)),
     'synthetic': Source(_synthetic, needs_shared_data=False, hard_negatives=False),
 }
 
@@ -122,6 +123,15 @@ def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[So
     raise ValueError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
                      'in one batch stream')
   return picked
+
+
+def source_inputs(names: str | list[str], data_dir: Path | None,
+                  sources: dict[str, Source] = SOURCES) -> list[Path]:
+  """The shared-data folders the named sources read (none without a data folder)."""
+  if data_dir is None:
+    return []
+  folders = dict.fromkeys(f for s in check_sources(names, sources) for f in s.folders)
+  return [Path(data_dir) / f for f in folders]
 
 
 def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | None = None,

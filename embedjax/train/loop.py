@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 
 from embedjax import paths
 from embedjax.encoding import encode
-from embedjax.evals.tasks import TASKS, run_task
+from embedjax.evals.tasks import TASKS, run_task, task_inputs
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.models.pretrained import (Pretrained, export_sentence_transformers, init_params,
                                         load_pretrained, load_spec)
 from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
-from embedjax.provenance import provenance
+from embedjax.provenance import Run
 from embedjax.train import data as train_data
 from embedjax.train.base_config import check_config
 from embedjax.train.checkpoint import Checkpointer, abstract_like
@@ -216,6 +216,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
+  # this call's provenance (a resumed run records the call that finished it); the summary
+  # stores the config itself
+  run = Run(config=cfg, seeds=cfg.seed, store_config=False,
+            inputs=train_data.source_inputs(cfg.data.train, data_dir, sources)
+            + task_inputs(list(cfg.evals.keys()) if cfg.evals else [], data_dir)).start()
   key = jax.random.key(cfg.seed)
   init_key, run_key = jax.random.split(key)
 
@@ -294,7 +299,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
              'seconds': round(train_seconds, 1),
              'pairs_per_s': round(steady / max(time.perf_counter() - t_first, 1e-9), 2) if t_first else None,
              'train_rows': len(rows), 'before': before, 'after': last_eval,
-             'best_step': ckpt.best_step(), 'config': cfg.to_dict(), **provenance()}
+             'best_step': ckpt.best_step(), 'config': cfg.to_dict(), **run.finish().provenance()}
   if int(jax.device_get(state.step)) == cfg.steps and cfg.export and jax.process_index() == 0:
     export_sentence_transformers(workdir / 'export', model.spec, state.params['encoder'],
                                  model.tokenizer, extra=model.extra)

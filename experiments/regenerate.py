@@ -1,0 +1,180 @@
+r"""Regenerates the result files that are not current: ``make results``.
+
+python -m experiments.regenerate              # run every stale target that fits this machine
+python -m experiments.regenerate --list       # only say what is current, stale or GPU-only
+python -m experiments.regenerate --only eval,storage_tradeoff
+
+One target per result file (``TARGETS``): the command that writes it, the code and config it
+depends on, and the device it needs. A result is *current* when its recorded commit is known, the
+tree was clean in the target's code paths when it ran, no file of those paths changed between
+that commit and HEAD (config files are among those paths), and (for a target that runs one config
+with overrides) its recorded config hash equals the hash of the config the command would run now. Anything else is stale; a file without those records is
+stale. Targets run one after the other, each as its own resumable command (a rerun of this script
+after an interruption skips what has become current, and each experiment skips its finished
+cells). GPU targets are never run here: they are listed with the date each was last measured
+(BENCHMARKS.md names them too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from absl import flags
+
+from embedjax import paths
+from embedjax.config import load_config
+
+PY = sys.executable
+# Code every target depends on (the library layers below the experiments).
+CORE = ('embedjax/models', 'embedjax/encoding.py', 'embedjax/ops.py', 'embedjax/data',
+        'embedjax/evals', 'embedjax/search', 'embedjax/quant', 'pyproject.toml')
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  result: str                            # the file the command writes (relative to the repo)
+  command: tuple[str, ...]               # run from the repository root
+  code: tuple[str, ...]                  # paths whose change makes the result stale
+  config: str | None = None              # 'configs/x.py[:arg]' whose hash the result records
+  overrides: tuple[str, ...] = ()        # its --config.x=y arguments
+  device: str = 'cpu'                    # 'cpu' (run here) or 'gpu' (listed only)
+  note: str = ''
+
+
+def _exp(name: str, config: str, result: str, *, overrides=(), code=(), device='cpu', note=''):
+  command = (PY, '-m', f'experiments.{name}', '--config', config, *overrides)
+  return Target(name=result.split('/')[-1].rsplit('.', 1)[0], result=result, command=command,
+                code=(f'experiments/{name}.py', config.split(':')[0], *CORE, *code),
+                config=config, overrides=tuple(overrides), device=device, note=note)
+
+
+TARGETS = (
+    Target('eval', 'results/eval/all-MiniLM-L6-v2.json',
+           (PY, '-m', 'embedjax.cli', 'eval', '--model', 'all-MiniLM-L6-v2', '--tasks', 'default',
+            '--quiet'),
+           code=('embedjax/cli.py', *CORE)),
+    _exp('storage_tradeoff', 'configs/storage_tradeoff.py', 'results/storage_tradeoff.json'),
+    _exp('limit_eval', 'configs/limit_eval.py', 'results/limit/limit_small.json',
+         overrides=('--config.parts=limit_small',), code=('embedjax/limit',)),
+    _exp('limit_eval', 'configs/limit_eval.py', 'results/limit/patterns.json',
+         overrides=('--config.parts=patterns',), code=('embedjax/limit',)),
+    _exp('limit_free_embedding', 'configs/limit_free_embedding.py:32',
+         'results/limit/critical_n.json', code=('embedjax/limit',), device='gpu',
+         note='d >= 20 takes hours per dimension on 2 CPU cores'),
+    _exp('table_compression', 'configs/table_compression.py', 'results/table_compression.json',
+         code=('embedjax/tables',)),
+    _exp('table_compression', 'configs/table_compression.py:memory',
+         'results/table_compression_memory.json', code=('embedjax/tables',)),
+    Target('train_scifact', 'results/train/minilm_scifact_mrl.json',
+           (PY, '-m', 'experiments.train_scifact'),
+           code=('experiments/train_scifact.py', 'configs/minilm_scifact.py',
+                 'configs/minilm_scifact_mrl.py', 'embedjax/train', 'embedjax/losses', *CORE)),
+    *(Target(name, f'results/{name}.json', (PY, f'benchmarks/{script}.py'),
+             code=(f'benchmarks/{script}.py', 'benchmarks/train_common.py', 'embedjax/train',
+                   'embedjax/losses', *CORE),
+             note='timings: run on an otherwise idle machine')
+      for name, script in (('bench_encode_cpu', 'encode_cpu'), ('bench_search_cpu', 'search_cpu'),
+                           ('bench_search_floor_cpu', 'search_floor_cpu'),
+                           ('bench_train_cpu', 'train_cpu'),
+                           ('bench_gradcache_cpu', 'gradcache_cpu'))),
+    Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
+           code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py', 'embedjax/train',
+                 'embedjax/losses', *CORE), device='gpu', note='the prepared GPU suite'),
+    Target('limit_finetune', 'results/limit/finetune.json',
+           (PY, '-m', 'experiments.limit_finetune'),
+           code=('experiments/limit_finetune.py', 'configs/limit_finetune.py',
+                 'configs/minilm_scifact.py', 'embedjax/train', 'embedjax/losses', 'embedjax/limit',
+                 *CORE)),
+)
+
+
+def _record_provenance(record: dict) -> dict:
+  """Where a result file keeps its provenance: a 'provenance' block, or its top level."""
+  prov = record.get('provenance')
+  return prov if isinstance(prov, dict) else record
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(['git', *args], cwd=paths.repo_root(), capture_output=True, text=True)
+
+
+def status(target: Target) -> tuple[str, str]:
+  """('current' | 'stale' | 'missing', why) of one target's result file."""
+  path = paths.repo_root() / target.result
+  if not path.is_file():
+    return 'missing', 'no file'
+  prov = _record_provenance(json.loads(path.read_text()))
+  git = prov.get('git')
+  if not isinstance(git, dict) or not git.get('commit'):
+    return 'stale', 'no recorded git state (written before provenance records)'
+  dirty = [p for p in git.get('dirty_paths', []) if any(p.startswith(c) for c in target.code)]
+  if dirty:
+    return 'stale', f'ran with uncommitted changes in {dirty[:3]}'
+  if _git('cat-file', '-e', f'{git["commit"]}^{{commit}}').returncode:
+    return 'stale', f'recorded commit {git["commit"][:10]} is not in this repository'
+  if _git('diff', '--quiet', git['commit'], 'HEAD', '--', *target.code).returncode:
+    return 'stale', f'its code changed since {git["commit"][:10]}'
+  if target.config:
+    from embedjax.provenance import config_hash
+    want = config_hash(load_config(str(paths.repo_root() / target.config), target.overrides))
+    if prov.get('config_hash') != want:
+      return 'stale', 'its config changed (or was not recorded)'
+  return 'current', f'at {git["commit"][:10]}'
+
+
+def last_measured(target: Target) -> str:
+  path = paths.repo_root() / target.result
+  if not path.is_file():
+    return 'never'
+  prov = _record_provenance(json.loads(path.read_text()))
+  return str(prov.get('finished_at') or prov.get('date') or 'unknown')
+
+
+def _flags(fv) -> None:
+  flags.DEFINE_boolean('list', False, 'only print each target and its state', flag_values=fv)
+  flags.DEFINE_list('only', [], 'target names to consider (default: all)', flag_values=fv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  fv = flags.FlagValues()
+  _flags(fv)
+  try:
+    fv([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+  except flags.Error as e:
+    print(f'regenerate: {e}', file=sys.stderr)
+    return 2
+  names = {t.name for t in TARGETS}
+  unknown = sorted(set(fv.only) - names)
+  if unknown:
+    print(f'regenerate: unknown target(s) {unknown}; choose from {sorted(names)}', file=sys.stderr)
+    return 2
+  todo = [t for t in TARGETS if not fv.only or t.name in fv.only]
+  failed = []
+  for target in todo:
+    state, why = status(target)
+    if target.device == 'gpu':
+      print(f'[gpu]     {target.name}: {state} ({why}); last measured {last_measured(target)}; '
+            f'needs a GPU: {" ".join(target.command[1:])}' + (f' ({target.note})' if target.note
+                                                                 else ''), flush=True)
+      continue
+    print(f'[{state}] {target.name}: {why}' + (f' ({target.note})' if target.note else ''),
+          flush=True)
+    if state == 'current' or fv.list:
+      continue
+    print(f'  running: {" ".join(target.command[1:])}', flush=True)
+    if subprocess.run(target.command, cwd=paths.repo_root()).returncode:
+      failed.append(target.name)
+  if failed:
+    print(f'regenerate: failed: {failed}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
