@@ -1,32 +1,34 @@
 """Exact maximum-inner-product top-k, blocked so that (Q, N) is never materialised.
 
-The corpus is scanned in blocks of ``block_size`` rows inside one jitted loop; queries go through
-the same compiled step ``query_block`` rows at a time, so one call compiles at most two programs
-(full query blocks and the last, shorter one) per (corpus shape, block sizes, k). Two strategies
-give the same results (``plan`` picks one):
+The default path, the same on every backend, is one blocked scan under jit: for each corpus block
+of ``block`` rows, the (B, block) scores go through ``lax.top_k`` and are merged with the running
+(B, k) top-k by one more ``lax.top_k`` over their concatenation. The last block is shifted back
+to end at row N; the rows it shares with the previous block score -inf there. Queries go through
+the same compiled scan ``query_block`` rows at a time, so one call compiles at most two programs
+(full query blocks and the last, shorter one) per (corpus shape, block sizes, k).
 
-  * 'maxima' (small k, corpora beyond one merge block): the loop keeps only the maximum score of
-    every 16-row sub-chunk for every query, a reduction fused after the score, and selects once
-    at the end: the k best 64-row chunks, the k best sub-chunks within them, then the exact
-    top-k of those 16k rows, re-scored. The loop is then little more than the score itself
-    (for inner products, a 1,000 x 4,096 GEMM per step that leaves its output in cache).
-  * 'merge': each block's top-k (found among the best 16-row chunks, chunk maxima first) is
-    merged with a running top-k by ``lax.top_k`` over their concatenation. Each block pays for
-    its own top-k calls, which XLA:CPU runs on one thread.
+Block sizes follow from memory, not from timings (``plan``). Device memory: the corpus (N rows,
+transferred once, whole, when given as numpy), the (Q, k) outputs, and per step
+``query_block x block`` float32 scores (at most 64 MiB by default) plus the block's corpus rows
+as the score function widens them (e.g. PQ codes decoded to ``block x D`` float32), so
+``block`` is also capped at 16,384 rows.
 
-Memory (device): the corpus itself (N x D, transferred once, whole, when given as numpy) plus about
-``query_block x block_size`` float32 scores, the (Q, k) outputs, and for 'maxima' the sub-chunk
-maxima (query_block x N / 16 float32; the default query block shrinks to keep them within 1 GiB).
-Nothing is padded: the loop covers the whole 64-row chunks of the corpus (N - N % 64 rows), its
-last block shifted back to end there (for 'merge', the rows it shares with the previous block are
-scored -inf, which is what -inf pad rows would do); the remaining N % 64 rows are scored in one
-final step.
+CPU specialisation ('maxima'). ``plan`` picks it only when ``jax.default_backend() == 'cpu'``,
+for k <= 32 on corpora beyond one default block. XLA:CPU runs every ``lax.top_k`` on one thread
+at a high cost per row, so instead of a top-k per block the loop keeps only the maximum score of
+every 16-row sub-chunk for every query (a reduction fused after the score), and selects once at
+the end: the k best 64-row chunks, the k best sub-chunks within them, then the exact top-k of
+those 16k rows, re-scored. Its reason and measurements: BENCHMARKS.md ("Exhaustive search on
+CPU"). It scans the whole 64-row chunks of the corpus (N - N % 64 rows) and scores the remaining
+N % 64 rows in one final step; its sub-chunk maxima add ``query_block x N / 16`` float32 (the
+default query block shrinks to keep them within 1 GiB).
 
-Ties are broken towards the lower corpus index (``lax.top_k`` is stable; the running top-k, which
-only holds earlier rows, comes first in every merge; selections keep candidates in index order).
-Scores are assumed finite: with NaN or -inf scores the order among those rows is unspecified.
+Both strategies return the same top-k. Ties are broken towards the lower corpus index
+(``lax.top_k`` is stable; the running top-k, which only holds earlier rows, comes first in every
+merge; selections keep candidates in index order). Scores are assumed finite: with NaN or -inf
+scores the order among those rows is unspecified.
 
-The same loop serves every other exhaustive search (``topk_blocked_by``): the score is any static
+The same scan serves every other exhaustive search (``topk_blocked_by``): the score is any static
 function ``score_fn(aux, query_rows, corpus_rows) -> (B, rows) float32`` of pytrees whose leaves
 share the leading query / corpus dimension (int8 codes, packed bits, PQ codes with per-query
 distance tables, attributes for filtering).
@@ -34,7 +36,6 @@ distance tables, attributes for filtering).
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 from typing import Any, Callable
 
@@ -43,21 +44,16 @@ import jax
 import jax.numpy as jnp
 
 ScoreFn = Callable[[Any, Any, Any], jax.Array]
+QUERY_BLOCK = 1024  # default queries per step
+_SCORE_BYTES = 64 << 20  # float32 scores of one step at most: query_block x block x 4 bytes
+_MAX_BLOCK = 16384  # corpus rows per step at most (rows a score function may widen per step)
 _CHUNK = 64
-_SUB = 16  # rows per sub-chunk whose maximum the 'maxima' strategy keeps for every query
-_RESCORE_BATCH = 16  # queries whose candidate rows are gathered at once (16 x 16k rows)
+# 'maxima' (the CPU specialisation; its settings are CPU tuning, see BENCHMARKS.md):
+MAXIMA_BLOCKS = (4096, 1024)  # default (corpus rows, queries) per step
+_SUB = 16  # rows per sub-chunk whose maximum is kept for every query
 _MAXIMA_MAX_K = 32  # beyond it the re-scored candidates (16k rows per query) cost too much
 _MAXIMA_MAX_BYTES = 1 << 30  # sub-chunk maxima of one query block: query_block x N / 16 x 4
-# Default (corpus rows, queries) per step. 'maxima': a 1,000 x 4,096 float32 score block stays in
-# cache for the maxima pass that follows the product. 'merge': each block pays for a top-k and a
-# merge, so blocks are larger. (Measurements: BENCHMARKS.md, "Figures behind library defaults".)
-MAXIMA_BLOCKS = (4096, 1024)
-_CONCURRENT_QUERY_BLOCKS = 2
-MERGE_BLOCKS = (16384, 512)
-# For k up to this, the 'merge' strategy's default query block is MAXIMA_BLOCKS[1] instead: with a
-# cheap selection, 1,000 queries gain more from one block than from two overlapping in two host
-# threads; for larger k the two threads win (measurements: BENCHMARKS.md).
-_MERGE_LARGE_QUERY_BLOCK_MAX_K = 16
+_RESCORE_BATCH = 16  # queries whose candidate rows are gathered at once (16 x 16k rows)
 
 
 def inner_product_scores(aux, queries: jax.Array, rows: jax.Array) -> jax.Array:
@@ -65,39 +61,6 @@ def inner_product_scores(aux, queries: jax.Array, rows: jax.Array) -> jax.Array:
   del aux
   return jnp.dot(queries, rows.T, precision=jax.lax.Precision.HIGHEST,
                  preferred_element_type=jnp.float32)
-
-
-def _block_topk(scores: jax.Array, kb: int) -> tuple[jax.Array, jax.Array]:
-  """``lax.top_k(scores, kb)`` (B, block), computed via 16-row chunk maxima when that is cheaper.
-
-  The chunks holding the true top-kb are among the kb chunks with the largest maxima (stable
-  top_k: on equal maxima the lower chunk wins, and so would its element); gathering those chunks
-  in increasing chunk order keeps the candidates in index order, so the final stable top_k breaks
-  ties towards the lower index exactly as a full top_k would. When ``block`` is not a whole
-  number of chunks, the last ``block % 16`` columns join the candidates as they are, after the
-  gathered chunks (they hold the highest indices); padding the scores to whole chunks instead
-  costs a copy of the whole score block.
-
-  16-row chunks rather than 64: XLA:CPU's gather and the final top_k then handle 16 kb candidates
-  instead of 64 kb, which outweighs the longer top_k over the chunk maxima (measurements:
-  BENCHMARKS.md).
-  """
-  b, block = scores.shape
-  full = block // _SUB * _SUB
-  if kb * _SUB * 4 > full:
-    return jax.lax.top_k(scores, kb)
-  head = scores[:, :full] if full != block else scores
-  chunks = head.reshape(b, full // _SUB, _SUB)
-  _, best = jax.lax.top_k(jnp.max(chunks, axis=2), kb)
-  best = jnp.sort(best, axis=1)
-  cand = jnp.take_along_axis(chunks, best[:, :, None], axis=1).reshape(b, kb * _SUB)
-  if full != block:
-    cand = jnp.concatenate([cand, scores[:, full:]], axis=1)
-  vals, pos = jax.lax.top_k(cand, kb)
-  in_chunks = pos < kb * _SUB
-  sub = jnp.take_along_axis(best, jnp.minimum(pos // _SUB, kb - 1), axis=1)
-  rows = jnp.where(in_chunks, sub * _SUB + pos % _SUB, full + pos - kb * _SUB)
-  return vals, rows
 
 
 def balanced_block(n: int, block_size: int) -> int:
@@ -116,8 +79,8 @@ def balanced_block(n: int, block_size: int) -> int:
 
 
 def n_main_rows(n: int) -> int:
-  """Corpus rows scanned in blocks: the whole 64-row chunks of n (the rest, < 64 rows, is scored
-  in one final step)."""
+  """Corpus rows the 'maxima' strategy scans in blocks: the whole 64-row chunks of n (the rest,
+  < 64 rows, is scored in one final step)."""
   return n // _CHUNK * _CHUNK
 
 
@@ -148,7 +111,7 @@ def _slice_rows(corpus, start, size: int):
 
 
 def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_main: int):
-  """Top-k over rows [0, n_main): each block's top-k merged into a running top-k.
+  """Top-k over rows [0, n_main): each block's ``lax.top_k`` merged into a running top-k.
 
   Returns (B, k) scores and indices. When k <= block the first block's top-k starts the running
   top-k (no merge with an empty one), so a single block costs no merge at all.
@@ -162,7 +125,7 @@ def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, 
     scores = score_fn(aux, queries, _slice_rows(corpus, start, block)).astype(jnp.float32)
     global_idx = start + jnp.arange(block, dtype=jnp.int32)
     scores = jnp.where(global_idx[None, :] >= b * block, scores, -jnp.inf)
-    blk_scores, blk_pos = _block_topk(scores, kb)
+    blk_scores, blk_pos = jax.lax.top_k(scores, kb)
     return blk_scores, blk_pos + start
 
   def body(b, carry):
@@ -175,7 +138,7 @@ def _main_by_merge(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, 
 
 
 def _main_by_maxima(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_main: int):
-  """Top-k over rows [0, n_main) from the maxima of every 16-row sub-chunk.
+  """Top-k over rows [0, n_main) from the maxima of every 16-row sub-chunk (CPU specialisation).
 
   The loop only keeps, per query, the maximum score of each 16-row sub-chunk: (B, n_main / 16),
   a reduction XLA fuses after the score. Selection happens once, after the loop: the k 64-row
@@ -236,10 +199,9 @@ def _topk_scan(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_ma
     k: outputs per query.
     block: corpus rows scored at once, <= n_main (unused when n_main = 0); a multiple of 16 for
       'maxima'.
-    n_main: rows [0, n_main), a multiple of 64, are scanned in blocks; the remaining N - n_main
-      rows (fewer than 64) are scored in one last step, so that every block is whole 64-row
-      chunks (a ragged block made ``_block_topk`` copy its scores).
-    strategy: 'maxima' (``_main_by_maxima``) or 'merge' (``_main_by_merge``).
+    n_main: rows [0, n_main) are scanned in blocks ('merge': N; 'maxima': the whole 64-row
+      chunks); the remaining N - n_main rows are scored in one last step.
+    strategy: 'merge' (``_main_by_merge``) or 'maxima' (``_main_by_maxima``).
 
   Returns:
     scores (B, k) float32 descending, indices (B, k) int32.
@@ -252,46 +214,50 @@ def _topk_scan(aux, queries, corpus, score_fn: ScoreFn, k: int, block: int, n_ma
     vals, idx = main(aux, queries, corpus, score_fn, k, block, n_main)
     carry = _merge(*carry, vals, idx, k) if vals.shape[1] < k else (vals, idx)  # k > n_main
   if n_main < n:
-    # Fewer than 64 rows: merged as they are (one top_k over k + N - n_main columns).
     scores = score_fn(aux, queries, jax.tree.map(lambda c: c[n_main:], corpus))
     tail_idx = jnp.broadcast_to(jnp.arange(n_main, n, dtype=jnp.int32), scores.shape)
     carry = _merge(*carry, scores.astype(jnp.float32), tail_idx, k)
   return carry
 
 
+def _maxima_fits(n: int, k: int, query_block: int | None) -> bool:
+  """Whether ``plan`` picks 'maxima' by default: on CPU only, for k <= 32, on corpora beyond one
+  default block, with the sub-chunk maxima of a query block within 1 GiB."""
+  n_main = n_main_rows(n)
+  return (jax.default_backend() == 'cpu' and k <= _MAXIMA_MAX_K and n_main > _MAX_BLOCK
+          and (query_block or 1) * (n_main // _SUB * 4) <= _MAXIMA_MAX_BYTES)
+
+
 def plan(n: int, k: int, block_size: int | None = None, query_block: int | None = None,
          strategy: str | None = None) -> tuple[str, int, int, int]:
   """How ``topk_blocked_by`` searches n rows for k results: (strategy, block, query_block, n_main).
 
-  strategy None picks 'maxima' when the corpus spans more than one default 'merge' block (with
-  one block there is no merge to save, and the re-score costs more than it saves; BENCHMARKS.md
-  has the measurements), k <= 32,
-  and the sub-chunk maxima of a query block fit in 1 GiB; else 'merge'. ``None`` sizes take the
-  strategy's defaults (``MAXIMA_BLOCKS`` / ``MERGE_BLOCKS``); the default query block of 'maxima'
-  shrinks so that its maxima fit, and that of 'merge' is ``MAXIMA_BLOCKS[1]`` for k <= 16.
-  Blocks are balanced (``balanced_block``) and, for 'maxima', whole 16-row sub-chunks.
+  strategy None picks 'merge' (the portable scan) on every backend but the CPU, where it picks
+  'maxima' under the conditions of the module docstring. 'merge': ``None`` sizes are
+  ``QUERY_BLOCK`` queries and as many corpus rows as keep the step's scores within 64 MiB (at
+  most 16,384); the scan covers all n rows. 'maxima': ``MAXIMA_BLOCKS``, its default query block
+  shrunk so that the sub-chunk maxima fit 1 GiB, blocks of whole 16-row sub-chunks over the
+  whole 64-row chunks (corpora of fewer than 64 rows take 'merge'). Blocks are balanced
+  (``balanced_block``).
   """
   if strategy not in (None, 'maxima', 'merge'):
     raise ValueError(f"strategy must be None, 'maxima' or 'merge', got {strategy!r}")
+  if strategy is None:
+    strategy = 'maxima' if _maxima_fits(n, k, query_block) else 'merge'
   n_main = n_main_rows(n)
-  per_query = n_main // _SUB * 4
-  qb = query_block or MAXIMA_BLOCKS[1]
-  if query_block is None and per_query:
-    qb = max(1, min(qb, _MAXIMA_MAX_BYTES // per_query))
-  fits = (n_main > MERGE_BLOCKS[0] and k <= _MAXIMA_MAX_K
-          and qb * per_query <= _MAXIMA_MAX_BYTES)
-  if n_main and (strategy == 'maxima' or (strategy is None and fits)):
+  if strategy == 'maxima' and n_main:
+    qb = query_block or max(1, min(MAXIMA_BLOCKS[1], _MAXIMA_MAX_BYTES // (n_main // _SUB * 4)))
     block = balanced_block(n_main, block_size or MAXIMA_BLOCKS[0])
     return 'maxima', max(_SUB, block // _SUB * _SUB), qb, n_main
-  block = balanced_block(n_main, block_size or MERGE_BLOCKS[0]) if n_main else 0
-  default_qb = MAXIMA_BLOCKS[1] if k <= _MERGE_LARGE_QUERY_BLOCK_MAX_K else MERGE_BLOCKS[1]
-  return 'merge', block, query_block or default_qb, n_main
+  qb = query_block or QUERY_BLOCK
+  block = block_size or max(1, min(_MAX_BLOCK, _SCORE_BYTES // (4 * qb)))
+  return 'merge', balanced_block(n, block), qb, n
 
 
 def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
                     block_size: int | None = None, query_block: int | None = None,
                     strategy: str | None = None) -> tuple[jax.Array, jax.Array]:
-  """Exact top-k by any blocked score: the loop of ``topk_blocked`` with a pluggable score.
+  """Exact top-k by any blocked score: the scan of ``topk_blocked`` with a pluggable score.
 
   Args:
     score_fn: a module-level (hashable, static) function
@@ -300,10 +266,10 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
     corpus: pytree of arrays (numpy or jax) whose leaves share the leading dimension N.
     k: results per query; clamped to N.
     aux: pytree handed to every score_fn call (not split into blocks).
-    block_size: corpus rows scored at most at once (None: the default of the strategy that
-      ``plan`` picks; clamped to N and balanced, see ``balanced_block``).
-    query_block: queries scored at once (None: the strategy's default; clamped to Q).
-    strategy: 'maxima', 'merge' or None (``plan`` picks); the results are the same.
+    block_size: corpus rows scored at most at once (None: ``plan``'s default; clamped to N and
+      balanced, see ``balanced_block``).
+    query_block: queries scored at once (None: ``plan``'s default; clamped to Q).
+    strategy: 'merge', 'maxima' or None (``plan`` picks); the results are the same.
 
   Returns:
     scores (Q, min(k, N)) float32 descending and indices (Q, min(k, N)) int32; ties by index.
@@ -322,22 +288,12 @@ def topk_blocked_by(score_fn: ScoreFn, queries, corpus, k: int, *, aux=None,
   corpus = jax.tree.map(jnp.asarray, corpus)
   if q_rows == 0:
     return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
-  qb = min(qb, q_rows)
-
-  def search(start):
-    q = jax.tree.map(lambda x: jnp.asarray(x[start:start + qb]), queries)
-    return _topk_scan(aux, q, corpus, score_fn=score_fn, k=k, block=block, n_main=n_main,
-                      strategy=strategy)
-
-  starts = range(0, q_rows, qb)
-  if len(starts) == 1:
-    return search(0)  # dispatched asynchronously, like any jitted call
-  # Query blocks are independent: two run at once, from two host threads, so that one block's
-  # single-threaded top_k calls (XLA:CPU) overlap the other's multi-threaded score (measurements:
-  # BENCHMARKS.md).
-  # Each thread waits for its block, so that the next block it takes starts only then.
-  with concurrent.futures.ThreadPoolExecutor(max_workers=_CONCURRENT_QUERY_BLOCKS) as pool:
-    results = list(pool.map(lambda start: jax.block_until_ready(search(start)), starts))
+  results = [
+      _topk_scan(aux, jax.tree.map(lambda x: jnp.asarray(x[start:start + qb]), queries), corpus,
+                 score_fn=score_fn, k=k, block=block, n_main=n_main, strategy=strategy)
+      for start in range(0, q_rows, qb)]
+  if len(results) == 1:
+    return results[0]
   return (jnp.concatenate([r[0] for r in results], axis=0),
           jnp.concatenate([r[1] for r in results], axis=0))
 
@@ -351,9 +307,9 @@ def topk_blocked(queries, corpus, k: int, *, block_size: int | None = None,
     queries: (Q, D) numpy or jax array.
     corpus: (N, D) numpy or jax array (numpy is transferred to the device once, whole).
     k: results per query; clamped to N when larger (the outputs then have N columns).
-    block_size: corpus rows scored at once (None: the default of the strategy, see ``plan``).
-    query_block: queries scored at once (None: the strategy's default; clamped to Q).
-    strategy: 'maxima', 'merge' or None (see ``plan``).
+    block_size: corpus rows scored at once (None: ``plan``'s default).
+    query_block: queries scored at once (None: ``plan``'s default; clamped to Q).
+    strategy: 'merge', 'maxima' or None (see ``plan``).
 
   Returns:
     scores (Q, min(k, N)) float32, descending per row, and indices (Q, min(k, N)) int32 into the

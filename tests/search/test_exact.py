@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faiss
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,17 +30,17 @@ def _assert_same_topk(scores, indices, ref_scores, ref_indices, full_scores):
 
 
 @pytest.mark.parametrize('n,block,query_block,k', [
-    (50, 64, 7, 10),      # N < 64: the final (tail) step alone
-    (300, 64, 16, 20),    # 4 blocks of 64 and a 44-row tail step
+    (50, 64, 7, 10),      # N < 64: one block ('maxima': the final (tail) step alone)
+    (300, 64, 16, 20),    # 'merge': 5 blocks of 60; 'maxima': 4 blocks of 64 and a 44-row tail
     (256, 64, 100, 5),    # N % block == 0, Q % query_block != 0
     (513, 128, 1024, 200),  # k > block: running top-k larger than a block's top-k
     (1000, 1000, 33, 1000),  # k == N == block
-    (97, 10, 8, 1),       # 7 blocks of 10 over 64 rows (the last shifted), k=1
-    (1000, 4096, 50, 3),  # one block of 960 rows (chunked top-k) and a 40-row tail step
-    (2500, 1000, 64, 2),  # 3 blocks of 832 rows and a 4-row tail
-    (2000, 700, 64, 2),   # 3 ragged blocks of 662 over 1,984 rows, the last shifted
-    (777, 300, 20, 1),    # 3 blocks of 256 rows and a 9-row tail
-    (700, 250, 20, 1),    # 3 ragged blocks of 214 over 640 rows, the last shifted; 60-row tail
+    (97, 10, 8, 1),       # 10 blocks of 10, the last shifted; 'maxima': 7 over 64 rows, k=1
+    (1000, 4096, 50, 3),  # one block ('maxima': 960 rows and a 40-row tail step)
+    (2500, 1000, 64, 2),  # 3 blocks of 834 ('maxima': 832 and a 4-row tail)
+    (2000, 700, 64, 2),   # 3 ragged blocks, the last shifted
+    (777, 300, 20, 1),    # 3 blocks of 259 ('maxima': 256 and a 9-row tail)
+    (700, 250, 20, 1),    # 3 ragged blocks, the last shifted ('maxima': a 60-row tail)
 ])
 @pytest.mark.parametrize('strategy', ['maxima', 'merge'])
 def test_matches_numpy_and_faiss(n, block, query_block, k, strategy):
@@ -78,7 +77,7 @@ def test_k_larger_than_corpus_is_clamped():
 @pytest.mark.parametrize('layout,k,blocks,query_block', [
     # 44 rows, duplicates spanning block boundaries, including the shifted last block
     ('uneven', 30, (5, 8, 44, 100), 4),
-    # 1,040 rows: k small against large blocks takes the chunk-maxima path, with tail columns
+    # 1,040 rows: k small against large and ragged blocks ('maxima': a 16-row tail step)
     ('tiled', 3, (1040, 500, 300, 4096), 5),
     # 1,040 rows drawn from 200 integer vectors: chunk maxima differ, and the integer scores tie
     # across chunks, so chunk / sub-chunk selections must keep the lowest indices
@@ -105,36 +104,6 @@ def test_exact_ties_lower_index_first(layout, k, blocks, query_block, strategy):
     np.testing.assert_array_equal(np.asarray(scores), ref_scores.astype(np.float32))
 
 
-@pytest.mark.parametrize('width,kb', [(1000, 3), (640, 2), (130, 1), (4096, 10)])
-def test_block_topk_equals_lax_top_k(width, kb):
-  # Masked (-inf) columns, as in a shifted last block, and widths that are not whole chunks.
-  rng = np.random.default_rng(width)
-  scores = rng.standard_normal((7, width)).astype(np.float32)
-  scores[:, : width // 3] = -np.inf
-  scores[0] = -np.inf                      # a row with nothing but -inf
-  scores[1, -1] = 10.0                     # the best score in the padded last chunk
-  got = exact._block_topk(jnp.asarray(scores), kb)
-  want = jax.lax.top_k(jnp.asarray(scores), kb)
-  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
-  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
-
-
-@pytest.mark.parametrize('width,kb', [(1000, 5), (2050, 10), (4096, 16)])
-def test_block_topk_breaks_ties_like_lax_top_k(width, kb):
-  # Scores 0-9 (ties everywhere) and three larger spikes per row: the chunks holding the spikes
-  # are chosen first, out of index order, and also hold 9s that tie with lower rows' 9s for
-  # the last places.
-  rng = np.random.default_rng(width)
-  scores = rng.integers(0, 10, size=(200, width)).astype(np.float32)
-  spikes = rng.integers(0, width, size=(200, 3))
-  np.put_along_axis(scores, spikes, rng.integers(20, 30, size=(200, 3)).astype(np.float32), 1)
-  scores = jnp.asarray(scores)
-  got = exact._block_topk(scores, kb)
-  want = jax.lax.top_k(scores, kb)
-  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
-  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
-
-
 @pytest.mark.parametrize('n,block_size,want', [
     (100_000, 16384, 14336),   # 7 blocks: 14,286 rows rounded up to whole chunks
     (1_000_000, 16384, 16192),
@@ -149,20 +118,34 @@ def test_balanced_block(n, block_size, want):
   assert block <= min(n, block_size) and -(-n // block) == -(-n // min(n, block_size))
 
 
-def test_plan_picks_maxima_for_small_k_within_memory():
+def test_plan_default_is_the_portable_scan_off_cpu(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  # One scan over all rows, 1,024 queries x 16,384 rows (64 MiB of float32 scores) per step.
+  assert exact.plan(100_000, 10) == ('merge', 14_336, 1024, 100_000)  # 7 balanced blocks
+  assert exact.plan(100_000_000, 10)[0] == 'merge'
+  assert exact.plan(50, 10) == ('merge', 50, 1024, 50)
+  # More queries per step: smaller blocks within the same score memory; fewer: still at most
+  # 16,384 rows (balanced: 62 blocks of 16,192 over 1M rows).
+  assert exact.plan(1_000_000, 10, query_block=4096)[1:3] == (4096, 4096)
+  assert exact.plan(1_000_000, 10, query_block=7)[1] == 16_192
+  assert exact.plan(5183, 10, block_size=1000) == ('merge', 896, 1024, 5183)  # 6 balanced blocks
+  assert exact.plan(1000, 10, strategy='maxima')[0] == 'maxima'  # forcing still works
+
+
+def test_plan_cpu_specialisation(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
   # 25 balanced blocks of 4,032 rows over the 99,968 rows of whole chunks
   assert exact.plan(100_000, 10) == ('maxima', 4032, 1024, 99_968)
-  assert exact.plan(100_000, 100)[0] == 'merge'
-  assert exact.plan(50, 10) == ('merge', 0, 1024, 0)  # fewer than 64 rows: the tail step alone
-  assert exact.plan(16_400, 10) == ('merge', 16_384, 1024, 16_384)  # one merge block
+  assert exact.plan(100_000, 100)[0] == 'merge'  # k > 32
+  assert exact.plan(16_384, 10) == ('merge', 16_384, 1024, 16_384)  # one default block
+  assert exact.plan(16_448, 10)[0] == 'maxima'  # two
+  assert exact.plan(50, 10, strategy='maxima') == ('merge', 50, 1024, 50)  # no whole chunk
   # 100M rows: one query's maxima take 25 MB, so the default query block shrinks to fit 1 GiB.
   strategy, _, qb, _ = exact.plan(100_000_000, 10)
   assert strategy == 'maxima' and qb * 100_000_000 // 16 * 4 <= 1 << 30 and qb >= 40
   assert exact.plan(100_000_000, 10, query_block=1024)[0] == 'merge'
   assert exact.plan(1000, 10, block_size=100, strategy='maxima')[1] == 96  # whole sub-chunks
-  # One corpus block: 'merge', with the larger query block for small k only.
-  assert exact.plan(5183, 10) == ('merge', 5120, 1024, 5120)
-  assert exact.plan(5183, 100)[2] == 512 and exact.plan(5183, 10, query_block=7)[2] == 7
+  assert exact.plan(100_000, 10, strategy='merge')[0] == 'merge'
   with pytest.raises(ValueError, match='strategy'):
     exact.plan(1000, 10, strategy='heap')
 

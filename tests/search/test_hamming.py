@@ -8,7 +8,7 @@ import pytest
 
 from embedjax.search.hamming import hamming_topk
 
-# Each test runs under the planned strategy and with 'maxima' forced (conftest.py).
+# Each test runs with the 'merge' and the 'maxima' strategy forced (conftest.py).
 pytestmark = pytest.mark.usefixtures('strategy')
 
 

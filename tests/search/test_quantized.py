@@ -11,7 +11,7 @@ from embedjax import quant
 from embedjax.search.exact import topk_blocked_by
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 
-# Each test runs under the planned strategy and with 'maxima' forced (conftest.py).
+# Each test runs with the 'merge' and the 'maxima' strategy forced (conftest.py).
 pytestmark = pytest.mark.usefixtures('strategy')
 
 N, Q, D = 300, 16, 32
@@ -87,8 +87,8 @@ def test_topk_blocked_by_pytrees_and_aux():
     topk_blocked_by(_pair_scores, (queries, qw[:3]), (corpus, cw), 5)
 
 
-def test_chunked_block_topk_keeps_lower_index_on_ties():
-  # Blocks of 1024 with k=3 take the chunk-maxima path; every row ties with many others.
+def test_blocked_topk_keeps_lower_index_on_ties():
+  # Blocks of 1024 (the last shifted) with k=3; every row ties with many others.
   rng = np.random.default_rng(5)
   corpus = rng.integers(-1, 2, size=(3000, 4)).astype(np.float32)
   queries = rng.integers(-1, 2, size=(Q, 4)).astype(np.float32)

@@ -10,7 +10,7 @@ from embedjax.search import filtered
 from embedjax.search.exact import inner_product_scores
 from embedjax.search.rescore import binary_rescore, rescore, rescore_with
 
-# Each test runs under the planned strategy and with 'maxima' forced (conftest.py).
+# Each test runs with the 'merge' and the 'maxima' strategy forced (conftest.py).
 pytestmark = pytest.mark.usefixtures('strategy')
 
 N, Q, D = 400, 12, 32

@@ -37,8 +37,8 @@ run_sharded = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_sharded)
 CASES = run_sharded.CASES
 
-# 557 = 8 x 70 - 3 rows: 70 per shard (one 64-row chunk scanned in blocks plus a 6-row tail), the
-# last shard ending in 3 padding rows.
+# 557 = 8 x 70 - 3 rows: 70 per shard (for 'maxima', one 64-row chunk scanned in blocks plus a
+# 6-row tail), the last shard ending in 3 padding rows.
 N, D, Q = 557, 32, 9
 TWO_PROCESS_CASES = ('float_allowed', 'float_equals', 'hamming_none', 'hamming_equals')
 
