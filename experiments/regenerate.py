@@ -136,9 +136,46 @@ def last_measured(target: Target) -> str:
   return str(prov.get('finished_at') or prov.get('date') or 'unknown')
 
 
+README_EVAL = 'results/eval/all-MiniLM-L6-v2.json'
+README_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+                f'{README_EVAL}; do not edit it by hand. -->')
+README_END = '<!-- end of the generated table -->'
+
+
+def markdown_table(results: dict) -> str:
+  """| task | metric | score | rows of each task's main metric (x100, 2 decimals)."""
+  lines = ['| task | metric | score |', '|---|---|---|']
+  for name, r in results.items():
+    if isinstance(r, dict) and 'main_metric' in r:
+      lines.append(f'| {name} | {r["main_metric"]} | {100 * r[r["main_metric"]]:.2f} |')
+  return '\n'.join(lines)
+
+
+def readme_eval_block() -> str:
+  """The README's results table, rendered from the eval result file."""
+  record = json.loads((paths.repo_root() / README_EVAL).read_text())
+  prov = _record_provenance(record)
+  extra = f'SciFact recall@100: {100 * record["scifact"]["recall@100"]:.2f}.' if 'scifact' in record \
+      else ''
+  return '\n'.join([README_START, '', markdown_table(record), '',
+                    f'{extra} Written by `{prov.get("command", "?")}` at commit '
+                    f'{prov.get("git_commit", "?")}, {prov.get("date", "?")}.'.strip(), '',
+                    README_END])
+
+
+def write_readme_table() -> None:
+  from embedjax.io import atomic_write_text
+  readme = paths.repo_root() / 'README.md'
+  text = readme.read_text()
+  start, end = text.index(README_START), text.index(README_END) + len(README_END)
+  atomic_write_text(readme, text[:start] + readme_eval_block() + text[end:])
+
+
 def _flags(fv) -> None:
   flags.DEFINE_boolean('list', False, 'only print each target and its state', flag_values=fv)
   flags.DEFINE_list('only', [], 'target names to consider (default: all)', flag_values=fv)
+  flags.DEFINE_boolean('readme', False, "only rewrite the README's results table from "
+                       f'{README_EVAL}', flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except flags.Error as e:
     print(f'regenerate: {e}', file=sys.stderr)
     return 2
+  if fv.readme:
+    write_readme_table()
+    return 0
   names = {t.name for t in TARGETS}
   unknown = sorted(set(fv.only) - names)
   if unknown:
@@ -170,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'  running: {" ".join(target.command[1:])}', flush=True)
     if subprocess.run(target.command, cwd=paths.repo_root()).returncode:
       failed.append(target.name)
+    elif target.result == README_EVAL:
+      write_readme_table()
   if failed:
     print(f'regenerate: failed: {failed}', file=sys.stderr)
     return 1

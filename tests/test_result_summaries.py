@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import statistics
+import sys
 
 import ml_collections
 import numpy as np
@@ -24,6 +25,7 @@ def _load(rel: str):
   path = repo_root() / rel
   spec = importlib.util.spec_from_file_location(f'_summary_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
@@ -93,3 +95,9 @@ def test_matryoshka_training_retention_is_each_dim_over_the_full_width():
   for d, row in table.items():
     for run in ('plain', 'mrl'):
       assert row[f'{run}_retention'] == pytest.approx(row[run] / full[run], rel=1e-12), (d, run)
+
+
+def test_readme_results_table_is_the_eval_files():
+  regen = _load('experiments/regenerate.py')
+  readme = (repo_root() / 'README.md').read_text()
+  assert regen.readme_eval_block() in readme, 'run: python -m experiments.regenerate --readme'
