@@ -56,8 +56,8 @@ def _exp(name: str, config: str, result: str, *, overrides=(), code=(), device='
 
 TARGETS = (
     Target('eval', 'results/eval/all-MiniLM-L6-v2.json',
-           (PY, '-m', 'embedjax.cli', 'eval', '--model', 'all-MiniLM-L6-v2', '--tasks', 'default',
-            '--quiet'),
+           # exactly the README's `make eval`
+           (PY, '-m', 'embedjax.cli', 'eval', '--model', 'all-MiniLM-L6-v2', '--tasks', 'default'),
            code=('embedjax/cli.py', *CORE)),
     _exp('storage_tradeoff', 'configs/storage_tradeoff.py', 'results/storage_tradeoff.json'),
     _exp('limit_eval', 'configs/limit_eval.py', 'results/limit/limit_small.json',
