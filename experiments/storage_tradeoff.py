@@ -372,9 +372,10 @@ def main(cfg, flags=None) -> None:
   dry_run(cfg)
   out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results'
   data_dir = paths.shared_data_dir()
-  run = Run(config=cfg, seeds=cfg.seed, store_config=False,
-            inputs=[data_dir / 'scifact', data_dir / 'stsb'] if data_dir else [],
-            extra_packages=('ml_dtypes', 'faiss-cpu', 'sentence-transformers')).start()
+  # (not named `run`: that is this module's study function)
+  provenance_run = Run(config=cfg, seeds=cfg.seed, store_config=False,
+                       inputs=[data_dir / 'scifact', data_dir / 'stsb'] if data_dir else [],
+                       extra_packages=('ml_dtypes', 'faiss-cpu', 'sentence-transformers')).start()
   start = time.perf_counter()
   print('encoding (or reading cached) embeddings ...', flush=True)
   emb = load_embeddings(cfg)
@@ -384,7 +385,7 @@ def main(cfg, flags=None) -> None:
   results = run(cfg, emb, log=lambda s: print(s, flush=True))
   results['config'] = cfg.to_dict()
   results['seconds'] = round(time.perf_counter() - start, 1)
-  results['provenance'] = run.finish().provenance()
+  results['provenance'] = provenance_run.finish().provenance()
   name = cfg.name
   atomic_write_json(out_dir / f'{name}.json', results)
   atomic_write_text(out_dir / f'{name}.md', markdown(results))
