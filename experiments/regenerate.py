@@ -18,6 +18,7 @@ cells). GPU targets are never run here: they are listed with the date each was l
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -164,19 +165,65 @@ def readme_eval_block() -> str:
                     README_END])
 
 
-def write_readme_table() -> None:
+# The rows docs/storage_tradeoff.md shows ("Selected rows"), in its order.
+DOC_ROWS = ('float32', 'float16', 'float8_e4m3', 'int8', 'int8_sym', 'int4', 'pca50_float8',
+            'pca50_int8', 'rb4', 'pq96', 'rb2', 'trunc128_float32', 'trunc64_float32', 'binary',
+            'binary_asym', 'binary_rescore', 'binary_rescore_int8', 'opq48', 'pq48', 'rb1')
+
+
+def doc_table(study, results: dict) -> str:
+  """The docs' selected rows from a run's JSON (``study``: experiments/storage_tradeoff.py)."""
+  stale = study.stale_sts(results)
+  lines = ['| scheme | bytes | compression | SciFact nDCG@10 | retention | STS-B retention |',
+           '|---|---:|---:|---:|---:|---:|']
+  for n in DOC_ROWS:
+    s, t = results['scifact'][n], results['stsb'].get(n)
+    nbytes = f'{s["bytes_per_vector"]}' + (f' (+{s["bytes_on_disk"]} on disk)'
+                                          if 'bytes_on_disk' in s else '')
+    sts = 'n/a (stale)' if n in stale else f'{100 * t["retention"]:.1f} %' if t else '-'
+    lines.append(f'| {study.label(n)} | {nbytes} | {s["compression"]:.0f}x | {100 * s["ndcg@10"]:.2f} | '
+                 f'{100 * s["retention"]:.1f} % | {sts} |')
+  return '\n'.join(lines)
+
+
+STORAGE_DOC = 'docs/storage_tradeoff.md'
+STORAGE_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+                 'results/storage_tradeoff.json; do not edit it by hand. -->')
+
+
+def storage_doc_block() -> str:
+  """The storage study doc's selected rows, rendered from its result file."""
+  spec = importlib.util.spec_from_file_location(
+      '_storage_tradeoff', paths.repo_root() / 'experiments' / 'storage_tradeoff.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  record = json.loads((paths.repo_root() / 'results' / 'storage_tradeoff.json').read_text())
+  prov = _record_provenance(record)
+  return '\n'.join([STORAGE_START, '', doc_table(module, record), '',
+                    f'Run: `{prov.get("command", "?")}` at commit {prov.get("git_commit", "?")}, '
+                    f'{prov.get("date", "?")}.', '', README_END])
+
+
+def _write_block(rel: str, start_marker: str, block: str) -> None:
   from embedjax.io import atomic_write_text
-  readme = paths.repo_root() / 'README.md'
-  text = readme.read_text()
-  start, end = text.index(README_START), text.index(README_END) + len(README_END)
-  atomic_write_text(readme, text[:start] + readme_eval_block() + text[end:])
+  path = paths.repo_root() / rel
+  text = path.read_text()
+  start = text.index(start_marker)
+  end = text.index(README_END, start) + len(README_END)
+  atomic_write_text(path, text[:start] + block + text[end:])
+
+
+def write_readme_table() -> None:
+  """Rewrites the generated tables of README.md and docs/storage_tradeoff.md from their files."""
+  _write_block('README.md', README_START, readme_eval_block())
+  _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
 
 
 def _flags(fv) -> None:
   flags.DEFINE_boolean('list', False, 'only print each target and its state', flag_values=fv)
   flags.DEFINE_list('only', [], 'target names to consider (default: all)', flag_values=fv)
-  flags.DEFINE_boolean('readme', False, "only rewrite the README's results table from "
-                       f'{README_EVAL}', flag_values=fv)
+  flags.DEFINE_boolean('readme', False, 'only rewrite the generated tables of README.md and '
+                       f'{STORAGE_DOC} from their result files', flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'  running: {" ".join(target.command[1:])}', flush=True)
     if subprocess.run(target.command, cwd=paths.repo_root()).returncode:
       failed.append(target.name)
-    elif target.result == README_EVAL:
+    elif target.name in ('eval', 'storage_tradeoff'):
       write_readme_table()
   if failed:
     print(f'regenerate: failed: {failed}', file=sys.stderr)

@@ -97,7 +97,9 @@ def test_matryoshka_training_retention_is_each_dim_over_the_full_width():
       assert row[f'{run}_retention'] == pytest.approx(row[run] / full[run], rel=1e-12), (d, run)
 
 
-def test_readme_results_table_is_the_eval_files():
+def test_generated_doc_tables_are_their_result_files():
   regen = _load('experiments/regenerate.py')
   readme = (repo_root() / 'README.md').read_text()
   assert regen.readme_eval_block() in readme, 'run: python -m experiments.regenerate --readme'
+  doc = (repo_root() / 'docs' / 'storage_tradeoff.md').read_text()
+  assert regen.storage_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
