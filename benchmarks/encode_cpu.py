@@ -152,7 +152,6 @@ def main(argv: Sequence[str] | None = None, texts: dict[str, list[str]] | None =
     raise SystemExit('--threads must be at least 1')
   thread_settings = configure_threads(args.threads)
 
-  import numpy as np
   import jax
   import torch
   from sentence_transformers import SentenceTransformer

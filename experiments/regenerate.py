@@ -22,7 +22,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from absl import flags

@@ -85,7 +85,6 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   """Supernet -> evolutionary width search under the budget -> retrain with fixed masks."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from embedjax.tables import metrics as ctr_metrics
   from embedjax.tables import optembed
   from embedjax.tables import train as tr
@@ -140,7 +139,6 @@ PIPELINES = {'optembed': _run_optembed}
 
 
 def run_benchmark(cfg) -> None:
-  import numpy as np
   from embedjax.data import ctr
   from embedjax.paths import shared_data_dir
   from embedjax.provenance import Run

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embedjax.tables import base, dhe, hashing, low_precision, methods, mixed_dim, optembed, qr, tt, unified
+from embedjax.tables import base, dhe, hashing, low_precision, methods, mixed_dim, qr, tt, unified
 
 VOCAB = (50, 7, 2, 300, 13)
 DIM = 8
