@@ -105,28 +105,60 @@ def _git(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(['git', *args], cwd=paths.repo_root(), capture_output=True, text=True)
 
 
+def _entry_provenances(node, where: str = ''):
+  """(where, provenance) of every per-entry 'provenance' block below the top level (the entries
+  a merged partial rerun kept; ``earlier_runs`` is history, not a measurement in the file)."""
+  if isinstance(node, dict):
+    for k, v in node.items():
+      if k == 'earlier_runs':
+        continue
+      if k == 'provenance' and where and isinstance(v, dict):
+        yield where, v
+      else:
+        yield from _entry_provenances(v, f'{where}/{k}' if where else str(k))
+  elif isinstance(node, list):
+    for i, v in enumerate(node):
+      yield from _entry_provenances(v, f'{where}[{i}]')
+
+
+def _provenance_status(target: Target, prov: dict, what: str = '') -> tuple[str, str]:
+  git = prov.get('git')
+  if not isinstance(git, dict) or not git.get('commit'):
+    if prov.get('inherited_from_file'):
+      return 'stale', f'{what}measured before entries carried their own provenance'
+    return 'stale', f'{what}no recorded git state (written before provenance records)'
+  dirty = [p for p in git.get('dirty_paths', []) if any(p.startswith(c) for c in target.code)]
+  if dirty:
+    return 'stale', f'{what}ran with uncommitted changes in {dirty[:3]}'
+  if _git('cat-file', '-e', f'{git["commit"]}^{{commit}}').returncode:
+    return 'stale', f'{what}recorded commit {git["commit"][:10]} is not in this repository'
+  if _git('diff', '--quiet', git['commit'], 'HEAD', '--', *target.code).returncode:
+    return 'stale', f'{what}its code changed since {git["commit"][:10]}'
+  return 'current', f'at {git["commit"][:10]}'
+
+
 def status(target: Target) -> tuple[str, str]:
-  """('current' | 'stale' | 'missing', why) of one target's result file."""
+  """('current' | 'stale' | 'missing', why) of one target's result file.
+
+  A file merged from partial reruns is current only when every entry's own provenance is."""
   path = paths.repo_root() / target.result
   if not path.is_file():
     return 'missing', 'no file'
-  prov = _record_provenance(json.loads(path.read_text()))
-  git = prov.get('git')
-  if not isinstance(git, dict) or not git.get('commit'):
-    return 'stale', 'no recorded git state (written before provenance records)'
-  dirty = [p for p in git.get('dirty_paths', []) if any(p.startswith(c) for c in target.code)]
-  if dirty:
-    return 'stale', f'ran with uncommitted changes in {dirty[:3]}'
-  if _git('cat-file', '-e', f'{git["commit"]}^{{commit}}').returncode:
-    return 'stale', f'recorded commit {git["commit"][:10]} is not in this repository'
-  if _git('diff', '--quiet', git['commit'], 'HEAD', '--', *target.code).returncode:
-    return 'stale', f'its code changed since {git["commit"][:10]}'
+  record = json.loads(path.read_text())
+  prov = _record_provenance(record)
+  state = _provenance_status(target, prov)
+  if state[0] != 'current':
+    return state
+  for where, entry_prov in _entry_provenances(record):
+    entry_state = _provenance_status(target, entry_prov, f'entry {where}: ')
+    if entry_state[0] != 'current':
+      return entry_state
   if target.config:
     from embedjax.provenance import config_hash
     want = config_hash(load_config(str(paths.repo_root() / target.config), target.overrides))
     if prov.get('config_hash') != want:
       return 'stale', 'its config changed (or was not recorded)'
-  return 'current', f'at {git["commit"][:10]}'
+  return state
 
 
 def last_measured(target: Target) -> str:

@@ -80,3 +80,18 @@ def test_targets_are_unique_and_name_existing_code(regen):
     assert not missing, (t.name, missing)
     if t.config:
       load_config(str(REPO / t.config), t.overrides)
+
+
+def test_a_merged_file_is_current_only_when_every_entry_is(regen, tmp_path):
+  t = _target(regen, tmp_path)
+  git = {'commit': _head(), 'dirty': False, 'dirty_paths': []}
+  fresh = {'git': git}
+  old = {'git_commit': 'abc', 'inherited_from_file': True}
+  record = {'summary': {'a': {'x': {'provenance': fresh}}, 'b': {'x': {'provenance': old}}},
+            'earlier_runs': [{'provenance': {'git_commit': 'abc'}}], 'provenance': fresh}
+  (tmp_path / 'r.json').write_text(json.dumps(record))
+  assert regen.status(t) == ('stale', 'entry summary/b/x: measured before entries carried their '
+                                      'own provenance')
+  record['summary']['b']['x']['provenance'] = fresh
+  (tmp_path / 'r.json').write_text(json.dumps(record))
+  assert regen.status(t)[0] == 'current'  # earlier_runs is history, not an entry
