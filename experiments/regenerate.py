@@ -145,6 +145,8 @@ def status(target: Target) -> tuple[str, str]:
   if not path.is_file():
     return 'missing', 'no file'
   record = json.loads(path.read_text())
+  if record.get('hand_assembled'):
+    return 'stale', 'hand-assembled (its hand_assembled field says what was done by hand)'
   prov = _record_provenance(record)
   state = _provenance_status(target, prov)
   if state[0] != 'current':

@@ -95,3 +95,5 @@ def test_a_merged_file_is_current_only_when_every_entry_is(regen, tmp_path):
   record['summary']['b']['x']['provenance'] = fresh
   (tmp_path / 'r.json').write_text(json.dumps(record))
   assert regen.status(t)[0] == 'current'  # earlier_runs is history, not an entry
+  (tmp_path / 'r.json').write_text(json.dumps({**record, 'hand_assembled': 'the summary'}))
+  assert regen.status(t)[1].startswith('hand-assembled')
