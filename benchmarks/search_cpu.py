@@ -251,8 +251,38 @@ def worker(spec: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 # Driver
 
+# OpenBLAS falls back to its generic 'Prescott' (SSE3) kernels on a CPU model it does not know.
+# faiss-cpu's wheel bundles an older OpenBLAS than numpy's, so on a recent Xeon faiss' flat GEMM
+# can run on SSE3 kernels while numpy's (and XLA's own) use AVX-512: not like for like. The driver
+# then starts the faiss worker with OPENBLAS_CORETYPE set to the architecture numpy's OpenBLAS
+# detected on the same CPU, and records both.
+_BLAS_PROBE = (
+    'import json, faiss, numpy, threadpoolctl\n'
+    'info = threadpoolctl.threadpool_info()\n'
+    'arch = {i["filepath"].split("/")[-2]: i.get("architecture") for i in info '
+    'if i.get("internal_api") == "openblas"}\n'
+    'print(json.dumps(arch))')
 
-def run_pair(spec: dict, rounds: int, first: str) -> tuple[dict, list[float]]:
+
+def faiss_blas_env() -> tuple[dict, dict]:
+  """(extra environment for the faiss worker, record of the OpenBLAS kernels each library uses)."""
+  out = subprocess.run([sys.executable, '-c', _BLAS_PROBE], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != 'OPENBLAS_CORETYPE'})
+  if out.returncode:
+    return {}, {'probe_failed': out.stderr.strip().splitlines()[-1:]}
+  arch = json.loads(out.stdout)
+  faiss_arch = next((a for lib, a in arch.items() if lib.startswith('faiss')), None)
+  numpy_arch = next((a for lib, a in arch.items() if lib.startswith('numpy')), None)
+  record = {'faiss_openblas_detected': faiss_arch, 'numpy_openblas_detected': numpy_arch}
+  if faiss_arch == 'Prescott' and numpy_arch and numpy_arch != 'Prescott':
+    record['faiss_openblas_coretype_set'] = numpy_arch
+    return {'OPENBLAS_CORETYPE': numpy_arch}, record
+  return {}, record
+
+
+
+def run_pair(spec: dict, rounds: int, first: str, faiss_env: dict | None = None
+             ) -> tuple[dict, list[float]]:
   """Both libraries, each in its own worker process, timed turn by turn.
 
   Each round times one search of each library (the one to go first alternates), with a pause
@@ -263,8 +293,9 @@ def run_pair(spec: dict, rounds: int, first: str) -> tuple[dict, list[float]]:
   for lib in LIBS:
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
            json.dumps({**spec, 'lib': lib})]
+    env = {**os.environ, **(faiss_env or {})} if lib == 'faiss' else None
     procs[lib] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=_REPO)
+                                  stderr=subprocess.PIPE, text=True, cwd=_REPO, env=env)
 
   def read(lib: str) -> str:
     line = procs[lib].stdout.readline()
@@ -344,6 +375,8 @@ def main() -> int:
   datasets = [f'synthetic{n}' for n in sizes] + ([] if args.quick or args.no_scifact
                                                   else ['scifact'])
   indexes = args.indexes.split(',')
+  faiss_env, blas_record = faiss_blas_env()
+  print(f'OpenBLAS kernels: {blas_record}', flush=True)
   load_start = os.getloadavg()
   files = prepare(datasets, _REPO / 'runs' / 'bench_search')
   if 'scifact' in datasets:
@@ -356,7 +389,7 @@ def main() -> int:
       first = LIBS[(di + ii) % 2]  # alternate who runs first
       spec = {'index': index, 'dataset': ds, 'files': files[ds], 'threads': args.threads}
       print(f'{ds:>18} {index:>6} ...', end=' ', flush=True)
-      records, ratios = run_pair(spec, reps, first)
+      records, ratios = run_pair(spec, reps, first, faiss_env)
       e, f = records['embedjax'], records['faiss']
       print(f'embedjax {e["queries_per_second"]:9.1f} q/s, faiss {f["queries_per_second"]:9.1f} '
             f'q/s, median round ratio {statistics.median(ratios):.2f}; recall@10 '
@@ -393,6 +426,7 @@ def main() -> int:
                    'embedjax_blocks': 'library defaults (embedjax.search.exact.plan; the '
                                       'chosen plan per dataset is in summary[...].flat)',
                    'faiss': f'omp_set_num_threads({args.threads})',
+                   'openblas': blas_record,
                    'xla': f'pool sized from the CPUs the worker may use '
                           f'(pinned to {args.threads} when fewer than the machine has)',
                    'loadavg_start': load_start, 'loadavg_end': os.getloadavg()},
