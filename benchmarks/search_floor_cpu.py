@@ -27,6 +27,7 @@ Both libraries on the CPUs this process may use. Writes results/bench_search_flo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -41,6 +42,12 @@ def main() -> int:
   ap.add_argument('--rounds', type=int, default=21)
   ap.add_argument('--out', default=str(_REPO / 'results' / 'bench_search_floor_cpu.json'))
   args = ap.parse_args()
+
+  from search_cpu import faiss_blas_env
+  blas_env, blas_record = faiss_blas_env()  # see search_cpu: faiss' OpenBLAS on an unknown CPU
+  if any(os.environ.get(k) != v for k, v in blas_env.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **blas_env})
+  print(f'OpenBLAS kernels: {blas_record}', flush=True)
 
   import faiss
   import jax
@@ -97,6 +104,7 @@ def main() -> int:
   atomic_write_json(Path(args.out), {
       'median_ms': medians, 'ms': times, 'rounds': args.rounds, 'pause_seconds': PAUSE_SECONDS,
       'corpus_rows': int(corpus.shape[0]), 'queries': int(queries.shape[0]), 'k': K,
+      'openblas': blas_record,
       'command': 'python ' + ' '.join(sys.argv),
       'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
       'provenance': run.finish().provenance()})
