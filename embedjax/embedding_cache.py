@@ -28,7 +28,7 @@ def cache_key(model, texts: Sequence[str]) -> str:
   h = hashlib.sha256()
   spec = model.spec
   h.update(Path(str(model.source)).name.encode())
-  h.update(repr((spec.pooling, spec.normalize, spec.max_seq_length, spec.bert)).encode())
+  h.update(repr(spec).encode())  # every field: pooling, Dense layers, prompts' handling, ...
   for t in texts:
     h.update(b'\0')
     h.update(t.encode('utf-8'))

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns at import in kernels without ipywidgets
 
 from embedjax.models.embedder import embed_packed
 from embedjax.models.pretrained import Pretrained
@@ -156,16 +155,17 @@ TOKENS_PER_BATCH = 2048
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_embed(spec: EmbedderSpec, num_segments: int) -> Callable:
-  # Cached per (spec, S) so repeated encode() calls reuse the jitted function (and its compiled
-  # executables for each row length) instead of tracing anew.
-  return jax.jit(functools.partial(embed_packed, spec=spec, num_segments=num_segments))
+def _compiled_embed(spec: EmbedderSpec, num_segments: int, prompt_length: int = 0) -> Callable:
+  # Cached per (spec, S, prompt length) so repeated encode() calls reuse the jitted function (and
+  # its compiled executables for each row length) instead of tracing anew.
+  return jax.jit(functools.partial(embed_packed, spec=spec, num_segments=num_segments,
+                                   prompt_length=prompt_length))
 
 
 def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int | None = None,
            tokens_per_batch: int = TOKENS_PER_BATCH, max_segments: int = 32,
            chunk_size: int = 32768, out: str | os.PathLike | None = None, progress: bool = True,
-           allow_empty: bool = False, params=None) -> np.ndarray:
+           allow_empty: bool = False, params=None, prompt: str | None = None) -> np.ndarray:
   """Embeds texts with a pretrained (or fine-tuned) model.
 
   Args:
@@ -179,8 +179,12 @@ def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int | Non
     out: optional ``.npy`` path: embeddings are streamed into a memmap there (atomic rename).
     progress: show a progress bar.
     params: optional params overriding ``model.params`` (e.g. a training state's).
+    prompt: optional text prepended to every text (e.g. ``model.prompts['query']``); when the
+      model's pooling excludes the prompt (``spec.include_prompt`` False) its tokens are attended
+      to but not pooled, as in sentence-transformers.
   Returns:
-    (N, H) float32 embeddings, in input order (a memmap when ``out`` is given).
+    (N, D) float32 embeddings (D = ``model.spec.embedding_dim``), in input order (a memmap when
+    ``out`` is given).
   """
   if isinstance(texts, str):
     raise TypeError('encode takes a sequence of texts, not a single string')
@@ -193,8 +197,12 @@ def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int | Non
         raise ValueError(f'text {i} is empty (pass allow_empty=True to embed it as [CLS] [SEP])')
   params = model.params if params is None else params
   spec, tok = model.spec, model.tokenizer
-  dim = spec.bert.hidden_size
-  fn = _compiled_embed(spec, max_segments)
+  dim = spec.embedding_dim
+  prompt_length = 0
+  if prompt:
+    texts = [prompt + t if isinstance(t, str) else t for t in texts]
+    prompt_length = 0 if spec.include_prompt else tok.prompt_length(prompt)
+  fn = _compiled_embed(spec, max_segments, prompt_length)
   ladder = row_length_ladder(spec.max_seq_length, min(64, spec.max_seq_length))
   if rows_per_batch is not None and rows_per_batch < 1:
     raise ValueError(f'rows_per_batch must be positive, got {rows_per_batch}')

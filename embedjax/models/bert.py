@@ -38,6 +38,24 @@ _ACTIVATIONS = {
 }
 
 
+# HF model_type values this encoder implements. All share BERT's post-LN layer; they differ in
+# tensor names, position numbering (roberta-likes), token types (distilbert has none) and the
+# embedding width (electra).
+ENCODER_MODEL_TYPES = ('bert', 'roberta', 'xlm-roberta', 'camembert', 'distilbert', 'electra')
+_OFFSET_POSITIONS = ('roberta', 'xlm-roberta', 'camembert')
+_UNSUPPORTED_ENCODERS = {
+    'mpnet': 'MPNet adds a relative position bias to every attention layer, which this encoder '
+             'does not implement',
+}
+# DistilBERT config.json key -> BertConfig field.
+_DISTILBERT_KEYS = {
+    'vocab_size': 'vocab_size', 'dim': 'hidden_size', 'n_layers': 'num_hidden_layers',
+    'n_heads': 'num_attention_heads', 'hidden_dim': 'intermediate_size',
+    'max_position_embeddings': 'max_position_embeddings', 'activation': 'hidden_act',
+    'dropout': 'hidden_dropout_prob', 'attention_dropout': 'attention_probs_dropout_prob',
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """Architecture of a BERT-family encoder (field names follow HF ``config.json``)."""
@@ -55,6 +73,13 @@ class BertConfig:
   pad_token_id: int = 0
   # Compute dtype for matmuls ('float32' or 'bfloat16'); params always stay float32.
   dtype: str = 'float32'
+  # The family member (HF model_type): decides tensor names and the config.json written on export.
+  model_type: str = 'bert'
+  # Width of the embedding tables when it differs from hidden_size (ELECTRA); 0 = hidden_size.
+  # A learned projection (``embeddings_project``) then maps embeddings to hidden_size.
+  embedding_size: int = 0
+  # Added to every position id: RoBERTa-style models number positions from pad_token_id + 1.
+  position_offset: int = 0
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -64,26 +89,68 @@ class BertConfig:
       raise ValueError(f'hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}')
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.model_type not in ENCODER_MODEL_TYPES:
+      raise ValueError(f'model_type {self.model_type!r} is not one of {ENCODER_MODEL_TYPES}')
+    if self.model_type == 'distilbert' and self.type_vocab_size:
+      raise ValueError('distilbert has no token type embeddings: type_vocab_size must be 0')
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> 'BertConfig':
-    """Builds a config from a Hugging Face ``config.json`` dict (unknown keys are ignored)."""
-    if hf.get('model_type', 'bert') not in ('bert', 'roberta', 'xlm-roberta', 'distilbert_as_bert'):
-      raise ValueError(f"model_type {hf.get('model_type')!r} is not a BERT-family encoder")
+    """Builds a config from a Hugging Face ``config.json`` dict (unknown keys are ignored).
+
+    Reads the BERT family: bert, roberta / xlm-roberta / camembert (positions offset by
+    pad_token_id + 1), distilbert (its own key names, no token types) and electra (embedding_size).
+    """
+    model_type = hf.get('model_type', 'bert')
+    if model_type in _UNSUPPORTED_ENCODERS:
+      raise ValueError(f'model_type {model_type!r} is not supported: {_UNSUPPORTED_ENCODERS[model_type]}')
+    if model_type not in ENCODER_MODEL_TYPES:
+      raise ValueError(f'model_type {model_type!r} is not a supported encoder '
+                       f'(supported: {", ".join(ENCODER_MODEL_TYPES)})')
     if hf.get('position_embedding_type', 'absolute') != 'absolute':
       raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported")
+    if model_type == 'distilbert':
+      hf = {**{bert: hf[key] for key, bert in _DISTILBERT_KEYS.items() if key in hf},
+            'type_vocab_size': 0, 'layer_norm_eps': 1e-12,
+            'pad_token_id': hf.get('pad_token_id') or 0}
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in hf.items() if k in names}
+    # 'dtype' in a HF config is the storage dtype of its weights, not our compute dtype.
+    kwargs = {k: v for k, v in hf.items()
+              if k in names and k not in ('model_type', 'position_offset', 'dtype')}
+    kwargs['model_type'] = model_type
+    if model_type in _OFFSET_POSITIONS:
+      kwargs['position_offset'] = int(hf.get('pad_token_id', 1)) + 1
+    if model_type != 'electra' or kwargs.get('embedding_size') == hf.get('hidden_size'):
+      kwargs.pop('embedding_size', None)
     kwargs.update(overrides)
     return cls(**kwargs)
 
   def to_hf(self) -> dict[str, Any]:
-    """The Hugging Face ``config.json`` dict for this architecture."""
+    """The Hugging Face ``config.json`` dict for this architecture (in its family's own keys)."""
     hf = dataclasses.asdict(self)
-    hf.pop('dtype')
-    hf.update(model_type='bert', architectures=['BertModel'], position_embedding_type='absolute',
-              initializer_range=0.02, use_cache=True)
+    for key in ('dtype', 'position_offset', 'embedding_size', 'model_type'):
+      hf.pop(key)
+    architecture = {'bert': 'BertModel', 'roberta': 'RobertaModel', 'xlm-roberta': 'XLMRobertaModel',
+                    'camembert': 'CamembertModel', 'electra': 'ElectraModel',
+                    'distilbert': 'DistilBertModel'}[self.model_type]
+    common = dict(model_type=self.model_type, architectures=[architecture], initializer_range=0.02)
+    if self.model_type == 'distilbert':
+      return {**{key: hf[bert] for key, bert in _DISTILBERT_KEYS.items()}, **common,
+              'pad_token_id': self.pad_token_id, 'sinusoidal_pos_embds': False}
+    hf.update(common, position_embedding_type='absolute', use_cache=True)
+    if self.model_type == 'electra':
+      hf['embedding_size'] = self.embedding_width
     return hf
+
+  @property
+  def embedding_width(self) -> int:
+    """Width of the embedding tables (hidden_size unless ELECTRA-style factorised)."""
+    return self.embedding_size or self.hidden_size
+
+  @property
+  def max_positions(self) -> int:
+    """Longest sequence the position table allows (RoBERTa's offset takes pad_token_id + 1 rows)."""
+    return self.max_position_embeddings - self.position_offset
 
   @property
   def compute_dtype(self):
@@ -202,26 +269,31 @@ class BertEncoder(nn.Module):
     chex.assert_rank([input_ids, attention_mask], 2)
     chex.assert_equal_shape([input_ids, attention_mask])
     _, l = input_ids.shape
-    if l > cfg.max_position_embeddings:
-      raise ValueError(f'sequence length {l} exceeds max_position_embeddings '
-                       f'{cfg.max_position_embeddings}')
+    if l > cfg.max_positions:
+      raise ValueError(f'sequence length {l} exceeds the {cfg.max_positions} positions of the model '
+                       f'(max_position_embeddings {cfg.max_position_embeddings})')
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(l, dtype=input_ids.dtype), input_ids.shape)
+    if cfg.position_offset:
+      position_ids = position_ids + cfg.position_offset
 
     init = nn.initializers.normal(0.02)
-    emb = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, name='word_embeddings')
-    pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init,
+    width = cfg.embedding_width
+    emb = nn.Embed(cfg.vocab_size, width, embedding_init=init, name='word_embeddings')
+    pos = nn.Embed(cfg.max_position_embeddings, width, embedding_init=init,
                    name='position_embeddings')
-    typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
-                   name='token_type_embeddings')
     # mode='clip' clamps the (B, L) ids instead of NaN-filling rows of the (B, L, H) output for
     # out-of-range ids (jnp.take's default), which costs a select over the whole output. Without
     # token_type_ids every token has type 0: add that row instead of gathering it B x L times.
     take = lambda table, ids: jnp.take(table.embedding, ids, axis=0, mode='clip')
     x = take(emb, input_ids) + take(pos, position_ids)
-    x = x + (typ.embedding[0] if token_type_ids is None else take(typ, token_type_ids))
+    if cfg.type_vocab_size:
+      typ = nn.Embed(cfg.type_vocab_size, width, embedding_init=init, name='token_type_embeddings')
+      x = x + (typ.embedding[0] if token_type_ids is None else take(typ, token_type_ids))
     x = _layer_norm(cfg, 'embeddings_LayerNorm')(x)
     x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic).astype(cfg.compute_dtype)
+    if width != cfg.hidden_size:
+      x = _dense(cfg.hidden_size, cfg, 'embeddings_project')(x)
 
     bias = attention_bias(attention_mask, segment_ids)
     states = [x]

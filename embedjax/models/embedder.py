@@ -1,4 +1,9 @@
-"""Pure embedding functions: token ids -> encoder -> pooling -> (optional) L2 normalisation."""
+"""Pure embedding functions: token ids -> encoder -> pooling -> Dense layers -> L2 normalisation.
+
+The model's params pytree is the encoder's tree; a model with Dense layers after pooling (a
+sentence-transformers ``Dense`` module) carries them beside it under ``dense_0``, ``dense_1``, ...,
+so one pytree holds everything that is trained, checkpointed and exported.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,84 @@ import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
 from embedjax.models.pooling import pool_segments
-from embedjax.models.spec import EmbedderSpec
+from embedjax.models.spec import DenseSpec, EmbedderSpec
 from embedjax.ops import l2_normalize
+
+_DENSE_ACTIVATIONS = {
+    'identity': lambda x: x,
+    'tanh': jnp.tanh,
+    'relu': jax.nn.relu,
+    # torch.nn.GELU's default is the exact erf form.
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'sigmoid': jax.nn.sigmoid,
+    'silu': jax.nn.silu,
+}
+
+
+def dense_key(i: int) -> str:
+  """Name of the i-th Dense layer's params in the model pytree."""
+  return f'dense_{i}'
+
+
+def split_params(params, spec: EmbedderSpec):
+  """(encoder params, [Dense params...]) of a model pytree."""
+  keys = [dense_key(i) for i in range(len(spec.dense))]
+  missing = [k for k in keys if k not in params]
+  if missing:
+    raise KeyError(f'params have no {missing} for the {len(keys)} Dense layer(s) of the spec '
+                   '(initialise them with embedjax.models.pretrained.init_model_params)')
+  encoder = {k: v for k, v in params.items() if k not in keys}
+  return encoder, [params[k] for k in keys]
+
+
+def apply_dense(params, layer: DenseSpec, x: jax.Array) -> jax.Array:
+  """One Dense layer: x (B, ..., in_features) -> (B, ..., out_features), float32."""
+  y = jnp.dot(x, params['kernel'], precision=jax.lax.Precision.HIGHEST)
+  if layer.bias:
+    y = y + params['bias']
+  return _DENSE_ACTIVATIONS[layer.activation](y)
+
+
+def init_dense(layer: DenseSpec, key: jax.Array) -> dict:
+  """Fresh Dense params: torch.nn.Linear's uniform(-1/sqrt(in), 1/sqrt(in)) init."""
+  bound = 1.0 / layer.in_features ** 0.5
+  k_kernel, k_bias = jax.random.split(key)
+  params = {'kernel': jax.random.uniform(k_kernel, (layer.in_features, layer.out_features),
+                                         jnp.float32, -bound, bound)}
+  if layer.bias:
+    params['bias'] = jax.random.uniform(k_bias, (layer.out_features,), jnp.float32, -bound, bound)
+  return params
 
 
 def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: jax.Array,
-                 position_ids: jax.Array, num_segments: int, *, deterministic: bool = True,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-  """Embeds packed rows: (B, L) ids / segment ids (1..S, 0 = pad) / positions -> (B, S, H) float32.
+                 position_ids: jax.Array, num_segments: int, *, prompt_length: int = 0,
+                 deterministic: bool = True, dropout_key: jax.Array | None = None) -> jax.Array:
+  """Embeds packed rows: (B, L) ids / segment ids (1..S, 0 = pad) / positions -> (B, S, D) float32.
 
-  With one text per row (segment_ids = attention mask, positions = arange) this is the ordinary
-  padded computation; see ``embed``.
+  D is ``spec.embedding_dim``. With one text per row (segment_ids = attention mask, positions =
+  arange) this is the ordinary padded computation; see ``embed``. ``prompt_length``: each text
+  starts with this many prompt tokens, left out of pooling when ``spec.include_prompt`` is False.
   """
-  encoder = BertEncoder(spec.bert)
+  encoder_params, dense_params = split_params(params, spec)
   rngs = None if deterministic else {'dropout': dropout_key}
-  hidden = encoder.apply({'params': params}, input_ids, (segment_ids > 0).astype(jnp.int32),
-                         position_ids=position_ids, segment_ids=segment_ids,
-                         deterministic=deterministic, rngs=rngs)
-  pooled = pool_segments(hidden, segment_ids, num_segments, spec.pooling)
-  return l2_normalize(pooled) if spec.normalize else pooled
+  hidden = BertEncoder(spec.bert).apply(
+      {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
+      position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
+  pool_mask = None
+  if prompt_length and not spec.include_prompt:
+    pool_mask = position_ids >= prompt_length
+  out = pool_segments(hidden, segment_ids, num_segments, spec.pooling, pool_mask)
+  for layer, layer_params in zip(spec.dense, dense_params):
+    out = apply_dense(layer_params, layer, out)
+  return l2_normalize(out) if spec.normalize else out
 
 
 def embed(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mask: jax.Array, *,
-          deterministic: bool = True, dropout_key: jax.Array | None = None) -> jax.Array:
-  """Embeds a right-padded batch: (B, L) ids and mask -> (B, H) float32."""
+          prompt_length: int = 0, deterministic: bool = True,
+          dropout_key: jax.Array | None = None) -> jax.Array:
+  """Embeds a right-padded batch: (B, L) ids and mask -> (B, D) float32."""
   positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
   out = embed_packed(params, spec, input_ids, attention_mask.astype(jnp.int32), positions, 1,
-                     deterministic=deterministic, dropout_key=dropout_key)
+                     prompt_length=prompt_length, deterministic=deterministic,
+                     dropout_key=dropout_key)
   return out[:, 0]

@@ -11,18 +11,58 @@ import dataclasses
 from embedjax.models.bert import BertConfig
 from embedjax.models.pooling import POOLING_MODES
 
+# Activations a Dense head may apply after its linear map (sentence-transformers' Dense default is
+# tanh). The names are embedjax's; the sentence-transformers folder reader maps torch class names.
+DENSE_ACTIVATIONS = ('identity', 'tanh', 'relu', 'gelu', 'sigmoid', 'silu')
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+  """A linear layer (+ activation) applied to the pooled vector: (B, in_features) -> (B, out_features).
+
+  Its params live in the model's params pytree under ``dense_{i}`` as {'kernel': (in, out),
+  'bias': (out,)} (no 'bias' when ``bias`` is False).
+  """
+  in_features: int
+  out_features: int
+  bias: bool = True
+  activation: str = 'tanh'
+
+  def __post_init__(self):
+    if self.activation not in DENSE_ACTIVATIONS:
+      raise ValueError(f'dense activation {self.activation!r} is not one of {DENSE_ACTIVATIONS}')
+    if self.in_features < 1 or self.out_features < 1:
+      raise ValueError(f'dense features must be positive, got {self.in_features} -> {self.out_features}')
+
 
 @dataclasses.dataclass(frozen=True)
 class EmbedderSpec:
-  """Everything besides weights that defines an embedding model."""
+  """Everything besides weights that defines an embedding model.
+
+  The forward is: encoder -> pooling -> each of ``dense`` in order -> L2 normalisation (if
+  ``normalize``), as a sentence-transformers Transformer, Pooling, Dense..., Normalize stack.
+  """
   bert: BertConfig
   pooling: str = 'mean'          # one of POOLING_MODES
-  normalize: bool = True         # L2-normalise the pooled vector
+  normalize: bool = True         # L2-normalise the final vector
   max_seq_length: int = 256      # tokens per text, special tokens included
+  dense: tuple[DenseSpec, ...] = ()  # layers applied after pooling, in order
+  include_prompt: bool = True    # False: a prompt's tokens are attended to but left out of pooling
 
   def __post_init__(self):
     if self.pooling not in POOLING_MODES:
       raise ValueError(f'pooling {self.pooling!r} is not one of {POOLING_MODES}')
-    if self.max_seq_length > self.bert.max_position_embeddings:
-      raise ValueError(f'max_seq_length {self.max_seq_length} exceeds max_position_embeddings '
-                       f'{self.bert.max_position_embeddings}')
+    if self.max_seq_length > self.bert.max_positions:
+      raise ValueError(f'max_seq_length {self.max_seq_length} exceeds the {self.bert.max_positions} '
+                       f'positions of the model (max_position_embeddings '
+                       f'{self.bert.max_position_embeddings})')
+    width = self.bert.hidden_size
+    for i, layer in enumerate(self.dense):
+      if layer.in_features != width:
+        raise ValueError(f'dense[{i}] takes {layer.in_features} features, but its input has {width}')
+      width = layer.out_features
+
+  @property
+  def embedding_dim(self) -> int:
+    """Width of the final embedding (the last Dense layer's output, else the encoder's)."""
+    return self.dense[-1].out_features if self.dense else self.bert.hidden_size

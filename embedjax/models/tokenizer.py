@@ -17,40 +17,76 @@ import tokenizers
 
 
 class TextTokenizer:
-  """Wraps a ``tokenizers.Tokenizer``: texts -> lists of token ids, truncated to ``max_length``."""
+  """Wraps a ``tokenizers.Tokenizer``: texts -> lists of token ids, truncated to ``max_length``.
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, max_length: int, source_json: str | None = None):
+  ``lowercase``: lowercase texts before the tokenizer's own normalizer (sentence-transformers'
+  ``do_lower_case``, which it applies the same way: a Lowercase normalizer put first).
+  ``pad_id``: the id padding positions get (default: the tokenizer's [PAD] / <pad> token, else 0).
+  """
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, max_length: int, source_json: str | None = None,
+               *, lowercase: bool = False, pad_id: int | None = None):
     if max_length < 2:
       raise ValueError(f'max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}')
     self._source_json = source_json if source_json is not None else tokenizer.to_str()
     tok = tokenizers.Tokenizer.from_str(self._source_json)
     tok.no_padding()
     tok.enable_truncation(max_length)
+    if lowercase:
+      current = tok.normalizer
+      steps = [tokenizers.normalizers.Lowercase()] + ([] if current is None else [current])
+      tok.normalizer = tokenizers.normalizers.Sequence(steps)
     self._tok = tok
     self.max_length = max_length
-    pad = tok.token_to_id('[PAD]')
-    self.pad_id = 0 if pad is None else pad
+    self.lowercase = lowercase
+    if pad_id is None:
+      pad_id = next((i for i in (tok.token_to_id(t) for t in ('[PAD]', '<pad>')) if i is not None), 0)
+    self.pad_id = pad_id
 
   @classmethod
-  def from_folder(cls, folder: str | Path, max_length: int, do_lower_case: bool = True) -> 'TextTokenizer':
-    """Loads ``tokenizer.json`` from a model folder, else builds WordPiece from ``vocab.txt``."""
+  def from_folder(cls, folder: str | Path, max_length: int, do_lower_case: bool = True, *,
+                  lowercase: bool = False, pad_id: int | None = None) -> 'TextTokenizer':
+    """Loads ``tokenizer.json`` from a model folder, else builds WordPiece from ``vocab.txt``.
+
+    ``do_lower_case`` is the WordPiece lowercasing when building from vocab.txt; ``lowercase`` and
+    ``pad_id`` are as in the constructor.
+    """
     folder = Path(folder)
     tj = folder / 'tokenizer.json'
     if tj.exists():
       text = tj.read_text(encoding='utf-8')
       try:
-        return cls(tokenizers.Tokenizer.from_str(text), max_length, source_json=text)
+        tok = tokenizers.Tokenizer.from_str(text)
       except Exception as e:  # tokenizers raises its own exception types
         raise ValueError(f'{tj}: not a valid tokenizers JSON file ({e})') from e
+      return cls(tok, max_length, source_json=text, lowercase=lowercase, pad_id=pad_id)
     vocab = folder / 'vocab.txt'
     if vocab.exists():
       wp = tokenizers.BertWordPieceTokenizer(str(vocab), lowercase=do_lower_case)
-      return cls(wp._tokenizer, max_length)  # the wrapped tokenizers.Tokenizer
+      # the wrapped tokenizers.Tokenizer
+      return cls(wp._tokenizer, max_length, lowercase=lowercase, pad_id=pad_id)
     raise FileNotFoundError(f'{folder}: no tokenizer.json or vocab.txt')
 
   def with_max_length(self, max_length: int) -> 'TextTokenizer':
     """The same tokenizer truncating at ``max_length`` tokens (special tokens included)."""
-    return TextTokenizer(self._tok, max_length, source_json=self._source_json)
+    return TextTokenizer(self._tok, max_length, source_json=self._source_json,
+                         lowercase=self.lowercase, pad_id=self.pad_id)
+
+  @property
+  def lowercases(self) -> bool:
+    """Whether tokenization lowercases texts (our ``lowercase`` or the tokenizer's own normalizer)."""
+    def lowers(node) -> bool:
+      if not node:
+        return False
+      if node['type'] == 'Sequence':
+        return any(lowers(n) for n in node['normalizers'])
+      return node['type'] == 'Lowercase' or (node['type'] == 'BertNormalizer' and node['lowercase'])
+    return self.lowercase or lowers(json.loads(self._source_json).get('normalizer'))
+
+  @property
+  def model_type(self) -> str:
+    """The tokenization model: 'WordPiece', 'BPE', 'Unigram' or 'WordLevel'."""
+    return json.loads(self._source_json)['model']['type']
 
   @property
   def vocab_size(self) -> int:
@@ -72,6 +108,13 @@ class TextTokenizer:
         raise TypeError(f'text {i} is a {type(t).__name__}, not a str')
     encodings = self._tok.encode_batch([t.strip() for t in texts])
     return [e.ids for e in encodings]
+
+  def prompt_length(self, prompt: str) -> int:
+    """Tokens a prompt occupies at the start of ``prompt + text``, as sentence-transformers counts
+    them: the prompt tokenized alone (unstripped), less a trailing special token ([SEP], </s>)."""
+    encoding = self._tok.encode(prompt)
+    n = len(encoding.ids)
+    return n - 1 if n and encoding.special_tokens_mask[-1] else n
 
   def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> dict[str, np.ndarray]:
     """Right-pads token id lists into ``input_ids`` / ``attention_mask`` (B, length) int32 arrays."""

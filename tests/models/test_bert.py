@@ -107,6 +107,8 @@ def _numpy_pool(h, mask, mode):
       out.append(tok.mean(0))
     elif mode == 'max':
       out.append(tok.max(0))
+    elif mode == 'mean_sqrt_len':
+      out.append(tok.sum(0) / np.sqrt(n))
     elif mode == 'weighted_mean':
       w = np.arange(1, n + 1, dtype=np.float64)
       out.append((tok * w[:, None]).sum(0) / w.sum())
