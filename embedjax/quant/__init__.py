@@ -10,6 +10,7 @@ Everything is selected by name through plain dicts:
                  pq<m> | opq<m>                    product quantization, m bytes per vector
                  rb<u> | rb<u>_asym                recurrent binarization, u bits per dimension
                'float8' is short for 'float8_e4m3'.
+  names()      the plain scheme names and aliases (the grammar builds more from them)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from embedjax.quant.learned import recurrent_binarizer
 from embedjax.quant.pq import product_quantizer
 from embedjax.quant.reduce import REDUCERS, Reducer
 from embedjax.quant.scalar import SCALAR_QUANTIZERS
+from embedjax.registry import unknown_name
 
 QUANTIZERS: dict[str, Quantizer] = {**SCALAR_QUANTIZERS, **BINARY_QUANTIZERS}
 ALIASES = {'float8': 'float8_e4m3'}
@@ -30,13 +32,15 @@ ALIASES = {'float8': 'float8_e4m3'}
 _COMPOSED = re.compile(r'^(trunc|pca|grp|srp)(\d+)_(.+)$')
 _PQ = re.compile(r'^(pq|opq)(\d+)$')
 _RB = re.compile(r'^rb(\d+)(_asym)?$')
+# The name forms of the grammar, listed in the error for an unknown scheme.
+_GRAMMAR = ('<trunc|pca|grp|srp><n>_<scheme>', 'pq<m>', 'opq<m>', 'rb<u>', 'rb<u>_asym')
 
 
 def reducer(name: str) -> Reducer:
   """'trunc128' (keep 128 dims), 'pca50' / 'grp50' / 'srp50' (50% of D)."""
   m = re.match(r'^(trunc|pca|grp|srp)(\d+)$', name)
   if not m:
-    raise ValueError(f'unknown reducer {name!r}')
+    raise unknown_name('reducer', name, [f'{kind}<n>' for kind in REDUCERS])
   kind, n = m.group(1), int(m.group(2))
   if kind == 'trunc':
     return REDUCERS[kind](n)
@@ -59,8 +63,14 @@ def get(name: str, **kwargs) -> Quantizer:
   m = _RB.match(name)
   if m:
     return recurrent_binarizer(int(m.group(1)), asymmetric=bool(m.group(2)), **kwargs)
-  raise ValueError(f'unknown scheme {name!r}; plain schemes: {", ".join(QUANTIZERS)}')
+  raise unknown_name('scheme', name, names() + _GRAMMAR)
+
+
+def names() -> tuple[str, ...]:
+  """The plain scheme names and aliases :func:`get` accepts; composed ('pca50_int8'), PQ
+  ('pq16', 'opq16') and recurrent-binarization ('rb2', 'rb2_asym') names follow the grammar."""
+  return tuple(QUANTIZERS) + tuple(ALIASES)
 
 
 __all__ = ['QUANTIZERS', 'REDUCERS', 'ALIASES', 'Quantizer', 'Reducer', 'compose', 'get',
-           'product_quantizer', 'recurrent_binarizer', 'reducer']
+           'names', 'product_quantizer', 'recurrent_binarizer', 'reducer']

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from embedjax.tables import base
 

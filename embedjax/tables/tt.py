@@ -15,7 +15,6 @@ Bytes: ``4 * (n1 d1 r + n2 r d2 r + n3 r d3)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
