@@ -107,6 +107,11 @@ def parse_args(argv: Sequence[str], *, default_config: str | None = None, prog: 
     fields = leaf_paths(base)  # config_flags reports a failed load only when the config is read
   except (AttributeError, ImportError, KeyError, OSError, SyntaxError, TypeError, ValueError) as e:
     raise ConfigError(f'{spec}: {_one_line(e)}') from e
+  except flags.Error as e:  # get_config(arg) raised: absl wraps it with its traceback as text
+    cause = e
+    while cause.__context__ is not None:
+      cause = cause.__context__
+    raise ConfigError(f'{spec}: {_one_line(cause)}') from e
   for name in _override_names(argv):
     if name not in fields:
       raise ConfigError(f'{path}: unknown config field {name!r}{closest(name, fields)}')

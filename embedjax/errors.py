@@ -1,4 +1,4 @@
-"""Errors that name where bad input came from."""
+"""Errors that name where bad input came from, or which argument was wrong."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ class DataFormatError(ValueError):
     self.path = str(path)
     self.line = line
     self.field = field
+    self.message = message
     where = self.path if line is None else f'{self.path}:{line}'
     what = f"field '{field}': {message}" if field else message
     super().__init__(f'{where}: {what}')
+
+
+class UsageError(ValueError):
+  """A bad command-line argument or combination of arguments; the message names the argument.
+
+  The command line prints it as one line (``embedjax COMMAND: message``) and exits with status 2.
+  """

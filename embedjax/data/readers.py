@@ -5,7 +5,8 @@ file, the 1-based line and the field (bad JSON, missing ``_id``/``text``, empty 
 not UTF-8, a wrong column count, a non-numeric or out-of-range score, a duplicate id, a qrels row
 naming an unknown query or document). Nothing is dropped silently: the only lines skipped are
 completely blank lines (not rows) and the documented header lines. An unknown split name raises
-``ValueError`` listing the choices; a missing file raises ``FileNotFoundError`` naming the path.
+``ValueError`` listing the choices; a missing file raises ``FileNotFoundError`` naming the path
+(``IsADirectoryError`` when the path is a folder).
 
 Formats (see each ``SOURCE.md`` under the shared data folder):
 
@@ -18,6 +19,8 @@ Formats (see each ``SOURCE.md`` under the shared data folder):
 * BANKING77: ``{train,test}.csv`` with header ``text,category``; names from ``categories.json``.
 * AG News: ``{train,test}.csv`` without header (``class_index,title,description``); names from
   ``classes.txt``.
+* A user's texts (``embedjax encode``): one text a line, or JSON lines with a text field; see
+  :func:`read_texts`.
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def _missing(path: Path) -> FileNotFoundError:
 
 
 def _require(path: Path) -> Path:
+  if path.is_dir():  # it exists: "missing" would send the reader looking in the wrong place
+    raise IsADirectoryError(errno.EISDIR, 'is a directory, not a file', str(path))
   if not path.is_file():
     raise _missing(path)
   return path
@@ -167,9 +172,7 @@ def _iter_lines(path: PathLike, keep_newline: bool = False) -> Iterator[tuple[in
   whole file with ``open(encoding=...)`` only gives a byte offset). A leading UTF-8 BOM is
   removed. Without ``keep_newline`` the trailing ``\\n`` / ``\\r\\n`` (and a stray ``\\r``) go.
   """
-  path = Path(path)
-  if not path.is_file():
-    raise _missing(path)
+  path = _require(Path(path))
   opener = gzip.open if path.suffix == '.gz' else open
   with opener(path, 'rb') as f:
     for number, raw in enumerate(f, start=1):
@@ -625,3 +628,120 @@ def read_ag_news(folder: PathLike, split: str = 'test') -> ClassificationData:
     texts.append(text)
     labels.append(int(raw) - 1)
   return ClassificationData(texts, np.asarray(labels, dtype=np.int64), names)
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's texts (embedjax encode)
+
+TEXT_FORMATS = ('auto', 'txt', 'jsonl')
+# Checked in order, so '.jsonl.gz' is matched before a bare '.gz' could be.
+_FORMAT_BY_SUFFIX = (('.txt', 'txt'), ('.txt.gz', 'txt'), ('.jsonl', 'jsonl'),
+                     ('.jsonl.gz', 'jsonl'), ('.json', 'jsonl'))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFile:
+  """The texts of a user's file.
+
+  Attributes:
+    texts: (N,) non-empty texts, in file order.
+    format: 'txt' or 'jsonl', the format the file was read as.
+    trailing_blank_lines: blank lines after the last text of a 'txt' file (ignored, counted).
+  """
+
+  texts: list[str]
+  format: str
+  trailing_blank_lines: int = 0
+
+
+def _format_by_suffix(path: Path) -> str | None:
+  name = path.name.lower()
+  return next((kind for suffix, kind in _FORMAT_BY_SUFFIX if name.endswith(suffix)), None)
+
+
+def _first_content_line(path: Path) -> tuple[int, str] | None:
+  lines = _iter_lines(path)
+  try:
+    return next(((n, line) for n, line in lines if line.strip()), None)
+  finally:
+    lines.close()
+
+
+def text_format(path: PathLike, fmt: str = 'auto') -> str:
+  """The format ``path`` is read as: ``fmt`` itself unless it is 'auto'.
+
+  'auto' goes by the name (``.txt[.gz]`` -> 'txt'; ``.jsonl``, ``.jsonl.gz``, ``.json`` ->
+  'jsonl'), else by the content: 'jsonl' when the first non-blank line starts with ``{``, else 'txt'.
+  """
+  if fmt not in TEXT_FORMATS:
+    raise ValueError(f'unknown text format {fmt!r}; choose one of {list(TEXT_FORMATS)}')
+  path = _require(Path(path))
+  if fmt != 'auto':
+    return fmt
+  by_suffix = _format_by_suffix(path)
+  if by_suffix is not None:
+    return by_suffix
+  first = _first_content_line(path)
+  return 'jsonl' if first is not None and first[1].lstrip().startswith('{') else 'txt'
+
+
+def _read_text_lines(path: Path) -> tuple[list[str], int]:
+  texts: list[str] = []
+  # Blank lines not yet followed by a text. One that is followed by a text is an error: row i of
+  # the output would no longer be line i of the file.
+  blanks: list[int] = []
+  for number, line in _iter_lines(path):
+    if not line.strip():
+      blanks.append(number)
+      continue
+    if blanks:
+      raise DataFormatError(path, blanks[0], None, 'blank line before a text (one text a line; '
+                            'only blank lines after the last text are ignored)')
+    texts.append(line)
+  return texts, len(blanks)
+
+
+def _read_json_texts(path: Path, field: str, title_field: str | None) -> list[str]:
+  texts: list[str] = []
+  for number, obj in read_jsonl(path):
+    text = _text_field(obj, field, path, number)
+    title = _text_field(obj, title_field, path, number, required=False) if title_field else ''
+    full = f'{title} {text}'.strip()
+    if not full:
+      raise DataFormatError(path, number, field, 'empty text')
+    texts.append(full)
+  return texts
+
+
+def read_texts(path: PathLike, fmt: str = 'auto', *, field: str = 'text',
+               title_field: str | None = 'title') -> TextFile:
+  """Reads the texts of a user's file, strictly (see :func:`text_format` for ``fmt``).
+
+  'txt': one text a line, kept as written (only the line break goes), so that output row i is
+  line i. A blank (or whitespace-only) line before a text is an error naming its line; blank lines
+  after the last text are ignored and counted.
+  'jsonl': one JSON object a line; the text is ``obj[field]``. With ``title_field`` set (default
+  'title', as BEIR corpora expect) and present in a row, the text is ``(title + ' ' + text)
+  .strip()``; '' or None ignores titles. Blank lines are skipped.
+  A file with no text is an error.
+  """
+  path = Path(path)
+  kind = text_format(path, fmt)
+  guessed = fmt == 'auto' and _format_by_suffix(path) is None
+  if kind == 'txt':
+    texts, trailing = _read_text_lines(path)
+  else:
+    trailing = 0
+    try:
+      texts = _read_json_texts(path, field, title_field)
+    except DataFormatError as e:
+      first = _first_content_line(path)
+      if not guessed or e.field is not None or first is None or e.line != first[0]:
+        raise
+      # The guess came from this very line: say so, since it may be plain text starting with '{'.
+      raise DataFormatError(path, e.line, None, f"{e.message} (read as JSON lines because the "
+                            "first line starts with '{'; choose the format 'txt' for plain "
+                            'text)') from None
+  if not texts:
+    raise DataFormatError(path, None, None, 'no texts')
+  return TextFile(texts, kind, trailing)

@@ -124,3 +124,31 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                         f'(embedjax.train.base_config.eval_block), got {fields}')
   if cfg.loss.name not in LOSSES:
     raise ConfigError(f'loss.name {cfg.loss.name!r}: not one of {sorted(LOSSES)}')
+  _check_values(leaf_paths(cfg))
+
+
+def _check_values(fields: dict) -> None:
+  # Values the builders would reject only deep inside a traceback (a similarity as a bare KeyError,
+  # a zero batch as a ZeroDivisionError): checked here so that a bad --config.x is one line.
+  from embedjax.losses.contrastive import DIRECTIONS, SIMILARITIES
+  from embedjax.models.pooling import POOLING_MODES
+  choices = {'loss.similarity': tuple(SIMILARITIES), 'loss.partition_mode': ('joint', 'per_direction'),
+             'model.pooling': ('', *POOLING_MODES), 'model.dtype': ('float32', 'bfloat16'),
+             'optim.decay': ('cosine', 'linear', 'constant')}
+  for path, allowed in choices.items():
+    if path in fields and fields[path] not in allowed:
+      raise ConfigError(f'{path} {fields[path]!r}: not one of {list(allowed)}')
+  directions = fields.get('loss.directions', ('query_to_doc',))
+  if 'query_to_doc' not in directions or not set(directions) <= set(DIRECTIONS):
+    raise ConfigError(f"loss.directions {directions!r}: must include 'query_to_doc', all among "
+                      f'{list(DIRECTIONS)}')
+  for path in ('data.batch_size', 'data.query_len', 'data.doc_len'):
+    if fields[path] < 1:
+      raise ConfigError(f'{path} {fields[path]!r}: must be positive')
+  hidden, heads = fields.get('model.bert.hidden_size'), fields.get('model.bert.num_attention_heads')
+  if hidden and heads and hidden % heads:
+    raise ConfigError(f'model.bert.hidden_size {hidden}: not divisible by '
+                      f'model.bert.num_attention_heads {heads}')
+  dims = fields.get('loss.matryoshka_dims', ())
+  if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+    raise ConfigError(f'loss.matryoshka_dims {dims!r}: expected positive integers, e.g. (384, 64)')
