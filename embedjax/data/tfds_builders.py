@@ -24,6 +24,8 @@ Limitations of the TF-free path, and how this module deals with them:
 * TFDS caches a prepared dataset by name/config/version only, and would happily serve stale rows
   after the source files change. The config name therefore carries a content hash of the source
   files (``stsb_3f0c9a1e2b4d``), so a changed or different source folder gets its own directory.
+* TFDS announces a preparation as "Downloading and preparing dataset"; the builders here print
+  ``preparing NAME from FOLDER (local files, nothing downloaded)`` instead, once per source.
 * Rows are written in reader order (``disable_shuffling=True``), so index ``i`` of a split is row
   ``i`` of the reader; shuffling is grain's job (deterministic from a seed).
 
@@ -39,8 +41,10 @@ Datasets (``name`` argument) and the keys of one element:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -96,6 +100,24 @@ def _check_name(name: str) -> None:
     raise ValueError(f'unknown dataset {name!r}; choose one of {list(DATASETS)}')
 
 
+class _DropCustomConfigWarning(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using custom data configuration')
+
+
+@contextlib.contextmanager
+def _without_custom_config_warning() -> Iterator[None]:
+  """Drops TFDS's "WARNING: Using custom data configuration: SourceConfig(...)": every builder
+  here has a custom config by design (its name carries the source's content hash)."""
+  log = logging.getLogger('absl')  # TFDS logs through absl, whose records go to this logger
+  drop = _DropCustomConfigWarning()
+  log.addFilter(drop)
+  try:
+    yield
+  finally:
+    log.removeFilter(drop)
+
+
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base: a builder that reads ``source_dir`` instead of downloading."""
 
@@ -111,7 +133,17 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, source_dir: str | os.PathLike, **kwargs: Any):
     self._source_dir = Path(source_dir)
-    super().__init__(**kwargs)
+    with _without_custom_config_warning():
+      super().__init__(**kwargs)
+
+  # TFDS announces preparation as "Downloading and preparing dataset ..." and "... downloaded and
+  # prepared" (``download_and_prepare`` calls these two hooks; tensorflow-datasets 4.9.10). Nothing
+  # is downloaded here, so :func:`build` prints its own line instead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
 
   def _splits(self) -> tuple[str, ...]:
     raise NotImplementedError
@@ -206,8 +238,15 @@ def build(name: str, source_dir: str | os.PathLike, data_dir: str | os.PathLike)
                         description=f'{name} read from {source_dir}')
   cls = RetrievalPairsBuilder if name == 'beir' else PairsBuilder
   builder = cls(source_dir=source_dir, config=config, data_dir=os.fspath(data_dir), file_format='array_record')
-  builder.download_and_prepare()
+  # The test download_and_prepare() itself makes (is_prepared() logs a warning when it is False).
+  if not builder.data_path.exists():
+    print(preparing_message(name, source_dir), flush=True)
+    builder.download_and_prepare()
   return builder
+
+
+def preparing_message(name: str, source_dir: str | os.PathLike) -> str:
+  return f'preparing {name} from {source_dir} (local files, nothing downloaded)'
 
 
 def _decode_value(value: Any) -> Any:

@@ -17,6 +17,12 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from embedjax.config import ConfigError
+
+
+class CheckpointMismatch(ConfigError):
+  """A checkpoint that cannot be restored onto the run's state (one line)."""
+
 
 class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, keep: int = 2, keep_best: int = 1,
@@ -45,10 +51,26 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self._manager.best_step() if self.best_metric else None
 
+  def saved_step(self) -> int | None:
+    """The latest step whose checkpoint is complete on disk (re-read: a save cut short by an
+    interruption never got renamed into place, so it is not counted)."""
+    self._manager.reload()
+    return self._manager.latest_step()
+
   def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
-    """Restores onto ``abstract_state`` (e.g. ``jax.eval_shape`` output carrying shardings)."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    """Restores onto ``abstract_state`` (e.g. ``jax.eval_shape`` output carrying shardings).
+
+    A checkpoint whose arrays do not fit ``abstract_state`` (the run's model or optimizer changed)
+    raises CheckpointMismatch with one line, instead of Orbax's multi-line traceback.
+    """
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except (ValueError, TypeError, KeyError) as e:
+      first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+      raise CheckpointMismatch(
+          f'checkpoint {self._manager.directory / str(step)} does not fit this config\'s train '
+          f'state (changed model or optimizer?): {first.strip()}') from e
     return restored['state'], restored['data']
 
   def wait(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from embedjax.config import ConfigError
 from embedjax.data import synthetic, tfds_builders
 from embedjax.models.tokenizer import TextTokenizer
 
@@ -117,10 +118,10 @@ def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[So
   picked = []
   for name in source_names(names):
     if name not in sources:
-      raise ValueError(f'data.train: unknown training source {name!r}; choose from {sorted(sources)}')
+      raise ConfigError(f'data.train {name!r}: unknown training source; choose from {sorted(sources)}')
     picked.append(sources[name])
   if len({s.hard_negatives for s in picked}) > 1:
-    raise ValueError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
+    raise ConfigError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
                      'in one batch stream')
   return picked
 
@@ -174,9 +175,9 @@ def make_loader(rows: list[dict], tokenizer: TextTokenizer, *, batch_size: int, 
                 prefetch: int = 2) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts)."""
   if batch_size % process_count:
-    raise ValueError(f'batch size {batch_size} is not divisible by {process_count} processes')
+    raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:
-    raise ValueError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
+    raise ConfigError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
   fn = functools.partial(tokenize_batch, query_tok=tokenizer.with_max_length(query_len),
                          doc_tok=tokenizer.with_max_length(doc_len),
                          process_index=process_index, process_count=process_count)

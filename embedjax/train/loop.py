@@ -9,6 +9,8 @@ Workdir layout:
                       steps after the restored checkpoint are not duplicated)
   tensorboard/        TensorBoard event files
   export/             the final model as a sentence-transformers folder
+  config.json         the config the run started (or was last resumed) with: a resume that
+                      changes more than ``run_config.RESUMABLE_FIELDS`` is refused
   summary.json        evaluations before/after, timings, command and versions
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,19 +27,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns at import in kernels without ipywidgets
 
 from embedjax import paths
+from embedjax.config import ConfigError
 from embedjax.encoding import encode
 from embedjax.evals.tasks import TASKS, run_task, task_inputs
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.models.pretrained import (Pretrained, export_sentence_transformers, init_params,
-                                        load_pretrained, load_spec)
+from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
+                                        init_model_params, load_pretrained, load_spec)
 from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
 from embedjax.provenance import Run
 from embedjax.train import data as train_data
+from embedjax.train import run_config
 from embedjax.train.base_config import check_config
 from embedjax.train.checkpoint import Checkpointer, abstract_like
 from embedjax.train.mesh import global_batch, make_mesh, replicated
@@ -53,11 +58,11 @@ def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokeni
   """
   kind, _, name = cfg.init.partition(':')
   if kind not in ('pretrained', 'random'):
-    raise ValueError(f"model.init must be 'pretrained:NAME' or 'random:NAME', got {cfg.init!r}")
+    raise ConfigError(f"model.init {cfg.init!r}: must be 'pretrained:NAME' or 'random:NAME'")
   spec, tokenizer, _ = load_spec(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
   changes = {k: v for k, v in cfg.bert.items() if v}
   if changes and kind != 'random':
-    raise ValueError(f'model.bert {changes} changes the architecture: only for random:NAME inits')
+    raise ConfigError(f'model.bert {changes} changes the architecture: only for random:NAME inits')
   bert = dataclasses.replace(spec.bert, **changes)
   return dataclasses.replace(spec, bert=bert, pooling=cfg.pooling or spec.pooling), tokenizer
 
@@ -69,7 +74,7 @@ def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
   if kind == 'pretrained':
     loaded = load_pretrained(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
     return dataclasses.replace(loaded, spec=spec)
-  return Pretrained(spec=spec, params=init_params(spec.bert, key), tokenizer=tokenizer,
+  return Pretrained(spec=spec, params=init_model_params(spec, key), tokenizer=tokenizer,
                     source=f'random init ({name} architecture)')
 
 
@@ -108,10 +113,10 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
 def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
   for task in cfg.evals.keys():
     if task not in TASKS:
-      raise ValueError(f'evals.{task}: unknown task; choose from {sorted(TASKS)}')
+      raise ConfigError(f'evals.{task}: unknown task; choose from {sorted(TASKS)}')
     too_wide = [d for d in cfg.evals[task].dims if not 0 < d <= width]
     if too_wide:
-      raise ValueError(f'evals.{task}.dims {too_wide}: outside 1..{width} (the model width)')
+      raise ConfigError(f'evals.{task}.dims {too_wide}: outside 1..{width} (the model width)')
 
 
 def dry_build(cfg: ml_collections.ConfigDict,
@@ -124,8 +129,8 @@ def dry_build(cfg: ml_collections.ConfigDict,
   """
   check_config(cfg)
   spec, _ = model_spec(cfg.model)
-  check_evals(cfg, spec.bert.hidden_size)
-  encoder = jax.eval_shape(lambda k: init_params(spec.bert, k), jax.random.key(0))
+  check_evals(cfg, spec.embedding_dim)
+  encoder = jax.eval_shape(lambda k: init_model_params(spec, k), jax.random.key(0))
   params = jax.eval_shape(lambda p: train_params(cfg, p), encoder)
   tx = make_optimizer(cfg.optim, params, cfg.steps)
   state = jax.eval_shape(lambda p: create_state(p, tx), params)
@@ -143,7 +148,7 @@ def run_evals(model: Pretrained, params, evals: ml_collections.ConfigDict, data_
   out = {}
   for task in evals.keys():
     block = evals[task]
-    dims = tuple(block.dims) or (model.spec.bert.hidden_size,)
+    dims = tuple(block.dims) or (model.spec.embedding_dim,)
     cache: dict[int, np.ndarray] = {}
 
     def encode_full(texts):
@@ -200,21 +205,112 @@ class _Logger:
       self._tb.close()
 
 
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during :func:`train`, after the in-flight checkpoint was finished and the message
+  printed; ``step`` is the latest saved step (None: nothing saved)."""
+
+  def __init__(self, step: int | None):
+    super().__init__(step)
+    self.step = step
+
+
+def _say(message: str) -> None:
+  """A status line on process 0's stdout, printed between progress-bar redraws."""
+  if jax.process_index() == 0:
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def interrupted_message(step: int | None) -> str:
+  if step is None:
+    return 'interrupted before any checkpoint was saved; run the same command to start again'
+  return f'interrupted at step {step}; run the same command to resume'
+
+
+def _finish_saving(ckpt: Checkpointer) -> int | None:
+  """Lets an in-flight async save complete (a second Ctrl-C abandons it: Orbax only renames a
+  checkpoint into place once complete), closes the manager; returns the latest saved step."""
+  try:
+    ckpt.wait()
+  except KeyboardInterrupt:
+    pass
+  step = ckpt.saved_step()
+  try:
+    ckpt.close()
+  except KeyboardInterrupt:
+    pass
+  return step
+
+
+def _check_resume_config(cfg: ml_collections.ConfigDict, workdir: Path, allow_change: bool
+                         ) -> list[str]:
+  """Refuses (ConfigError) a resume whose config changes more than ``RESUMABLE_FIELDS``; returns
+  the lines that say what changed."""
+  stored = run_config.stored_config(workdir)
+  if stored is None:
+    return [f'{workdir} has checkpoints but no stored config: config changes cannot be checked']
+  free, fixed = run_config.check_resume(stored, cfg, workdir, allow_change=allow_change)
+  lines = []
+  if free:
+    lines.append(f'continuing with {run_config.describe(free)}')
+  if fixed:
+    lines.append(f'--allow-config-change: continuing with {run_config.describe(fixed)}')
+  return lines
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
           sources: dict[str, train_data.Source] = train_data.SOURCES, resume: bool = True,
-          stop_after: int | None = None, progress: bool = True) -> dict:
+          allow_config_change: bool = False, stop_after: int | None = None,
+          progress: bool = True) -> dict:
   """Trains per ``cfg`` (a config built on ``base_config()``); returns the summary written to
   ``workdir/summary.json``.
 
   Args:
     sources: the training sources ``cfg.data.train`` may name (studies add theirs).
-    resume: continue from the latest checkpoint in ``workdir`` if there is one.
+    resume: continue from the latest checkpoint in ``workdir`` if there is one. The config must
+      then equal the one stored in ``workdir/config.json`` at the first start, except for
+      ``run_config.RESUMABLE_FIELDS`` (else ConfigError naming each changed field).
+    allow_config_change: resume even though other fields changed (they are printed).
     stop_after: stop (after checkpointing) once this many steps are done in this call — used by
       tests to interrupt a run at a chosen step.
+    progress: progress bars (status lines are printed either way).
+
+  Raises :class:`Interrupted` on Ctrl-C, once the in-flight checkpoint is complete and
+  'interrupted at step N; run the same command to resume' is printed.
   """
   check_config(cfg)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.ckpt_keep,
+                      best_metric=cfg.best_metric or None, async_save=cfg.async_checkpointing)
+  bars, loggers = [], []  # what _train opened, closed here on an interruption
+  try:
+    start = ckpt.latest_step() if resume else None
+    if start is not None:
+      changes = _check_resume_config(cfg, workdir, allow_config_change)
+      _say(f'resuming from step {start} (workdir {workdir})')
+      for line in changes:
+        _say(line)
+    summary = _train(cfg, workdir, ckpt, start or 0, sources, stop_after, progress, bars, loggers)
+  except KeyboardInterrupt:
+    for b in bars:
+      b.close()
+    for l in loggers:
+      l.close()
+    step = _finish_saving(ckpt)
+    _say(interrupted_message(step))
+    raise Interrupted(step) from None
+  except BaseException:
+    ckpt.close()  # waits for an in-flight save: the latest checkpoint stays usable
+    raise
+  return summary
+
+
+def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_after, progress,
+           bars: list, loggers: list) -> dict:
+  """The body of :func:`train` from a checked config (``start``: the step to resume from, 0 for a
+  fresh run); appends its progress bar and logger to ``bars``/``loggers`` for the caller to close
+  on an interruption."""
   data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
   # this call's provenance (a resumed run records the call that finished it); the summary
   # stores the config itself
@@ -225,7 +321,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
   init_key, run_key = jax.random.split(key)
 
   model = build_model(cfg.model, init_key)
-  check_evals(cfg, model.spec.bert.hidden_size)
+  check_evals(cfg, model.spec.embedding_dim)
   params = train_params(cfg, model.params)
   tx = make_optimizer(cfg.optim, params, cfg.steps)
   mesh = make_mesh()
@@ -238,14 +334,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
       doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
       process_count=jax.process_count())
 
-  ckpt = Checkpointer(workdir / 'checkpoints', keep=cfg.ckpt_keep,
-                      best_metric=cfg.best_metric or None, async_save=cfg.async_checkpointing)
-  start = 0
-  if resume and ckpt.latest_step() is not None:
-    start = ckpt.latest_step()
+  if start > 0:
     state, data_state = ckpt.restore(start, abstract_like(state, repl))
     loader.set_state(data_state)
+  if jax.process_index() == 0:  # after a successful restore: the config this run now continues
+    run_config.store_config(workdir, cfg)
   logger = _Logger(workdir, start)
+  loggers.append(logger)
 
   step_fn = jax.jit(make_train_step(step_config(cfg, model.spec), tx), donate_argnums=0,
                     in_shardings=(repl, None, repl), out_shardings=(repl, repl))
@@ -260,24 +355,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
     if jax.process_index() == 0:
       atomic_write_json(before_path, before)
 
-  # Throughput counts from the end of the first step (which includes compilation).
+  # The first step compiles; throughput and the progress bar's ETA count from its end, so the
+  # compile time does not inflate the estimate.
   t0, t_first, done, last_eval = time.perf_counter(), None, 0, None
-  bar = tqdm(total=cfg.steps, initial=start, desc='train',
-              disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+  show_bar = progress and jax.process_index() == 0
+  bar = None
   for step in range(start, cfg.steps):
     batch = global_batch(mesh, next(loader))
+    if t_first is None:
+      _say('compiling the train step ...')
+      t_compile = time.perf_counter()
     state, metrics = step_fn(state, batch, run_key)
     done += 1
     number = step + 1
     if t_first is None:
       jax.block_until_ready(metrics)
       t_first = time.perf_counter()
+      _say(f'compiled in {t_first - t_compile:.1f} s (with the first step)')
+      bar = tqdm(total=cfg.steps, initial=number, desc='train', disable=not show_bar,
+                 dynamic_ncols=True)
+      bars.append(bar)
+    else:
+      bar.update(1)
     if number % cfg.log_every == 0 or number == cfg.steps:
       m = jax.device_get(metrics)
       rate = (done - 1) * cfg.data.batch_size / max(time.perf_counter() - t_first, 1e-9)
       logger.write(number, {**{f'train/{k}': v for k, v in m.items()}, 'train/pairs_per_s': rate})
       bar.set_postfix(loss=f'{float(m["loss"]):.4f}', pairs_s=f'{rate:.1f}')
-    bar.update(1)
     eval_metrics = None
     every = cfg.eval_every
     if evals and ((every and number % every == 0) or number == cfg.steps):
@@ -289,7 +393,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
       ckpt.save(number, state, loader.get_state(), metrics=eval_metrics)
     if stop:
       break
-  bar.close()
+  if bar is not None:
+    bar.close()
   ckpt.close()
   logger.close()
   steady = max(done - 1, 0) * cfg.data.batch_size
@@ -308,6 +413,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *,
     atomic_write_json(workdir / 'summary.json', _jsonable(summary))
   summary['state'] = state
   return summary
+
+
+def format_evals(before: dict[str, float] | None, after: dict[str, float] | None, *,
+                 configured: bool = False) -> str:
+  """What the run evaluated, one clause: each metric (keys 'task_metric@dim') before -> after.
+
+  Without results it says whether evals are configured at all; a side that was not evaluated
+  (no eval before, or a run stopped before its end) shows as '-'.
+  """
+  if not before and not after:
+    if configured:
+      return 'evaluated: nothing yet (evals run before the first step and at the end of the run)'
+    return ('evaluated: none configured (add tasks to config.evals with '
+            'embedjax.train.base_config.eval_block)')
+  before, after = before or {}, after or {}
+  show = lambda d, k: f'{d[k]:.4f}' if k in d else '-'
+  keys = list(before) + [k for k in after if k not in before]
+  return 'before -> after: ' + ', '.join(f'{k} {show(before, k)} -> {show(after, k)}' for k in keys)
+
+
+def format_summary(summary: dict) -> str:
+  """The last line of ``embedjax train``: steps, time, throughput and what was evaluated."""
+  rate = f"{summary['pairs_per_s']} pairs/s" if summary['pairs_per_s'] is not None else 'no steps'
+  evals = format_evals(summary['before'], summary['after'],
+                       configured=bool(summary.get('config', {}).get('evals')))
+  return (f"trained {summary['steps_done']}/{summary['steps']} steps in {summary['seconds']} s "
+          f"({rate}); {evals}")
 
 
 def _jsonable(x):

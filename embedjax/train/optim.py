@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import optax
 
+from embedjax.config import ConfigError
+
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   warmup = int(cfg.warmup_steps)
@@ -29,7 +31,7 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   elif kind == 'constant':
     after = optax.constant_schedule(cfg.lr)
   else:
-    raise ValueError(f"optim.decay must be 'cosine', 'linear' or 'constant', got {kind!r}")
+    raise ConfigError(f"optim.decay must be 'cosine', 'linear' or 'constant', got {kind!r}")
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
@@ -63,5 +65,5 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
   labels = jax.tree_util.tree_map(lambda p: 'frozen' if regex.search(p) else 'train',
                                   param_paths(params))
   if 'train' not in jax.tree_util.tree_leaves(labels):
-    raise ValueError(f'optim.freeze={pattern!r} freezes every parameter')
+    raise ConfigError(f'optim.freeze={pattern!r} freezes every parameter')
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from embedjax.config import ConfigError
 from embedjax.losses import LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
 from embedjax.models.embedder import embed
@@ -49,7 +50,7 @@ class StepConfig:
 
 def build_loss(cfg: StepConfig) -> Callable:
   if cfg.loss not in LOSSES:
-    raise ValueError(f'unknown loss {cfg.loss!r}; choose from {sorted(LOSSES)}')
+    raise ConfigError(f'unknown loss {cfg.loss!r}; choose from {sorted(LOSSES)}')
   fn = LOSSES[cfg.loss]
   if cfg.matryoshka_dims:
     fn = matryoshka(fn, cfg.matryoshka_dims, cfg.matryoshka_weights)
