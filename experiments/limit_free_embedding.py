@@ -30,7 +30,7 @@ if '--xla_gpu_deterministic_ops' not in os.environ.get('XLA_FLAGS', ''):
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from embedjax import paths  # noqa: E402
+from embedjax import paths, plots  # noqa: E402
 from embedjax.config import run_main  # noqa: E402
 from embedjax.io import atomic_write_json, atomic_write_text  # noqa: E402
 from embedjax.limit import free_embedding as fe  # noqa: E402
@@ -185,28 +185,18 @@ def render(json_path: str | Path, md_path: str | Path | None = None) -> Path:
   return rerender(json_path, md_path, markdown, 'experiments.limit_free_embedding.render')
 
 
+def figure(res: dict):
+  """The measured critical-n per dimension with our cubic fit (when there is one) and the
+  paper's (a Figure)."""
+  fits = {'cubic fit (ours)': res['fit']} if 'fit' in res else {}
+  fits['cubic fit (paper)'] = PAPER_FIT
+  dims = [int(d) for d in res['critical_n']]
+  return plots.critical_n_plot(dims, list(res['critical_n'].values()), fits=fits,
+                               label='critical-n (embedjax)')
+
+
 def plot(res: dict, path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  dims = np.array([int(d) for d in res['critical_n']])
-  ns = np.array(list(res['critical_n'].values()))
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot(dims, ns, 'o', label='critical-n (embedjax)')
-  grid = np.linspace(dims.min(), dims.max(), 200)
-  if 'fit' in res:
-    ax.plot(grid, fe.eval_cubic(res['fit'], grid), '-', label='cubic fit (ours)')
-  ax.plot(grid, fe.eval_cubic(PAPER_FIT, grid), '--', label='cubic fit (paper)')
-  ax.set_xlabel('embedding dimension d')
-  ax.set_ylabel('largest n with all top-2 sets solved')
-  ax.set_title('Free embeddings, k = 2')
-  ax.legend()
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp.png')
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  tmp.replace(path)
+  plots.save_png(figure(res), path, dpi=120)
 
 
 def dry_run(cfg) -> dict:

@@ -34,9 +34,7 @@ Protocol:
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -44,7 +42,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from embedjax import paths, quant
+from embedjax import paths, plots, quant
 from embedjax.config import run_main
 from embedjax.data.readers import read_beir, read_stsb
 from embedjax.embedding_cache import cached_encode
@@ -233,13 +231,10 @@ def run(cfg, emb: dict, log=print) -> dict:
 
 
 def pareto(points: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
-  """The (bytes, retention, name) points no other point beats on both (fewer bytes, higher)."""
-  front, best = [], -np.inf
-  for b, r, n in sorted(points, key=lambda p: (p[0], -p[1])):
-    if r > best:
-      front.append((b, r, n))
-      best = r
-  return front
+  """The (bytes, retention, name) points no other point beats on both (fewer bytes, higher),
+  in increasing bytes."""
+  front = plots.pareto_front([b for b, _, _ in points], [r for _, r, _ in points])
+  return [points[i] for i in front]
 
 
 # Row labels of the report tables (the JSON keeps the scheme names). SciFact scores a float32 query
@@ -312,44 +307,27 @@ def render(json_path: str | Path, md_path: str | Path | None = None) -> Path:
   return rerender(json_path, md_path, markdown, 'experiments.storage_tradeoff.render')
 
 
-def plot(results: dict, path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+def figure(results: dict):
+  """Both tasks' storage vs retention, one panel each, with their Pareto fronts (a Figure)."""
   fams = sorted({family(n) for n in results['scifact']})
-  colors = dict(zip(fams, plt.cm.tab10.colors))
-  fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+  fig, axes = plots.subplots(1, 2, figsize=(14, 5.5))
   for ax, task, title in ((axes[0], 'scifact', 'SciFact nDCG@10'),
                           (axes[1], 'stsb', 'STS-B Spearman')):
     stale = stale_sts(results) if task == 'stsb' else set()
-    pts = [(v['bytes_per_vector'], 100 * v['retention'], n) for n, v in results[task].items()
-           if n not in stale]
-    for fam in fams:
-      sel = [(b, r) for b, r, n in pts if family(n) == fam]
-      if sel:
-        ax.scatter(*zip(*sel), s=22, color=colors[fam], label=fam, alpha=0.85)
-    front = pareto(pts)
-    ax.step([b for b, _, _ in front], [r for _, r, _ in front], where='post', color='k', lw=1,
-            alpha=0.6)
-    for b, r, n in front:
-      ax.annotate(n, (b, r), fontsize=7, xytext=(3, -9), textcoords='offset points')
-    ax.set_xscale('log', base=2)
-    ax.set_xlabel('bytes per vector (log2)')
-    ax.set_ylabel(f'retention of float32 {title} (%)')
-    ax.set_title(f'all-MiniLM-L6-v2, {title}')
-    ax.set_ylim(max(50, min(r for _, r, _ in pts) - 2), 101.5)
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8, loc='lower right')
+    pts = [{'name': n, 'x': v['bytes_per_vector'], 'y': 100 * v['retention'], 'group': family(n)}
+           for n, v in results[task].items() if n not in stale]
+    plots.pareto_plot(pts, ax=ax, group_order=fams, log_base=2, annotate='front',
+                      xlabel='bytes per vector (log2)',
+                      ylabel=f'retention of float32 {title} (%)',
+                      title=f'all-MiniLM-L6-v2, {title}',
+                      ylim=(max(50, min(p['y'] for p in pts) - 2), 101.5))
+  axes[1].get_legend().remove()  # one legend (the families) is enough
   fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.png', dir=path.parent)
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=130)
-    os.replace(tmp, path)
-  finally:
-    Path(tmp).unlink(missing_ok=True)
-    plt.close(fig)
+  return fig
+
+
+def plot(results: dict, path: Path) -> None:
+  plots.save_png(figure(results), path, dpi=130)
 
 
 def dry_run(cfg) -> dict:

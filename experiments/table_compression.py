@@ -322,46 +322,23 @@ def _benchmark_markdown(cfg, main, sweep, full_bytes, result) -> str:
   return '\n'.join(lines)
 
 
-def _pareto_plot(main, full_bytes, path: Path) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  import numpy as np
+def pareto_figure(main, full_bytes):
+  """Test AUC (mean ± std over seeds) vs served bytes of every feasible (method, budget), each
+  method's budgets joined by a line, with the Pareto front over all of them (a Figure)."""
+  from embedjax import plots
   feasible = [s for s in main if s['feasible']]
-  fig, ax = plt.subplots(figsize=(8, 5.5))
-  methods_seen = sorted({s['method'] for s in feasible}, key=lambda m: [x['method'] for x in feasible].index(m))
-  cmap = plt.get_cmap('tab10')
-  for i, m in enumerate(methods_seen):
-    pts = sorted((s['bytes'], s['test_auc_mean'], s['test_auc_std']) for s in feasible if s['method'] == m)
-    x, y, e = map(np.asarray, zip(*pts))
-    # Distinct markers: several methods share a point (full/hashing/int8 at their sizes).
-    ax.errorbar(x, y, yerr=e, marker='os^Dv<>PX*'[i % 10], ms=6, mfc='none', capsize=2, lw=1.2,
-                color=cmap(i % 10), label=m)
-  # Pareto front over all (bytes, AUC) points.
-  pts = sorted(((s['bytes'], s['test_auc_mean']) for s in feasible), key=lambda p: (p[0], -p[1]))
-  front, best = [], -1.0
-  for b, a in pts:
-    if a > best:
-      front.append((b, a))
-      best = a
-  fx, fy = zip(*front)
-  ax.step(fx, fy, where='post', color='k', lw=0.8, ls='--', label='Pareto front')
-  ax.axvline(full_bytes, color='grey', lw=0.6, ls=':')
-  ax.set_xscale('log')
-  ax.set_xlabel('served table bytes (log)')
-  ax.set_ylabel('test AUC (MovieLens-100k u1, FM)')
-  ax.set_title('Embedding-table compression: AUC vs bytes')
-  ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=8, ncol=2, loc='lower right')
-  fig.tight_layout()
-  import io
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=130)
-  plt.close(fig)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_bytes(buf.getvalue())
-  os.replace(tmp, path)
+  points = [{'name': f"{s['method']} {s['budget']:g}x", 'x': s['bytes'], 'y': s['test_auc_mean'],
+             'yerr': s['test_auc_std'], 'group': s['method']} for s in feasible]
+  return plots.pareto_plot(points, connect=True, annotate='none', log_base=10,
+                           reference_x=full_bytes, xlabel='served table bytes (log)',
+                           ylabel='test AUC (MovieLens-100k u1, FM)',
+                           title='Embedding-table compression: AUC vs bytes', legend_columns=2,
+                           figsize=(8, 5.5))
+
+
+def _pareto_plot(main, full_bytes, path: Path) -> None:
+  from embedjax import plots
+  plots.save_png(pareto_figure(main, full_bytes), path, dpi=130)
 
 
 # ----------------------------------------------------------------------------------------------
