@@ -67,6 +67,8 @@ TARGETS = (
     _exp('limit_free_embedding', 'configs/limit_free_embedding.py:32',
          'results/limit/critical_n.json', code=('embedjax/limit',), device='gpu',
          note='d >= 20 takes hours per dimension on 2 CPU cores'),
+    _exp('mteb_scifact', 'configs/mteb_scifact.py', 'results/mteb_scifact.json',
+         code=('experiments/mteb_local.py', 'embedjax/evals')),
     _exp('table_compression', 'configs/table_compression.py', 'results/table_compression.json',
          code=('embedjax/tables',)),
     _exp('table_compression', 'configs/table_compression.py:memory',

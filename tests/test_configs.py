@@ -31,6 +31,7 @@ RUNS = {
     'limit_free_embedding.py': ([None, 'quick', '48'], 'limit_free_embedding'),
     'storage_tradeoff.py': ([None, 'quick'], 'storage_tradeoff'),
     'table_compression.py': ([None, 'memory'], 'table_compression'),
+    'mteb_scifact.py': ([None, 'quick'], 'mteb_scifact'),
 }
 CASES = [(name, arg) for name, (args, _) in RUNS.items() for arg in args]
 
