@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-  """Writes ``text`` to a temporary file beside ``path``, fsyncs, then renames it into place."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+  """Writes ``data`` to a temporary file beside ``path``, fsyncs, then renames it into place."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
   try:
-    with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -24,6 +24,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     Path(tmp).unlink(missing_ok=True)
     raise
   return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+  """``atomic_write_bytes`` of ``text`` as UTF-8 (newlines written as given)."""
+  return atomic_write_bytes(path, text.encode('utf-8'))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -19,13 +19,15 @@ passed to ``display``, then shows as an image.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from embedjax.io import atomic_write_bytes
 
 MISSING_MATPLOTLIB = "embedjax.plots needs matplotlib: pip install 'embedjax[notebooks]'"
 # One marker per group when groups are joined by lines: several groups often share a point.
@@ -59,20 +61,10 @@ def _axes(ax, figsize):
 
 
 def save_png(fig, path: str | os.PathLike, *, dpi: int = 130) -> Path:
-  """Writes ``fig`` as PNG to ``path`` atomically (temporary file beside it, then rename)."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.png', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      fig.savefig(f, format='png', dpi=dpi)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+  """Writes ``fig`` as PNG to ``path`` atomically (rendered in memory, then ``atomic_write_bytes``)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=dpi)
+  return atomic_write_bytes(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------
