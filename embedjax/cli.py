@@ -344,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.fn(args)
   except KeyboardInterrupt:
     return _report(prog, 'interrupted', 130, debug)
+  except BrokenPipeError:
+    # The reader of stdout went away (`embedjax eval --list-tasks | head -3`): stop quietly, as a
+    # Unix tool does. stdout then points at /dev/null, so that the flush at exit cannot fail again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, the status a shell reports for a tool killed by the signal
   except EXPECTED_ERRORS as e:
     return _report(prog, describe(e), 2, debug)
 

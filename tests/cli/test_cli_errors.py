@@ -210,6 +210,15 @@ def test_list_tasks_names_every_task(capsys):
     assert ('(default)' in ' '.join(rows[name])) == (name in DEFAULT_TASKS)
 
 
+def test_a_closed_stdout_ends_quietly():
+  # `embedjax eval --list-tasks | head -1`: the reader is gone before the first write.
+  proc = subprocess.Popen([sys.executable, '-m', 'embedjax', 'eval', '--list-tasks'], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc.stdout.close()
+  stderr = proc.stderr.read()
+  assert proc.wait(timeout=60) == 141 and stderr == ''
+
+
 def test_eval_bad_arguments_fail_before_the_model(files, tmp_path, capsys, monkeypatch):
   import embedjax.models.pretrained
 
