@@ -240,6 +240,25 @@ def storage_doc_block() -> str:
                     f'{prov.get("date", "?")}.', '', README_END])
 
 
+TABLES_DOC = 'docs/table_compression.md'
+TABLES_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+                'results/table_compression.md (itself written with the JSON); do not edit it by '
+                'hand. -->')
+
+
+def tables_doc_block() -> str:
+  """The table-compression doc's AUC table: the results file's own table, as the run wrote it."""
+  text = (paths.repo_root() / 'results' / 'table_compression.md').read_text()
+  lines = text.split('\n')
+  start = lines.index('## Test AUC (mean ± std over seeds) by budget') + 2
+  end = lines.index('', start)
+  record = json.loads((paths.repo_root() / 'results' / 'table_compression.json').read_text())
+  prov = _record_provenance(record)
+  return '\n'.join([TABLES_START, '', *lines[start:end], '',
+                    f'Run: `{prov.get("command", "?")}` at commit {prov.get("git_commit", "?")}, '
+                    f'{prov.get("date", "?")}.', '', README_END])
+
+
 def _write_block(rel: str, start_marker: str, block: str) -> None:
   from embedjax.io import atomic_write_text
   path = paths.repo_root() / rel
@@ -250,16 +269,17 @@ def _write_block(rel: str, start_marker: str, block: str) -> None:
 
 
 def write_readme_table() -> None:
-  """Rewrites the generated tables of README.md and docs/storage_tradeoff.md from their files."""
+  """Rewrites the generated tables of README.md and the docs from their result files."""
   _write_block('README.md', README_START, readme_eval_block())
   _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
+  _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
 
 
 def _flags(fv) -> None:
   flags.DEFINE_boolean('list', False, 'only print each target and its state', flag_values=fv)
   flags.DEFINE_list('only', [], 'target names to consider (default: all)', flag_values=fv)
-  flags.DEFINE_boolean('readme', False, 'only rewrite the generated tables of README.md and '
-                       f'{STORAGE_DOC} from their result files', flag_values=fv)
+  flags.DEFINE_boolean('readme', False, 'only rewrite the generated tables of README.md, '
+                       f'{STORAGE_DOC} and {TABLES_DOC} from their result files', flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,3 +103,16 @@ def test_generated_doc_tables_are_their_result_files():
   assert regen.readme_eval_block() in readme, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / 'docs' / 'storage_tradeoff.md').read_text()
   assert regen.storage_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
+  doc = (repo_root() / 'docs' / 'table_compression.md').read_text()
+  assert regen.tables_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
+
+
+def test_table_compression_markdown_is_rendered_from_its_json():
+  # the doc's table is copied from results/table_compression.md: that file must be the JSON's
+  rec = _json('table_compression.json')
+  exp = _load('experiments/table_compression.py')
+  cfg = ml_collections.ConfigDict(rec['config'])
+  main = [s for s in rec['summary'] if not s['method'].startswith('model:')]
+  sweep = [s for s in rec['summary'] if s['method'].startswith('model:')]
+  again = exp._benchmark_markdown(cfg, main, sweep, rec['full_table_bytes'], rec)
+  assert again == (RESULTS / 'table_compression.md').read_text()
