@@ -358,15 +358,16 @@ def _memory_child(cfg) -> None:
   vocab = tuple(cfg.memory.vocab_sizes)
   dim = cfg.memory.dim
   if name == 'full':
-    total = int(value)
-    vocab = tuple(max(1, round(v * total / sum(vocab))) for v in vocab)
+    vocab = probe_vocab(vocab, int(value))
     budget = base.full_table_bytes(vocab, dim)
   else:
     budget = int(float(value) * base.full_table_bytes(vocab, dim))
   rss0 = _peak_rss_bytes()
   data, _ = ctr.synthetic_ctr(cfg.memory.rows, vocab, seed=0)
   try:
-    table = methods.for_budget(name, vocab, dim, budget, **dict(cfg.memory.method_kw[name]))
+    # the full-table probes take no method settings (memory.method_kw lists the compressed ones)
+    kw = {} if name == 'full' else dict(cfg.memory.method_kw[name])
+    table = methods.for_budget(name, vocab, dim, budget, **kw)
   except base.Infeasible as e:
     print(json.dumps({'method': name, 'value': value, 'infeasible': str(e)}), flush=True)
     return
@@ -407,7 +408,8 @@ def run_memory(cfg) -> None:
     for line in path.read_text().splitlines():
       if line.strip():
         r = json.loads(line)
-        done[(r['method'], r['value'])] = r
+        if 'error' not in r:  # a failed child is retried on the next run
+          done[(r['method'], r['value'])] = r
   jobs = [(m, f'{b:g}') for m in cfg.memory.methods for b in cfg.memory.budgets]
   jobs += [('full', str(n)) for n in cfg.memory.full_probe_ids]
   for name, value in _tqdm(jobs, desc='memory'):
@@ -488,6 +490,11 @@ def cfg_path() -> str:
   return 'configs/table_compression.py'
 
 
+def probe_vocab(vocab: tuple[int, ...], ids: int) -> tuple[int, ...]:
+  """The memory check's field vocabularies scaled down to about ``ids`` ids in all."""
+  return tuple(max(1, round(v * ids / sum(vocab))) for v in vocab)
+
+
 def dry_run(cfg, vocab=None) -> dict:
   """Sizes every (method, budget) table of the run (no data, no arrays: tables are specs until
   initialised). ``vocab``: the field vocabularies (the benchmark's come from its data; the memory
@@ -522,6 +529,10 @@ def dry_run(cfg, vocab=None) -> dict:
         out[name, budget] = methods.for_budget(name, vocab, dim, int(budget * full), **kw)
       except base.Infeasible as e:
         out[name, budget] = str(e)
+  if memory:  # the full-table probes, at their scaled-down vocabularies
+    for ids in cfg.memory.full_probe_ids:
+      probe = probe_vocab(vocab, ids)
+      out['full', ids] = methods.for_budget('full', probe, dim, base.full_table_bytes(probe, dim))
   return out
 
 
