@@ -97,3 +97,13 @@ def test_a_merged_file_is_current_only_when_every_entry_is(regen, tmp_path):
   assert regen.status(t)[0] == 'current'  # earlier_runs is history, not an entry
   (tmp_path / 'r.json').write_text(json.dumps({**record, 'hand_assembled': 'the summary'}))
   assert regen.status(t)[1].startswith('hand-assembled')
+
+
+def test_a_target_may_hash_one_block_of_its_config(regen, tmp_path):
+  t = _target(regen, tmp_path, config='configs/table_compression.py:memory', config_block='memory')
+  cfg = load_config(str(REPO / 'configs' / 'table_compression.py:memory'))
+  git = {'commit': _head(), 'dirty': False, 'dirty_paths': []}
+  _write(tmp_path, git, config_hash=config_hash(cfg.memory))
+  assert regen.status(t)[0] == 'current'
+  _write(tmp_path, git, config_hash=config_hash(cfg))
+  assert regen.status(t) == ('stale', 'its config changed (or was not recorded)')
