@@ -33,6 +33,9 @@ Fields of ``Run.provenance()``:
   (``store_config=False``).
 - ``inputs``: ``{path: sha256}`` of the data the run read: a file's :func:`file_sha256`, a
   folder's :func:`tree_sha256`.
+- ``code_files``: the repository's source files this process had imported when the record was
+  made (:func:`loaded_code_files`), so that ``make results`` calls a result stale only when code
+  it ran changed, not when an unrelated module of the library did.
 
 Partial reruns that merge into an earlier file (``--update``) stamp each entry with its own
 provenance (:func:`stamp_entries`, :func:`merge_entries`). The older :func:`provenance` function
@@ -132,6 +135,25 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict | None:
     if entry[0] in 'RC':  # a rename or copy is followed by its source path
       i += 1
   return {'commit': commit.strip() or None, 'dirty': bool(paths), 'dirty_paths': sorted(paths)}
+
+
+def loaded_code_files(root: str | os.PathLike | None = None) -> list[str]:
+  """Repository-relative paths of the modules this process imported from the repository
+  (``embedjax/``, ``experiments/``, ``benchmarks/``, ...; not installed packages), sorted."""
+  root = Path(root or Path(__file__).resolve().parent.parent).resolve()
+  out = set()
+  for module in list(sys.modules.values()):
+    file = getattr(module, '__file__', None)
+    if not file:
+      continue
+    try:
+      rel = Path(file).resolve().relative_to(root)
+    except ValueError:
+      continue
+    if rel.parts[0].startswith('.') or 'site-packages' in rel.parts:
+      continue  # a virtual environment inside the repository
+    out.add(rel.as_posix())
+  return sorted(out)
 
 
 def command_line() -> str:
@@ -291,6 +313,7 @@ class Run:
     if self.store_config and self.config is not None:
       out['config'] = _plain(self.config)
     out['inputs'] = {**self.hashed_inputs, **input_hashes(self.inputs, strict=False)}
+    out['code_files'] = loaded_code_files()
     return out
 
 

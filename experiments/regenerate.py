@@ -7,7 +7,9 @@ python -m experiments.regenerate --only eval,storage_tradeoff
 One target per result file (``TARGETS``): the command that writes it, the code and config it
 depends on, and the device it needs. A result is *current* when its recorded commit is known, the
 tree was clean in the target's code paths when it ran, no file of those paths changed between
-that commit and HEAD (config files are among those paths), and (for a target that runs one config
+that commit and HEAD (config files are among those paths; files added since do not count, and
+where the record lists the repository files the run imported, ``code_files``, those replace the
+library-wide ``CORE`` paths), and (for a target that runs one config
 with overrides) its recorded config hash equals the hash of the config the command would run now. Anything else is stale; a file without those records is
 stale. Targets run one after the other, each as its own resumable command (a rerun of this script
 after an interruption skips what has become current, and each experiment skips its finished
@@ -128,19 +130,42 @@ def _entry_provenances(node, where: str = ''):
       yield from _entry_provenances(v, f'{where}[{i}]')
 
 
+def _code_paths(target: Target, prov: dict) -> tuple[str, ...]:
+  """The paths whose change makes this record stale: the target's own paths, with the library
+  layers (``CORE``) narrowed to the files the run imported where its provenance lists them
+  (``code_files``); ``pyproject.toml`` always counts."""
+  recorded = prov.get('code_files')
+  if not isinstance(recorded, list):
+    return target.code
+  own = tuple(p for p in target.code if p not in CORE)
+  return (*own, *recorded, 'pyproject.toml')
+
+
+def _changed_since(commit: str, code: tuple[str, ...]) -> list[str]:
+  """Files of ``code`` that differ between ``commit`` and HEAD, not counting files added since:
+  a file that did not exist when the result was made cannot have shaped it (the library finds
+  its modules by import only, so a new file matters only through an existing file's change)."""
+  out = _git('diff', '--name-status', '--no-renames', commit, 'HEAD', '--', *code).stdout
+  return [line.split('\t', 1)[1] for line in out.splitlines() if line and line[0] != 'A']
+
+
 def _provenance_status(target: Target, prov: dict, what: str = '') -> tuple[str, str]:
   git = prov.get('git')
   if not isinstance(git, dict) or not git.get('commit'):
     if prov.get('inherited_from_file'):
       return 'stale', f'{what}measured before entries carried their own provenance'
     return 'stale', f'{what}no recorded git state (written before provenance records)'
-  dirty = [p for p in git.get('dirty_paths', []) if any(p.startswith(c) for c in target.code)]
+  code = _code_paths(target, prov)
+  # (git lists an untracked folder once, as 'folder/')
+  dirty = [p for p in git.get('dirty_paths', [])
+           if any(p.startswith(c) or (p.endswith('/') and c.startswith(p)) for c in code)]
   if dirty:
     return 'stale', f'{what}ran with uncommitted changes in {dirty[:3]}'
   if _git('cat-file', '-e', f'{git["commit"]}^{{commit}}').returncode:
     return 'stale', f'{what}recorded commit {git["commit"][:10]} is not in this repository'
-  if _git('diff', '--quiet', git['commit'], 'HEAD', '--', *target.code).returncode:
-    return 'stale', f'{what}its code changed since {git["commit"][:10]}'
+  changed = _changed_since(git['commit'], code)
+  if changed:
+    return 'stale', f'{what}its code changed since {git["commit"][:10]} ({", ".join(changed[:3])})'
   return 'current', f'at {git["commit"][:10]}'
 
 

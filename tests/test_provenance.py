@@ -3,6 +3,7 @@
 import hashlib
 import shutil
 import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -119,3 +120,12 @@ def test_run_inputs_already_hashed_and_unreadable(tmp_path):
   assert inputs[str(tmp_path / 'gone')].startswith('unreadable: FileNotFoundError')
   with pytest.raises(FileNotFoundError):
     prov.input_hashes([tmp_path / 'gone'])
+
+
+def test_code_files_list_the_repository_modules_imported():
+  import embedjax.registry  # noqa: F401 - imported so that it must be listed
+  files = prov.Run().start().provenance()['code_files']
+  assert 'embedjax/provenance.py' in files and 'embedjax/registry.py' in files
+  assert all(not f.startswith('.') and 'site-packages' not in f for f in files)
+  assert files == sorted(files)
+  assert 'embedjax/search/sharded.py' not in files or 'embedjax.search.sharded' in sys.modules

@@ -33,12 +33,20 @@ def _head(*path) -> str:
 
 def _target(regen, tmp_path, **kw):
   base = dict(name='x', result=str(tmp_path / 'r.json'), command=('true',),
-              code=('embedjax/ops.py',))
+              code=('embedjax/encoding.py',))
   return regen.Target(**{**base, **kw})
 
 
 def _write(tmp_path, git, **prov):
   (tmp_path / 'r.json').write_text(json.dumps({'provenance': {'git': git, **prov}}))
+
+
+def _before_last_change(path: str) -> str:
+  """The commit before the last one that modified ``path`` (not the one that added it)."""
+  modified = subprocess.run(['git', 'log', '-1', '--diff-filter=M', '--format=%H', '--', path],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+  return subprocess.run(['git', 'rev-parse', modified + '~1'], cwd=REPO, capture_output=True,
+                        text=True, check=True).stdout.strip()
 
 
 def test_status_follows_commit_dirt_code_and_config(regen, tmp_path):
@@ -48,17 +56,53 @@ def test_status_follows_commit_dirt_code_and_config(regen, tmp_path):
   assert regen.status(t) == ('stale', 'no recorded git state (written before provenance records)')
   _write(tmp_path, {'commit': _head(), 'dirty': False, 'dirty_paths': []})
   assert regen.status(t)[0] == 'current'
-  _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/ops.py']})
+  _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/encoding.py']})
   assert regen.status(t)[0] == 'stale'
   _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['docs/x.md']})
   assert regen.status(t)[0] == 'current'  # dirt outside the target's code does not matter
-  before_ops = _head('embedjax/ops.py') + '~1'
-  full = subprocess.run(['git', 'rev-parse', before_ops], cwd=REPO, capture_output=True,
-                        text=True, check=True).stdout.strip()
+  full = _before_last_change('embedjax/encoding.py')
   _write(tmp_path, {'commit': full, 'dirty': False, 'dirty_paths': []})
-  assert regen.status(t) == ('stale', f'its code changed since {full[:10]}')
+  assert regen.status(t) == ('stale', f'its code changed since {full[:10]} (embedjax/encoding.py)')
   _write(tmp_path, {'commit': '0' * 40, 'dirty': False, 'dirty_paths': []})
   assert 'not in this repository' in regen.status(t)[1]
+
+
+def test_recorded_code_files_replace_the_library_paths(regen, tmp_path):
+  # embedjax/encoding.py is a CORE path: any change to it stales a record without code_files ...
+  t = _target(regen, tmp_path, code=('experiments/regenerate.py', *regen.CORE))
+  commit = _before_last_change('embedjax/encoding.py')
+
+  def changed(**prov):
+    return regen._changed_since(commit, regen._code_paths(t, prov))
+
+  assert 'embedjax/encoding.py' in changed()
+  # ... but not one whose run never imported it; one that imported it is stale
+  assert 'embedjax/encoding.py' not in changed(code_files=[])
+  assert set(changed(code_files=['embedjax/encoding.py'])) == {
+      *changed(code_files=[]), 'embedjax/encoding.py'}
+  _write(tmp_path, {'commit': commit, 'dirty': False, 'dirty_paths': []},
+         code_files=['embedjax/encoding.py'])
+  assert regen.status(t)[0] == 'stale'
+  # the target's own non-library paths still count
+  assert regen._code_paths(t, {'code_files': []}) == ('experiments/regenerate.py',
+                                                      'pyproject.toml')
+  # an untracked folder holding an imported file is dirt in the code
+  _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/new/']},
+         code_files=['embedjax/new/mod.py'])
+  assert regen.status(t)[0] == 'stale'
+
+
+def test_files_added_since_the_record_do_not_stale_it(regen, tmp_path):
+  out = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'embedjax/plots.py'],
+                       cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+  added = out[-1]  # the commit that first added the file
+  t = _target(regen, tmp_path, code=('embedjax/plots.py',))
+  _write(tmp_path, {'commit': added + '~1', 'dirty': False, 'dirty_paths': []})
+  assert regen.status(t)[0] == 'current'  # the file did not exist when the result was made
+  _write(tmp_path, {'commit': added, 'dirty': False, 'dirty_paths': []})
+  changed = subprocess.run(['git', 'diff', '--quiet', added, 'HEAD', '--', 'embedjax/plots.py'],
+                           cwd=REPO).returncode
+  assert regen.status(t)[0] == ('stale' if changed else 'current')
 
 
 def test_status_compares_the_config_hash(regen, tmp_path):
