@@ -133,12 +133,27 @@ def _entry_provenances(node, where: str = ''):
 def _code_paths(target: Target, prov: dict) -> tuple[str, ...]:
   """The paths whose change makes this record stale: the target's own paths, with the library
   layers (``CORE``) narrowed to the files the run imported where its provenance lists them
-  (``code_files``); ``pyproject.toml`` always counts."""
+  (``code_files``). Such a record also carries the versions it ran with, so of ``pyproject.toml``
+  only the runtime dependencies count then (:func:`_dependencies_changed`), not the test extras."""
   recorded = prov.get('code_files')
   if not isinstance(recorded, list):
     return target.code
   own = tuple(p for p in target.code if p not in CORE)
-  return (*own, *recorded, 'pyproject.toml')
+  return (*own, *recorded)
+
+
+def _runtime_dependencies(commit: str) -> tuple | None:
+  import tomllib
+  out = _git('show', f'{commit}:pyproject.toml')
+  if out.returncode:
+    return None
+  project = tomllib.loads(out.stdout).get('project', {})
+  return project.get('requires-python'), sorted(project.get('dependencies', []))
+
+
+def _dependencies_changed(commit: str) -> bool:
+  """Whether pyproject.toml's runtime dependencies differ between ``commit`` and HEAD."""
+  return _runtime_dependencies(commit) != _runtime_dependencies('HEAD')
 
 
 def _changed_since(commit: str, code: tuple[str, ...]) -> list[str]:
@@ -164,6 +179,8 @@ def _provenance_status(target: Target, prov: dict, what: str = '') -> tuple[str,
   if _git('cat-file', '-e', f'{git["commit"]}^{{commit}}').returncode:
     return 'stale', f'{what}recorded commit {git["commit"][:10]} is not in this repository'
   changed = _changed_since(git['commit'], code)
+  if isinstance(prov.get('code_files'), list) and _dependencies_changed(git['commit']):
+    changed.append('pyproject.toml (runtime dependencies)')
   if changed:
     return 'stale', f'{what}its code changed since {git["commit"][:10]} ({", ".join(changed[:3])})'
   return 'current', f'at {git["commit"][:10]}'

@@ -84,8 +84,17 @@ def test_recorded_code_files_replace_the_library_paths(regen, tmp_path):
          code_files=['embedjax/encoding.py'])
   assert regen.status(t)[0] == 'stale'
   # the target's own non-library paths still count
-  assert regen._code_paths(t, {'code_files': []}) == ('experiments/regenerate.py',
-                                                      'pyproject.toml')
+  assert regen._code_paths(t, {'code_files': []}) == ('experiments/regenerate.py',)
+
+
+def test_only_runtime_dependencies_of_pyproject_count_with_code_files(regen):
+  first = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'pyproject.toml'],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()[-1]
+  assert regen._dependencies_changed('HEAD') is False
+  assert regen._runtime_dependencies('HEAD')[1]  # jax, flax, ... are listed
+  # the first pyproject.toml listed other dependencies than today's (or the same: then no change)
+  same = regen._runtime_dependencies(first) == regen._runtime_dependencies('HEAD')
+  assert regen._dependencies_changed(first) is (not same)
   # an untracked folder holding an imported file is dirt in the code
   _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/new/']},
          code_files=['embedjax/new/mod.py'])
