@@ -85,20 +85,23 @@ def test_recorded_code_files_replace_the_library_paths(regen, tmp_path):
   assert regen.status(t)[0] == 'stale'
   # the target's own non-library paths still count
   assert regen._code_paths(t, {'code_files': []}) == ('experiments/regenerate.py',)
+  # an untracked folder holding an imported file is dirt in the code
+  _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/new/']},
+         code_files=['embedjax/new/mod.py'])
+  assert regen.status(t)[0] == 'stale'
 
 
 def test_only_runtime_dependencies_of_pyproject_count_with_code_files(regen):
   first = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'pyproject.toml'],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.split()[-1]
   assert regen._dependencies_changed('HEAD') is False
-  assert regen._runtime_dependencies('HEAD')[1]  # jax, flax, ... are listed
-  # the first pyproject.toml listed other dependencies than today's (or the same: then no change)
-  same = regen._runtime_dependencies(first) == regen._runtime_dependencies('HEAD')
-  assert regen._dependencies_changed(first) is (not same)
-  # an untracked folder holding an imported file is dirt in the code
-  _write(tmp_path, {'commit': _head(), 'dirty': True, 'dirty_paths': ['embedjax/new/']},
-         code_files=['embedjax/new/mod.py'])
-  assert regen.status(t)[0] == 'stale'
+  assert 'jax>=0.6' in regen._runtime_dependencies(first)[1]
+  # the first pyproject.toml had neither bm25s nor tensorboardX among its dependencies
+  assert regen._dependencies_changed(first) is True
+  # the commit that added mteb to the reference extras changed no runtime dependency
+  mteb = subprocess.run(['git', 'log', '--format=%H', '-S"mteb>=2.0', '--', 'pyproject.toml'],
+                        cwd=REPO, capture_output=True, text=True, check=True).stdout.split()[-1]
+  assert regen._runtime_dependencies(mteb) == regen._runtime_dependencies(mteb + '~1')
 
 
 def test_files_added_since_the_record_do_not_stale_it(regen, tmp_path):
