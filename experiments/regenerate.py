@@ -306,6 +306,42 @@ def tables_doc_block() -> str:
                     f'{prov.get("date", "?")}.', '', README_END])
 
 
+SHARDED_DOC = 'BENCHMARKS.md'
+SHARDED_RESULT = 'results/bench_search_sharded_cpu.json'
+SHARDED_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+                 f'{SHARDED_RESULT}; do not edit it by hand. -->')
+
+
+def sharded_doc_block() -> str:
+  """BENCHMARKS.md's sharded-search run: settings line and per-kind table, from the result."""
+  record = json.loads((paths.repo_root() / SHARDED_RESULT).read_text())
+  prov, st = _record_provenance(record), record['settings']
+  gib = lambda b: f'{b / 2 ** 30:.2f}'
+  load = ', '.join(f'{x:.1f}' for x in st.get('loadavg_end', []))
+  lines = [SHARDED_START, '',
+           f'**Run** ([{SHARDED_RESULT}]({SHARDED_RESULT}), `{prov.get("command", "?")}`, '
+           f'{str(prov.get("finished_at", "?"))[:10]}, commit {prov.get("git_commit", "?")}, '
+           f'{"dirty" if (prov.get("git") or {}).get("dirty") else "clean"} tree; '
+           f'{st["rows"]:,} x {st["dim"]}, {st["devices"]} forced CPU devices on the '
+           f'{st["cores"]}-core machine, {st["queries"]:,} queries, k = {st["k"]}, {st["reps"]} '
+           f'timed calls after a warm-up; load average at the end {load}):', '',
+           '| codes | corpus | 1,000 queries (median) | queries/s | 50 queries vs unsharded | '
+           'peak RSS searching | formula + runtime | + warm-up residue | placement peak / bound |',
+           '|---|---:|---:|---:|---|---:|---:|---:|---:|']
+  names = {'int8': 'int8', 'binary': 'binary (Hamming)'}
+  for kind, r in record['results'].items():
+    m, c = r['memory'], r['check']
+    equal = ('ids and scores equal' if not c['mismatches'] and not c['score_mismatches']
+             else f'{c["mismatches"]} id / {c["score_mismatches"]} score mismatches')
+    corpus = r['n'] * m['formula']['bytes_per_row']
+    lines.append(f'| {names.get(kind, kind)} | {gib(corpus)} GiB | {r["median_seconds"]:.1f} s | '
+                 f'{r["queries_per_second"]:.1f} | {equal} ({c["queries"]}) | '
+                 f'{gib(m["peak_rss_search_bytes"])} GiB | {gib(m["bound_bytes"])} GiB | '
+                 f'{"within" if m["within_bound_with_warmup_residue"] else "above"} | '
+                 f'{gib(m["peak_rss_placement_bytes"])} / {gib(m["placement_bound_bytes"])} GiB |')
+  return '\n'.join([*lines, '', README_END])
+
+
 def _write_block(rel: str, start_marker: str, block: str) -> None:
   from embedjax.io import atomic_write_text
   path = paths.repo_root() / rel
@@ -320,6 +356,7 @@ def write_readme_table() -> None:
   _write_block('README.md', README_START, readme_eval_block())
   _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
   _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
+  _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
 
 
 def _flags(fv) -> None:

@@ -105,6 +105,8 @@ def test_generated_doc_tables_are_their_result_files():
   assert regen.storage_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / 'docs' / 'table_compression.md').read_text()
   assert regen.tables_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
+  doc = (repo_root() / regen.SHARDED_DOC).read_text()
+  assert regen.sharded_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
 
 
 def test_table_compression_markdown_is_rendered_from_its_json():
