@@ -3,6 +3,11 @@
   load(name_or_folder)      an EmbeddingModel: encode, similarity, save (``model.py``)
   load_pretrained           the same weights as a plain Pretrained record (``pretrained.py``)
   EmbedderSpec, BertConfig  what defines a model besides its weights (``spec.py``, ``bert.py``)
+  DecoderConfig, Decoder    Llama / Mistral / Qwen2 / Qwen3 backbones (``decoder.py``,
+                            import/export in ``hf_decoder.py``)
+  LoraConfig, init_lora ... LoRA over params pytrees (``lora.py``)
+  latent_attention_pool     NV-Embed's latent-attention pooling (``latent_attention.py``)
+  PromptConfig, prompteol   instructions and prompt templates for decoder embedders (``prompts.py``)
   embed, embed_packed       the pure forward functions (``embedder.py``)
   pool, pool_segments       pooling modes (``pooling.py``)
   SIMILARITIES              similarity functions by name (``similarity.py``)
@@ -24,9 +29,16 @@ _ATTRIBUTES = {
     'embed': 'embedder', 'embed_packed': 'embedder',
     'POOLING_MODES': 'pooling', 'pool': 'pooling', 'pool_segments': 'pooling',
     'SIMILARITIES': 'similarity',
+    'DecoderConfig': 'decoder', 'Decoder': 'decoder',
+    'LoraConfig': 'lora', 'init_lora': 'lora', 'apply_lora': 'lora', 'merge_lora': 'lora',
+    'lora_scope': 'lora',
+    'init_latent_attention': 'latent_attention', 'latent_attention_pool': 'latent_attention',
+    'latent_attention_pool_segments': 'latent_attention',
+    'PromptConfig': 'prompts', 'prompteol': 'prompts', 'instruct_query': 'prompts',
+    'instruction_pool_mask': 'prompts',
 }
-_SUBMODULES = ('bert', 'embedder', 'model', 'pooling', 'pretrained', 'similarity', 'spec',
-               'tokenizer')
+_SUBMODULES = ('bert', 'decoder', 'embedder', 'hf_decoder', 'latent_attention', 'lora', 'model',
+               'pooling', 'pretrained', 'prompts', 'similarity', 'spec', 'tokenizer')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

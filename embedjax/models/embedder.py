@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
+from embedjax.models.decoder import Decoder
+from embedjax.models.latent_attention import latent_attention_pool_segments
 from embedjax.models.pooling import pool_segments
 from embedjax.models.spec import DenseSpec, EmbedderSpec
 from embedjax.ops import l2_normalize
@@ -31,14 +33,19 @@ def dense_key(i: int) -> str:
   return f'dense_{i}'
 
 
+LATENT_KEY = 'latent_attention'  # the latent-attention pooling's params in the model pytree
+
+
 def split_params(params, spec: EmbedderSpec):
-  """(encoder params, [Dense params...]) of a model pytree."""
+  """(backbone params, [Dense params...]) of a model pytree (without the pooling's params)."""
   keys = [dense_key(i) for i in range(len(spec.dense))]
   missing = [k for k in keys if k not in params]
+  if spec.pooling == 'latent_attention' and LATENT_KEY not in params:
+    missing.append(LATENT_KEY)
   if missing:
-    raise KeyError(f'params have no {missing} for the {len(keys)} Dense layer(s) of the spec '
-                   '(initialise them with embedjax.models.pretrained.init_model_params)')
-  encoder = {k: v for k, v in params.items() if k not in keys}
+    raise KeyError(f'params have no {missing} for the {len(keys)} Dense layer(s) / pooling of the '
+                   'spec (initialise them with embedjax.models.pretrained.init_model_params)')
+  encoder = {k: v for k, v in params.items() if k not in keys and k != LATENT_KEY}
   return encoder, [params[k] for k in keys]
 
 
@@ -71,14 +78,23 @@ def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: 
   starts with this many prompt tokens, left out of pooling when ``spec.include_prompt`` is False.
   """
   encoder_params, dense_params = split_params(params, spec)
-  rngs = None if deterministic else {'dropout': dropout_key}
-  hidden = BertEncoder(spec.bert).apply(
-      {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
-      position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
+  if spec.decoder is not None:
+    # Decoder LLMs are trained without dropout; rows are right-padded or packed here.
+    hidden = Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
+                                         position_ids, packed=num_segments > 1)
+  else:
+    rngs = None if deterministic else {'dropout': dropout_key}
+    hidden = BertEncoder(spec.bert).apply(
+        {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
+        position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
   pool_mask = None
   if prompt_length and not spec.include_prompt:
     pool_mask = position_ids >= prompt_length
-  out = pool_segments(hidden, segment_ids, num_segments, spec.pooling, pool_mask)
+  if spec.pooling == 'latent_attention':
+    out = latent_attention_pool_segments(params[LATENT_KEY], hidden, segment_ids, num_segments,
+                                         pool_mask, num_heads=spec.latent_heads)
+  else:
+    out = pool_segments(hidden, segment_ids, num_segments, spec.pooling, pool_mask)
   for layer, layer_params in zip(spec.dense, dense_params):
     out = apply_dense(layer_params, layer, out)
   return l2_normalize(out) if spec.normalize else out

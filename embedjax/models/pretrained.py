@@ -9,7 +9,8 @@ safetensors, or ``pytorch_model.bin`` through torch when it is installed), ``tok
 the local Hugging Face cache (``sentence-transformers/all-MiniLM-L6-v2``).
 
 The BERT family is read: bert, roberta, xlm-roberta, camembert, distilbert, electra; checkpoints
-whose tensor names carry a task-model prefix (``bert.``, ``roberta.``, ``model.`` ...) too.
+whose tensor names carry a task-model prefix (``bert.``, ``roberta.``, ``model.`` ...) too. Decoder
+LLMs (llama, mistral, qwen2, qwen3) are read through ``embedjax.models.hf_decoder``, shard by shard.
 
 Export writes a folder that ``sentence_transformers.SentenceTransformer(folder)`` loads and that
 gives the same embeddings; it is written to a temporary sibling and renamed into place, so an
@@ -31,9 +32,14 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from embedjax.models.bert import BertConfig, BertEncoder
+from embedjax.models.bert import ENCODER_MODEL_TYPES, BertConfig, BertEncoder
+from embedjax.models.bert import _UNSUPPORTED_ENCODERS as UNSUPPORTED_ENCODERS
 from embedjax.models.checkpoint_files import read_json, read_state_dict
-from embedjax.models.embedder import dense_key, init_dense, split_params
+from embedjax.models.decoder import DECODER_MODEL_TYPES, DecoderConfig, init_decoder_params
+from embedjax.models.embedder import LATENT_KEY, dense_key, init_dense, split_params
+from embedjax.models.hf_decoder import (decoder_params_to_hf, is_decoder_config,
+                                        load_decoder_params, read_decoder_config)
+from embedjax.models.latent_attention import init_latent_attention
 from embedjax.models.hub_cache import cached_snapshot, hub_cache_dir, repo_folder
 from embedjax.models.spec import EmbedderSpec
 from embedjax.models.st_layout import STLayout, read_layout, write_layout
@@ -204,21 +210,35 @@ def init_params(cfg: BertConfig, key: jax.Array):
   return BertEncoder(cfg).init(key, dummy, np.ones_like(dummy))['params']
 
 
-def init_model_params(spec: EmbedderSpec, key: jax.Array) -> dict:
-  """Random-init params of a whole model: the encoder's tree plus its Dense layers."""
-  k_encoder, *k_dense = jax.random.split(key, 1 + len(spec.dense))
-  params = dict(init_params(spec.bert, k_encoder))
+def init_model_params(spec: EmbedderSpec, key: jax.Array, *, num_latents: int = 512) -> dict:
+  """Random-init params of a whole model: the backbone's tree plus its Dense layers (and the
+  latent array of latent-attention pooling, ``num_latents`` rows)."""
+  k_encoder, k_latent, *k_dense = jax.random.split(key, 2 + len(spec.dense))
+  if spec.decoder is not None:
+    params = dict(init_decoder_params(spec.decoder, k_encoder))
+  else:
+    params = dict(init_params(spec.bert, k_encoder))
   for i, (layer, k) in enumerate(zip(spec.dense, k_dense)):
     params[dense_key(i)] = init_dense(layer, k)
+  if spec.pooling == 'latent_attention':
+    params[LATENT_KEY] = init_latent_attention(k_latent, spec.backbone.hidden_size,
+                                               num_latents=num_latents, num_heads=spec.latent_heads)
   return params
 
 
-def _encoder_config(backbone: Path, dtype: str) -> BertConfig:
+def _encoder_config(backbone: Path, dtype: str) -> BertConfig | DecoderConfig:
   config_path = backbone / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(f'{backbone}: no config.json')
+  hf = read_json(config_path)
+  if is_decoder_config(hf):
+    return read_decoder_config(backbone, dtype=dtype)
+  model_type = hf.get('model_type', 'bert')
+  if model_type not in ENCODER_MODEL_TYPES and model_type not in UNSUPPORTED_ENCODERS:
+    raise ValueError(f'{config_path}: model_type {model_type!r} is not supported (encoders: '
+                     f'{", ".join(ENCODER_MODEL_TYPES)}; decoders: {", ".join(DECODER_MODEL_TYPES)})')
   try:
-    return BertConfig.from_hf(read_json(config_path), dtype=dtype)
+    return BertConfig.from_hf(hf, dtype=dtype)
   except (ValueError, TypeError) as e:
     raise ValueError(f'{config_path}: {e}') from e
 
@@ -232,7 +252,8 @@ def _spec_and_layout(folder: Path, dtype: str,
     tcfg_path = layout.backbone_dir / 'tokenizer_config.json'
     tcfg = read_json(tcfg_path) if tcfg_path.exists() else {}
     max_len = min(int(tcfg.get('model_max_length', cfg.max_positions)), cfg.max_positions)
-  spec = EmbedderSpec(bert=cfg, pooling=layout.pooling or 'mean', normalize=layout.normalize,
+  backbone = {'decoder' if isinstance(cfg, DecoderConfig) else 'bert': cfg}
+  spec = EmbedderSpec(**backbone, pooling=layout.pooling or 'mean', normalize=layout.normalize,
                       max_seq_length=max_len, dense=layout.dense,
                       include_prompt=layout.include_prompt)
   return spec, layout
@@ -240,7 +261,8 @@ def _spec_and_layout(folder: Path, dtype: str,
 
 def _tokenizer(layout: STLayout, spec: EmbedderSpec) -> TextTokenizer:
   return TextTokenizer.from_folder(layout.backbone_dir, spec.max_seq_length,
-                                   lowercase=layout.do_lower_case, pad_id=spec.bert.pad_token_id)
+                                   lowercase=layout.do_lower_case,
+                                   pad_id=spec.backbone.pad_token_id)
 
 
 def load_spec(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
@@ -268,8 +290,11 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
   """
   folder = resolve_model_dir(name_or_path)
   spec, layout = _spec_and_layout(folder, dtype, max_seq_length)
-  state, source = read_state_dict(layout.backbone_dir)
-  params, extra = params_from_hf(state, spec.bert, source=source)
+  if spec.decoder is not None:
+    params, extra = load_decoder_params(layout.backbone_dir, spec.decoder), {}
+  else:
+    state, source = read_state_dict(layout.backbone_dir)
+    params, extra = params_from_hf(state, spec.bert, source=source)
   for i, dense_params in enumerate(layout.dense_params):
     params[dense_key(i)] = dense_params
   tcfg_path = layout.backbone_dir / 'tokenizer_config.json'
@@ -302,6 +327,9 @@ def export_sentence_transformers(folder: str | os.PathLike, model: Pretrained | 
                       'tokenizer are required with a spec (or pass a Pretrained)')
     loaded = Pretrained(spec=model, params=params, tokenizer=tokenizer, source='')
   spec = loaded.spec
+  if spec.pooling == 'latent_attention':
+    raise ValueError('pooling latent_attention has no sentence-transformers module: export the '
+                     'backbone with another pooling, or save the params pytree itself')
   encoder_params, dense_params = split_params(params, spec)
   layout = STLayout(backbone_dir=Path('.'), pooling=spec.pooling, include_prompt=spec.include_prompt,
                     dense=spec.dense, dense_params=tuple(dense_params), normalize=spec.normalize,
@@ -312,11 +340,14 @@ def export_sentence_transformers(folder: str | os.PathLike, model: Pretrained | 
   folder.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp', dir=folder.parent))
   try:
-    state = params_to_hf(encoder_params, spec.bert)
+    if spec.decoder is not None:
+      state = decoder_params_to_hf(encoder_params, spec.decoder)
+    else:
+      state = params_to_hf(encoder_params, spec.bert)
     for k, v in (extra or {}).items():
       state.setdefault(k, np.ascontiguousarray(v))
     save_file(state, str(tmp / 'model.safetensors'), metadata={'format': 'pt'})
-    (tmp / 'config.json').write_text(json.dumps(spec.bert.to_hf(), indent=2))
+    (tmp / 'config.json').write_text(json.dumps(spec.backbone.to_hf(), indent=2))
     (tmp / 'tokenizer.json').write_text(tokenizer.to_json(), encoding='utf-8')
     if loaded.tokenizer_config is not None:
       tcfg = {**loaded.tokenizer_config, 'model_max_length': spec.max_seq_length}
@@ -329,7 +360,7 @@ def export_sentence_transformers(folder: str | os.PathLike, model: Pretrained | 
       (tmp / 'tokenizer_config.json').write_text(tokenizer_config_json(spec.max_seq_length))
     if tokenizer.model_type == 'WordPiece':
       write_vocab_txt(tokenizer, tmp / 'vocab.txt')
-    write_layout(tmp, layout, embedding_dim=spec.bert.hidden_size)
+    write_layout(tmp, layout, embedding_dim=spec.backbone.hidden_size)
     if folder.exists():
       old = folder.with_name(f'.{folder.name}.old')
       shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from embedjax.models.bert import BertConfig
+from embedjax.models.decoder import DecoderConfig
 from embedjax.models.pooling import POOLING_MODES
 
 # Activations a Dense head may apply after its linear map (sentence-transformers' Dense default is
@@ -39,24 +40,34 @@ class DenseSpec:
 class EmbedderSpec:
   """Everything besides weights that defines an embedding model.
 
-  The forward is: encoder -> pooling -> each of ``dense`` in order -> L2 normalisation (if
-  ``normalize``), as a sentence-transformers Transformer, Pooling, Dense..., Normalize stack.
+  The forward is: backbone -> pooling -> each of ``dense`` in order -> L2 normalisation (if
+  ``normalize``), as a sentence-transformers Transformer, Pooling, Dense..., Normalize stack. The
+  backbone is a BERT-family encoder (``bert``) or a decoder LLM (``decoder``): exactly one is set.
+  ``pooling='latent_attention'`` (NV-Embed) keeps its params under ``latent_attention`` in the
+  model's pytree and needs ``latent_heads``.
   """
-  bert: BertConfig
-  pooling: str = 'mean'          # one of POOLING_MODES
+  bert: BertConfig | None = None
+  pooling: str = 'mean'          # one of POOLING_MODES or 'latent_attention'
   normalize: bool = True         # L2-normalise the final vector
   max_seq_length: int = 256      # tokens per text, special tokens included
   dense: tuple[DenseSpec, ...] = ()  # layers applied after pooling, in order
   include_prompt: bool = True    # False: a prompt's tokens are attended to but left out of pooling
+  decoder: DecoderConfig | None = None
+  latent_heads: int = 0          # attention heads of latent-attention pooling
 
   def __post_init__(self):
-    if self.pooling not in POOLING_MODES:
-      raise ValueError(f'pooling {self.pooling!r} is not one of {POOLING_MODES}')
-    if self.max_seq_length > self.bert.max_positions:
-      raise ValueError(f'max_seq_length {self.max_seq_length} exceeds the {self.bert.max_positions} '
-                       f'positions of the model (max_position_embeddings '
-                       f'{self.bert.max_position_embeddings})')
-    width = self.bert.hidden_size
+    if (self.bert is None) == (self.decoder is None):
+      raise ValueError('an EmbedderSpec needs exactly one backbone: bert or decoder')
+    if self.pooling not in POOLING_MODES + ('latent_attention',):
+      raise ValueError(f'pooling {self.pooling!r} is not one of '
+                       f'{POOLING_MODES + ("latent_attention",)}')
+    if self.pooling == 'latent_attention' and self.latent_heads < 1:
+      raise ValueError('pooling latent_attention needs latent_heads >= 1')
+    if self.max_seq_length > self.backbone.max_positions:
+      raise ValueError(f'max_seq_length {self.max_seq_length} exceeds the '
+                       f'{self.backbone.max_positions} positions of the model '
+                       f'(max_position_embeddings {self.backbone.max_position_embeddings})')
+    width = self.backbone.hidden_size
     for i, layer in enumerate(self.dense):
       if layer.in_features != width:
         raise ValueError(f'dense[{i}] takes {layer.in_features} features, but its input has {width}')
@@ -65,4 +76,9 @@ class EmbedderSpec:
   @property
   def embedding_dim(self) -> int:
     """Width of the final embedding (the last Dense layer's output, else the encoder's)."""
-    return self.dense[-1].out_features if self.dense else self.bert.hidden_size
+    return self.dense[-1].out_features if self.dense else self.backbone.hidden_size
+
+  @property
+  def backbone(self) -> BertConfig | DecoderConfig:
+    """The encoder's or decoder's config, whichever this model has."""
+    return self.bert if self.bert is not None else self.decoder

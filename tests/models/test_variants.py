@@ -92,6 +92,7 @@ def test_unsupported_model_types_are_named(tmp_path):
     BertConfig.from_hf(transformers.MPNetConfig(vocab_size=VOCAB, **TINY).to_dict())
   folder = save_bert_with_tokenizer(tmp_path / 'm')
   cfg = json.loads((folder / 'config.json').read_text())
-  (folder / 'config.json').write_text(json.dumps({**cfg, 'model_type': 'llama'}))
-  with pytest.raises(ValueError, match=r"config.json: model_type 'llama' is not a supported encoder"):
+  (folder / 'config.json').write_text(json.dumps({**cfg, 'model_type': 'gpt2'}))
+  with pytest.raises(ValueError, match=r"config.json: model_type 'gpt2' is not supported "
+                                       r"\(encoders: bert, .*; decoders: llama, mistral, qwen2, qwen3\)"):
     load_pretrained(folder)

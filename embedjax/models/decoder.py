@@ -1,0 +1,428 @@
+"""A decoder-LLM backbone (Llama, Mistral, Qwen2, Qwen3) as a Flax (linen) module, for embedders.
+
+One implementation covers the four families; they differ only in switches of
+:class:`DecoderConfig`: Qwen2 puts biases on the q/k/v projections, Qwen3 RMS-normalises each
+head's queries and keys before the rotation (and may set ``head_dim`` apart from
+hidden / heads), Mistral may restrict causal attention to a sliding window, Llama may carry
+biases (``attention_bias``, ``mlp_bias``) and Llama-3 rotary scaling.
+
+Each layer is pre-norm: ``x + attn(rms(x))`` then ``x + mlp(rms(x))`` with grouped-query attention
+(``num_key_value_heads`` divides ``num_attention_heads``), rotary positions and a SwiGLU MLP
+``down(silu(gate(x)) * up(x))``; a final RMSNorm gives the hidden states. No language-model head:
+an embedder pools hidden states.
+
+Attention modes (``attention``): 'causal' (as the model was pre-trained; last-token pooling
+embedders such as Qwen3-Embedding) or 'bidirectional' (every token sees every token of its text:
+NV-Embed, KaLM-Embedding-V2, LLM2Vec). Rows may be right-padded, left-padded, or packed with
+several texts (``segment_ids`` 1..S, 0 = padding, ``position_ids`` restarting at 0 per text);
+attention never crosses texts. Positions default to each token's index among its row's real
+tokens, so a left-padded text gets the positions it would have unpadded (rotary attention depends
+only on position differences, so this equals transformers' arange positions up to rounding).
+
+Attention runs through ``jax.nn.dot_product_attention``. Which kernel a GPU gets
+(``attention_impl``): 'xla' always works; 'cudnn' (bfloat16/float16 on NVIDIA GPUs) is used for
+right-padded rows only, where the padding is expressed as per-row lengths (``is_causal`` plus
+``key_value_seq_lengths``, and the sliding window as cuDNN's left window); left padding and packed
+segments need an explicit (B, 1, L, L) mask, which cuDNN would take as a materialised bias, so they
+fall back to XLA; 'auto' picks cuDNN exactly when it applies. See :func:`attention_path`.
+
+Parameter names follow transformers' ``LlamaModel`` (``embed_tokens``, ``layers_{i}/self_attn/
+q_proj`` ...), so import and export are a rename plus a transpose of kernels.
+
+Shapes: ``input_ids``, ``segment_ids``, ``position_ids`` are (B, L) ints; the output is (B, L, H).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# HF model_type values this module implements.
+DECODER_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
+ATTENTION_MODES = ('causal', 'bidirectional')
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+# rope_scaling types implemented here; the long-context work adds the others (NTK, YaRN, ...).
+ROPE_TYPES = ('default', 'linear', 'llama3')
+_ARCHITECTURES = {'llama': 'LlamaModel', 'mistral': 'MistralModel', 'qwen2': 'Qwen2Model',
+                  'qwen3': 'Qwen3Model'}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Architecture of a decoder backbone (field names follow HF ``config.json``)."""
+  model_type: str = 'llama'
+  vocab_size: int = 32000
+  hidden_size: int = 512
+  intermediate_size: int = 1376
+  num_hidden_layers: int = 4
+  num_attention_heads: int = 8
+  num_key_value_heads: int = 8
+  head_dim: int = 0                 # 0 = hidden_size // num_attention_heads
+  max_position_embeddings: int = 2048
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  # HF rope_scaling / rope_parameters without rope_theta, as sorted (key, value) pairs (hashable);
+  # () = plain rotary positions.
+  rope_scaling: tuple = ()
+  hidden_act: str = 'silu'
+  attention_bias: bool = False      # biases on q/k/v/o (Llama option); Qwen2: q/k/v only
+  mlp_bias: bool = False
+  qk_norm: bool = False             # Qwen3: RMSNorm over head_dim on q and k
+  sliding_window: int = 0           # Mistral: causal attention to the last N tokens; 0 = none
+  tie_word_embeddings: bool = False
+  pad_token_id: int = 0
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
+  # embedjax's own fields (not in HF configs):
+  attention: str = 'causal'         # one of ATTENTION_MODES
+  attention_impl: str = 'auto'      # one of ATTENTION_IMPLS
+  dtype: str = 'float32'            # compute dtype; params follow param_dtype
+  param_dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.model_type not in DECODER_MODEL_TYPES:
+      raise ValueError(f'model_type {self.model_type!r} is not one of {DECODER_MODEL_TYPES}')
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(f'num_attention_heads {self.num_attention_heads} is not a multiple of '
+                       f'num_key_value_heads {self.num_key_value_heads}')
+    if not self.head_dim and self.hidden_size % self.num_attention_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_attention_heads '
+                       f'{self.num_attention_heads} (and head_dim is not set)')
+    if self.head_size % 2:
+      raise ValueError(f'head_dim {self.head_size} must be even for rotary positions')
+    if self.hidden_act != 'silu':
+      raise ValueError(f'hidden_act {self.hidden_act!r} is not supported (only silu)')
+    for name, value, allowed in (('attention', self.attention, ATTENTION_MODES),
+                                 ('attention_impl', self.attention_impl, ATTENTION_IMPLS),
+                                 ('dtype', self.dtype, ('float32', 'bfloat16')),
+                                 ('param_dtype', self.param_dtype, ('float32', 'bfloat16'))):
+      if value not in allowed:
+        raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
+    rope_type = dict(self.rope_scaling).get('rope_type', 'default')
+    if rope_type not in ROPE_TYPES:
+      raise ValueError(f'rope_scaling type {rope_type!r} is not supported (supported: '
+                       f'{", ".join(ROPE_TYPES)})')
+    if self.sliding_window and self.attention == 'bidirectional':
+      raise ValueError(f'sliding_window {self.sliding_window} is defined for causal attention '
+                       'only; bidirectional mode attends to the whole text (set sliding_window=0 '
+                       'or keep texts shorter than the window)')
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_attention_heads
+
+  @property
+  def max_positions(self) -> int:
+    return self.max_position_embeddings
+
+  @property
+  def compute_dtype(self):
+    return jnp.bfloat16 if self.dtype == 'bfloat16' else jnp.float32
+
+  @property
+  def params_dtype(self):
+    return jnp.bfloat16 if self.param_dtype == 'bfloat16' else jnp.float32
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> 'DecoderConfig':
+    """Builds a config from a HF ``config.json`` dict of a Llama / Mistral / Qwen2 / Qwen3 model.
+
+    Reads rotary settings from ``rope_theta`` + ``rope_scaling`` (transformers 4) or
+    ``rope_parameters`` (transformers 5). Unsupported features fail with the field's name.
+    """
+    model_type = hf.get('model_type')
+    if model_type not in DECODER_MODEL_TYPES:
+      raise ValueError(f'model_type {model_type!r} is not a supported decoder '
+                       f'(supported: {", ".join(DECODER_MODEL_TYPES)})')
+    rope = dict(hf.get('rope_parameters') or hf.get('rope_scaling') or {})
+    theta = rope.pop('rope_theta', hf.get('rope_theta', 10000.0))
+    if 'type' in rope and 'rope_type' not in rope:  # transformers' older key
+      rope['rope_type'] = rope.pop('type')
+    if rope.get('rope_type', 'default') == 'default':
+      rope = {}
+    if model_type in ('qwen2', 'qwen3') and hf.get('use_sliding_window'):
+      raise ValueError(f'use_sliding_window: {model_type} sliding-window layers are not supported')
+    layer_types = hf.get('layer_types') or []
+    if any(t != 'full_attention' for t in layer_types):
+      raise ValueError(f'layer_types: only full_attention layers are supported, got '
+                       f'{sorted(set(layer_types))}')
+    eos = hf.get('eos_token_id')
+    kwargs = dict(
+        model_type=model_type, vocab_size=hf['vocab_size'], hidden_size=hf['hidden_size'],
+        intermediate_size=hf['intermediate_size'], num_hidden_layers=hf['num_hidden_layers'],
+        num_attention_heads=hf['num_attention_heads'],
+        num_key_value_heads=hf.get('num_key_value_heads') or hf['num_attention_heads'],
+        head_dim=int(hf.get('head_dim') or 0),
+        max_position_embeddings=hf.get('max_position_embeddings', 2048),
+        rms_norm_eps=hf.get('rms_norm_eps', 1e-6), rope_theta=float(theta),
+        rope_scaling=tuple(sorted((k, v) for k, v in rope.items() if v is not None)),
+        hidden_act=hf.get('hidden_act', 'silu'),
+        attention_bias=bool(hf.get('attention_bias', False)),
+        mlp_bias=bool(hf.get('mlp_bias', False)), qk_norm=model_type == 'qwen3',
+        sliding_window=int((hf.get('sliding_window') or 0) if model_type == 'mistral' else 0),
+        tie_word_embeddings=bool(hf.get('tie_word_embeddings', False)),
+        pad_token_id=hf.get('pad_token_id') if hf.get('pad_token_id') is not None else 0,
+        bos_token_id=hf.get('bos_token_id'),
+        eos_token_id=eos[0] if isinstance(eos, list) and eos else eos)
+    if kwargs['head_dim'] == kwargs['hidden_size'] // kwargs['num_attention_heads']:
+      kwargs['head_dim'] = 0
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """The HF ``config.json`` dict (transformers 4 and 5 both read it)."""
+    hf = dict(model_type=self.model_type, architectures=[_ARCHITECTURES[self.model_type]],
+              vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+              intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+              num_attention_heads=self.num_attention_heads,
+              num_key_value_heads=self.num_key_value_heads, head_dim=self.head_size,
+              max_position_embeddings=self.max_position_embeddings,
+              rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
+              rope_scaling=dict(self.rope_scaling) or None, hidden_act=self.hidden_act,
+              tie_word_embeddings=self.tie_word_embeddings, pad_token_id=self.pad_token_id,
+              bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+              initializer_range=0.02, use_cache=False, torch_dtype='float32')
+    if self.model_type == 'llama':
+      hf.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
+    if self.model_type == 'mistral':
+      hf['sliding_window'] = self.sliding_window or None
+    if self.model_type in ('qwen2', 'qwen3'):
+      hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=0)
+    if self.model_type == 'qwen3':
+      hf['attention_bias'] = self.attention_bias
+    return hf
+
+
+def rope_frequencies(cfg: DecoderConfig) -> tuple[np.ndarray, float]:
+  """(inverse frequencies (head_dim / 2,) float64, attention scaling) of cfg's rotary positions.
+
+  The hook where position-scaling methods plug in: 'default' is theta^(-2i/d); 'linear' divides
+  every frequency by the factor (position interpolation); 'llama3' rescales low frequencies only,
+  with a smooth ramp between the two wavelength bounds (transformers' _compute_llama3_parameters).
+  """
+  d = cfg.head_size
+  inv = 1.0 / cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+  rope = dict(cfg.rope_scaling)
+  kind = rope.get('rope_type', 'default')
+  if kind == 'linear':
+    inv = inv / float(rope['factor'])
+  elif kind == 'llama3':
+    factor, low, high = float(rope['factor']), float(rope['low_freq_factor']), float(
+        rope['high_freq_factor'])
+    old = float(rope['original_max_position_embeddings'])
+    wavelen = 2 * math.pi / inv
+    smooth = (old / wavelen - low) / (high - low)
+    scaled = np.where(wavelen > old / low, inv / factor, inv)
+    medium = (wavelen <= old / low) & (wavelen >= old / high)
+    inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+  return inv, 1.0
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates (B, L, heads, D) by (B, L) positions, transformers' rotate_half convention.
+
+  cos/sin are computed in float32 and cast to x's dtype, as transformers does.
+  """
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]   # (B, L, 1, D)
+  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * weight over the last axis, computed in float32 (as transformers does)."""
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    weight = self.param('weight', nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return weight.astype(dtype) * x.astype(dtype)
+
+
+def _dense(features: int, cfg: DecoderConfig, name: str, bias: bool) -> nn.Dense:
+  return nn.Dense(features, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                  kernel_init=nn.initializers.normal(0.02), name=name)
+
+
+def attention_path(cfg: DecoderConfig, *, packed: bool, left_padded: bool) -> str:
+  """'cudnn' or 'xla': the kernel ``jax.nn.dot_product_attention`` gets for these rows.
+
+  cuDNN applies to right-padded unpacked rows in bfloat16 on a GPU (padding as per-row lengths);
+  left padding and packed segments need a general mask and take XLA.
+  """
+  if cfg.attention_impl == 'xla' or packed or left_padded:
+    return 'xla'
+  if cfg.attention_impl == 'cudnn':
+    return 'cudnn'
+  on_gpu = jax.default_backend() == 'gpu'
+  return 'cudnn' if on_gpu and cfg.compute_dtype == jnp.bfloat16 else 'xla'
+
+
+def attention_mask(segment_ids: jax.Array, causal: bool, window: int = 0) -> jax.Array:
+  """(B, 1, L, L) bool: query i may attend to key j (same text, not padding; j <= i when causal;
+  i - j < window when a sliding window is set). A padding query attends to itself only, so no
+  softmax is over an empty set (its output is ignored by pooling)."""
+  seg = segment_ids
+  same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+  idx = jnp.arange(seg.shape[1])
+  if causal:
+    same &= idx[None, :, None] >= idx[None, None, :]
+  if window:
+    same &= idx[None, :, None] - idx[None, None, :] < window
+  pad_self = (seg[:, :, None] == 0) & (idx[None, :, None] == idx[None, None, :])
+  return (same | pad_self)[:, None]
+
+
+class DecoderAttention(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv_lengths, path: str):
+    """x: (B, L, H); positions (B, L); either mask (B, 1, L, L) bool, or kv_lengths (B,) for
+    right-padded rows; path: the kernel for the lengths form ('xla' or 'cudnn')."""
+    cfg = self.cfg
+    b, l, _ = x.shape
+    d, heads, kv_heads = cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads
+    qkv_bias = cfg.attention_bias or cfg.model_type == 'qwen2'
+    q = _dense(heads * d, cfg, 'q_proj', qkv_bias)(x).reshape(b, l, heads, d)
+    k = _dense(kv_heads * d, cfg, 'k_proj', qkv_bias)(x).reshape(b, l, kv_heads, d)
+    v = _dense(kv_heads * d, cfg, 'v_proj', qkv_bias)(x).reshape(b, l, kv_heads, d)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='q_norm')(q)
+      k = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='k_norm')(k)
+    inv_freq, _ = rope_frequencies(cfg)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    if mask is None:  # right-padded rows: padding as per-row lengths (the form cuDNN takes)
+      window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.attention == 'causal',
+                                         query_seq_lengths=kv_lengths,
+                                         key_value_seq_lengths=kv_lengths,
+                                         local_window_size=window, implementation=path)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla')
+    o_bias = cfg.attention_bias and cfg.model_type != 'qwen2'
+    return _dense(cfg.hidden_size, cfg, 'o_proj', o_bias)(out.reshape(b, l, heads * d))
+
+
+class DecoderLayer(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, kv_lengths, path: str):
+    cfg = self.cfg
+    h = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='input_layernorm')(x)
+    x = x + DecoderAttention(cfg, name='self_attn')(h, positions, mask, kv_lengths, path)
+    h = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='post_attention_layernorm')(x)
+    return x + DecoderMLP(cfg, name='mlp')(h)
+
+
+class DecoderMLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x)), (B, L, H) -> (B, L, H)."""
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    gate = _dense(cfg.intermediate_size, cfg, 'gate_proj', cfg.mlp_bias)
+    up = _dense(cfg.intermediate_size, cfg, 'up_proj', cfg.mlp_bias)
+    down = _dense(cfg.hidden_size, cfg, 'down_proj', cfg.mlp_bias)
+    return down(jax.nn.silu(gate(x)) * up(x))
+
+
+def token_positions(segment_ids: jax.Array) -> jax.Array:
+  """(B, L) position of each token within its text (0 at padding): left padding gets the
+  positions its text would have unpadded; packed texts restart at 0."""
+  seg = segment_ids
+  new = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+  idx = jnp.broadcast_to(jnp.arange(seg.shape[1]), seg.shape)
+  start = jax.lax.cummax(jnp.where(new, idx, 0), axis=1)
+  return jnp.where(seg > 0, idx - start, 0).astype(jnp.int32)
+
+
+class Decoder(nn.Module):
+  """Decoder backbone: token embeddings -> N pre-norm layers -> final RMSNorm -> (B, L, H)."""
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, segment_ids, position_ids=None, *, packed: bool = False,
+               left_padded: bool = False, output_hidden_states: bool = False):
+    """Encodes token ids.
+
+    Args:
+      input_ids: (B, L) int token ids. segment_ids: (B, L) int, the attention mask for one text
+        per row (1 = token, 0 = padding), or 1..S numbering packed texts.
+      position_ids: optional (B, L); default :func:`token_positions`.
+      packed: rows hold several texts (static; decides the attention kernel).
+      left_padded: rows are padded on the left (static; decides the attention kernel).
+      output_hidden_states: also return the embedding output and every layer's output.
+    Returns:
+      (B, L, H) final hidden states in the compute dtype, or (last, tuple of L + 1 states).
+    """
+    cfg = self.cfg
+    chex.assert_rank([input_ids, segment_ids], 2)
+    chex.assert_equal_shape([input_ids, segment_ids])
+    if position_ids is None:
+      position_ids = token_positions(segment_ids)
+    path = attention_path(cfg, packed=packed, left_padded=left_padded)
+    if packed or left_padded:
+      mask = attention_mask(segment_ids, cfg.attention == 'causal', cfg.sliding_window)
+      kv_lengths = None
+    else:  # the same arguments on every backend, so CPU tests check what cuDNN receives
+      mask, kv_lengths = None, (segment_ids > 0).sum(axis=1).astype(jnp.int32)
+    table = self.param('embed_tokens', nn.initializers.normal(0.02),
+                       (cfg.vocab_size, cfg.hidden_size), cfg.params_dtype)
+    x = jnp.take(table, input_ids, axis=0, mode='clip').astype(cfg.compute_dtype)
+    states = [x]
+    for i in range(cfg.num_hidden_layers):
+      x = DecoderLayer(cfg, name=f'layers_{i}')(x, position_ids, mask, kv_lengths, path)
+      states.append(x)
+    x = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='norm')(x)
+    if output_hidden_states:
+      states[-1] = x  # transformers' last hidden state is after the final norm
+      return x, tuple(states)
+    return x
+
+
+def hf_layout(cfg: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
+  """(HF tensor name, flax param path, transpose?) of every parameter (``LlamaModel`` names)."""
+  rows = [('embed_tokens.weight', ('embed_tokens',), False), ('norm.weight', ('norm', 'weight'),
+                                                              False)]
+  qkv_bias = cfg.attention_bias or cfg.model_type == 'qwen2'
+  o_bias = cfg.attention_bias and cfg.model_type != 'qwen2'
+  for i in range(cfg.num_hidden_layers):
+    p, f = f'layers.{i}.', f'layers_{i}'
+    rows += [(p + 'input_layernorm.weight', (f, 'input_layernorm', 'weight'), False),
+             (p + 'post_attention_layernorm.weight', (f, 'post_attention_layernorm', 'weight'),
+              False)]
+    for proj, bias in (('q_proj', qkv_bias), ('k_proj', qkv_bias), ('v_proj', qkv_bias),
+                       ('o_proj', o_bias)):
+      rows.append((f'{p}self_attn.{proj}.weight', (f, 'self_attn', proj, 'kernel'), True))
+      if bias:
+        rows.append((f'{p}self_attn.{proj}.bias', (f, 'self_attn', proj, 'bias'), False))
+    if cfg.qk_norm:
+      rows += [(f'{p}self_attn.q_norm.weight', (f, 'self_attn', 'q_norm', 'weight'), False),
+               (f'{p}self_attn.k_norm.weight', (f, 'self_attn', 'k_norm', 'weight'), False)]
+    for proj in ('gate_proj', 'up_proj', 'down_proj'):
+      rows.append((f'{p}mlp.{proj}.weight', (f, 'mlp', proj, 'kernel'), True))
+      if cfg.mlp_bias:
+        rows.append((f'{p}mlp.{proj}.bias', (f, 'mlp', proj, 'bias'), False))
+  return rows
+
+
+def init_decoder_params(cfg: DecoderConfig, key: jax.Array):
+  """Random-init params (N(0, 0.02) kernels and embeddings, unit norms) for a config."""
+  dummy = np.zeros((1, 4), np.int32)
+  return Decoder(cfg).init(key, dummy, np.ones_like(dummy))['params']
