@@ -23,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from embedjax.models.remat import apply_layers, check_policy
+
+
 def _gelu_erf(x):
   # HF's exact form x/2 (1 + erf(x / sqrt 2)). jax.nn.gelu(approximate=False) computes it through
   # erfc(-x / sqrt 2), which XLA CPU evaluates with two polynomial branches and selects; erf is one.
@@ -80,6 +83,8 @@ class BertConfig:
   embedding_size: int = 0
   # Added to every position id: RoBERTa-style models number positions from pad_token_id + 1.
   position_offset: int = 0
+  # Per-layer rematerialisation policy (embedjax.models.remat.REMAT_POLICIES); not in HF configs.
+  remat: str = 'none'
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -93,6 +98,7 @@ class BertConfig:
       raise ValueError(f'model_type {self.model_type!r} is not one of {ENCODER_MODEL_TYPES}')
     if self.model_type == 'distilbert' and self.type_vocab_size:
       raise ValueError('distilbert has no token type embeddings: type_vocab_size must be 0')
+    check_policy(self.remat)
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> 'BertConfig':
@@ -116,7 +122,7 @@ class BertConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     # 'dtype' in a HF config is the storage dtype of its weights, not our compute dtype.
     kwargs = {k: v for k, v in hf.items()
-              if k in names and k not in ('model_type', 'position_offset', 'dtype')}
+              if k in names and k not in ('model_type', 'position_offset', 'dtype', 'remat')}
     kwargs['model_type'] = model_type
     if model_type in _OFFSET_POSITIONS:
       kwargs['position_offset'] = int(hf.get('pad_token_id', 1)) + 1
@@ -128,7 +134,7 @@ class BertConfig:
   def to_hf(self) -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict for this architecture (in its family's own keys)."""
     hf = dataclasses.asdict(self)
-    for key in ('dtype', 'position_offset', 'embedding_size', 'model_type'):
+    for key in ('dtype', 'position_offset', 'embedding_size', 'model_type', 'remat'):
       hf.pop(key)
     architecture = {'bert': 'BertModel', 'roberta': 'RobertaModel', 'xlm-roberta': 'XLMRobertaModel',
                     'camembert': 'CamembertModel', 'electra': 'ElectraModel',
@@ -296,10 +302,10 @@ class BertEncoder(nn.Module):
       x = _dense(cfg.hidden_size, cfg, 'embeddings_project')(x)
 
     bias = attention_bias(attention_mask, segment_ids)
-    states = [x]
-    for i in range(cfg.num_hidden_layers):
-      x = Layer(cfg, name=f'layer_{i}')(x, bias, deterministic)
-      states.append(x)
+    out = apply_layers(self, lambda **kw: Layer(cfg, **kw), cfg.num_hidden_layers,
+                       lambda i: f'layer_{i}', x, (bias, deterministic), policy=cfg.remat,
+                       dropout=not deterministic, keep_states=output_hidden_states)
     if output_hidden_states:
-      return x, tuple(states)
-    return x
+      last, states = out
+      return last, (x, *states)
+    return out

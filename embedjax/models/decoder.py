@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedjax.models.remat import apply_layers, check_policy
+
 # HF model_type values this module implements.
 DECODER_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 ATTENTION_MODES = ('causal', 'bidirectional')
@@ -85,6 +87,7 @@ class DecoderConfig:
   attention_impl: str = 'auto'      # one of ATTENTION_IMPLS
   dtype: str = 'float32'            # compute dtype; params follow param_dtype
   param_dtype: str = 'float32'
+  remat: str = 'none'               # per-layer rematerialisation (embedjax.models.remat)
 
   def __post_init__(self):
     if self.model_type not in DECODER_MODEL_TYPES:
@@ -109,6 +112,7 @@ class DecoderConfig:
     if rope_type not in ROPE_TYPES:
       raise ValueError(f'rope_scaling type {rope_type!r} is not supported (supported: '
                        f'{", ".join(ROPE_TYPES)})')
+    check_policy(self.remat)
     if self.sliding_window and self.attention == 'bidirectional':
       raise ValueError(f'sliding_window {self.sliding_window} is defined for causal attention '
                        'only; bidirectional mode attends to the whole text (set sliding_window=0 '
@@ -385,15 +389,15 @@ class Decoder(nn.Module):
     table = self.param('embed_tokens', nn.initializers.normal(0.02),
                        (cfg.vocab_size, cfg.hidden_size), cfg.params_dtype)
     x = jnp.take(table, input_ids, axis=0, mode='clip').astype(cfg.compute_dtype)
-    states = [x]
-    for i in range(cfg.num_hidden_layers):
-      x = DecoderLayer(cfg, name=f'layers_{i}')(x, position_ids, mask, kv_lengths, path)
-      states.append(x)
-    x = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='norm')(x)
+    out = apply_layers(self, lambda **kw: DecoderLayer(cfg, **kw), cfg.num_hidden_layers,
+                       lambda i: f'layers_{i}', x, (position_ids, mask, kv_lengths, path),
+                       policy=cfg.remat, keep_states=output_hidden_states)
+    last = out[0] if output_hidden_states else out
+    last_normed = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='norm')(last)
     if output_hidden_states:
-      states[-1] = x  # transformers' last hidden state is after the final norm
-      return x, tuple(states)
-    return x
+      # transformers' last hidden state is after the final norm
+      return last_normed, (x, *out[1][:-1], last_normed)
+    return last_normed
 
 
 def hf_layout(cfg: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
