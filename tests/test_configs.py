@@ -24,6 +24,9 @@ TRAIN = 'train'
 # experiments/ module). A config file missing here fails test_every_config_is_listed.
 RUNS = {
     'tiny_synthetic.py': ([None], TRAIN),
+    'decoder_tiny.py': ([None], TRAIN),
+    'decoder_qwen3_0p6b.py': ([None], TRAIN),
+    'decoder_llama_8b.py': ([None], TRAIN),
     'minilm_scifact.py': ([None], TRAIN),
     'minilm_scifact_mrl.py': ([None], TRAIN),
     'limit_finetune.py': (['train', 'test'], TRAIN),

@@ -204,6 +204,27 @@ class DecoderConfig:
     return hf
 
 
+# Random-init shapes by name (``model.init='random:NAME'``), after public configs of their class:
+# a tiny one that trains in minutes on a CPU, a 0.1B one for benchmarks, Qwen3-0.6B and
+# Llama-3-8B. A run builds them with its tokenizer (at least that tokenizer's vocabulary).
+NAMED_SHAPES = {
+    'decoder-tiny': dict(model_type='qwen3', hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         qk_norm=True, max_position_embeddings=512, rope_theta=1e6),
+    'decoder-0.1b': dict(model_type='llama', vocab_size=32000, hidden_size=768,
+                         intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                         num_key_value_heads=4, max_position_embeddings=2048, rope_theta=5e5),
+    'qwen3-0.6b': dict(model_type='qwen3', vocab_size=151669, hidden_size=1024,
+                       intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, qk_norm=True,
+                       max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True),
+    'llama-8b': dict(model_type='llama', vocab_size=128256, hidden_size=4096,
+                     intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, max_position_embeddings=8192, rope_theta=5e5,
+                     rms_norm_eps=1e-5),
+}
+
+
 def rope_frequencies(cfg: DecoderConfig) -> tuple[np.ndarray, float]:
   """(inverse frequencies (head_dim / 2,) float64, attention scaling) of cfg's rotary positions.
 

@@ -56,10 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()  # the embedding model
   c.model.init = 'pretrained:all-MiniLM-L6-v2'  # 'pretrained:NAME_OR_PATH' or 'random:NAME_OR_PATH'
+  # (random:NAME also takes a named decoder shape: decoder-tiny, decoder-0.1b, qwen3-0.6b,
+  # llama-8b, built with model.tokenizer's vocabulary)
+  c.model.tokenizer = 'all-MiniLM-L6-v2'  # the tokenizer of a named random shape
   c.model.dtype = 'float32'      # compute dtype ('float32' | 'bfloat16'); params stay float32
   c.model.max_seq_length = 0     # tokens per text (0 = the model's own limit)
   c.model.pooling = ''           # '' = the model's own pooling; else cls|mean|max|weighted_mean|last_token
   c.model.bert = {k: 0 for k in BERT_OVERRIDES}  # random init only: architecture changes (0 = keep)
+  c.model.attention = ''         # decoders: '' = causal (as pre-trained) | causal | bidirectional
+  c.model.remat = 'none'         # per-layer rematerialisation: none | full | dots | dots_no_batch
+  c.model.lora = ml_collections.ConfigDict()  # train a LoRA adapter only (rank 0 = off)
+  c.model.lora.rank = 0          # r
+  c.model.lora.alpha = 16.0      # the update is (alpha / r) A B
+  c.model.lora.target = r'.*(query|value|q_proj|v_proj)'  # regex over module paths (peft's names)
 
   c.loss = ml_collections.ConfigDict()  # the training loss
   c.loss.name = 'info_nce'       # a key of embedjax.losses.LOSSES
@@ -133,7 +142,10 @@ def _check_values(fields: dict) -> None:
   from embedjax.losses.contrastive import DIRECTIONS, SIMILARITIES
   from embedjax.models.pooling import POOLING_MODES
   choices = {'loss.similarity': tuple(SIMILARITIES), 'loss.partition_mode': ('joint', 'per_direction'),
-             'model.pooling': ('', *POOLING_MODES), 'model.dtype': ('float32', 'bfloat16'),
+             'model.pooling': ('', *POOLING_MODES, 'latent_attention'),
+             'model.dtype': ('float32', 'bfloat16'),
+             'model.attention': ('', 'causal', 'bidirectional'),
+             'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
              'optim.decay': ('cosine', 'linear', 'constant')}
   for path, allowed in choices.items():
     if path in fields and fields[path] not in allowed:

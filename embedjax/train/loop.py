@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from tqdm import tqdm  # plain bars: tqdm.auto warns at import in kernels without ipywidgets
 
 from embedjax import paths
@@ -36,6 +37,8 @@ from embedjax.evals.tasks import TASKS, run_task, task_inputs
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
                                         init_model_params, load_pretrained, load_spec)
+from embedjax.models.decoder import NAMED_SHAPES, DecoderConfig
+from embedjax.models.lora import LoraConfig, init_lora
 from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
@@ -47,24 +50,62 @@ from embedjax.train.checkpoint import Checkpointer, abstract_like
 from embedjax.train.mesh import global_batch, make_mesh, replicated
 from embedjax.train.optim import make_optimizer
 from embedjax.train.state import create_state
-from embedjax.train.step import StepConfig, make_train_step
+from embedjax.train.step import StepConfig, encoder_params, make_train_step, model_params
 
 
 def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokenizer]:
   """The architecture and tokenizer that ``cfg.model`` names, read without weights.
 
   'pretrained:NAME_OR_PATH' is that model; 'random:NAME_OR_PATH' takes its architecture (changed
-  by the non-zero ``cfg.model.bert`` fields) and tokenizer, to be initialised afresh.
+  by the non-zero ``cfg.model.bert`` fields) and tokenizer, to be initialised afresh;
+  'random:SHAPE' for a named decoder shape (``embedjax.models.decoder.NAMED_SHAPES``) builds it
+  with ``cfg.model.tokenizer``'s vocabulary and tokenizer. ``remat`` and (decoders) ``attention``
+  apply to every backbone.
   """
   kind, _, name = cfg.init.partition(':')
   if kind not in ('pretrained', 'random'):
     raise ConfigError(f"model.init {cfg.init!r}: must be 'pretrained:NAME' or 'random:NAME'")
-  spec, tokenizer, _ = load_spec(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
   changes = {k: v for k, v in cfg.bert.items() if v}
-  if changes and kind != 'random':
-    raise ConfigError(f'model.bert {changes} changes the architecture: only for random:NAME inits')
-  bert = dataclasses.replace(spec.bert, **changes)
-  return dataclasses.replace(spec, bert=bert, pooling=cfg.pooling or spec.pooling), tokenizer
+  if kind == 'random' and name in NAMED_SHAPES:
+    if changes:
+      raise ConfigError(f'model.bert {changes}: a named decoder shape ({name}) takes no BERT '
+                        'overrides')
+    base, tokenizer, _ = load_spec(cfg.tokenizer, max_seq_length=cfg.max_seq_length or None)
+    shape = NAMED_SHAPES[name]
+    # a shape's own vocabulary (its parameter count) unless the tokenizer needs more rows
+    vocab = max(shape.get('vocab_size', 0), tokenizer.vocab_size)
+    decoder = DecoderConfig(**{**shape, 'vocab_size': vocab, 'pad_token_id': tokenizer.pad_id,
+                               'dtype': cfg.dtype})
+    max_len = min(cfg.max_seq_length or base.max_seq_length, decoder.max_positions)
+    spec = EmbedderSpec(decoder=decoder, pooling='last_token', max_seq_length=max_len)
+    tokenizer = tokenizer.with_max_length(max_len)
+  else:
+    spec, tokenizer, _ = load_spec(name, dtype=cfg.dtype,
+                                   max_seq_length=cfg.max_seq_length or None)
+    if changes and kind != 'random':
+      raise ConfigError(f'model.bert {changes} changes the architecture: only for random:NAME inits')
+    if changes and spec.bert is None:
+      raise ConfigError(f'model.bert {changes}: {name} is not a BERT-family model')
+  if spec.decoder is not None:
+    spec = dataclasses.replace(spec, decoder=dataclasses.replace(
+        spec.decoder, remat=cfg.remat, attention=cfg.attention or spec.decoder.attention))
+  else:
+    if cfg.attention:
+      raise ConfigError(f'model.attention {cfg.attention!r}: only decoders have an attention mode')
+    spec = dataclasses.replace(spec, bert=dataclasses.replace(spec.bert, remat=cfg.remat,
+                                                              **changes))
+  return dataclasses.replace(spec, pooling=cfg.pooling or spec.pooling), tokenizer
+
+
+def lora_config(cfg: ml_collections.ConfigDict) -> LoraConfig | None:
+  """The LoRA adapter ``cfg.model.lora`` asks for, or None (rank 0)."""
+  block = cfg.model.lora
+  if not block.rank:
+    return None
+  try:
+    return LoraConfig(rank=int(block.rank), alpha=float(block.alpha), target=block.target)
+  except ValueError as e:
+    raise ConfigError(f'model.lora: {e}') from None
 
 
 def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
@@ -88,15 +129,34 @@ def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfi
       matryoshka_dims=tuple(loss.matryoshka_dims),
       matryoshka_weights=tuple(loss.matryoshka_weights) or None,
       chunk_size=int(cfg.train.chunk_size), grad_cache=bool(cfg.train.grad_cache),
-      dropout=bool(cfg.train.dropout))
+      dropout=bool(cfg.train.dropout), lora=lora_config(cfg))
 
 
-def train_params(cfg: ml_collections.ConfigDict, encoder_params) -> dict:
-  """The trained pytree: the encoder's params, plus log(scale) when the temperature is learned."""
+def train_params(cfg: ml_collections.ConfigDict, encoder_params, key=None) -> dict:
+  """The trained pytree: the encoder's params, plus log(scale) when the temperature is learned,
+  plus a fresh LoRA adapter (``key``) under 'lora' when ``cfg.model.lora.rank`` is set (the
+  encoder is then frozen: see :func:`optimizer`)."""
   params = {'encoder': encoder_params}
+  lora = lora_config(cfg)
+  if lora is not None:
+    params['lora'] = init_lora(jax.random.key(0) if key is None else key, encoder_params, lora)
   if cfg.loss.learnable_scale:
     params['logit_scale'] = jnp.log(jnp.float32(cfg.loss.scale))
   return params
+
+
+def optimizer(cfg: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
+  """``cfg.optim``'s update rule; with a LoRA adapter the base encoder is frozen as well."""
+  optim = cfg.optim
+  if lora_config(cfg) is not None:
+    optim = ml_collections.ConfigDict(optim.to_dict())
+    optim.freeze = '|'.join(p for p in ('^encoder/', cfg.optim.freeze) if p)
+  return make_optimizer(optim, params, cfg.steps)
+
+
+def trained_encoder(cfg: ml_collections.ConfigDict, params):
+  """The backbone params a trained state stands for (an adapter merged in, for evals/export)."""
+  return encoder_params(model_params(params), lora_config(cfg))
 
 
 def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.Source]) -> dict:
@@ -132,7 +192,7 @@ def dry_build(cfg: ml_collections.ConfigDict,
   check_evals(cfg, spec.embedding_dim)
   encoder = jax.eval_shape(lambda k: init_model_params(spec, k), jax.random.key(0))
   params = jax.eval_shape(lambda p: train_params(cfg, p), encoder)
-  tx = make_optimizer(cfg.optim, params, cfg.steps)
+  tx = optimizer(cfg, params)
   state = jax.eval_shape(lambda p: create_state(p, tx), params)
   batch = batch_shapes(cfg, sources)
   step = make_train_step(step_config(cfg, spec), tx)
@@ -322,8 +382,8 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
 
   model = build_model(cfg.model, init_key)
   check_evals(cfg, model.spec.embedding_dim)
-  params = train_params(cfg, model.params)
-  tx = make_optimizer(cfg.optim, params, cfg.steps)
+  params = train_params(cfg, model.params, jax.random.fold_in(init_key, 1))
+  tx = optimizer(cfg, params)
   mesh = make_mesh()
   repl = replicated(mesh)
   state = jax.device_put(create_state(params, tx), repl)
@@ -350,7 +410,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   if before_path.exists() and start > 0:
     before = json.loads(before_path.read_text())
   elif evals and cfg.eval_before:
-    before = run_evals(model, state.params['encoder'], evals, data_dir, progress)
+    before = run_evals(model, trained_encoder(cfg, state.params), evals, data_dir, progress)
     logger.write(0, {f'eval/{k}': v for k, v in before.items()})
     if jax.process_index() == 0:
       atomic_write_json(before_path, before)
@@ -385,7 +445,8 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
     eval_metrics = None
     every = cfg.eval_every
     if evals and ((every and number % every == 0) or number == cfg.steps):
-      eval_metrics = run_evals(model, state.params['encoder'], evals, data_dir, progress)
+      eval_metrics = run_evals(model, trained_encoder(cfg, state.params), evals, data_dir,
+                               progress)
       logger.write(number, {f'eval/{k}': v for k, v in eval_metrics.items()})
       last_eval = eval_metrics
     stop = stop_after is not None and done >= stop_after
@@ -406,7 +467,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
              'train_rows': len(rows), 'before': before, 'after': last_eval,
              'best_step': ckpt.best_step(), 'config': cfg.to_dict(), **run.finish().provenance()}
   if int(jax.device_get(state.step)) == cfg.steps and cfg.export and jax.process_index() == 0:
-    export_sentence_transformers(workdir / 'export', model.spec, state.params['encoder'],
+    export_sentence_transformers(workdir / 'export', model.spec, trained_encoder(cfg, state.params),
                                  model.tokenizer, extra=model.extra)
     summary['export'] = str(workdir / 'export')
   if jax.process_index() == 0:

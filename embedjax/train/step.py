@@ -28,6 +28,7 @@ from embedjax.config import ConfigError
 from embedjax.losses import LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
 from embedjax.models.embedder import embed
+from embedjax.models.lora import LoraConfig, apply_lora
 from embedjax.models.spec import EmbedderSpec
 from embedjax.train.state import TrainState
 
@@ -46,6 +47,8 @@ class StepConfig:
   chunk_size: int = 0                      # rows per embedding chunk (0 = whole batch)
   grad_cache: bool = False                 # gradient caching over chunks
   dropout: bool = True                     # train-mode dropout (sentence-transformers trains with it)
+  lora: LoraConfig | None = None           # train only a LoRA adapter, params['lora']; the base
+                                           # params['encoder'] get no gradient (merged path)
 
 
 def build_loss(cfg: StepConfig) -> Callable:
@@ -73,9 +76,23 @@ def _chunked(x: jax.Array, chunk: int) -> jax.Array:
   return x.reshape((n // chunk, chunk) + x.shape[1:])
 
 
+def model_params(params, lora: LoraConfig | None = None):
+  """The part of the train params the embedder reads: {'encoder'} or {'encoder', 'lora'}."""
+  return {k: params[k] for k in ('encoder', 'lora') if k in params}
+
+
+def encoder_params(model, lora: LoraConfig | None):
+  """The backbone params to embed with: the base with its adapter merged in (the base behind a
+  stop_gradient, so no base gradient is ever formed), or the encoder itself."""
+  if lora is None:
+    return model['encoder']
+  return apply_lora(jax.lax.stop_gradient(model['encoder']), model['lora'], lora)
+
+
 def _embed_fn(cfg: StepConfig):
-  def f(enc_params, ids, mask, key):
-    return embed(enc_params, cfg.spec, ids, mask, deterministic=not cfg.dropout, dropout_key=key)
+  def f(model, ids, mask, key):
+    return embed(encoder_params(model, cfg.lora), cfg.spec, ids, mask,
+                 deterministic=not cfg.dropout, dropout_key=key)
   return f
 
 
@@ -114,14 +131,14 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng):
       for c, (ids, mask) in enumerate(cols):
         ch = chunk_of(ids.shape[0])
         keys = _chunk_keys(rng, c, ids.shape[0] // ch)
-        out = jax.vmap(f, in_axes=(None, 0, 0, 0))(p['encoder'], _chunked(ids, ch),
+        out = jax.vmap(f, in_axes=(None, 0, 0, 0))(model_params(p), _chunked(ids, ch),
                                                   _chunked(mask, ch), keys)
         embs.append(out.reshape(ids.shape[0], -1))
       return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p))
     return jax.value_and_grad(total_loss, has_aux=True)(params)
 
   # 1. Embeddings of every chunk, no activations kept.
-  enc = params['encoder']
+  enc = model_params(params)
   embs, chunk_inputs = [], []
   for c, (ids, mask) in enumerate(cols):
     ch = chunk_of(ids.shape[0])
@@ -149,7 +166,7 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng):
 
     grads, _ = jax.lax.scan(body, grads, (ids_c, mask_c, keys, cot))
   all_grads = dict(p_grads)
-  all_grads['encoder'] = grads
+  all_grads.update(grads)
   return (loss, metrics), all_grads
 
 
