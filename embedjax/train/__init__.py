@@ -4,7 +4,8 @@
   make_train_step        the pure, jit-able step (``step.py``); StepConfig, build_loss
   make_optimizer         optax chain with schedule and weight-decay mask (``optim.py``)
   TrainState             params + optimizer state + step (``state.py``)
-  make_mesh, ...         device mesh and shardings (``mesh.py``)
+  make_mesh, ...         ('data', 'fsdp', 'tensor') mesh, logical-axis sharding rules (``sharding.py``)
+  plan_memory            bytes per device of a run: params, optimizer, activations (``memory.py``)
   Checkpointer           Orbax checkpoints that resume exactly (``checkpoint.py``)
   SOURCES, make_loader   training data sources and the grain loader (``data.py``)
   train                  the loop: config + workdir -> checkpoints, logs, evals (``loop.py``)
@@ -22,14 +23,17 @@ _ATTRIBUTES = {
     'SOURCES': 'data', 'Source': 'data', 'load_rows': 'data', 'make_loader': 'data',
     'tokenize_batch': 'data',
     'train': 'loop', 'dry_build': 'loop', 'build_model': 'loop', 'run_evals': 'loop',
-    'make_mesh': 'mesh', 'replicated': 'mesh', 'data_sharded': 'mesh', 'global_batch': 'mesh',
+    'make_mesh': 'sharding', 'replicated': 'sharding', 'batch_sharding': 'sharding',
+    'global_batch': 'sharding', 'param_shardings': 'sharding', 'state_shardings': 'sharding',
+    'plan_memory': 'memory',
     'make_optimizer': 'optim', 'make_schedule': 'optim',
     'TrainState': 'state', 'create_state': 'state',
     'StepConfig': 'step', 'build_loss': 'step', 'loss_and_grads': 'step',
     'make_train_step': 'step',
 }
 # Modules exported as themselves (``base_config`` is also the name of the function inside it).
-_SUBMODULES = ('base_config', 'checkpoint', 'data', 'loop', 'mesh', 'optim', 'state', 'step')
+_SUBMODULES = ('base_config', 'checkpoint', 'data', 'loop', 'memory', 'optim', 'sharding', 'state',
+               'step')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

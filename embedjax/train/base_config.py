@@ -19,6 +19,7 @@ from ml_collections import config_dict
 
 from embedjax.config import ConfigError, closest, leaf_paths
 from embedjax.losses import LOSSES
+from embedjax.train.sharding import DEFAULT_RULES
 
 # Keyword arguments of a loss that come from the batch, not from the config.
 BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights')
@@ -101,6 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-6             # Adam epsilon (the Hugging Face trainer's)
   c.optim.clip_norm = 1.0        # global gradient-norm clip (0 = off)
   c.optim.freeze = ''            # regex over '/'-joined param paths: no update for matches
+
+  c.mesh = ml_collections.ConfigDict()  # the ('data', 'fsdp', 'tensor') device mesh
+  c.mesh.data = -1               # data-parallel ways (-1 = the devices the others leave)
+  c.mesh.fsdp = 1                # params and optimizer state split this many ways (FSDP)
+  c.mesh.tensor = 1              # heads / MLP / vocab split this many ways (tensor parallelism)
+  c.mesh.rules = DEFAULT_RULES   # (logical axis, mesh axes) pairs: embedjax.train.sharding
 
   c.log_every = 10               # steps between train-metric records
   c.eval_every = 0               # steps between evaluations (0 = only before and after)

@@ -46,8 +46,8 @@ from embedjax.provenance import Run
 from embedjax.train import data as train_data
 from embedjax.train import run_config
 from embedjax.train.base_config import check_config
-from embedjax.train.checkpoint import Checkpointer, abstract_like
-from embedjax.train.mesh import global_batch, make_mesh, replicated
+from embedjax.train.checkpoint import Checkpointer
+from embedjax.train import sharding
 from embedjax.train.optim import make_optimizer
 from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, encoder_params, make_train_step, model_params
@@ -384,9 +384,10 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   check_evals(cfg, model.spec.embedding_dim)
   params = train_params(cfg, model.params, jax.random.fold_in(init_key, 1))
   tx = optimizer(cfg, params)
-  mesh = make_mesh()
-  repl = replicated(mesh)
-  state = jax.device_put(create_state(params, tx), repl)
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  state_sh = sharding.state_shardings(jax.eval_shape(lambda: create_state(params, tx)), mesh,
+                                      sharding.rules_from_config(cfg.mesh.rules))
+  state = sharding.shard_state(create_state(params, tx), state_sh)
 
   rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.cache_dir or None, sources)
   loader = train_data.make_loader(
@@ -395,15 +396,14 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
       process_count=jax.process_count())
 
   if start > 0:
-    state, data_state = ckpt.restore(start, abstract_like(state, repl))
+    state, data_state = ckpt.restore(start, sharding.abstract_state(state, state_sh))
     loader.set_state(data_state)
   if jax.process_index() == 0:  # after a successful restore: the config this run now continues
     run_config.store_config(workdir, cfg)
   logger = _Logger(workdir, start)
   loggers.append(logger)
 
-  step_fn = jax.jit(make_train_step(step_config(cfg, model.spec), tx), donate_argnums=0,
-                    in_shardings=(repl, None, repl), out_shardings=(repl, repl))
+  step_fn = sharding.sharded_train_step(step_config(cfg, model.spec), tx, state_sh, mesh)
   evals = cfg.evals
   before = None
   before_path = workdir / 'eval_before.json'
@@ -421,7 +421,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   show_bar = progress and jax.process_index() == 0
   bar = None
   for step in range(start, cfg.steps):
-    batch = global_batch(mesh, next(loader))
+    batch = sharding.global_batch(mesh, next(loader))
     if t_first is None:
       _say('compiling the train step ...')
       t_compile = time.perf_counter()

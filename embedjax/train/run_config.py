@@ -31,6 +31,8 @@ RESUMABLE_FIELDS = (
     'ckpt_every', 'ckpt_keep', 'async_checkpointing',
     'export',
     'data.cache_dir',  # prepared data is cached by a content hash: any folder gives the same rows
+    'mesh',         # a checkpoint restores onto any mesh (the values do not depend on it)
+    'model.remat',  # rematerialisation recomputes the same values
 )
 
 
