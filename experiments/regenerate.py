@@ -342,6 +342,39 @@ def sharded_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+LLM_DOC = 'docs/llm_embedders.md'
+LLM_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+             'embedjax.train.memory and configs/decoder_*.py; do not edit it by hand. -->')
+# (row name, config file, plan_memory mesh) of the doc's memory table.
+LLM_ROWS = (('decoder-tiny, 1 CPU', 'configs/decoder_tiny.py', dict(data=1)),
+            ('qwen3-0.6b, 1 GPU', 'configs/decoder_qwen3_0p6b.py', dict(data=1)),
+            ('llama-8b, 64 devices FSDP', 'configs/decoder_llama_8b.py', dict(fsdp=64)),
+            ('llama-8b, 8 x 8 FSDP x TP', 'configs/decoder_llama_8b.py', dict(fsdp=8, tensor=8)))
+
+
+def llm_doc_block() -> str:
+  """The LLM-embedder doc's memory table: the planner applied to the shipped decoder configs
+  (their model, batch, lengths, remat and gradient caching; AdamW on every param)."""
+  import dataclasses as dc
+
+  from embedjax.models.decoder import NAMED_SHAPES, DecoderConfig
+  from embedjax.models.spec import EmbedderSpec
+  from embedjax.train.memory import memory_table
+  rows = []
+  for name, config, mesh in LLM_ROWS:
+    cfg = load_config(str(paths.repo_root() / config))
+    shape = NAMED_SHAPES[cfg.model.init.split(':', 1)[1]]
+    decoder = DecoderConfig(**{'vocab_size': 30522, **shape}, dtype=cfg.model.dtype,
+                            param_dtype=cfg.model.dtype, remat=cfg.model.remat,
+                            attention=cfg.model.attention or 'causal')
+    spec = EmbedderSpec(decoder=dc.replace(decoder), pooling=cfg.model.pooling or 'mean',
+                        max_seq_length=cfg.model.max_seq_length)
+    rows.append((name, spec, dict(batch=cfg.data.batch_size, query_len=cfg.data.query_len,
+                                  doc_len=cfg.data.doc_len, chunk_size=cfg.train.chunk_size,
+                                  grad_cache=cfg.train.grad_cache, mesh=mesh)))
+  return '\n'.join([LLM_START, '', memory_table(rows), '', README_END])
+
+
 def _write_block(rel: str, start_marker: str, block: str) -> None:
   from embedjax.io import atomic_write_text
   path = paths.repo_root() / rel
@@ -357,6 +390,7 @@ def write_readme_table() -> None:
   _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
   _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
   _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
+  _write_block(LLM_DOC, LLM_START, llm_doc_block())
 
 
 def _flags(fv) -> None:

@@ -107,6 +107,8 @@ def test_generated_doc_tables_are_their_result_files():
   assert regen.tables_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / regen.SHARDED_DOC).read_text()
   assert regen.sharded_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
+  doc = (repo_root() / regen.LLM_DOC).read_text()
+  assert regen.llm_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
 
 
 def test_table_compression_markdown_is_rendered_from_its_json():
