@@ -37,6 +37,10 @@ CORE = ('embedjax/models', 'embedjax/encoding.py', 'embedjax/ops.py', 'embedjax/
         'embedjax/evals', 'embedjax/search', 'embedjax/quant', 'pyproject.toml')
 
 
+# What the training benchmarks run besides their script (they start peers in child processes).
+TRAIN_BENCH = ('benchmarks/train_common.py', 'embedjax/train', 'embedjax/losses')
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
   name: str
@@ -85,14 +89,16 @@ TARGETS = (
            code=('experiments/train_scifact.py', 'configs/minilm_scifact.py',
                  'configs/minilm_scifact_mrl.py', 'embedjax/train', 'embedjax/losses', *CORE)),
     *(Target(name, f'results/{name}.json', (PY, f'benchmarks/{script}.py'),
-             code=(f'benchmarks/{script}.py', 'benchmarks/train_common.py', 'embedjax/train',
-                   'embedjax/losses', *CORE),
+             code=(f'benchmarks/{script}.py', *extra, *CORE),
              note='timings: run on an otherwise idle machine')
-      for name, script in (('bench_encode_cpu', 'encode_cpu'), ('bench_search_cpu', 'search_cpu'),
-                           ('bench_search_floor_cpu', 'search_floor_cpu'),
-                           ('bench_train_cpu', 'train_cpu'),
-                           ('bench_gradcache_cpu', 'gradcache_cpu'),
-                           ('bench_search_sharded_cpu', 'search_sharded_cpu'))),
+      for name, script, extra in (
+          ('bench_encode_cpu', 'encode_cpu', ()),
+          ('bench_search_cpu', 'search_cpu', ()),
+          ('bench_search_floor_cpu', 'search_floor_cpu', ()),
+          ('bench_train_cpu', 'train_cpu', TRAIN_BENCH),
+          ('bench_gradcache_cpu', 'gradcache_cpu', TRAIN_BENCH),
+          ('bench_search_sharded_cpu', 'search_sharded_cpu', ()),
+          ('bench_decoder_cpu', 'decoder_cpu', ('benchmarks/encode_cpu.py',)))),
     Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
            code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py', 'embedjax/train',
                  'embedjax/losses', *CORE), device='gpu', note='the prepared GPU suite'),
