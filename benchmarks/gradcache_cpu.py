@@ -2,13 +2,17 @@
 
     nohup .venv/bin/python benchmarks/gradcache_cpu.py > runs/gradcache_cpu/main.log 2>&1 &
     .venv/bin/python benchmarks/gradcache_cpu.py --batch 64 --length 32 --chunks 16,32 \
-        --plain-batches 16 --plain-estimate-batch 64 --out /tmp/gc.json      # a quick check
+        --timed-chunk 32 --plain-batches 16 --plain-estimate-batch 64 --out /tmp/gc.json  # quick
 
 What it runs, each job in its own subprocess (so that each peak RSS is its own and one job's
 allocator state cannot help or hurt the next), one after another:
   cached   all-MiniLM-L6-v2 weights, B pairs, queries and docs both L tokens (random valid ids, no
            padding), ``StepConfig(chunk_size=c, grad_cache=True)``, dropout on, AdamW (lr 2e-5),
-           jitted with the state donated as ``embedjax.train.loop`` does. One step per chunk size.
+           jitted with the state donated as ``embedjax.train.loop`` does. Every chunk size with
+           per-layer remat 'none' and with ``--remat`` ('full'), compiled for XLA's memory
+           analysis; the step itself is run for ``--timed-chunk`` with ``--remat`` (the 4,096-pair
+           step with chunk 512 needs about 32 GiB of temporaries without remat: more than this
+           machine has).
   plain    the non-cached step (``chunk_size=0``: the whole batch at once) at smaller batches,
            measured the same way, for comparison.
   estimate the plain step at B, compiled but not run (it would not fit): XLA's own buffer
@@ -91,11 +95,15 @@ def run_child(args) -> dict:
   batch = tc.random_pairs(np.random.default_rng(0), args.batch, args.length, args.length,
                           vocab=model.spec.bert.vocab_size)
   cached = args.mode == 'cached'
-  step, state = tc.embedjax_step(model.spec, model.params, chunk_size=args.chunk if cached else 0,
+  import dataclasses
+  spec = dataclasses.replace(model.spec, bert=dataclasses.replace(model.spec.bert,
+                                                                  remat=args.child_remat))
+  step, state = tc.embedjax_step(spec, model.params, chunk_size=args.chunk if cached else 0,
                                  grad_cache=cached)
   rng = jax.random.key(0)
   rec: dict = {'mode': args.mode, 'batch': args.batch, 'length': args.length,
-               'chunk_size': args.chunk if cached else 0, 'compile_only': args.compile_only,
+               'chunk_size': args.chunk if cached else 0, 'remat': args.child_remat,
+               'compile_only': args.compile_only,
                'embedjax_code': code}
   rss_before = _maxrss_bytes()
   with _Poller() as poll_compile:
@@ -149,8 +157,9 @@ def run_child(args) -> dict:
 
 
 def _jobs(args) -> list[dict]:
-  jobs = [{'name': f'cached_c{c}', 'mode': 'cached', 'batch': args.batch, 'chunk': c}
-          for c in args.chunks]
+  jobs = [{'name': f'cached_c{c}_remat_{r}', 'mode': 'cached', 'batch': args.batch, 'chunk': c,
+           'remat': r, 'compile_only': not (c == args.timed_chunk and r == args.remat)}
+          for c in args.chunks for r in ('none', args.remat)]
   jobs += [{'name': f'plain_b{b}', 'mode': 'plain', 'batch': b, 'chunk': 0}
            for b in args.plain_batches]
   if args.plain_estimate_batch:
@@ -165,7 +174,8 @@ def _run_job(args, job: dict, log_dir: Path) -> dict:
   child_out.unlink(missing_ok=True)
   cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--mode', job['mode'],
          '--batch', str(job['batch']), '--length', str(args.length), '--chunk', str(job['chunk']),
-         '--model', args.model, '--child-out', str(child_out)]
+         '--model', args.model, '--child-out', str(child_out),
+         '--child-remat', job.get('remat', 'none')]
   if job.get('compile_only'):
     cmd.append('--compile-only')
   if args.force:
@@ -261,7 +271,9 @@ def run_parent(args) -> dict:
     atomic_write_json(out, record)
   record['summary'] = {
       name: {k: r.get(k) for k in ('peak_rss_gib', 'compile_s', 'step_s', 'loss', 'params_changed',
-                                  'params_finite', 'skipped')}
+                                  'params_finite', 'skipped', 'remat', 'compile_only')}
+      | {'xla_temp_gib': round(r.get('xla_memory_analysis', {}).get('temp_size_in_bytes', 0)
+                               / 2**30, 3)}
       for name, r in record['jobs'].items()}
   record['plain_estimate'] = _estimate_plain(record['jobs'], args.plain_estimate_batch or args.batch)
   record['provenance'] = run.finish().provenance()
@@ -283,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help='batches at which the plain step is measured')
   p.add_argument('--plain-estimate-batch', type=int, default=4096,
                  help='batch at which the plain step is compiled (not run) for its memory; 0 = skip')
+  p.add_argument('--remat', default='full', help="per-layer remat policy compared with 'none'")
+  p.add_argument('--timed-chunk', type=int, default=512,
+                 help='the chunk size whose step is run (with --remat); the others are compiled')
   p.add_argument('--model', default='all-MiniLM-L6-v2')
   p.add_argument('--out', default=str(DEFAULT_OUT))
   p.add_argument('--log-dir', default=str(DEFAULT_LOGS))
@@ -296,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--chunk', type=int, default=0, help=argparse.SUPPRESS)
   p.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--child-out', default=None, help=argparse.SUPPRESS)
+  p.add_argument('--child-remat', default='none', help=argparse.SUPPRESS)
   return p
 
 
