@@ -84,6 +84,8 @@ TARGETS = (
     _exp('table_compression', 'configs/table_compression.py:memory',
          'results/table_compression_memory.json', code=('embedjax/tables',),
          config_block='memory'),  # the memory check records the hash of its own block
+    _exp('llm_embedders', 'configs/llm_embedders.py', 'results/llm_embedders.json',
+         code=('results/bench_gradcache_cpu.json',)),
     Target('train_scifact', 'results/train/minilm_scifact_mrl.json',
            (PY, '-m', 'experiments.train_scifact'),
            code=('experiments/train_scifact.py', 'configs/minilm_scifact.py',

@@ -35,6 +35,7 @@ RUNS = {
     'storage_tradeoff.py': ([None, 'quick'], 'storage_tradeoff'),
     'table_compression.py': ([None, 'memory'], 'table_compression'),
     'mteb_scifact.py': ([None, 'quick'], 'mteb_scifact'),
+    'llm_embedders.py': ([None], 'llm_embedders'),
 }
 CASES = [(name, arg) for name, (args, _) in RUNS.items() for arg in args]
 
