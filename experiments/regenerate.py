@@ -350,6 +350,33 @@ def sharded_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+LIMIT_DOC = 'docs/limit.md'
+PATTERNS_RESULT = 'results/limit/patterns.json'
+PATTERNS_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+                  f'from {PATTERNS_RESULT}; do not edit it by hand. -->')
+
+
+def patterns_doc_block() -> str:
+  """docs/limit.md's qrel-pattern table and encode time, from the patterns result."""
+  record = json.loads((paths.repo_root() / PATTERNS_RESULT).read_text())
+  prov = _record_provenance(record)
+  pct = lambda row, k: f'{row[f"recall@{k}"]:.2f}'
+  lines = [PATTERNS_START, '',
+           f'Embedding the distinct texts took {record["encode_seconds"]:,.0f} s of MiniLM '
+           f'encoding ({(prov.get("machine") or {}).get("cores", "?")} CPU cores). Run: '
+           f'`{prov.get("command", "?")}` at commit {prov.get("git_commit", "?")}, '
+           f'{str(prov.get("date", "?"))[:10]} '
+           f'([`{PATTERNS_RESULT}`](../{PATTERNS_RESULT})).', '',
+           '| pattern | pool | MiniLM recall@2 | @10 | @20 | @100 | BM25 recall@2 ... @100 |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for name, r in record['results'].items():
+    m, b = r['rows']['minilm_d384'], r['rows']['bm25']
+    bm25 = sorted({pct(b, k) for k in (2, 10, 20, 100)})
+    lines.append(f'| {name} | {r["pool_size"]:,} | {pct(m, 2)} | {pct(m, 10)} | {pct(m, 20)} | '
+                 f'{pct(m, 100)} | {" / ".join(bm25)} |')
+  return '\n'.join([*lines, '', README_END])
+
+
 LLM_DOC = 'docs/llm_embedders.md'
 LLM_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
              'embedjax.train.memory and configs/decoder_*.py; do not edit it by hand. -->')
@@ -399,6 +426,7 @@ def write_readme_table() -> None:
   _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
   _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
   _write_block(LLM_DOC, LLM_START, llm_doc_block())
+  _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())
 
 
 def _flags(fv) -> None:
