@@ -46,7 +46,7 @@ def dry_run(cfg) -> dict:
   if out.is_dir():
     raise IsADirectoryError(f'out {out} is a directory; give a .json file')
   spec = load_spec(cfg.model)[0]
-  return {'out': out, 'width': spec.bert.hidden_size}
+  return {'out': out, 'width': spec.embedding_dim}
 
 
 def out_path(cfg) -> Path:
