@@ -1,6 +1,6 @@
 """Decoder encoding on CPU: embedjax vs transformers (torch), same weights, batches, threads.
 
-    .venv/bin/python benchmarks/decoder_cpu.py [--threads T] [--runs 3] [--texts 256]
+    .venv/bin/python benchmarks/decoder_cpu.py [--threads T] [--runs 3] [--texts 128]
     .venv/bin/python benchmarks/decoder_cpu.py --quick      # smoke run: tiny model, one timed run
 
 A random-init Llama-shaped decoder of about 0.1B parameters (``decoder-0.1b`` of
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--runs', type=int, default=3)
-  parser.add_argument('--texts', type=int, default=256)
+  parser.add_argument('--texts', type=int, default=128)
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--max-len', type=int, default=256)
   parser.add_argument('--quick', action='store_true')
