@@ -16,6 +16,9 @@ mean-pooled over real tokens and compared (minimum cosine). One untimed warm-up 
 timed runs interleaved (A B, B A, ...). Reported per mode (causal, bidirectional): medians,
 texts/s, ``ratio_vs_transformers`` = transformers median / embedjax median (> 1: embedjax faster).
 Threads as in ``benchmarks/encode_cpu.py`` (affinity pinning for XLA, ``torch.set_num_threads``).
+Also measured, to say what limits the ratio: the model's dominant operation alone, one float32
+(3,072 x 768) @ (768 x 2,048) matmul (an MLP projection of a 32 x 96-token batch), jitted jax vs
+torch, median of 20 (``gemm_probe``).
 Writes ``results/bench_decoder_cpu.json`` with provenance.
 """
 
@@ -70,6 +73,31 @@ def make_folder(shape: dict, folder: Path) -> None:
   cfg = transformers.LlamaConfig(**{k: v for k, v in shape.items() if k != 'model_type'},
                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
   transformers.AutoModel.from_config(cfg).save_pretrained(str(folder))
+
+
+def gemm_probe(reps: int = 20) -> dict:
+  """GFLOP/s of one float32 MLP-sized matmul in jax (jit) and torch, medians of ``reps``."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  rng = np.random.default_rng(0)
+  a = rng.random((32 * 96, 768), np.float32)
+  b = rng.random((768, 2048), np.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+  flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+  out = {'shape': [list(a.shape), list(b.shape)]}
+  for name, fn in (('jax', lambda: f(ja, jb).block_until_ready()), ('torch', lambda: ta @ tb)):
+    fn()
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    out[f'{name}_gflops'] = flops / statistics.median(times) / 1e9
+  out['jax_over_torch'] = out['jax_gflops'] / out['torch_gflops']
+  return out
 
 
 def main(argv=None) -> int:
@@ -163,7 +191,11 @@ def main(argv=None) -> int:
       print(f'{mode:>13}: embedjax {med["embedjax"]:.2f} s, transformers '
             f'{med["transformers"]:.2f} s, ratio {results[mode]["ratio_vs_transformers"]:.2f}, '
             f'min cosine {cos:.6f}', flush=True)
+  probe = gemm_probe()
+  print(f'gemm probe: jax {probe["jax_gflops"]:.0f} GFLOP/s, torch {probe["torch_gflops"]:.0f} '
+        f'GFLOP/s', flush=True)
   record = {
+      'gemm_probe': probe,
       'settings': {'shape': shape, 'param_count': int(param_count), 'texts': args.texts,
                    'batch': args.batch, 'max_len': args.max_len, 'runs': args.runs,
                    'threads': threads, 'dtype': 'float32',

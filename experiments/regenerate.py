@@ -377,6 +377,45 @@ def patterns_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+DECODER_RESULT = 'results/bench_decoder_cpu.json'
+DECODER_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+                 f'from {DECODER_RESULT}; do not edit it by hand. -->')
+
+
+def decoder_doc_block() -> str:
+  """BENCHMARKS.md's decoder-encoding run, from its result file (a placeholder line while the
+  file does not exist)."""
+  path = paths.repo_root() / DECODER_RESULT
+  if not path.exists():
+    return '\n'.join([DECODER_START, '', 'Not run yet.', '', README_END])
+  record = json.loads(path.read_text())
+  prov, st = _record_provenance(record), record['settings']
+  shape = st['shape']
+  lines = [DECODER_START, '',
+           f'**Run** ([{DECODER_RESULT}]({DECODER_RESULT}), `{prov.get("command", "?")}`, '
+           f'{str(prov.get("finished_at", "?"))[:10]}, commit {prov.get("git_commit", "?")}, '
+           f'{"dirty" if (prov.get("git") or {}).get("dirty") else "clean"} tree, '
+           f'{(prov.get("machine") or {}).get("cpu", "?")}; {st["param_count"] / 1e6:.0f}M-parameter '
+           f'{shape["model_type"]} shape (hidden {shape["hidden_size"]}, {shape["num_hidden_layers"]} '
+           f'layers, {shape["num_attention_heads"]} / {shape["num_key_value_heads"]} heads), '
+           f'{st["texts"]} texts in batches of {st["batch"]}, {st["lengths"]}, {st["dtype"]}, '
+           f'{st["runs"]} timed runs each; transformers attention: {st["transformers_attention"]}):',
+           '', '| attention | embedjax (median s) | transformers (median s) | embedjax texts/s | '
+           'ratio vs transformers | min cosine |', '|---|---:|---:|---:|---:|---:|']
+  for mode, r in record['results'].items():
+    med = r['median_seconds']
+    lines.append(f'| {mode} | {med["embedjax"]:.2f} | {med["transformers"]:.2f} | '
+                 f'{r["texts_per_second"]["embedjax"]:.1f} | {r["ratio_vs_transformers"]:.2f} | '
+                 f'{r["min_cosine_pooled"]:.6f} |')
+  probe = record.get('gemm_probe')
+  if probe:
+    lines += ['', f'The model\'s dominant operation alone (`gemm_probe`: a float32 '
+              f'{probe["shape"][0][0]:,} x {probe["shape"][0][1]} by {probe["shape"][1][0]} x '
+              f'{probe["shape"][1][1]:,} matmul): jax {probe["jax_gflops"]:.0f} GFLOP/s, torch '
+              f'{probe["torch_gflops"]:.0f} GFLOP/s ({probe["jax_over_torch"]:.2f}x).']
+  return '\n'.join([*lines, '', README_END])
+
+
 LLM_DOC = 'docs/llm_embedders.md'
 LLM_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
              'embedjax.train.memory and configs/decoder_*.py; do not edit it by hand. -->')
@@ -427,6 +466,7 @@ def write_readme_table() -> None:
   _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
   _write_block(LLM_DOC, LLM_START, llm_doc_block())
   _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())
+  _write_block(SHARDED_DOC, DECODER_START, decoder_doc_block())
 
 
 def _flags(fv) -> None:
