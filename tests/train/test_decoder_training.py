@@ -22,7 +22,7 @@ from tests.train.test_step import _batch
 
 DECODER = DecoderConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                        attention='bidirectional', remat='full')
+                        attention='bidirectional')  # remat is tested in tests/models/test_remat.py
 SPEC = EmbedderSpec(decoder=DECODER, pooling='mean', max_seq_length=32)
 LORA = LoraConfig(rank=2, alpha=4.0, target=r'.*(q_proj|v_proj)')
 

@@ -71,10 +71,11 @@ def _marks(name, remat, gc):
   return marks
 
 
-# The 0.1B shape compiles slowly on 2 cores: its two extreme combinations only.
+# The 0.1B shape compiles slowly on 2 cores: one combination only, the one with the most terms
+# (remat 'full' and gradient caching).
 CASES = [pytest.param(name, remat, gc, marks=_marks(name, remat, gc))
          for name in SHAPES for remat in ('none', 'full') for gc in (False, True)
-         if name != 'base_bert' or (remat == 'full') == gc]
+         if name != 'base_bert' or (remat == 'full' and gc)]
 
 
 @pytest.mark.parametrize('name, remat, grad_cache', CASES)

@@ -296,7 +296,7 @@ def test_sharded_steps_equal_one_device(eight, model):
   prefix = f'{model}/sgd/single/'
   names = [k[len(prefix):] for k in params if k.startswith(prefix)]
   assert names
-  for mesh in runner.MESHES:
+  for mesh in runner.OPTIM_MESHES[model, 'sgd']:
     if mesh == 'single':
       continue
     for name in names:
@@ -312,8 +312,8 @@ def test_fsdp_splits_params(eight):
   assert shard == {'single': [32, 64], 'fsdp8': [4, 64], 'dp4_tp2': [32, 32],
                    'fsdp4_tp2': [8, 32]}
   assert results['decoder/sgd/fsdp8']['kernel_spec'] == ['fsdp', 'tensor']
-  # BERT intermediate kernel (16, 32).
-  assert results['bert/sgd/fsdp8']['kernel_shard_shape'] == [2, 32]
+  # BERT intermediate kernel (16, 32) with ('embed', 'mlp') over fsdp 4 x tensor 2.
+  assert results['bert/sgd/fsdp4_tp2']['kernel_shard_shape'] == [4, 16]
   # Per-device bytes under FSDP(8), from the arrays' shardings: about an eighth of the params
   # (norm weights stay replicated).
   case = results['decoder/sgd/fsdp8']
