@@ -320,6 +320,14 @@ SHARDED_START = ('<!-- The table below is written by `python -m experiments.rege
                  f'{SHARDED_RESULT}; do not edit it by hand. -->')
 
 
+def _run_prefix(result: str, prov: dict) -> str:
+  """'**Run** ([result](result), `command`, date, commit C, clean|dirty tree' of a record."""
+  tree = 'dirty' if (prov.get('git') or {}).get('dirty') else 'clean'
+  return (f'**Run** ([{result}]({result}), `{prov.get("command", "?")}`, '
+          f'{str(prov.get("finished_at", "?"))[:10]}, commit {prov.get("git_commit", "?")}, '
+          f'{tree} tree')
+
+
 def sharded_doc_block() -> str:
   """BENCHMARKS.md's sharded-search run: settings line and per-kind table, from the result."""
   record = json.loads((paths.repo_root() / SHARDED_RESULT).read_text())
@@ -327,9 +335,7 @@ def sharded_doc_block() -> str:
   gib = lambda b: f'{b / 2 ** 30:.2f}'
   load = ', '.join(f'{x:.1f}' for x in st.get('loadavg_end', []))
   lines = [SHARDED_START, '',
-           f'**Run** ([{SHARDED_RESULT}]({SHARDED_RESULT}), `{prov.get("command", "?")}`, '
-           f'{str(prov.get("finished_at", "?"))[:10]}, commit {prov.get("git_commit", "?")}, '
-           f'{"dirty" if (prov.get("git") or {}).get("dirty") else "clean"} tree; '
+           f'{_run_prefix(SHARDED_RESULT, prov)}; '
            f'{st["rows"]:,} x {st["dim"]}, {st["devices"]} forced CPU devices on the '
            f'{st["cores"]}-core machine, {st["queries"]:,} queries, k = {st["k"]}, {st["reps"]} '
            f'timed calls after a warm-up; load average at the end {load}):', '',
@@ -392,9 +398,7 @@ def decoder_doc_block() -> str:
   prov, st = _record_provenance(record), record['settings']
   shape = st['shape']
   lines = [DECODER_START, '',
-           f'**Run** ([{DECODER_RESULT}]({DECODER_RESULT}), `{prov.get("command", "?")}`, '
-           f'{str(prov.get("finished_at", "?"))[:10]}, commit {prov.get("git_commit", "?")}, '
-           f'{"dirty" if (prov.get("git") or {}).get("dirty") else "clean"} tree, '
+           f'{_run_prefix(DECODER_RESULT, prov)}, '
            f'{(prov.get("machine") or {}).get("cpu", "?")}; {st["param_count"] / 1e6:.0f}M-parameter '
            f'{shape["model_type"]} shape (hidden {shape["hidden_size"]}, {shape["num_hidden_layers"]} '
            f'layers, {shape["num_attention_heads"]} / {shape["num_key_value_heads"]} heads), '

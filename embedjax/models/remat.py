@@ -44,17 +44,6 @@ def check_policy(name: str) -> None:
     raise ValueError(f'remat {name!r} is not one of {tuple(REMAT_POLICIES)}')
 
 
-def remat_layer(layer_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
-  """``layer_cls`` itself for 'none', else wrapped in ``nn.remat`` with the named policy.
-
-  ``static_argnums`` count ``self`` as 0 (flax's convention): the Python flags of ``__call__``.
-  """
-  check_policy(policy)
-  if policy == 'none':
-    return layer_cls
-  return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
-
-
 def apply_layers(parent: nn.Module, make_layer: Callable[..., nn.Module], count: int,
                  name: Callable[[int], str], x: jax.Array, args: tuple, *, policy: str,
                  dropout: bool = False, keep_states: bool = False):

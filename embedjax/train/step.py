@@ -76,7 +76,7 @@ def _chunked(x: jax.Array, chunk: int) -> jax.Array:
   return x.reshape((n // chunk, chunk) + x.shape[1:])
 
 
-def model_params(params, lora: LoraConfig | None = None):
+def model_params(params):
   """The part of the train params the embedder reads: {'encoder'} or {'encoder', 'lora'}."""
   return {k: params[k] for k in ('encoder', 'lora') if k in params}
 
