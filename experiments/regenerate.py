@@ -420,6 +420,41 @@ def decoder_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+GRADCACHE_RESULT = 'results/bench_gradcache_cpu.json'
+GRADCACHE_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+                   f'from {GRADCACHE_RESULT}; do not edit it by hand. -->')
+
+
+def gradcache_doc_block() -> str:
+  """BENCHMARKS.md's gradient-cache table: every job of the result (cached chunks with and
+  without remat, the plain step at small batches) and the plain step's estimate at the target."""
+  record = json.loads((paths.repo_root() / GRADCACHE_RESULT).read_text())
+  prov = _record_provenance(record)
+  lines = [GRADCACHE_START, '',
+           f'{_run_prefix(GRADCACHE_RESULT, prov)}, '
+           f'{(prov.get("machine") or {}).get("cpu", "?")}; {record["model"]}, {record["batch"]:,} '
+           f'pairs of {record["query_len"]} / {record["doc_len"]} tokens):', '',
+           '| job | step | chunk | remat | XLA temporaries | peak RSS | step time | loss |',
+           '|---|---|---:|---|---:|---:|---:|---:|']
+  for name, s in record['summary'].items():
+    job = record['jobs'][name]
+    kind = 'gradient-cached' if job['mode'] == 'cached' else 'plain'
+    batch = f'{job["batch"]:,} pairs'
+    if s['step_s'] is not None:
+      step = f'{s["step_s"]:,.0f} s ({job["batch"] / s["step_s"]:.1f} pairs/s)'
+      rss, loss = f'{s["peak_rss_gib"]:.2f} GiB', f'{s["loss"]:.4f}'
+    else:
+      step = 'compiled only' if s['compile_only'] else (s['skipped'] or 'not run')
+      rss, loss = '-', '-'
+    lines.append(f'| {name} | {kind}, {batch} | {job["chunk_size"] or "-"} | {s["remat"]} | '
+                 f'{s["xla_temp_gib"]:.2f} GiB | {rss} | {step} | {loss} |')
+  est = record.get('plain_estimate')
+  if est:
+    lines += ['', f'The plain step at {est["target_batch"]:,} pairs (compiled, not run) would need '
+              f'{est["xla_temp_gib"]:.1f} GiB of XLA temporaries.']
+  return '\n'.join([*lines, '', README_END])
+
+
 LLM_DOC = 'docs/llm_embedders.md'
 LLM_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
              'embedjax.train.memory and configs/decoder_*.py; do not edit it by hand. -->')
@@ -471,6 +506,7 @@ def write_readme_table() -> None:
   _write_block(LLM_DOC, LLM_START, llm_doc_block())
   _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())
   _write_block(SHARDED_DOC, DECODER_START, decoder_doc_block())
+  _write_block(SHARDED_DOC, GRADCACHE_START, gradcache_doc_block())
 
 
 def _flags(fv) -> None:
