@@ -4,6 +4,13 @@
   get(name)    LOSSES[name], or a one-line error listing the choices and the closest one
   names()      the keys of LOSSES
   matryoshka   wraps any loss of LOSSES into its sum over truncated dimensions
+  adaptive_layer, matryoshka_2d   the same over per-layer embeddings (AdaptiveLayerLoss, 2DMSE)
+Outside LOSSES (they need labels, scores, teacher scores, guide embeddings or the step):
+  pairwise     cosent, angle, triplet, contrastive, online_contrastive (sentence-transformers')
+  distill      margin_mse, distill_kl_div, mse (sentence-transformers')
+  gist         gist, cached_gist (GISTEmbed: a guide model's similarities mask false negatives)
+  multi_positive  order_aware_sts_loss and its terms (CoDiEmb)
+  weighted     progressive_weights, progressive_info_nce (sample weights over training)
 """
 
 from __future__ import annotations
@@ -11,10 +18,24 @@ from __future__ import annotations
 from typing import Callable
 
 from embedjax.losses.contrastive import DEFAULT_SCALE, SIMILARITIES, cosine_matrix, info_nce
+from embedjax.losses.distill import distill_kl_div, margin_mse, mse
+from embedjax.losses.elastic import adaptive_layer, matryoshka_2d
+from embedjax.losses.gist import cached_gist, gist
 from embedjax.losses.matryoshka import matryoshka, truncate_and_renormalize
+from embedjax.losses.multi_positive import (average_ranks, cosent_loss, multi_positive_info_nce,
+                                            order_aware_sts_loss, pearson_loss, pro_loss,
+                                            rank_kl_loss)
+from embedjax.losses.pairwise import (PAIR_SIMILARITIES, SIAMESE_DISTANCES, TRIPLET_DISTANCES,
+                                      angle, contrastive_loss, cosent, online_contrastive, triplet)
+from embedjax.losses.weighted import (focal_info_nce, hardness_weighted_info_nce,
+                                      progressive_info_nce, progressive_weights)
 from embedjax.registry import lookup
 
-LOSSES: dict[str, Callable] = {'info_nce': info_nce}
+# Losses of (q, d, *, hard_negatives, scale, doc_ids, ...): what a config's loss.name may choose.
+LOSSES: dict[str, Callable] = {'info_nce': info_nce,
+                               'hardness_weighted_info_nce': hardness_weighted_info_nce,
+                               'focal_info_nce': focal_info_nce,
+                               'multi_positive_info_nce': multi_positive_info_nce}
 
 
 def get(name: str) -> Callable:
@@ -27,5 +48,11 @@ def names() -> tuple[str, ...]:
   return tuple(LOSSES)
 
 
-__all__ = ['DEFAULT_SCALE', 'LOSSES', 'SIMILARITIES', 'cosine_matrix', 'get', 'info_nce',
-           'matryoshka', 'names', 'truncate_and_renormalize']
+__all__ = ['DEFAULT_SCALE', 'LOSSES', 'PAIR_SIMILARITIES', 'SIAMESE_DISTANCES', 'SIMILARITIES',
+           'TRIPLET_DISTANCES', 'adaptive_layer', 'angle', 'average_ranks', 'cached_gist',
+           'contrastive_loss', 'cosent', 'cosent_loss', 'cosine_matrix', 'distill_kl_div',
+           'focal_info_nce', 'get', 'gist', 'hardness_weighted_info_nce', 'info_nce', 'margin_mse',
+           'matryoshka', 'matryoshka_2d', 'mse', 'multi_positive_info_nce', 'names',
+           'online_contrastive', 'order_aware_sts_loss', 'pearson_loss', 'pro_loss',
+           'progressive_info_nce', 'progressive_weights', 'rank_kl_loss', 'triplet',
+           'truncate_and_renormalize']

@@ -26,7 +26,7 @@ _ATTRIBUTES = {
     'resolve_model_dir': 'pretrained', 'init_params': 'pretrained',
     'EmbedderSpec': 'spec', 'BertConfig': 'bert', 'BertEncoder': 'bert',
     'TextTokenizer': 'tokenizer',
-    'embed': 'embedder', 'embed_packed': 'embedder',
+    'embed': 'embedder', 'embed_packed': 'embedder', 'embed_layers': 'layerwise',
     'POOLING_MODES': 'pooling', 'pool': 'pooling', 'pool_segments': 'pooling',
     'SIMILARITIES': 'similarity',
     'DecoderConfig': 'decoder', 'Decoder': 'decoder',
@@ -37,8 +37,8 @@ _ATTRIBUTES = {
     'PromptConfig': 'prompts', 'prompteol': 'prompts', 'instruct_query': 'prompts',
     'instruction_pool_mask': 'prompts',
 }
-_SUBMODULES = ('bert', 'decoder', 'embedder', 'hf_decoder', 'latent_attention', 'lora', 'model',
-               'pooling', 'pretrained', 'prompts', 'similarity', 'spec', 'tokenizer')
+_SUBMODULES = ('bert', 'decoder', 'embedder', 'hf_decoder', 'latent_attention', 'layerwise',
+               'lora', 'model', 'pooling', 'pretrained', 'prompts', 'similarity', 'spec', 'tokenizer')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)
