@@ -4,6 +4,7 @@
   synthetic       small generated retrieval / STS / pair / classification sets (no files needed)
   ctr             MovieLens, Criteo and Avazu click logs; synthetic CTR data
   tfds_builders   TFDS (array_record) builders over the local files, read through grain
+  files           a researcher's own JSONL/CSV/TSV training file: validated, converted, random access
 
 Names are imported on first use (TFDS and grain are slow to import).
 """
@@ -22,8 +23,9 @@ _ATTRIBUTES = {
                      'read_criteo_csv', 'read_avazu_csv', 'criteo_ctr', 'avazu_ctr',
                      'synthetic_ctr', 'build_vocabs'), 'ctr'),
     **dict.fromkeys(('load_pairs_source', 'pairs_loader'), 'tfds_builders'),
+    **dict.fromkeys(('FileSpec', 'FileStats', 'validate', 'prepare', 'is_file_source'), 'files'),
 }
-_SUBMODULES = ('ctr', 'readers', 'synthetic', 'tfds_builders')
+_SUBMODULES = ('ctr', 'files', 'readers', 'synthetic', 'tfds_builders')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

@@ -294,7 +294,9 @@ def load_pairs_source(name: str, split: str, source_dir: str | os.PathLike,
   splits = list(builder.info.splits)
   if split not in splits:
     raise ValueError(f'unknown {name} split {split!r}; choose one of {sorted(splits)}')
-  return DecodedSource(builder.as_data_source(split=split))
+  # A data source keeps its builder; a read-only one pickles as its directory (grain worker
+  # processes), where the local builders would need their source_dir.
+  return DecodedSource(tfds.builder_from_directory(builder.data_dir).as_data_source(split=split))
 
 
 def pairs_loader(name: str, split: str, source_dir: str | os.PathLike, data_dir: str | os.PathLike, *,

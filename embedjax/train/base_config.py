@@ -22,7 +22,7 @@ from embedjax.losses import LOSSES
 from embedjax.train.sharding import DEFAULT_RULES
 
 # Keyword arguments of a loss that come from the batch, not from the config.
-BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights')
+BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights', 'positive_mask')
 # BERT fields a 'random:NAME' model may change (0 = keep NAME's value).
 BERT_OVERRIDES = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
 EVAL_BLOCK_FIELDS = ('dims', 'metrics')
@@ -42,6 +42,10 @@ def loss_defaults(name: str) -> dict:
     else:
       out[p.name] = p.default
   return out
+
+
+# Loss fields of every config (info_nce's keyword defaults); see check_config.
+_LOSS_FIELDS_OF_BASE = frozenset(loss_defaults('info_nce'))
 
 
 def eval_block(dims: tuple[int, ...] = (), metrics: tuple[str, ...] = ()) -> dict:
@@ -80,11 +84,19 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()  # training data and token lengths
   c.data.train = 'synthetic'     # comma-separated training sources (embedjax.train.data.SOURCES)
+                                 # or your own file: 'file:/path/pairs.jsonl' (.jsonl/.csv/.tsv)
   c.data.batch_size = 32         # global batch (in-batch negatives = batch_size - 1)
   c.data.query_len = 64          # tokens per query
   c.data.doc_len = 256           # tokens per document (and hard negative)
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
+  c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)
+  c.data.file.kind = 'pairs'     # rows of (anchor, positive[, negatives...])
+  c.data.file.format = ''        # 'jsonl', 'csv' or 'tsv' ('' = from the file name)
+  c.data.file.columns = ''       # 'role=column,...' e.g. 'anchor=q,positive=a,negatives=n1|n2'
+                                 # ('' = columns named anchor, positive, negative_1, ...)
+  c.data.file.header = True      # CSV/TSV: the first row names the columns
+  c.data.file.encoding = 'utf-8'  # an ASCII-compatible text encoding
 
   c.train = ml_collections.ConfigDict()  # how the step embeds the batch
   c.train.chunk_size = 0         # rows embedded at a time (0 = the whole batch)
@@ -123,8 +135,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) for a field missing from, or unknown to, the base config."""
-  want = leaf_paths(base_config())
+  base = leaf_paths(base_config())
+  if cfg.loss.name not in LOSSES:
+    raise ConfigError(f'loss.name {cfg.loss.name!r}: not one of {sorted(LOSSES)}')
+  # The chosen loss's own keyword arguments are fields too (a config sets them after
+  # c.loss.update(loss_defaults(name))); the base's loss fields it does not take must keep their
+  # defaults, since the step passes a loss only the arguments it takes.
+  own = loss_defaults(cfg.loss.name)
+  want = {**base, **{f'loss.{k}': v for k, v in own.items()}}
   got = leaf_paths(cfg)
+  for k in sorted(_LOSS_FIELDS_OF_BASE - set(own)):
+    if k in cfg.loss and got.get(f'loss.{k}') != base.get(f'loss.{k}'):
+      raise ConfigError(f'loss.{k}: loss {cfg.loss.name!r} takes no {k!r} (leave it at '
+                        f'{base.get(f"loss.{k}")!r})')
   task_fields = {p for p in got if p.startswith('evals.')}
   missing = [p for p in want if p not in got]
   unknown = [p for p in got if p not in want and p not in task_fields]
@@ -138,8 +161,6 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if fields != EVAL_BLOCK_FIELDS:
       raise ConfigError(f'evals.{task} must have exactly the fields {EVAL_BLOCK_FIELDS} '
                         f'(embedjax.train.base_config.eval_block), got {fields}')
-  if cfg.loss.name not in LOSSES:
-    raise ConfigError(f'loss.name {cfg.loss.name!r}: not one of {sorted(LOSSES)}')
   _check_values(leaf_paths(cfg))
 
 

@@ -7,11 +7,15 @@ Sources (``SOURCES``, a plain dict of :class:`Source`), each a list of rows
   stsb      STS-B train pairs with gold score >= 4
   sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
   synthetic the project's own synthetic retrieval pairs (needs no shared data)
+  file:PATH a researcher's own JSONL / CSV / TSV file of (anchor, positive[, negatives...]) rows
+            (``embedjax.data.files``; the config's ``data.file`` block says how to read it):
+            validated in one streaming pass and converted once into ArrayRecord, then read with
+            random access, so a large file trains in bounded memory
 Studies add their own sources by passing ``{**SOURCES, **theirs}`` to the loop (e.g.
 ``embedjax.limit.training_sources``); this module knows none of them.
-The rows are read through the tfds builders of ``embedjax.data.tfds_builders`` (prepared once into
-a cache folder) and kept in memory: they are small, and filtering (score >= 4, label 1) needs a
-pass anyway. Batches come from a grain pipeline that is deterministic from a seed and
+The built-in sources' rows are read through the tfds builders of
+``embedjax.data.tfds_builders`` (prepared once into a cache folder) and kept in memory: they are
+small, and filtering (score >= 4, label 1) needs a pass anyway. File sources stay on disk. Batches come from a grain pipeline that is deterministic from a seed and
 checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches (static
 shapes), then tokenization to fixed lengths.
 
@@ -32,7 +36,7 @@ import grain
 import numpy as np
 
 from embedjax.config import ConfigError
-from embedjax.data import synthetic, tfds_builders
+from embedjax.data import files, synthetic, tfds_builders
 from embedjax.models.tokenizer import TextTokenizer
 
 
@@ -96,8 +100,10 @@ class Source:
   """A training source: ``load(data_dir, cache) -> rows``, and what it needs and gives."""
   load: Callable[[Path | None, Path], list[dict]]
   needs_shared_data: bool        # reads ../shared/data (else generates its own)
-  hard_negatives: bool           # rows carry a 'negative'
+  hard_negatives: bool           # rows carry a 'negative' (file sources: 'negatives')
   folders: tuple[str, ...] = ()  # the folders of the shared data it reads (its provenance inputs)
+  negatives: int = 1             # hard negatives per row, when it has any
+  path: Path | None = None       # a file source's file (its provenance input)
 
 
 SOURCES: dict[str, Source] = {
@@ -109,6 +115,78 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def file_spec(name: str, file_options: Any = None) -> files.FileSpec:
+  """The FileSpec of a ``file:PATH`` source with the config's ``data.file`` options (a
+  ConfigDict or dict: kind, format, columns as 'role=column,...' or a mapping, header, encoding;
+  empty strings mean the defaults)."""
+  options = dict(file_options.to_dict() if hasattr(file_options, 'to_dict') else file_options or {})
+  options = {k: v for k, v in options.items() if v != ''}
+  if isinstance(options.get('columns'), str):
+    options['columns'] = _parse_columns(options['columns'])
+  try:
+    spec = files.FileSpec.from_string(name, **options)
+  except ConfigError as e:
+    raise ConfigError(f'data.file: {e}') from None
+  if spec.kind != 'pairs':
+    raise ConfigError(f"data.file.kind: {spec.kind!r} files do not train with the contrastive "
+                      "loop yet; it takes 'pairs' files (anchor, positive[, negatives...])")
+  return spec
+
+
+def _parse_columns(text: str) -> dict:
+  """'anchor=question,positive=answer,negatives=n1|n2' -> {'anchor': 'question', ...}."""
+  out = {}
+  for item in filter(None, (x.strip() for x in text.split(','))):
+    role, sep, column = item.partition('=')
+    if not sep or not role.strip() or not column.strip():
+      raise ConfigError(f"data.file.columns: {item!r} is not 'role=column'")
+    names = [c.strip() for c in column.split('|')]
+    out[role.strip()] = tuple(names) if role.strip() == 'negatives' else names[0]
+  return out
+
+
+def _load_file(spec: files.FileSpec):
+  def load(data_dir: Path | None, cache: Path):
+    del data_dir
+    return files.prepare(spec, cache / 'files')
+  return load
+
+
+def with_files(names: str | list[str], file_options: Any, cache_dir: Path | None,
+               sources: dict[str, Source] = SOURCES) -> dict[str, Source]:
+  """``sources`` plus a Source for every ``file:PATH`` name of ``names``.
+
+  Each file is validated and converted here (once: a later call reuses the conversion), so a
+  malformed file fails with ``path:line: field 'name': ...`` before anything is built or trained.
+  With several processes, process 0 converts first and the others then reuse its conversion
+  (the cache folder must be shared, or each process converts its own copy).
+  """
+  out = dict(sources)
+  cache = Path(cache_dir) if cache_dir else default_cache_dir()
+  for name in source_names(names):
+    if not files.is_file_source(name):
+      continue
+    spec = file_spec(name, file_options)
+    stats = _prepare_in_order(spec, cache).stats
+    out[name] = Source(_load_file(spec), needs_shared_data=False,
+                       hard_negatives=stats.negatives > 0, negatives=max(stats.negatives, 1),
+                       path=Path(spec.path))
+  return out
+
+
+def _prepare_in_order(spec: files.FileSpec, cache: Path):
+  import jax  # only here: the rest of this module is numpy and grain
+  if jax.process_count() == 1:
+    return files.prepare(spec, cache / 'files')
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    source = files.prepare(spec, cache / 'files')
+  multihost_utils.sync_global_devices(f'prepare {spec.path}')
+  if jax.process_index() != 0:
+    source = files.prepare(spec, cache / 'files')
+  return source
+
+
 def source_names(names: str | list[str]) -> list[str]:
   return [n.strip() for n in names.split(',')] if isinstance(names, str) else list(names)
 
@@ -118,38 +196,74 @@ def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[So
   picked = []
   for name in source_names(names):
     if name not in sources:
-      raise ConfigError(f'data.train {name!r}: unknown training source; choose from {sorted(sources)}')
+      if files.is_file_source(name):  # with_files() adds file sources; this call came without it
+        raise ConfigError(f'data.train {name!r}: file sources are read through with_files()')
+      hint = (f"; for your own file write 'file:{name}'"
+              if name.lower().endswith(('.jsonl', '.json', '.csv', '.tsv')) else '')
+      builtin = sorted(n for n in sources if not files.is_file_source(n))
+      raise ConfigError(f'data.train {name!r}: unknown training source; choose from {builtin} '
+                        f"or 'file:PATH'{hint}")
     picked.append(sources[name])
   if len({s.hard_negatives for s in picked}) > 1:
     raise ConfigError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
                      'in one batch stream')
+  if picked[0].hard_negatives and len({s.negatives for s in picked}) > 1:
+    raise ConfigError(f'data.train={names!r}: the sources have different numbers of hard '
+                      f'negatives per row ({sorted({s.negatives for s in picked})})')
   return picked
 
 
 def source_inputs(names: str | list[str], data_dir: Path | None,
                   sources: dict[str, Source] = SOURCES) -> list[Path]:
   """The shared-data folders the named sources read (none without a data folder)."""
+  picked = check_sources(names, sources)
+  own = [s.path for s in picked if s.path is not None]
   if data_dir is None:
-    return []
-  folders = dict.fromkeys(f for s in check_sources(names, sources) for f in s.folders)
-  return [Path(data_dir) / f for f in folders]
+    return own
+  folders = dict.fromkeys(f for s in picked for f in s.folders)
+  return [Path(data_dir) / f for f in folders] + own
+
+
+class _Concat:
+  """Random access over several row sources in order (lists in memory, prepared files on disk);
+  rows with one 'negative' become rows with 'negatives' [it] when a file source is among them,
+  so that every row has the same keys."""
+
+  def __init__(self, parts: list):
+    self._parts = parts
+    self._starts = np.cumsum([0] + [len(p) for p in parts])
+    self._as_list = any(isinstance(p, files.FileSource) for p in parts)
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __getitem__(self, index: int) -> dict:
+    part = int(np.searchsorted(self._starts, index, side='right')) - 1
+    row = self._parts[part][index - int(self._starts[part])]
+    if self._as_list and 'negative' in row:
+      row = {k: v for k, v in row.items() if k != 'negative'} | {'negatives': [row['negative']]}
+    return row
 
 
 def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | None = None,
-              sources: dict[str, Source] = SOURCES) -> list[dict]:
-  """Concatenated rows of the named sources (a list or a comma-separated string)."""
+              sources: dict[str, Source] = SOURCES):
+  """The rows of the named sources (a list or a comma-separated string), in order: a list when
+  every source is in memory, else a random-access source (``len``, ``[i]``) over them."""
   cache = Path(cache_dir) if cache_dir else default_cache_dir()
-  rows = []
+  parts = []
   for name, source in zip(source_names(names), check_sources(names, sources)):
     if source.needs_shared_data and data_dir is None:
       raise FileNotFoundError(f'training source {name!r} needs the shared data folder')
-    rows.extend(source.load(data_dir, cache))
-  if not rows:
+    parts.append(source.load(data_dir, cache))
+  if not sum(len(p) for p in parts):
     raise ValueError(f'training sources {names} produced no rows')
-  with_neg = sum('negative' in r for r in rows)
-  if 0 < with_neg < len(rows):  # a source that gives negatives for only some rows
-    raise ValueError('cannot mix rows with and without hard negatives in one batch stream')
-  return rows
+  if all(isinstance(p, list) for p in parts):
+    rows = [r for p in parts for r in p]
+    with_neg = sum('negative' in r for r in rows)
+    if 0 < with_neg < len(rows):  # a source that gives negatives for only some rows
+      raise ValueError('cannot mix rows with and without hard negatives in one batch stream')
+    return rows
+  return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
@@ -167,13 +281,20 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
     neg = doc_tok.pad(doc_tok.encode([str(t) for t in rows['negative'][sl]]), doc_tok.max_length)
     out['neg_ids'] = neg['input_ids'][:, None]
     out['neg_mask'] = neg['attention_mask'][:, None]
+  elif len(rows.get('negatives', ())):
+    # File rows: grain batches the list of k negatives into k arrays of (B,) texts.
+    negs = [doc_tok.pad(doc_tok.encode([str(t) for t in col[sl]]), doc_tok.max_length)
+            for col in rows['negatives']]
+    out['neg_ids'] = np.stack([n['input_ids'] for n in negs], axis=1)
+    out['neg_mask'] = np.stack([n['attention_mask'] for n in negs], axis=1)
   return out
 
 
-def make_loader(rows: list[dict], tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
+def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
                 prefetch: int = 2) -> Any:
-  """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts)."""
+  """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
+  ``rows`` (a list, or a random-access source as ``load_rows`` returns)."""
   if batch_size % process_count:
     raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:

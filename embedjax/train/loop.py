@@ -45,7 +45,7 @@ from embedjax.ops import l2_normalize
 from embedjax.provenance import Run
 from embedjax.train import data as train_data
 from embedjax.train import run_config
-from embedjax.train.base_config import check_config
+from embedjax.train.base_config import check_config, loss_defaults
 from embedjax.train.checkpoint import Checkpointer
 from embedjax.train import sharding
 from embedjax.train.optim import make_optimizer
@@ -121,8 +121,9 @@ def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
 
 def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfig:
   loss = cfg.loss
-  own = ('name', 'scale', 'learnable_scale', 'matryoshka_dims', 'matryoshka_weights')
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in loss.items() if k not in own}
+  # The fields the chosen loss takes (the base config's info_nce fields may not all apply).
+  takes = set(loss_defaults(loss.name)) - {'scale'}  # the step passes the scale itself
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in loss.items() if k in takes}
   return StepConfig(
       spec=spec, loss=loss.name, loss_kwargs=tuple(sorted(kwargs.items())),
       scale=float(loss.scale), learnable_scale=bool(loss.learnable_scale),
@@ -166,7 +167,8 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
   shapes = {'query_ids': (b, lq), 'query_mask': (b, lq), 'doc_ids': (b, ld), 'doc_mask': (b, ld),
             'doc_key': (b,)}
   if picked[0].hard_negatives:
-    shapes.update(neg_ids=(b, 1, ld), neg_mask=(b, 1, ld))
+    h = picked[0].negatives
+    shapes.update(neg_ids=(b, h, ld), neg_mask=(b, h, ld))
   return {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
 
 
@@ -179,6 +181,11 @@ def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
       raise ConfigError(f'evals.{task}.dims {too_wide}: outside 1..{width} (the model width)')
 
 
+def _with_files(cfg, sources):
+  """``sources`` plus the config's ``file:`` sources, each validated and converted (once)."""
+  return train_data.with_files(cfg.data.train, cfg.data.file, cfg.data.cache_dir or None, sources)
+
+
 def dry_build(cfg: ml_collections.ConfigDict,
               sources: dict[str, train_data.Source] = train_data.SOURCES) -> dict:
   """Builds the whole run abstractly (``jax.eval_shape``: no weights read, no arrays made):
@@ -188,6 +195,7 @@ def dry_build(cfg: ml_collections.ConfigDict,
   Returns {'spec', 'param_count', 'state', 'batch', 'metrics'} (the last three abstract).
   """
   check_config(cfg)
+  sources = _with_files(cfg, sources)
   spec, _ = model_spec(cfg.model)
   check_evals(cfg, spec.embedding_dim)
   encoder = jax.eval_shape(lambda k: init_model_params(spec, k), jax.random.key(0))
@@ -372,6 +380,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   fresh run); appends its progress bar and logger to ``bars``/``loggers`` for the caller to close
   on an interruption."""
   data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
+  sources = _with_files(cfg, sources)
   # this call's provenance (a resumed run records the call that finished it); the summary
   # stores the config itself
   run = Run(config=cfg, seeds=cfg.seed, store_config=False,
