@@ -31,11 +31,17 @@ from embedjax.losses.weighted import (focal_info_nce, hardness_weighted_info_nce
                                       progressive_info_nce, progressive_weights)
 from embedjax.registry import lookup
 
-# Losses of (q, d, *, hard_negatives, scale, doc_ids, ...): what a config's loss.name may choose.
+# What a config's loss.name may choose. Each is called with (q, d) embeddings and those of
+# hard_negatives, scale, doc_ids (pairs data) and scores (scored-pair data) it takes.
 LOSSES: dict[str, Callable] = {'info_nce': info_nce,
                                'hardness_weighted_info_nce': hardness_weighted_info_nce,
                                'focal_info_nce': focal_info_nce,
-                               'multi_positive_info_nce': multi_positive_info_nce}
+                               'multi_positive_info_nce': multi_positive_info_nce,
+                               'cosent': cosent, 'angle': angle,
+                               'order_aware_sts': order_aware_sts_loss}
+# The losses of LOSSES that train on scored pairs (text1, text2, score): their batches carry
+# 'score' and no hard negatives.
+SCORED_LOSSES = frozenset({'cosent', 'angle', 'order_aware_sts'})
 
 
 def get(name: str) -> Callable:
@@ -48,7 +54,7 @@ def names() -> tuple[str, ...]:
   return tuple(LOSSES)
 
 
-__all__ = ['DEFAULT_SCALE', 'LOSSES', 'PAIR_SIMILARITIES', 'SIAMESE_DISTANCES', 'SIMILARITIES',
+__all__ = ['DEFAULT_SCALE', 'LOSSES', 'PAIR_SIMILARITIES', 'SCORED_LOSSES', 'SIAMESE_DISTANCES', 'SIMILARITIES',
            'TRIPLET_DISTANCES', 'adaptive_layer', 'angle', 'average_ranks', 'cached_gist',
            'contrastive_loss', 'cosent', 'cosent_loss', 'cosine_matrix', 'distill_kl_div',
            'focal_info_nce', 'get', 'gist', 'hardness_weighted_info_nce', 'info_nce', 'margin_mse',

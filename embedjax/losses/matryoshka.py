@@ -63,8 +63,9 @@ def matryoshka(loss_fn: Callable, dims: Sequence[int], weights: Sequence[float] 
     total = 0.0
     metrics = {}
     for dim, weight in pairs:
-      negatives = None if hard_negatives is None else cut(hard_negatives, dim)
-      loss, m = loss_fn(cut(q, dim), cut(d, dim), hard_negatives=negatives, **kwargs)
+      # Only given when there are some: losses on scored pairs take no hard negatives.
+      negatives = {} if hard_negatives is None else {'hard_negatives': cut(hard_negatives, dim)}
+      loss, m = loss_fn(cut(q, dim), cut(d, dim), **negatives, **kwargs)
       total = total + weight * loss
       metrics.update({f'{k}@{dim}': v for k, v in m.items()})
       if dim == pairs[0][0]:

@@ -8,6 +8,9 @@
   plan_memory            bytes per device of a run: params, optimizer, activations (``memory.py``)
   Checkpointer           Orbax checkpoints that resume exactly (``checkpoint.py``)
   SOURCES, make_loader   training data sources and the grain loader (``data.py``)
+  mine_hard_negatives    hard negatives by exact search, sentence-transformers' filters
+  mine_to_file           (anchor, positive) pairs -> a 'pairs' JSONL file with mined negatives
+                         (``mining.py``)
   train                  the loop: config + workdir -> checkpoints, logs, evals (``loop.py``)
 
 Names are imported on first use (Orbax and grain are slow to import).
@@ -18,11 +21,13 @@ from __future__ import annotations
 from embedjax.lazy import lazy_exports
 
 _ATTRIBUTES = {
-    'check_config': 'base_config', 'loss_defaults': 'base_config', 'eval_block': 'base_config',
+    'check_config': 'base_config', 'loss_defaults': 'base_config', 'use_loss': 'base_config',
+    'eval_block': 'base_config',
     'Checkpointer': 'checkpoint', 'abstract_like': 'checkpoint',
     'SOURCES': 'data', 'Source': 'data', 'load_rows': 'data', 'make_loader': 'data',
     'tokenize_batch': 'data',
     'train': 'loop', 'dry_build': 'loop', 'build_model': 'loop', 'run_evals': 'loop',
+    'mine_hard_negatives': 'mining', 'mine_to_file': 'mining', 'MinedFile': 'mining',
     'make_mesh': 'sharding', 'replicated': 'sharding', 'batch_sharding': 'sharding',
     'global_batch': 'sharding', 'param_shardings': 'sharding', 'state_shardings': 'sharding',
     'plan_memory': 'memory',
@@ -32,8 +37,8 @@ _ATTRIBUTES = {
     'make_train_step': 'step',
 }
 # Modules exported as themselves (``base_config`` is also the name of the function inside it).
-_SUBMODULES = ('base_config', 'checkpoint', 'data', 'loop', 'memory', 'optim', 'sharding', 'state',
-               'step')
+_SUBMODULES = ('base_config', 'checkpoint', 'data', 'loop', 'memory', 'mining', 'optim', 'sharding',
+               'state', 'step')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

@@ -22,7 +22,7 @@ from embedjax.losses import LOSSES
 from embedjax.train.sharding import DEFAULT_RULES
 
 # Keyword arguments of a loss that come from the batch, not from the config.
-BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights', 'positive_mask')
+BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights', 'positive_mask', 'scores', 'mask')
 # BERT fields a 'random:NAME' model may change (0 = keep NAME's value).
 BERT_OVERRIDES = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
 EVAL_BLOCK_FIELDS = ('dims', 'metrics')
@@ -42,6 +42,18 @@ def loss_defaults(name: str) -> dict:
     else:
       out[p.name] = p.default
   return out
+
+
+def use_loss(c: ml_collections.ConfigDict, name: str, **fields) -> ml_collections.ConfigDict:
+  """Chooses loss ``name`` in config ``c``: adds the loss's own fields (with their defaults)
+  that the base config lacks, then sets ``fields``; returns ``c``. E.g.
+  ``use_loss(c, 'focal_info_nce', gamma=1.0)``."""
+  if name not in LOSSES:
+    raise ConfigError(f'loss.name {name!r}: not one of {sorted(LOSSES)}')
+  c.loss.name = name  # the chosen loss (a key of LOSSES)
+  c.loss.update({k: v for k, v in loss_defaults(name).items() if k not in c.loss})
+  c.loss.update(fields)
+  return c
 
 
 # Loss fields of every config (info_nce's keyword defaults); see check_config.

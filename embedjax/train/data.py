@@ -5,6 +5,7 @@ Sources (``SOURCES``, a plain dict of :class:`Source`), each a list of rows
   scifact   SciFact train qrels: claim -> cited abstract (title + " " + text)
   mrpc      MRPC train pairs labelled paraphrase (1)
   stsb      STS-B train pairs with gold score >= 4
+  stsb_scored  every STS-B train pair with its gold score (for CoSENT, AnglE, CoDiEmb's STS loss)
   sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
   synthetic the project's own synthetic retrieval pairs (needs no shared data)
   file:PATH a researcher's own JSONL / CSV / TSV file of (anchor, positive[, negatives...]) rows
@@ -61,6 +62,13 @@ def _pairs(name: str, folder: str, keep: Callable[[dict], bool]):
   return load
 
 
+def _stsb_scored(data_dir: Path, cache: Path) -> list[dict]:
+  # Every STS-B train pair with its gold score (0-5), for the losses on scored pairs (CoSENT...).
+  src = tfds_builders.load_pairs_source('stsb', 'train', data_dir / 'stsb', cache)
+  return [{'query': r['sentence1'], 'positive': r['sentence2'], 'score': float(r['score']),
+           'doc_key': _key(r['sentence2'])} for r in (src[i] for i in range(len(src)))]
+
+
 def _sick_triplets(data_dir: Path, cache: Path) -> list[dict]:
   src = tfds_builders.load_pairs_source('sick', 'train', data_dir / 'sick', cache)
   entailed: dict[str, list[str]] = {}
@@ -104,12 +112,15 @@ class Source:
   folders: tuple[str, ...] = ()  # the folders of the shared data it reads (its provenance inputs)
   negatives: int = 1             # hard negatives per row, when it has any
   path: Path | None = None       # a file source's file (its provenance input)
+  scored: bool = False           # rows are scored pairs {'query', 'positive', 'score'} (CoSENT...)
 
 
 SOURCES: dict[str, Source] = {
     'scifact': Source(_scifact, needs_shared_data=True, hard_negatives=False, folders=('scifact',)),
     'mrpc': Source(_pairs('mrpc', 'mrpc', lambda r: r['score'] == 1), True, False, ('mrpc',)),
     'stsb': Source(_pairs('stsb', 'stsb', lambda r: r['score'] >= 4.0), True, False, ('stsb',)),
+    'stsb_scored': Source(_stsb_scored, needs_shared_data=True, hard_negatives=False,
+                          folders=('stsb',), scored=True),
     'sick': Source(_sick_triplets, needs_shared_data=True, hard_negatives=True, folders=('sick',)),
     'synthetic': Source(_synthetic, needs_shared_data=False, hard_negatives=False),
 }
@@ -127,9 +138,10 @@ def file_spec(name: str, file_options: Any = None) -> files.FileSpec:
     spec = files.FileSpec.from_string(name, **options)
   except ConfigError as e:
     raise ConfigError(f'data.file: {e}') from None
-  if spec.kind != 'pairs':
-    raise ConfigError(f"data.file.kind: {spec.kind!r} files do not train with the contrastive "
-                      "loop yet; it takes 'pairs' files (anchor, positive[, negatives...])")
+  if spec.kind == 'labelled':
+    raise ConfigError("data.file.kind: 'labelled' files do not train with this loop yet; it "
+                      "takes 'pairs' (anchor, positive[, negatives...]) and 'scored' (text1, "
+                      "text2, score) files")
   return spec
 
 
@@ -168,9 +180,10 @@ def with_files(names: str | list[str], file_options: Any, cache_dir: Path | None
       continue
     spec = file_spec(name, file_options)
     stats = _prepare_in_order(spec, cache).stats
-    out[name] = Source(_load_file(spec), needs_shared_data=False,
-                       hard_negatives=stats.negatives > 0, negatives=max(stats.negatives, 1),
-                       path=Path(spec.path))
+    negatives = stats.negatives or 0
+    out[name] = Source(_load_file(spec), needs_shared_data=False, hard_negatives=negatives > 0,
+                       negatives=max(negatives, 1), path=Path(spec.path),
+                       scored=spec.kind == 'scored')
   return out
 
 
@@ -204,6 +217,9 @@ def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[So
       raise ConfigError(f'data.train {name!r}: unknown training source; choose from {builtin} '
                         f"or 'file:PATH'{hint}")
     picked.append(sources[name])
+  if len({s.scored for s in picked}) > 1:
+    raise ConfigError(f'data.train={names!r}: cannot mix scored pairs with unscored rows in one '
+                      'batch stream')
   if len({s.hard_negatives for s in picked}) > 1:
     raise ConfigError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
                      'in one batch stream')
@@ -269,6 +285,9 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
                    process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """A grain batch (dict of arrays of texts) -> this process's slice of fixed-length token arrays."""
+  if 'text1' in rows:  # a scored file's rows: (text1, text2, score)
+    rows = {'query': rows['text1'], 'positive': rows['text2'], 'score': rows['score'],
+            'doc_key': np.array([_key(str(t)) for t in rows['text2']])}
   n = len(rows['query'])
   per = n // process_count
   sl = slice(process_index * per, (process_index + 1) * per)
@@ -277,6 +296,8 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
          'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],
          'doc_key': np.asarray(rows['doc_key'][sl], np.int32)}
+  if 'score' in rows:
+    out['score'] = np.asarray(rows['score'][sl], np.float32)
   if 'negative' in rows:
     neg = doc_tok.pad(doc_tok.encode([str(t) for t in rows['negative'][sl]]), doc_tok.max_length)
     out['neg_ids'] = neg['input_ids'][:, None]

@@ -35,6 +35,7 @@ from embedjax.config import ConfigError
 from embedjax.encoding import encode
 from embedjax.evals.tasks import TASKS, run_task, task_inputs
 from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.losses import SCORED_LOSSES
 from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
                                         init_model_params, load_pretrained, load_spec)
 from embedjax.models.decoder import NAMED_SHAPES, DecoderConfig
@@ -169,7 +170,23 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
   if picked[0].hard_negatives:
     h = picked[0].negatives
     shapes.update(neg_ids=(b, h, ld), neg_mask=(b, h, ld))
-  return {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
+  out = {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
+  if picked[0].scored:
+    out['score'] = jax.ShapeDtypeStruct((b,), jnp.float32)
+  return out
+
+
+def check_loss_and_data(cfg: ml_collections.ConfigDict, sources) -> None:
+  """A loss on scored pairs needs scored data, and the others need pairs (one line otherwise)."""
+  scored = train_data.check_sources(cfg.data.train, sources)[0].scored
+  if (cfg.loss.name in SCORED_LOSSES) != scored:
+    if cfg.loss.name in SCORED_LOSSES:
+      raise ConfigError(f'loss.name {cfg.loss.name!r} trains on scored pairs; data.train '
+                        f'{cfg.data.train!r} gives unscored pairs (use stsb_scored, or a file '
+                        "with data.file.kind 'scored')")
+    raise ConfigError(f'data.train {cfg.data.train!r} gives scored pairs; loss.name '
+                      f'{cfg.loss.name!r} does not use scores: choose one of '
+                      f'{sorted(SCORED_LOSSES)}')
 
 
 def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
@@ -196,6 +213,7 @@ def dry_build(cfg: ml_collections.ConfigDict,
   """
   check_config(cfg)
   sources = _with_files(cfg, sources)
+  check_loss_and_data(cfg, sources)
   spec, _ = model_spec(cfg.model)
   check_evals(cfg, spec.embedding_dim)
   encoder = jax.eval_shape(lambda k: init_model_params(spec, k), jax.random.key(0))
@@ -381,6 +399,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   on an interruption."""
   data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
   sources = _with_files(cfg, sources)
+  check_loss_and_data(cfg, sources)
   # this call's provenance (a resumed run records the call that finished it); the summary
   # stores the config itself
   run = Run(config=cfg, seeds=cfg.seed, store_config=False,

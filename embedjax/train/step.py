@@ -4,6 +4,7 @@ Batch (all arrays have the global batch size B as leading dim):
   query_ids, query_mask: (B, Lq) int32    doc_ids, doc_mask: (B, Ld) int32
   neg_ids, neg_mask: (B, H, Ld) int32 (optional hard negatives)
   doc_key: (B,) int32 id of each positive document (duplicate positives are masked as negatives)
+  score: (B,) float32 gold score of each (query, doc) pair (scored-pair data, for SCORED_LOSSES)
 
 Every column is embedded in chunks of ``chunk_size`` rows, each chunk with its own dropout key
 (``fold_in(column_key, chunk)``). The plain step embeds all chunks at once (vmap) and
@@ -18,6 +19,7 @@ per chunk are the same in both, the two give the same gradients; only peak memor
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import jax
@@ -58,6 +60,13 @@ def build_loss(cfg: StepConfig) -> Callable:
   if cfg.matryoshka_dims:
     fn = matryoshka(fn, cfg.matryoshka_dims, cfg.matryoshka_weights)
   return fn
+
+
+def loss_arguments(name: str) -> frozenset[str]:
+  """The batch-derived arguments loss ``name`` takes, among hard_negatives, scale, doc_ids and
+  scores (the step passes only those: a CoSENT loss has no hard negatives, CoDiEmb's no scale)."""
+  params = inspect.signature(LOSSES[name]).parameters
+  return frozenset(a for a in ('hard_negatives', 'scale', 'doc_ids', 'scores') if a in params)
 
 
 def _columns(batch) -> list[tuple[jax.Array, jax.Array]]:
@@ -108,8 +117,15 @@ def _loss_on_embeddings(cfg: StepConfig, loss_fn, embs, batch, scale):
   if len(embs) > 2:
     b, h = batch['neg_ids'].shape[:2]
     negs = embs[2].reshape(b, h, -1)
-  return loss_fn(q, d, hard_negatives=negs, scale=scale, doc_ids=batch.get('doc_key'),
-                 **dict(cfg.loss_kwargs))
+  available = {'hard_negatives': negs, 'scale': scale, 'doc_ids': batch.get('doc_key'),
+               'scores': batch.get('score')}
+  takes = loss_arguments(cfg.loss)
+  if negs is not None and 'hard_negatives' not in takes:
+    raise ConfigError(f'loss {cfg.loss!r} takes no hard negatives, but the batch has them')
+  if 'scores' in takes and available['scores'] is None:
+    raise ConfigError(f"loss {cfg.loss!r} trains on scored pairs: the batch has no 'score'")
+  args = {k: v for k, v in available.items() if k in takes}
+  return loss_fn(q, d, **args, **dict(cfg.loss_kwargs))
 
 
 def _chunk_keys(rng, column: int, n_chunks: int):

@@ -86,6 +86,25 @@ def test_trains_a_few_steps_from_a_file(fmt, own_files, tmp_path, monkeypatch):
   assert rows[3]['query'] == _texts(3)[0] and rows[3]['positive'] == _texts(3)[1]
 
 
+def test_trains_cosent_on_a_scored_file(own_files, tmp_path, monkeypatch):
+  monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
+  scored = tmp_path / 'scored.tsv'
+  lines = ['text1\ttext2\tscore'] + ['\t'.join([*_texts(i), str(i % 6)]) for i in range(N)]
+  scored.write_text('\n'.join(lines) + '\n')
+  cfg = _config(scored, '--config.data.file.kind=scored', '--config.loss.name=cosent')
+  batch = dry_build(cfg)['batch']
+  assert batch['score'].shape == (4,) and 'neg_ids' not in batch
+  train(cfg, tmp_path / 'run', progress=False)
+  records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert len(records) == 2
+  assert all(np.isfinite(r['train/loss']) and 'train/pair_accuracy' in r for r in records)
+  # A loss on scored pairs with unscored data, and the other way round, fail in one line.
+  with pytest.raises(ConfigError, match="'cosent' trains on scored pairs"):
+    dry_build(_config(own_files['tsv'], '--config.loss.name=cosent'))
+  with pytest.raises(ConfigError, match='gives scored pairs'):
+    dry_build(_config(scored, '--config.data.file.kind=scored'))
+
+
 def test_bad_row_fails_before_training(own_files, tmp_path, monkeypatch):
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
   bad = tmp_path / 'bad.tsv'
@@ -111,7 +130,7 @@ def test_unknown_source_that_looks_like_a_file_says_how_to_name_it():
 def test_file_options_are_checked():
   with pytest.raises(ConfigError, match='data.file.columns'):
     train_data.file_spec('file:x.jsonl', {'columns': 'anchor'})
-  with pytest.raises(ConfigError, match="data.file.kind: 'scored'"):
-    train_data.file_spec('file:x.csv', {'kind': 'scored'})
+  with pytest.raises(ConfigError, match="data.file.kind: 'labelled'"):
+    train_data.file_spec('file:x.csv', {'kind': 'labelled'})
   with pytest.raises(ConfigError, match='data.file'):
     train_data.file_spec('file:x.txt', {})
