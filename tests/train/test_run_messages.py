@@ -17,10 +17,8 @@ import logging
 import re
 from pathlib import Path
 
-import jax
 import ml_collections
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from embedjax import cli
 from embedjax.config import ConfigError
@@ -36,23 +34,6 @@ INTERRUPT_AT = 2
 STEPS, MORE_STEPS = 4, 6
 
 
-@contextlib.contextmanager
-def _compile_cache(folder: Path):
-  """jax's persistent compilation cache in ``folder`` for every compile, restored afterwards."""
-  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-           'jax_persistent_cache_min_entry_size_bytes')
-  old = {n: getattr(jax.config, n) for n in names}
-  for n, v in zip(names, (str(folder), 0, 0)):
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()  # the cache reads its settings once: make it read these
-  try:
-    yield
-  finally:
-    for n, v in old.items():
-      jax.config.update(n, v)
-    compilation_cache.reset_cache()
-
-
 def _cli(workdir: Path, *args: str) -> tuple[int, str, str]:
   """(exit status, stdout, stderr) of ``embedjax train`` on the tiny config in this process."""
   out, err = io.StringIO(), io.StringIO()
@@ -64,7 +45,7 @@ def _cli(workdir: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, compile_cache):
   """The tiny run interrupted at step INTERRUPT_AT of STEPS, then rerun with MORE_STEPS."""
   tmp = tmp_path_factory.mktemp('run_messages')
   workdir = tmp / 'run'
@@ -77,7 +58,7 @@ def runs(tmp_path_factory):
     if step == INTERRUPT_AT and len(saved) == INTERRUPT_AT:
       raise KeyboardInterrupt
 
-  with pytest.MonkeyPatch.context() as mp, _compile_cache(tmp / 'jax_cache'):
+  with pytest.MonkeyPatch.context() as mp:
     mp.setenv('EMBEDJAX_CACHE', str(tmp / 'cache'))  # a fresh tfds cache: the data is prepared
     mp.setattr(Checkpointer, 'save', save_then_interrupt)
     first = _cli(workdir, f'--config.steps={STEPS}')
