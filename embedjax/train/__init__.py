@@ -12,6 +12,7 @@
   mine_to_file           (anchor, positive) pairs -> a 'pairs' JSONL file with mined negatives
                          (``mining.py``)
   train                  the loop: config + workdir -> checkpoints, logs, evals (``loop.py``)
+  fit                    the loop as one call for notebooks: model + rows -> trained model (``fitting.py``)
 
 Names are imported on first use (Orbax and grain are slow to import).
 """
@@ -27,6 +28,7 @@ _ATTRIBUTES = {
     'SOURCES': 'data', 'Source': 'data', 'load_rows': 'data', 'make_loader': 'data',
     'tokenize_batch': 'data',
     'train': 'loop', 'dry_build': 'loop', 'build_model': 'loop', 'run_evals': 'loop',
+    'fit': 'fitting', 'rows_source': 'fitting',
     'mine_hard_negatives': 'mining', 'mine_to_file': 'mining', 'MinedFile': 'mining',
     'make_mesh': 'sharding', 'replicated': 'sharding', 'batch_sharding': 'sharding',
     'global_batch': 'sharding', 'param_shardings': 'sharding', 'state_shardings': 'sharding',
@@ -37,8 +39,8 @@ _ATTRIBUTES = {
     'make_train_step': 'step',
 }
 # Modules exported as themselves (``base_config`` is also the name of the function inside it).
-_SUBMODULES = ('base_config', 'checkpoint', 'data', 'loop', 'memory', 'mining', 'optim', 'sharding',
-               'state', 'step')
+_SUBMODULES = ('base_config', 'checkpoint', 'data', 'fitting', 'loop', 'memory', 'mining', 'optim',
+               'sharding', 'state', 'step')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

@@ -137,3 +137,26 @@ def test_file_options_are_checked():
     train_data.file_spec('file:x.csv', {'kind': 'labelled'})
   with pytest.raises(ConfigError, match='data.file'):
     train_data.file_spec('file:x.txt', {})
+
+
+def test_fit_trains_in_memory_rows_and_returns_the_model(tmp_path, monkeypatch, compile_cache):
+  # The same shapes as the CSV / TSV runs above: a cache hit for the compiled step.
+  from embedjax.train.fitting import fit
+  monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
+  rows = [dict(zip(('anchor', 'positive'), _texts(i))) for i in range(N)]
+  config = _config('unused.jsonl')  # this module's tiny model; fit replaces its data.train
+  model, summary = fit('random:all-MiniLM-L6-v2', rows, workdir=tmp_path / 'fit', steps=2,
+                       batch_size=4, query_len=8, doc_len=12, lr=1e-3, config=config,
+                       overrides={'optim.decay': 'constant'}, progress=False)
+  assert summary['steps_done'] == 2
+  emb = model.encode(['a question', 'an answer'])
+  assert emb.shape == (2, 32) and np.all(np.isfinite(emb))
+  # Bad rows are named by index and field before anything runs.
+  from embedjax.train.fitting import rows_source
+  with pytest.raises(DataFormatError, match="train_data:1: field 'positive'"):
+    rows_source([{'anchor': 'a', 'positive': 'b'}, {'anchor': 'c', 'positive': ' '}])
+  with pytest.raises(DataFormatError, match="train_data:1: field 'negatives'"):
+    rows_source([{'anchor': 'a', 'positive': 'b', 'negatives': ['x']},
+                 {'anchor': 'c', 'positive': 'd', 'negatives': ['y', 'z']}])
+  with pytest.raises(DataFormatError, match="train_data:0: field 'score'"):
+    rows_source([{'text1': 'a', 'text2': 'b', 'score': float('nan')}])
