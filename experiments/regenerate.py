@@ -104,11 +104,14 @@ TARGETS = (
     Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
            code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py', 'embedjax/train',
                  'embedjax/losses', *CORE), device='gpu', note='the prepared GPU suite'),
-    Target('limit_finetune', 'results/limit/finetune.json',
-           (PY, '-m', 'experiments.limit_finetune'),
-           code=('experiments/limit_finetune.py', 'configs/limit_finetune.py',
-                 'configs/minilm_scifact.py', 'embedjax/train', 'embedjax/losses', 'embedjax/limit',
-                 *CORE)),
+    *(Target(name, f'results/limit/{out}.json', (PY, '-m', 'experiments.limit_finetune', *args),
+             code=('experiments/limit_finetune.py', 'configs/limit_finetune.py',
+                   'configs/minilm_scifact.py', 'embedjax/train', 'embedjax/losses',
+                   'embedjax/limit', *CORE))
+      for name, out, args in (
+          ('limit_finetune', 'finetune', ()),
+          # two passes over the test qrels themselves: how far memorising them gets (docs/limit.md)
+          ('limit_finetune_test_e2', 'finetune_test_e2', ('--only', 'test', '--epochs', '2')))),
 )
 
 
