@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from embedjax.losses.contrastive import DEFAULT_SCALE
+from embedjax.losses.pairwise import ranking_loss
 from embedjax.losses.weighted import _NEG, _query_to_doc_only, _wide, candidates
 from embedjax.ops import l2_normalize
 
@@ -241,12 +242,7 @@ def cosent_loss(pred: jax.Array, gold: jax.Array, *, temperature: float = STS_TE
   0.0
   """
   chex.assert_rank([pred, gold], 1)
-  keep = _keep(pred, mask)
-  s = _wide(pred) / temperature
-  gold = _wide(gold)
-  higher = (gold[:, None] > gold[None, :]) & keep[:, None] & keep[None, :]  # (i, j): g_i > g_j
-  terms = jnp.where(higher, s[None, :] - s[:, None], _NEG)
-  return jnp.logaddexp(0.0, jax.nn.logsumexp(terms))
+  return ranking_loss(_wide(pred), _wide(gold), 1.0 / temperature, mask)[0]
 
 
 def pair_similarity(a: jax.Array, b: jax.Array, similarity: str = 'cosine') -> jax.Array:

@@ -123,8 +123,10 @@ def _check_pairs(a, b, labels):
   chex.assert_shape(labels, (a.shape[0],))
 
 
-def _ranking_loss(sims: jax.Array, labels: jax.Array, scale) -> tuple[jax.Array, dict]:
-  """CoSENT's objective on (N,) pair similarities and their (N,) gold scores."""
+def ranking_loss(sims: jax.Array, labels: jax.Array, scale,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """CoSENT's objective on (N,) pair similarities and their (N,) gold scores; pairs where the
+  optional (N,) ``mask`` is False take no part (padding)."""
   labels = jnp.asarray(labels)
   if labels.dtype == jnp.bool_:
     labels = labels.astype(jnp.int32)
@@ -132,6 +134,9 @@ def _ranking_loss(sims: jax.Array, labels: jax.Array, scale) -> tuple[jax.Array,
   # higher[i, j]: pair i's gold score is strictly above pair j's (ties are not ordered), and the
   # term is exp(s_j - s_i): the lower-labelled pair should score lower.
   higher = labels[:, None] > labels[None, :]
+  if mask is not None:
+    keep = mask.astype(bool)
+    higher = higher & keep[:, None] & keep[None, :]
   terms = jnp.where(higher, s[None, :] - s[:, None], _NEG)
   # The leading 0 is the "1 +" inside the log.
   loss = jax.nn.logsumexp(jnp.concatenate([jnp.zeros((1,), s.dtype), terms.ravel()]))
@@ -172,7 +177,7 @@ def cosent(a: jax.Array, b: jax.Array, scores: jax.Array, *, scale: float = 20.0
   20.0
   """
   _check_pairs(a, b, scores)
-  return _ranking_loss(_pick(PAIR_SIMILARITIES, similarity, 'similarity')(a, b), scores, scale)
+  return ranking_loss(_pick(PAIR_SIMILARITIES, similarity, 'similarity')(a, b), scores, scale)
 
 
 def angle(a: jax.Array, b: jax.Array, scores: jax.Array | None = None, *, scale: float = 20.0,
@@ -214,7 +219,7 @@ def angle(a: jax.Array, b: jax.Array, scores: jax.Array | None = None, *, scale:
   anchors = jnp.tile(a, (h + 1, 1))
   others = jnp.concatenate([b, jnp.swapaxes(hard_negatives, 0, 1).reshape(bsz * h, dim)], axis=0)
   labels = jnp.concatenate([scores, jnp.tile(1 - scores, h)])
-  return _ranking_loss(pair_angle(anchors, others), labels, scale)
+  return ranking_loss(pair_angle(anchors, others), labels, scale)
 
 
 def triplet(anchor: jax.Array, positive: jax.Array, negative: jax.Array, *,
