@@ -124,3 +124,17 @@ def test_table_compression_markdown_is_rendered_from_its_json():
   sweep = [s for s in rec['summary'] if s['method'].startswith('model:')]
   again = exp._benchmark_markdown(cfg, main, sweep, rec['full_table_bytes'], rec)
   assert again == (RESULTS / 'table_compression.md').read_text()
+
+
+def test_recipes_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'recipes'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the recipes study has no records yet')
+  exp = _load('experiments/recipes.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root))))  # as stored (JSON types)
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.recipes --summarize'
+  assert exp.markdown(again) == (root / 'recipes.md').read_text()
+  for cell, seeds in exp.load_records(root).items():
+    for seed, rec in seeds.items():
+      assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it

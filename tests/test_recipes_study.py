@@ -1,0 +1,73 @@
+"""The recipes study's summary arithmetic: means, spreads and the paired bootstrap, by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from embedjax.paths import repo_root
+
+
+@pytest.fixture(scope='module')
+def recipes():
+  path = repo_root() / 'experiments' / 'recipes.py'
+  spec = importlib.util.spec_from_file_location('_recipes_study', path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def _rec(cell, seed, value, per_query=None):
+  test = {'spearman': value} if cell.startswith('stsb') else {
+      'ndcg@10': value, 'query_ids': ['q1', 'q2', 'q3'], 'per_query_ndcg@10': per_query}
+  return {'cell': cell, 'seed': seed, 'test': test, 'git_commit': 'abc1234'}
+
+
+def test_summary_means_spreads_and_missing_cells(recipes):
+  records = {'stsb_cosent': {0: _rec('stsb_cosent', 0, 0.80), 1: _rec('stsb_cosent', 1, 0.84)},
+             'stsb_pretrained': {0: _rec('stsb_pretrained', 0, 0.82)}}
+  s = recipes.summarize(records)
+  assert s['stsb_spearman']['cosent'] == pytest.approx(0.82)
+  assert s['stsb_spearman']['pretrained'] == 0.82
+  assert s['stsb_spearman']['angle'] is None
+  cell = s['cells']['stsb_cosent']
+  assert cell['std'] == pytest.approx(np.std([0.80, 0.84], ddof=1))
+  assert (cell['min'], cell['max'], cell['n_seeds']) == (0.80, 0.84, 2)
+  assert s['cells']['stsb_pretrained']['std'] is None
+  assert 'stsb_angle' in s['missing'] and 'stsb_cosent' not in s['missing']
+
+
+def test_paired_bootstrap_pairs_queries_and_averages_seeds(recipes):
+  base = {0: _rec('scifact_in_batch', 0, 0.5, [0.2, 0.5, 0.8])}
+  focal = {0: _rec('scifact_focal', 0, 0.6, [0.4, 0.5, 0.9]),
+           1: _rec('scifact_focal', 1, 0.6, [0.2, 0.7, 0.9])}
+  s = recipes.summarize({'scifact_in_batch': base, 'scifact_focal': focal})
+  b = s['scifact_paired_bootstrap']['scifact_focal - scifact_in_batch']
+  # seeds averaged per query: [0.3, 0.6, 0.9] - [0.2, 0.5, 0.8] = 0.1 for every query, so every
+  # resample's mean difference is 0.1
+  assert b['diff'] == pytest.approx(0.1)
+  assert b['ci95'] == pytest.approx([0.1, 0.1])
+  assert b['p_not_better'] == 0.0
+
+
+def test_paired_bootstrap_interval_matches_a_direct_numpy_resampling(recipes):
+  rng = np.random.default_rng(5)
+  a, b = rng.random(50), rng.random(50)
+  got = recipes.paired_bootstrap(a, b, resamples=2000, seed=3)
+  idx = np.random.default_rng(3).integers(0, 50, size=(2000, 50))
+  means = np.array([(a[i] - b[i]).mean() for i in idx])
+  assert got['ci95'] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
+  assert got['p_not_better'] == pytest.approx((means <= 0).mean())
+
+
+def test_seeds_evaluated_on_different_queries_are_an_error(recipes):
+  r0 = _rec('scifact_focal', 0, 0.5, [0.1, 0.2, 0.3])
+  r1 = _rec('scifact_focal', 1, 0.5, [0.1, 0.2, 0.3])
+  r1['test']['query_ids'] = ['q1', 'q2', 'q4']
+  base = {0: _rec('scifact_in_batch', 0, 0.5, [0.1, 0.2, 0.3])}
+  with pytest.raises(ValueError, match='different queries'):
+    recipes.summarize({'scifact_focal': {0: r0, 1: r1}, 'scifact_in_batch': base})
