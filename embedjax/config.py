@@ -132,7 +132,26 @@ def parse_args(argv: Sequence[str], *, default_config: str | None = None, prog: 
   return cfg, fv
 
 
-def _check_elements(path: str, name: str, old, new) -> None:
+def set_fields(cfg: ml_collections.ConfigDict, values: dict, *, where: str = 'overrides'
+               ) -> ml_collections.ConfigDict:
+  """Sets dotted fields of ``cfg`` from Python values (``{'data.file.columns': 'a=q'}``), with the
+  checks a ``--config.a.b=value`` override gets: an unknown name (with the closest field), a value
+  of the wrong type, a tuple of the wrong elements: each a one-line ConfigError naming ``where``
+  and the field. Returns ``cfg``."""
+  fields = leaf_paths(cfg)
+  for name, value in values.items():
+    if name not in fields:
+      raise ConfigError(f'{where}: unknown config field {name!r}{closest(name, fields)}')
+    try:
+      cfg.update_from_flattened_dict({name: value})
+    except (TypeError, ValueError, KeyError) as e:
+      raise ConfigError(f'{where}: {name}: expected {_type_name(fields[name])} '
+                        f'({_one_line(e)})') from e
+    _check_elements(where, name, fields[name], leaf_paths(cfg)[name], prefix='')
+  return cfg
+
+
+def _check_elements(path: str, name: str, old, new, prefix: str = '--config.') -> None:
   # config_flags checks a tuple field's type but not its elements': (384, 64) <- 'a' gives ('a',).
   if not (isinstance(old, tuple) and old and isinstance(new, tuple)):
     return
@@ -142,7 +161,7 @@ def _check_elements(path: str, name: str, old, new) -> None:
   kind = kinds.pop()
   accepted = (int, float) if kind is float else (kind,)
   if any(not isinstance(v, accepted) or isinstance(v, bool) != (kind is bool) for v in new):
-    raise ConfigError(f'{path}: --config.{name}: expected {_type_name(old)}, got {new!r}')
+    raise ConfigError(f'{path}: {prefix}{name}: expected {_type_name(old)}, got {new!r}')
 
 
 def _one_line(e: BaseException) -> str:

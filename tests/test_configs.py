@@ -175,3 +175,19 @@ def test_dry_build_of_a_model_larger_than_this_machine():
   assert out['param_count'] > 3.9e9
   leaves = jax.tree_util.tree_leaves(out['state'])
   assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
+def test_set_fields_checks_python_values_as_a_command_line_override_would():
+  from embedjax.config import set_fields
+  from embedjax.train.base_config import base_config
+  c = set_fields(base_config(), {'data.file.columns': 'anchor=q', 'loss.matryoshka_dims': (64, 32),
+                                 'steps': 5, 'optim.lr': 1})
+  assert (c.data.file.columns, c.loss.matryoshka_dims, c.steps) == ('anchor=q', (64, 32), 5)
+  assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)  # ints widen to a float field
+  cases = {'data.fil.columns': ('x', "unknown config field 'data.fil.columns' (closest: "
+                                     'data.file.columns)'),
+           'steps': ('abc', 'steps: expected int'),
+           'loss.directions': ((1,), 'loss.directions: expected tuple of str, got (1,)')}
+  for name, (value, message) in cases.items():
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      set_fields(base_config(), {name: value}, where='fit overrides')

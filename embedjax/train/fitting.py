@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from embedjax.config import ConfigError, closest, leaf_paths
+from embedjax.config import ConfigError, set_fields
 from embedjax.errors import DataFormatError
 from embedjax.models.model import EmbeddingModel, load
 from embedjax.train import data as train_data
@@ -77,17 +77,6 @@ def rows_source(rows: Sequence[dict]) -> train_data.Source:
                            hard_negatives=n_neg > 0, negatives=max(n_neg, 1), scored=scored)
 
 
-def _set(c: ml_collections.ConfigDict, path: str, value: Any) -> None:
-  fields = leaf_paths(c)
-  if path not in fields:
-    raise ConfigError(f'overrides: unknown config field {path!r}{closest(path, fields)}')
-  *parents, leaf = path.split('.')
-  node = c
-  for name in parents:
-    node = node[name]
-  node[leaf] = value
-
-
 def fit(model: str | os.PathLike = 'all-MiniLM-L6-v2', train_data_: Any = 'synthetic', *,
         workdir: str | os.PathLike, loss: str = 'info_nce', steps: int = 100,
         batch_size: int = 32, query_len: int = 64, doc_len: int = 256, lr: float = 2e-5,
@@ -128,7 +117,6 @@ def fit(model: str | os.PathLike = 'all-MiniLM-L6-v2', train_data_: Any = 'synth
   c.steps, c.seed, c.optim.lr = int(steps), int(seed), float(lr)
   c.data.batch_size, c.data.query_len, c.data.doc_len = int(batch_size), int(query_len), int(doc_len)
   c.export = True
-  for path, value in (overrides or {}).items():
-    _set(c, path, value)
+  set_fields(c, overrides or {})
   summary = train(c, Path(workdir), sources=sources, progress=progress)
   return load(summary['export']), summary
