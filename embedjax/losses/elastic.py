@@ -124,7 +124,10 @@ def _adaptive(loss_fn: Callable, *, n_layers_per_step: int, last_layer_weight: f
     # sentence-transformers re-samples the Matryoshka dims at every layer.
     def one_state(q, d, negatives, state_key):
       extra = {'key': state_key} if keyed else {}
-      return loss_fn(q, d, hard_negatives=negatives, **extra, **kwargs)
+      # Hard negatives only when there are some: losses on scored pairs (CoSENT) take none.
+      if negatives is not None:
+        extra['hard_negatives'] = negatives
+      return loss_fn(q, d, **extra, **kwargs)
 
     state_keys = jax.random.split(inner_key, n_used + 1) if keyed else None
     losses, state_metrics = jax.vmap(one_state, in_axes=(0, 0, None if negatives is None else 0,
@@ -163,7 +166,8 @@ def _adaptive(loss_fn: Callable, *, n_layers_per_step: int, last_layer_weight: f
 def adaptive_layer(loss_fn: Callable, *, n_layers_per_step: int = 1, last_layer_weight: float = 1.0,
                    prior_layers_weight: float = 1.0, kl_div_weight: float = 1.0,
                    kl_temperature: float = 0.3,
-                   layer_weighting: str | Callable[[int], float] = 'uniform') -> Callable:
+                   layer_weighting: str | Callable[[int], float] = 'uniform',
+                   keyed_loss: bool = False) -> Callable:
   """Wraps ``loss_fn(q, d, *, hard_negatives=None, **kw) -> (loss, metrics)`` over every layer.
 
   The wrapped loss is ``f(q_layers, d_layers, *, key=None, hard_negatives_layers=None, **kw)``
@@ -185,6 +189,9 @@ def adaptive_layer(loss_fn: Callable, *, n_layers_per_step: int = 1, last_layer_
     layer_weighting: 'uniform' (default), 'log' (1 / (1 + ln(1 + i)), the ESE paper), 'linear'
       (1 / (1 + i), sentence-transformers' behaviour before it had this option), or a function
       of the state index i (0 = the embedding output), evaluated on Python ints at trace time.
+    keyed_loss: loss_fn draws random numbers itself and takes ``key=`` (e.g. a
+      ``losses.mixing.mix_hard_negatives`` loss): each used state gets its own key, split from
+      ``key`` (which is then required).
 
   The KL term averages over every embedded row: per-query ``weights`` passed to loss_fn (padding
   rows) do not reach it.
@@ -211,11 +218,11 @@ def adaptive_layer(loss_fn: Callable, *, n_layers_per_step: int = 1, last_layer_
   return _adaptive(loss_fn, n_layers_per_step=n_layers_per_step,
                    last_layer_weight=last_layer_weight, prior_layers_weight=prior_layers_weight,
                    kl_div_weight=kl_div_weight, kl_temperature=kl_temperature,
-                   layer_weighting=layer_weighting, keyed=False)
+                   layer_weighting=layer_weighting, keyed=keyed_loss)
 
 
 def _sampled_matryoshka(loss_fn: Callable, dims: Sequence[int], weights: Sequence[float] | None,
-                        n_dims_per_step: int) -> Callable:
+                        n_dims_per_step: int, keyed_loss: bool = False) -> Callable:
   """matryoshka() over ``n_dims_per_step`` dims drawn per call from ``key`` (sentence-transformers'
   MatryoshkaLoss with 0 < n_dims_per_step < len(dims)).
 
@@ -227,6 +234,10 @@ def _sampled_matryoshka(loss_fn: Callable, dims: Sequence[int], weights: Sequenc
   pairs = sorted(zip((int(x) for x in dims), weights), reverse=True)
 
   def wrapped(q, d, *, key, hard_negatives=None, **kwargs):
+    if keyed_loss:
+      # The dim draw keeps the whole key when loss_fn draws nothing (the earlier behaviour).
+      key, loss_key = jax.random.split(key)
+      kwargs = dict(kwargs, key=loss_key)
     # Sorted indices = the drawn dims largest first, sentence-transformers' order.
     chosen = jnp.sort(jax.random.choice(key, len(pairs), (n_dims_per_step,), replace=False))
     drawn = jnp.zeros((len(pairs),), jnp.float32).at[chosen].set(1.0)
@@ -234,8 +245,8 @@ def _sampled_matryoshka(loss_fn: Callable, dims: Sequence[int], weights: Sequenc
     total = 0.0
     all_metrics = []
     for k, (dim, weight) in enumerate(pairs):
-      loss, m = loss_fn(cut(q, dim), cut(d, dim), hard_negatives=cut(hard_negatives, dim),
-                        **kwargs)
+      negatives = {} if hard_negatives is None else {'hard_negatives': cut(hard_negatives, dim)}
+      loss, m = loss_fn(cut(q, dim), cut(d, dim), **negatives, **kwargs)
       total = total + drawn[k] * (weight * loss)
       all_metrics.append(m)
     # Plain metrics: the largest drawn dim's.
@@ -250,7 +261,8 @@ def matryoshka_2d(loss_fn: Callable, dims: Sequence[int], *, weights: Sequence[f
                   n_layers_per_step: int = 1, n_dims_per_step: int = 1,
                   last_layer_weight: float = 1.0, prior_layers_weight: float = 1.0,
                   kl_div_weight: float = 1.0, kl_temperature: float = 0.3,
-                  layer_weighting: str | Callable[[int], float] = 'uniform') -> Callable:
+                  layer_weighting: str | Callable[[int], float] = 'uniform',
+                  keyed_loss: bool = False) -> Callable:
   """2D Matryoshka (2DMSE): ``adaptive_layer`` over ``matryoshka(loss_fn, dims, weights)``.
 
   sentence-transformers' ``Matryoshka2dLoss``, defaults included: one sampled prior layer and one
@@ -264,6 +276,8 @@ def matryoshka_2d(loss_fn: Callable, dims: Sequence[int], *, weights: Sequence[f
     dims, weights: the Matryoshka dimensions and their weights (default 1 each).
     n_dims_per_step: dims drawn per loss call, without replacement; -1 (any value <= 0, or
       >= len(dims)) uses every dim.
+    keyed_loss: loss_fn takes its own ``key=`` (as ``adaptive_layer``); with every dim used, the
+      dims of one state share that key.
     The rest: as ``adaptive_layer``.
 
   Example: three states of two 4-dim rows where state 0 swaps the positives. At each dim (4
@@ -288,10 +302,10 @@ def matryoshka_2d(loss_fn: Callable, dims: Sequence[int], *, weights: Sequence[f
     raise TypeError(f'n_dims_per_step must be an int, got {n_dims_per_step!r}')
   sample_dims = 0 < n_dims_per_step < len(dims)
   if sample_dims:
-    inner = _sampled_matryoshka(loss_fn, dims, weights, n_dims_per_step)
+    inner = _sampled_matryoshka(loss_fn, dims, weights, n_dims_per_step, keyed_loss)
   else:
     inner = matryoshka(loss_fn, dims, weights)
   return _adaptive(inner, n_layers_per_step=n_layers_per_step,
                    last_layer_weight=last_layer_weight, prior_layers_weight=prior_layers_weight,
                    kl_div_weight=kl_div_weight, kl_temperature=kl_temperature,
-                   layer_weighting=layer_weighting, keyed=sample_dims)
+                   layer_weighting=layer_weighting, keyed=sample_dims or keyed_loss)

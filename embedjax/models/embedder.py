@@ -77,7 +77,7 @@ def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: 
   arange) this is the ordinary padded computation; see ``embed``. ``prompt_length``: each text
   starts with this many prompt tokens, left out of pooling when ``spec.include_prompt`` is False.
   """
-  encoder_params, dense_params = split_params(params, spec)
+  encoder_params, _ = split_params(params, spec)
   if spec.decoder is not None:
     # Decoder LLMs are trained without dropout; rows are right-padded or packed here.
     hidden = Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
@@ -90,6 +90,25 @@ def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: 
   pool_mask = None
   if prompt_length and not spec.include_prompt:
     pool_mask = position_ids >= prompt_length
+  return embedding_head(params, spec, hidden, segment_ids, num_segments, pool_mask)
+
+
+def embedding_head(params, spec: EmbedderSpec, hidden: jax.Array, segment_ids: jax.Array,
+                   num_segments: int, pool_mask: jax.Array | None = None) -> jax.Array:
+  """The model after its backbone: pooling -> Dense layers -> normalisation.
+
+  Args:
+    params: the model pytree (its Dense and latent-attention params are read here).
+    hidden: (B, L, H) token states; segment_ids: (B, L) ints, 1..S per text, 0 = padding.
+    num_segments: S, the static number of texts per row.
+    pool_mask: optional (B, L) bool, False for tokens left out of pooling (an excluded prompt).
+  Returns:
+    (B, S, D) float32 embeddings, D = ``spec.embedding_dim``.
+
+  One function for ``embed_packed`` and ``layerwise.embed_layers`` (which applies it to every
+  hidden state), so a state embedded as "the last one" goes through exactly the ordinary ops.
+  """
+  _, dense_params = split_params(params, spec)
   if spec.pooling == 'latent_attention':
     out = latent_attention_pool_segments(params[LATENT_KEY], hidden, segment_ids, num_segments,
                                          pool_mask, num_heads=spec.latent_heads)

@@ -19,11 +19,8 @@ import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
 from embedjax.models.decoder import Decoder
-from embedjax.models.embedder import LATENT_KEY, apply_dense, split_params
-from embedjax.models.latent_attention import latent_attention_pool_segments
-from embedjax.models.pooling import pool_segments
+from embedjax.models.embedder import embedding_head, split_params
 from embedjax.models.spec import EmbedderSpec
-from embedjax.ops import l2_normalize
 
 
 def num_states(spec: EmbedderSpec) -> int:
@@ -66,7 +63,7 @@ def embed_layers(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mas
   chex.assert_rank([input_ids, attention_mask], 2)
   chex.assert_equal_shape([input_ids, attention_mask])
   indices = _layer_indices(spec, layers)
-  encoder_params, dense_params = split_params(params, spec)
+  encoder_params, _ = split_params(params, spec)
   segment_ids = attention_mask.astype(jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
   # The same backbone call as embed_packed with one segment per row.
@@ -81,19 +78,7 @@ def embed_layers(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mas
   pool_mask = None
   if prompt_length and not spec.include_prompt:
     pool_mask = positions >= prompt_length
-
-  def head(hidden):
-    """(B, L, H) token states -> (B, D): pooling, Dense layers, normalisation."""
-    if spec.pooling == 'latent_attention':
-      out = latent_attention_pool_segments(params[LATENT_KEY], hidden, segment_ids, 1, pool_mask,
-                                           num_heads=spec.latent_heads)
-    else:
-      out = pool_segments(hidden, segment_ids, 1, spec.pooling, pool_mask)
-    out = out[:, 0]
-    for layer, layer_params in zip(spec.dense, dense_params):
-      out = apply_dense(layer_params, layer, out)
-    return l2_normalize(out) if spec.normalize else out
-
-  # The same ops per state as embed_packed's head (no vmap over a stacked copy of the states), so
-  # the last state's embedding is the ordinary one exactly.
-  return jnp.stack([head(states[i]) for i in indices])
+  # The same head as embed_packed's, per state (no vmap over a stacked copy of the states), so the
+  # last state's embedding is the ordinary one exactly.
+  return jnp.stack([embedding_head(params, spec, states[i], segment_ids, 1, pool_mask)[:, 0]
+                    for i in indices])
