@@ -46,8 +46,11 @@ def _timed(fn, args, runs: int) -> list[float]:
 
 
 def loss_program(name: str):
-  """jit(value_and_grad) of loss ``name`` over (q, d), called with (q, d, scores)."""
+  """jit(value_and_grad) of loss ``name`` over (q, d), called with (q, d, scores). The guide
+  losses use the model as its own guide; the teacher-score losses score one negative (the next
+  row's document) with the embeddings themselves, held constant."""
   import jax
+  import jax.numpy as jnp
 
   from embedjax.losses import LOSSES, SCORED_LOSSES
 
@@ -55,6 +58,12 @@ def loss_program(name: str):
 
   def value(q, d, scores):
     kw = {'scores': scores} if name in SCORED_LOSSES else {}
+    if name in ('gist', 'cached_gist'):
+      kw = {'guide_q': q, 'guide_d': d}  # the model as its own guide
+    elif name in ('margin_mse', 'distill_kl_div'):
+      neg = jnp.roll(d, 1, axis=0)  # one negative: the next row's document
+      teacher = jax.lax.stop_gradient(jnp.stack([jnp.sum(q * d, -1), jnp.sum(q * neg, -1)], 1))
+      return fn(q, d, neg, teacher if name == 'distill_kl_div' else teacher[:, 0] - teacher[:, 1])[0]
     return fn(q, d, **kw)[0]
 
   return jax.jit(jax.value_and_grad(value, argnums=(0, 1)))

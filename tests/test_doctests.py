@@ -21,6 +21,7 @@ import embedjax.quant
 # for quantizers that are module-level records rather than functions).
 REQUIRED = {
     'embedjax.ops': ['l2_normalize', 'pack_bits', 'as_uint8', 'unpack_signs', 'bytes_to_words'],
+    'embedjax.losses': ['embedding_mse'],
     'embedjax.losses.contrastive': ['info_nce', 'cosine_matrix'],
     'embedjax.losses.matryoshka': ['matryoshka', 'truncate_and_renormalize'],
     'embedjax.losses.pairwise': ['cosent', 'angle', 'triplet', 'contrastive_loss', 'online_contrastive',
@@ -28,6 +29,7 @@ REQUIRED = {
     'embedjax.losses.distill': ['margin_mse', 'distill_kl_div', 'mse'],
     'embedjax.losses.gist': ['gist', 'cached_gist'],
     'embedjax.losses.elastic': ['adaptive_layer', 'matryoshka_2d', 'layer_weight'],
+    'embedjax.losses.mixing': ['mix_negatives', 'mix_hard_negatives'],
     'embedjax.losses.weighted': ['candidates', 'hardness_weighted_info_nce', 'focal_info_nce',
                                  'progressive_weights', 'progressive_info_nce'],
     'embedjax.losses.multi_positive': ['multi_positive_info_nce', 'average_ranks', 'pro_loss',

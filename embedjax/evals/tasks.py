@@ -99,15 +99,20 @@ def encode_unique(encode_fn: EncodeFn, texts: Sequence[str]) -> np.ndarray:
   return emb[inverse.reshape(-1)]
 
 
-def _retrieval(data: readers.RetrievalData, encode_fn: EncodeFn, key) -> dict:
+def _retrieval(data: readers.RetrievalData, encode_fn: EncodeFn, key,
+               doc_encode_fn: EncodeFn | None = None) -> dict:
   q = encode_fn(data.query_texts)
-  d = encode_fn(data.corpus_texts)
+  d = (doc_encode_fn or encode_fn)(data.corpus_texts)
   _, idx = topk_blocked(q, d, min(1000, len(data.corpus_ids)))
   return metrics.retrieval_metrics(np.asarray(idx), data.qrels, data.query_ids, data.corpus_ids,
                                    ks=[k for k in RETRIEVAL_KS if k <= len(data.corpus_ids)])
 
 
-def _sts(data: readers.PairData, encode_fn: EncodeFn, key) -> dict:
+def _sts(data: readers.PairData, encode_fn: EncodeFn, key,
+         doc_encode_fn: EncodeFn | None = None) -> dict:
+  if doc_encode_fn is not None:  # asymmetric: sentence1 by one model, sentence2 by the other
+    return sts.sts_scores(encode_unique(encode_fn, list(data.sentences1)),
+                          encode_unique(doc_encode_fn, list(data.sentences2)), data.scores)
   emb = encode_unique(encode_fn, list(data.sentences1) + list(data.sentences2))
   n = len(data.sentences1)
   return sts.sts_scores(emb[:n], emb[n:], data.scores)
@@ -142,19 +147,32 @@ def _counts(data) -> dict:
   return dict(data.counts)
 
 
+# Task kinds with two sides that two models may embed (queries / documents, sentence1 / 2).
+ASYMMETRIC_KINDS = ('retrieval', 'sts')
+
+
 def run_task(name: str, encode_fn: EncodeFn, data_dir: Path | None, *,
-             key: jax.Array | None = None) -> dict:
-  """Runs one task; returns its metrics plus 'main_metric', 'counts' and 'seconds'."""
+             key: jax.Array | None = None, doc_encode_fn: EncodeFn | None = None) -> dict:
+  """Runs one task; returns its metrics plus 'main_metric', 'counts' and 'seconds'.
+
+  ``doc_encode_fn``: embeds the other side (retrieval documents, STS sentence2) when given, for
+  an asymmetric evaluation (e.g. a distilled student's queries against a teacher's documents);
+  only for ASYMMETRIC_KINDS.
+  """
   if name not in TASKS:
     raise ValueError(f'unknown task {name!r}; choose from {", ".join(TASKS)}')
   task = TASKS[name]
+  if doc_encode_fn is not None and task.kind not in ASYMMETRIC_KINDS:
+    raise ValueError(f'task {name!r} ({task.kind}) has no query/document sides; asymmetric '
+                     f'evaluation covers {ASYMMETRIC_KINDS}')
   if task.needs_shared_data and data_dir is None:
     raise FileNotFoundError(f'task {name!r} needs the shared data folder (../shared/data or '
                             f'EMBEDJAX_DATA_DIR); the synthetic tasks need none')
   key = jax.random.key(0) if key is None else key
   start = time.perf_counter()
   data = task.load(data_dir)
-  result = {k: float(v) for k, v in _RUNNERS[task.kind](data, encode_fn, key).items()}
+  sides = {} if doc_encode_fn is None else {'doc_encode_fn': doc_encode_fn}
+  result = {k: float(v) for k, v in _RUNNERS[task.kind](data, encode_fn, key, **sides).items()}
   result.update(main_metric=task.main_metric, counts=_counts(data),
                 seconds=round(time.perf_counter() - start, 2))
   return result

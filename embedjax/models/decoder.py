@@ -211,6 +211,11 @@ NAMED_SHAPES = {
     'decoder-tiny': dict(model_type='qwen3', hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          qk_norm=True, max_position_embeddings=512, rope_theta=1e6),
+    # a distillation student of a third of all-MiniLM-L6-v2's parameters with MiniLM's
+    # vocabulary (5.9M of its 7.2M are the word embeddings), rotary positions to 512 tokens
+    'decoder-leaf': dict(model_type='qwen3', hidden_size=192, intermediate_size=512,
+                         num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=1,
+                         head_dim=64, qk_norm=True, max_position_embeddings=512, rope_theta=1e4),
     'decoder-0.1b': dict(model_type='llama', vocab_size=32000, hidden_size=768,
                          intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                          num_key_value_heads=4, max_position_embeddings=2048, rope_theta=5e5),

@@ -22,7 +22,8 @@ from embedjax.losses import LOSSES
 from embedjax.train.sharding import DEFAULT_RULES
 
 # Keyword arguments of a loss that come from the batch, not from the config.
-BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights', 'positive_mask', 'scores', 'mask')
+BATCH_ARGUMENTS = ('hard_negatives', 'doc_ids', 'weights', 'positive_mask', 'scores', 'mask',
+                   'guide_hard_negatives')  # the last: a guide's embeddings (GIST)
 # BERT fields a 'random:NAME' model may change (0 = keep NAME's value).
 BERT_OVERRIDES = ('hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
 EVAL_BLOCK_FIELDS = ('dims', 'metrics')
@@ -66,6 +67,55 @@ def eval_block(dims: tuple[int, ...] = (), metrics: tuple[str, ...] = ()) -> dic
   return dict(dims=tuple(dims), metrics=tuple(metrics))
 
 
+# --- multi-task training (cfg.tasks; embedjax.train.multitask) ----------------------------------
+TASK_BLOCK_FIELDS = ('instruction', 'loss', 'loss_fields', 'train', 'weight')
+
+
+def shared_loss_fields() -> tuple[str, ...]:
+  """The fields of the base config's loss block that every task shares: the temperature
+  ('scale', 'learnable_scale') and every field that is no loss function's keyword (the step's
+  wrappers: Matryoshka dims and weights, elastic layers, negative mixing). The loss functions'
+  own keywords are each task's (task_block's loss_fields)."""
+  block = base_config().loss
+  return ('scale',) + tuple(k for k in block.keys()
+                            if k not in _LOSS_FIELDS_OF_BASE and k != 'name')
+
+
+def task_block(train: str, loss: str = 'info_nce', weight: float = 1.0, instruction: str = '',
+               loss_fields: dict | None = None) -> dict:
+  """One entry of ``cfg.tasks`` (keyed by task name) for multi-task training.
+
+  Args:
+    train: the task's training source(s), as ``data.train`` takes them ('scifact', 'file:...').
+    loss: its loss (a key of ``embedjax.losses.LOSSES``).
+    weight: its sampling weight: each step trains on this task with probability weight / (sum of
+      the weights).
+    instruction: a prefix of every query text of the task ('' = none), e.g.
+      ``prompts.instruct_query('Given a claim, retrieve documents that support it', '')`` =
+      'Instruct: Given a claim, ...\\nQuery: ' (E5 / NV-Embed); documents get none.
+    loss_fields: the loss's own keyword fields that differ from its defaults (e.g.
+      ``{'gamma': 1.0}``); the base loss block's :func:`shared_loss_fields` apply to every task.
+  """
+  return dict(train=train, loss=loss, weight=float(weight), instruction=instruction,
+              loss_fields=dict(loss_fields or {}))
+
+
+def task_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The single-task config of task ``name`` of ``cfg.tasks`` (a new, unlocked ConfigDict):
+  ``cfg`` with data.train = the task's source, loss = the task's loss (its defaults, then its
+  loss_fields, then the base loss block's :func:`shared_loss_fields`) and no tasks. Everything that
+  builds or checks a single-task run applies to it unchanged."""
+  block = cfg.tasks[name]
+  t = ml_collections.ConfigDict(cfg.to_dict())
+  t.tasks = ml_collections.ConfigDict()
+  t.data.train = block.train
+  t.loss = base_config().loss
+  use_loss(t, block.loss, **block.loss_fields.to_dict())
+  for k in shared_loss_fields():
+    t.loss[k] = cfg.loss[k]
+  return t
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                     # PRNG seed: init, dropout, data order
@@ -76,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (random:NAME also takes a named decoder shape: decoder-tiny, decoder-0.1b, qwen3-0.6b,
   # llama-8b, built with model.tokenizer's vocabulary)
   c.model.tokenizer = 'all-MiniLM-L6-v2'  # the tokenizer of a named random shape
+  # Two-stage training: a finished (or stopped) run's workdir whose latest checkpoint's encoder
+  # params replace model.init's weights (optimizer and step start fresh). model.init still names
+  # the architecture and tokenizer: it must equal that run's (checked). '' = off.
+  c.model.init_checkpoint = ''   # e.g. 'runs/two_stage/stage1' (embedjax.train.multitask)
   c.model.dtype = 'float32'      # compute dtype ('float32' | 'bfloat16'); params stay float32
   c.model.max_seq_length = 0     # tokens per text (0 = the model's own limit)
   c.model.pooling = ''           # '' = the model's own pooling; else cls|mean|max|weighted_mean|last_token
@@ -86,6 +140,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.lora.rank = 0          # r
   c.model.lora.alpha = 16.0      # the update is (alpha / r) A B
   c.model.lora.target = r'.*(query|value|q_proj|v_proj)'  # regex over module paths (peft's names)
+  # Distillation students (embedjax.train.distillation), random init only:
+  c.model.projection = 0         # a linear Dense head after pooling to this width (0 = none),
+                                 # e.g. the teacher's width for embedding_mse (LEAF)
+  c.model.word_embeddings_from = ''  # init the word embeddings by a PCA of this model's table
+                                 # ('' = off; the same vocabulary), e.g. 'all-MiniLM-L6-v2'
 
   c.loss = ml_collections.ConfigDict()  # the training loss
   c.loss.name = 'info_nce'       # a key of embedjax.losses.LOSSES
@@ -93,6 +152,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.learnable_scale = False  # learn log(scale) (capped at 100, as CLIP)
   c.loss.matryoshka_dims = ()    # () = plain loss; e.g. (384, 256, 128, 64, 32)
   c.loss.matryoshka_weights = ()  # () = equal weights; else one per dim
+  # Elastic depth (losses.elastic; sentence-transformers' defaults): every layer's embedding is
+  # trained too. 'matryoshka_2d' (2DMSE) needs matryoshka_dims; 'adaptive_layer' uses them if set.
+  c.loss.layer_elastic = ''      # '' (off) | 'adaptive_layer' | 'matryoshka_2d'
+  c.loss.n_layers_per_step = 1   # prior layers sampled per step (-1 = all of them)
+  c.loss.n_dims_per_step = 1     # matryoshka_2d: dims sampled per layer (-1 = all of them)
+  c.loss.last_layer_weight = 1.0  # weight of the last layer's loss
+  c.loss.prior_layers_weight = 1.0  # weight of the sampled prior layers' mean loss
+  c.loss.kl_div_weight = 1.0     # weight of the KL(last layer || prior layer) term
+  c.loss.kl_temperature = 0.3    # its temperature (0 = no KL term)
+  c.loss.layer_weighting = 'uniform'  # prior layer weights: 'uniform' | 'log' | 'linear'
+  # Online hard-negative mixing (losses.mixing, KaLM-Embedding-V2 / MoCHi): synthetic negatives
+  # per query, mixed from its mix_hardest hardest negatives (needs a loss with hard negatives).
+  c.loss.mix_negatives = 0       # mixes of two hard negatives per query (0 = off)
+  c.loss.mix_hardest = 8         # how many of the hardest negatives they are mixed from
+  c.loss.mix_query = 0           # mixes of the query with one hard negative per query
 
   c.data = ml_collections.ConfigDict()  # training data and token lengths
   c.data.train = 'synthetic'     # comma-separated training sources (embedjax.train.data.SOURCES)
@@ -103,7 +177,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
   c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)
-  c.data.file.kind = 'pairs'     # rows of (anchor, positive[, negatives...])
+  c.data.file.kind = 'pairs'     # 'pairs' (anchor, positive[, negatives...]) | 'scored' (text1,
+                                 # text2, score) | 'labelled' (text, label)
   c.data.file.format = ''        # 'jsonl', 'csv' or 'tsv' ('' = from the file name)
   c.data.file.columns = ''       # 'role=column,...' e.g. 'anchor=q,positive=a,negatives=n1|n2'
                                  # ('' = columns named anchor, positive, negative_1, ...)
@@ -114,6 +189,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.chunk_size = 0         # rows embedded at a time (0 = the whole batch)
   c.train.grad_cache = False     # gradient caching over chunks (memory of one chunk)
   c.train.dropout = True         # train-mode dropout, as sentence-transformers trains
+  c.train.guide = ''             # a frozen guide/teacher for GUIDE_LOSSES (gist, margin_mse, ...),
+                                 # 'pretrained:NAME_OR_PATH'; for data.train='distill:...' the
+                                 # teacher whose embeddings are the targets ('' = none)
 
   c.optim = ml_collections.ConfigDict()  # AdamW, schedule, clipping, freezing
   c.optim.lr = 2e-5              # peak learning rate (AdamW)
@@ -142,6 +220,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpointing = True   # save in the background (waited on before exit)
   c.export = True                # write a sentence-transformers folder at the end
   c.evals = ml_collections.ConfigDict()  # task name -> eval_block(dims, metrics)
+  # Multi-task training (embedjax.train.multitask): task name -> task_block(train, loss, weight,
+  # instruction, loss_fields); each step trains on one task drawn by weight. Empty = one task
+  # from data.train and loss; else data.train must be '' and loss gives only shared_loss_fields().
+  c.tasks = ml_collections.ConfigDict()  # task name -> task_block(...) ({} = single task)
   return c
 
 
@@ -160,7 +242,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     if k in cfg.loss and got.get(f'loss.{k}') != base.get(f'loss.{k}'):
       raise ConfigError(f'loss.{k}: loss {cfg.loss.name!r} takes no {k!r} (leave it at '
                         f'{base.get(f"loss.{k}")!r})')
-  task_fields = {p for p in got if p.startswith('evals.')}
+  task_fields = {p for p in got if p.startswith(('evals.', 'tasks.'))}  # free-form blocks
   missing = [p for p in want if p not in got]
   unknown = [p for p in got if p not in want and p not in task_fields]
   if missing:
@@ -174,6 +256,53 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'evals.{task} must have exactly the fields {EVAL_BLOCK_FIELDS} '
                         f'(embedjax.train.base_config.eval_block), got {fields}')
   _check_values(leaf_paths(cfg))
+  _check_tasks(cfg)
+
+
+def _check_tasks(cfg: ml_collections.ConfigDict) -> None:
+  # Each task block is checked as the single-task config it stands for (task_config), so every
+  # rule of a single-task run applies to it; errors name the task's field.
+  if not cfg.tasks:
+    return
+  if cfg.data.train:
+    raise ConfigError(f"data.train {cfg.data.train!r}: with tasks, each task names its own data "
+                      "(tasks.NAME.train); set data.train to ''")
+  base, shared = base_config().loss, shared_loss_fields()
+  for k in cfg.loss.keys():
+    if k not in shared and (k not in base or cfg.loss[k] != base[k]):
+      raise ConfigError(f'loss.{k}: with tasks, each task sets its loss and its fields '
+                        f'(tasks.NAME.loss, tasks.NAME.loss_fields); the loss block gives only '
+                        f'{list(shared)}')
+  for name in cfg.tasks.keys():
+    block = cfg.tasks[name]
+    if not isinstance(block, ml_collections.ConfigDict):
+      raise ConfigError(f'tasks.{name}: expected a task_block(...), got {block!r}')
+    fields = tuple(sorted(block.keys()))
+    if fields != TASK_BLOCK_FIELDS:
+      raise ConfigError(f'tasks.{name} must have exactly the fields {TASK_BLOCK_FIELDS} '
+                        f'(embedjax.train.base_config.task_block), got {fields}')
+    if not isinstance(block.train, str) or not block.train.strip():
+      raise ConfigError(f'tasks.{name}.train {block.train!r}: expected a training source name')
+    if block.loss not in LOSSES:
+      raise ConfigError(f'tasks.{name}.loss {block.loss!r}: not one of {sorted(LOSSES)}')
+    weight = block.weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float('inf'):
+      raise ConfigError(f'tasks.{name}.weight {weight!r}: expected a positive finite number')
+    if not isinstance(block.instruction, str):
+      raise ConfigError(f'tasks.{name}.instruction {block.instruction!r}: expected a string')
+    if not isinstance(block.loss_fields, ml_collections.ConfigDict):
+      raise ConfigError(f'tasks.{name}.loss_fields {block.loss_fields!r}: expected a dict')
+    own = set(loss_defaults(block.loss)) - set(shared)
+    for k in block.loss_fields.keys():
+      if k in shared:
+        raise ConfigError(f'tasks.{name}.loss_fields.{k}: shared by every task; set loss.{k}')
+      if k not in own:
+        raise ConfigError(f'tasks.{name}.loss_fields.{k}: loss {block.loss!r} takes no {k!r} '
+                          f'(its fields: {sorted(own)})')
+    try:
+      check_config(task_config(cfg, name))
+    except ConfigError as e:
+      raise ConfigError(f'tasks.{name}: {e}') from None
 
 
 def _check_values(fields: dict) -> None:
@@ -204,3 +333,33 @@ def _check_values(fields: dict) -> None:
   dims = fields.get('loss.matryoshka_dims', ())
   if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
     raise ConfigError(f'loss.matryoshka_dims {dims!r}: expected positive integers, e.g. (384, 64)')
+  _check_elastic_and_mixing(fields)
+
+
+def _check_elastic_and_mixing(fields: dict) -> None:
+  """The layer_elastic and mix_* fields of the loss block (one line each)."""
+  from embedjax.losses.elastic import LAYER_WEIGHTINGS
+  elastic = fields.get('loss.layer_elastic', '')
+  if elastic not in ('', 'adaptive_layer', 'matryoshka_2d'):
+    raise ConfigError(f"loss.layer_elastic {elastic!r}: not one of ['', 'adaptive_layer', "
+                      "'matryoshka_2d']")
+  if elastic == 'matryoshka_2d' and not fields.get('loss.matryoshka_dims', ()):
+    raise ConfigError("loss.layer_elastic 'matryoshka_2d' needs loss.matryoshka_dims, "
+                      'e.g. (384, 256, 128, 64)')
+  weighting = fields.get('loss.layer_weighting', 'uniform')
+  if weighting not in LAYER_WEIGHTINGS:
+    raise ConfigError(f'loss.layer_weighting {weighting!r}: not one of {list(LAYER_WEIGHTINGS)}')
+  for path in ('loss.n_layers_per_step', 'loss.n_dims_per_step'):
+    v = fields.get(path, 1)
+    if isinstance(v, bool) or not isinstance(v, int):
+      raise ConfigError(f'{path} {v!r}: expected an int (-1 = all)')
+  if fields.get('loss.kl_temperature', 0.3) < 0:
+    raise ConfigError(f"loss.kl_temperature {fields['loss.kl_temperature']!r}: must be >= 0 "
+                      '(0 = no KL term)')
+  for path in ('loss.mix_negatives', 'loss.mix_query', 'loss.mix_hardest'):
+    v = fields.get(path, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise ConfigError(f'{path} {v!r}: expected a non-negative int')
+  if (fields.get('loss.mix_negatives', 0) or fields.get('loss.mix_query', 0)) and \
+      fields.get('loss.mix_hardest', 8) < 1:
+    raise ConfigError('loss.mix_hardest 0: mixing needs at least one hard negative to mix')

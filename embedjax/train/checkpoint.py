@@ -85,3 +85,33 @@ def abstract_like(state, sharding) -> Any:
   """ShapeDtypeStructs of ``state`` placed with ``sharding`` (restore target)."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+def restore_params(directory: str | os.PathLike) -> tuple[int, Any]:
+  """(step, params) of the latest checkpoint in ``directory`` (a run's ``checkpoints/``), without
+  the run's train state: for starting another run from it (two-stage training,
+  ``model.init_checkpoint``). Only the params are read (a partial restore: no optimizer state),
+  as host numpy arrays, whatever devices the run was saved from. ConfigError (one line) when
+  there is none."""
+  import numpy as np
+  from etils import epath
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise ConfigError(f'{directory}: no checkpoints folder (has that run saved a checkpoint?)')
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data'),
+                                  options=ocp.CheckpointManagerOptions(create=False,
+                                                                       read_only=True))
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise ConfigError(f'{directory}: no complete checkpoint')
+  path = epath.Path(directory) / str(step) / 'state'
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    wanted = {'params': handler.metadata(path).tree['params']}
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    restored = handler.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=as_numpy, partial_restore=True))
+  finally:
+    handler.close()
+  return int(step), restored['params']

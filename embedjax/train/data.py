@@ -8,6 +8,8 @@ Sources (``SOURCES``, a plain dict of :class:`Source`), each a list of rows
   stsb_scored  every STS-B train pair with its gold score (for CoSENT, AnglE, CoDiEmb's STS loss)
   sick      SICK train triplets: (premise, an entailed hypothesis, a contradicted hypothesis)
   synthetic the project's own synthetic retrieval pairs (needs no shared data)
+  scifact_titles  weak supervision (stage 1 of two-stage training): SciFact corpus title -> text
+  agnews_titles   weak supervision: AG News title -> description (the test split: see below)
   file:PATH a researcher's own JSONL / CSV / TSV file of (anchor, positive[, negatives...]) rows
             (``embedjax.data.files``; the config's ``data.file`` block says how to read it):
             validated in one streaming pass and converted once into ArrayRecord, then read with
@@ -96,6 +98,61 @@ def _synthetic(data_dir: Path | None, cache: Path) -> list[dict]:
   return beir_rows(folder, 'test', cache)
 
 
+# --- weakly supervised title -> text pairs (stage 1 of two-stage training) ----------------------
+# Read straight from the shared files (no tfds builder: two flat files, no filtering state) and
+# kept in memory like the other built-in sources.
+
+
+def _scifact_titles(data_dir: Path, cache: Path) -> list[dict]:
+  """SciFact corpus documents as (title -> abstract text) pairs, in the corpus order.
+
+  Documents with an empty title or text are skipped: none in the shared copy, so all 5,183
+  documents give a pair (two titles occur twice, each with its own text; the key is the
+  document id). These are the documents SciFact's test queries are searched over: training on
+  them uses no test claim or judgement, but a model trained on them has seen the test corpus
+  (as any weakly supervised pre-training on a BEIR corpus has).
+  """
+  del cache
+  from embedjax.data import readers
+  folder = data_dir / 'scifact'
+  path = folder / 'corpus.jsonl'
+  path = path if path.is_file() else folder / 'corpus.jsonl.gz'
+  rows = []
+  for _, obj in readers.read_jsonl(path):
+    title, text = str(obj.get('title') or '').strip(), str(obj.get('text') or '').strip()
+    if title and text:
+      rows.append({'query': title, 'positive': text, 'doc_key': _key(str(obj['_id']))})
+  return rows
+
+
+def _agnews_titles(data_dir: Path, cache: Path) -> list[dict]:
+  """AG News articles as (title -> description) pairs, both cleaned as ``readers.ag_news_text``
+  cleans them (backslashes to spaces, whitespace collapsed).
+
+  The shared data has only AG News's test split (7,600 articles; no title or description is
+  empty), so these pairs are its test articles: a model trained on them must not be evaluated
+  on ``agnews_clustering`` (nor on any AG News test task).
+  """
+  del cache
+  import csv
+  from embedjax.data.readers import ag_news_text
+  from embedjax.errors import DataFormatError
+  path = data_dir / 'ag_news' / 'test.csv'
+  rows = []
+  with open(path, encoding='utf-8', newline='') as f:
+    reader = csv.reader(f)
+    for fields in reader:
+      if not fields:
+        continue
+      if len(fields) != 3:
+        raise DataFormatError(path, reader.line_num, None,
+                              f'expected 3 CSV columns, got {len(fields)}')
+      title, description = ag_news_text(fields[1], ''), ag_news_text('', fields[2])
+      if title and description:
+        rows.append({'query': title, 'positive': description, 'doc_key': _key(description)})
+  return rows
+
+
 def beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
   """Rows of a BEIR folder's qrels split: (query, relevant document, its key)."""
   src = tfds_builders.load_pairs_source('beir', split, folder, cache)
@@ -113,6 +170,12 @@ class Source:
   negatives: int = 1             # hard negatives per row, when it has any
   path: Path | None = None       # a file source's file (its provenance input)
   scored: bool = False           # rows are scored pairs {'query', 'positive', 'score'} (CoSENT...)
+  # rows are labelled texts {'text', 'label'} (a 'labelled' file): each text is both query and
+  # document (two dropout views, as SimCSE) and its label is its doc_key, so rows of one label
+  # are each other's positives for multi_positive_info_nce and masked negatives for info_nce
+  labelled: bool = False
+  target_dim: int = 0            # rows are {'query', 'target': (D,) float32} teacher embeddings
+                                 # of this width, no document (distillation; 0 = not such rows)
 
 
 SOURCES: dict[str, Source] = {
@@ -123,6 +186,10 @@ SOURCES: dict[str, Source] = {
                           folders=('stsb',), scored=True),
     'sick': Source(_sick_triplets, needs_shared_data=True, hard_negatives=True, folders=('sick',)),
     'synthetic': Source(_synthetic, needs_shared_data=False, hard_negatives=False),
+    'scifact_titles': Source(_scifact_titles, needs_shared_data=True, hard_negatives=False,
+                             folders=('scifact',)),
+    'agnews_titles': Source(_agnews_titles, needs_shared_data=True, hard_negatives=False,
+                            folders=('ag_news',)),
 }
 
 
@@ -138,10 +205,6 @@ def file_spec(name: str, file_options: Any = None) -> files.FileSpec:
     spec = files.FileSpec.from_string(name, **options)
   except ConfigError as e:
     raise ConfigError(f'data.file: {e}') from None
-  if spec.kind == 'labelled':
-    raise ConfigError("data.file.kind: 'labelled' files do not train with this loop yet; it "
-                      "takes 'pairs' (anchor, positive[, negatives...]) and 'scored' (text1, "
-                      "text2, score) files")
   return spec
 
 
@@ -183,7 +246,7 @@ def with_files(names: str | list[str], file_options: Any, cache_dir: Path | None
     negatives = stats.negatives or 0
     out[name] = Source(_load_file(spec), needs_shared_data=False, hard_negatives=negatives > 0,
                        negatives=max(negatives, 1), path=Path(spec.path),
-                       scored=spec.kind == 'scored')
+                       scored=spec.kind == 'scored', labelled=spec.kind == 'labelled')
   return out
 
 
@@ -217,9 +280,15 @@ def check_sources(names: str | list[str], sources: dict[str, Source]) -> list[So
       raise ConfigError(f'data.train {name!r}: unknown training source; choose from {builtin} '
                         f"or 'file:PATH'{hint}")
     picked.append(sources[name])
+  if len({s.labelled for s in picked}) > 1:
+    raise ConfigError(f'data.train={names!r}: cannot mix labelled texts with pairs in one batch '
+                      'stream (their doc keys would be labels for some rows only)')
   if len({s.scored for s in picked}) > 1:
     raise ConfigError(f'data.train={names!r}: cannot mix scored pairs with unscored rows in one '
                       'batch stream')
+  if len({s.target_dim for s in picked}) > 1:
+    raise ConfigError(f'data.train={names!r}: cannot mix distillation targets (of one width) with '
+                      'other rows in one batch stream')
   if len({s.hard_negatives for s in picked}) > 1:
     raise ConfigError(f'data.train={names!r}: cannot mix sources with and without hard negatives '
                      'in one batch stream')
@@ -285,6 +354,9 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
                    process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """A grain batch (dict of arrays of texts) -> this process's slice of fixed-length token arrays."""
+  if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
+    rows = {'query': rows['text'], 'positive': rows['text'],
+            'doc_key': np.asarray(rows['label'], np.int64)}
   if 'text1' in rows:  # a scored file's rows: (text1, text2, score)
     rows = {'query': rows['text1'], 'positive': rows['text2'], 'score': rows['score'],
             'doc_key': np.array([_key(str(t)) for t in rows['text2']])}
@@ -292,6 +364,9 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   per = n // process_count
   sl = slice(process_index * per, (process_index + 1) * per)
   q = query_tok.pad(query_tok.encode([str(t) for t in rows['query'][sl]]), query_tok.max_length)
+  if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
+    return {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
+            'target': np.asarray(rows['target'][sl], np.float32)}
   d = doc_tok.pad(doc_tok.encode([str(t) for t in rows['positive'][sl]]), doc_tok.max_length)
   out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
          'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],

@@ -35,12 +35,12 @@ from embedjax.config import ConfigError
 from embedjax.encoding import encode
 from embedjax.evals.tasks import TASKS, run_task, task_inputs
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.losses import SCORED_LOSSES
+from embedjax.losses import GUIDE_LOSSES, SCORED_LOSSES, TARGET_LOSSES
 from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
                                         init_model_params, load_pretrained, load_spec)
 from embedjax.models.decoder import NAMED_SHAPES, DecoderConfig
 from embedjax.models.lora import LoraConfig, init_lora
-from embedjax.models.spec import EmbedderSpec
+from embedjax.models.spec import DenseSpec, EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
 from embedjax.provenance import Run
@@ -95,6 +95,11 @@ def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokeni
       raise ConfigError(f'model.attention {cfg.attention!r}: only decoders have an attention mode')
     spec = dataclasses.replace(spec, bert=dataclasses.replace(spec.bert, remat=cfg.remat,
                                                               **changes))
+  if cfg.projection:  # a distillation student's linear head to the teacher's width (LEAF)
+    if kind != 'random':
+      raise ConfigError(f'model.projection {cfg.projection}: only for random:NAME inits')
+    dense = DenseSpec(spec.embedding_dim, int(cfg.projection), activation='identity')
+    spec = dataclasses.replace(spec, dense=spec.dense + (dense,))
   return dataclasses.replace(spec, pooling=cfg.pooling or spec.pooling), tokenizer
 
 
@@ -116,11 +121,16 @@ def build_model(cfg: ml_collections.ConfigDict, key: jax.Array) -> Pretrained:
   if kind == 'pretrained':
     loaded = load_pretrained(name, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length or None)
     return dataclasses.replace(loaded, spec=spec)
-  return Pretrained(spec=spec, params=init_model_params(spec, key), tokenizer=tokenizer,
+  params = init_model_params(spec, key)
+  if cfg.word_embeddings_from:
+    from embedjax.train import distillation  # it imports this module
+    params = distillation.init_word_embeddings(params, cfg.word_embeddings_from)
+  return Pretrained(spec=spec, params=params, tokenizer=tokenizer,
                     source=f'random init ({name} architecture)')
 
 
 def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfig:
+  from embedjax.train.step import ELASTIC_OPTIONS
   loss = cfg.loss
   # The fields the chosen loss takes (the base config's info_nce fields may not all apply).
   takes = set(loss_defaults(loss.name)) - {'scale'}  # the step passes the scale itself
@@ -131,7 +141,13 @@ def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfi
       matryoshka_dims=tuple(loss.matryoshka_dims),
       matryoshka_weights=tuple(loss.matryoshka_weights) or None,
       chunk_size=int(cfg.train.chunk_size), grad_cache=bool(cfg.train.grad_cache),
-      dropout=bool(cfg.train.dropout), lora=lora_config(cfg))
+      dropout=bool(cfg.train.dropout), lora=lora_config(cfg),
+      guide_spec=guide_spec(cfg) if cfg.loss.name in GUIDE_LOSSES else None,
+      # elastic depth and hard-negative mixing
+      layer_elastic=str(loss.layer_elastic),
+      layer_kwargs=tuple((k, loss[k]) for k in ELASTIC_OPTIONS),
+      mix_negatives=int(loss.mix_negatives), mix_hardest=int(loss.mix_hardest),
+      mix_query=int(loss.mix_query))
 
 
 def train_params(cfg: ml_collections.ConfigDict, encoder_params, key=None) -> dict:
@@ -165,6 +181,10 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
   """The global batch as ShapeDtypeStructs (what ``train_data.tokenize_batch`` makes)."""
   picked = train_data.check_sources(cfg.data.train, sources)
   b, lq, ld = cfg.data.batch_size, cfg.data.query_len, cfg.data.doc_len
+  if picked[0].target_dim:  # distillation: texts and their teacher embeddings
+    return {'query_ids': jax.ShapeDtypeStruct((b, lq), jnp.int32),
+            'query_mask': jax.ShapeDtypeStruct((b, lq), jnp.int32),
+            'target': jax.ShapeDtypeStruct((b, picked[0].target_dim), jnp.float32)}
   shapes = {'query_ids': (b, lq), 'query_mask': (b, lq), 'doc_ids': (b, ld), 'doc_mask': (b, ld),
             'doc_key': (b,)}
   if picked[0].hard_negatives:
@@ -178,7 +198,9 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
 
 def check_loss_and_data(cfg: ml_collections.ConfigDict, sources) -> None:
   """A loss on scored pairs needs scored data, and the others need pairs (one line otherwise)."""
-  scored = train_data.check_sources(cfg.data.train, sources)[0].scored
+  picked = train_data.check_sources(cfg.data.train, sources)[0]
+  _check_guide_and_targets(cfg, picked)
+  scored = picked.scored
   if (cfg.loss.name in SCORED_LOSSES) != scored:
     if cfg.loss.name in SCORED_LOSSES:
       raise ConfigError(f'loss.name {cfg.loss.name!r} trains on scored pairs; data.train '
@@ -200,7 +222,10 @@ def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
 
 def _with_files(cfg, sources):
   """``sources`` plus the config's ``file:`` sources, each validated and converted (once)."""
-  return train_data.with_files(cfg.data.train, cfg.data.file, cfg.data.cache_dir or None, sources)
+  sources = train_data.with_files(cfg.data.train, cfg.data.file, cfg.data.cache_dir or None,
+                                  sources)
+  from embedjax.train import distillation  # it imports this module
+  return distillation.with_distill_sources(cfg, sources)
 
 
 def dry_build(cfg: ml_collections.ConfigDict,
@@ -209,23 +234,99 @@ def dry_build(cfg: ml_collections.ConfigDict,
   model spec, params, optimizer state, batch and one train step. Checks everything the config
   names, so a config whose model does not fit this machine still builds.
 
-  Returns {'spec', 'param_count', 'state', 'batch', 'metrics'} (the last three abstract).
+  Returns {'spec', 'param_count', 'state', 'batch', 'metrics'} (the last three abstract); with
+  ``cfg.tasks`` also 'tasks': {task: {'batch', 'metrics'}} ('batch', 'metrics': the first task's).
   """
   check_config(cfg)
-  sources = _with_files(cfg, sources)
-  check_loss_and_data(cfg, sources)
+  if cfg.tasks:  # multi-task: every task is checked and built (embedjax.train.multitask)
+    from embedjax.train import multitask  # it imports this module
+    sources = multitask.with_task_sources(cfg, sources)
+    multitask.check_tasks(cfg, sources)
+  else:
+    sources = _with_files(cfg, sources)
+    check_loss_and_data(cfg, sources)
   spec, _ = model_spec(cfg.model)
   check_evals(cfg, spec.embedding_dim)
   encoder = jax.eval_shape(lambda k: init_model_params(spec, k), jax.random.key(0))
   params = jax.eval_shape(lambda p: train_params(cfg, p), encoder)
   tx = optimizer(cfg, params)
   state = jax.eval_shape(lambda p: create_state(p, tx), params)
+  if cfg.tasks:  # 'batch' and 'metrics' of the first task, every task's under 'tasks'
+    tasks = multitask.dry_build_tasks(cfg, sources, spec, tx, state)
+    first = tasks[multitask.task_names(cfg)[0]]
+    return {'spec': spec, 'param_count': sum(x.size for x in jax.tree_util.tree_leaves(encoder)),
+            'state': state, 'batch': first['batch'], 'metrics': first['metrics'], 'tasks': tasks}
   batch = batch_shapes(cfg, sources)
   step = make_train_step(step_config(cfg, spec), tx)
-  _, metrics = jax.eval_shape(step, state, batch, jax.random.key(0))
+  guide = None
+  if cfg.loss.name in GUIDE_LOSSES:
+    guide = jax.eval_shape(lambda k: init_model_params(guide_spec(cfg), k), jax.random.key(0))
+  _, metrics = jax.eval_shape(step, state, batch, jax.random.key(0), guide)
   count = sum(x.size for x in jax.tree_util.tree_leaves(encoder))
   return {'spec': spec, 'param_count': int(count), 'state': state, 'batch': batch,
           'metrics': metrics}
+
+
+# --- a frozen guide / teacher (train.guide) -------------------------------------------------
+# Its params are not in the train state: they are an argument of the step (replicated on every
+# device), so they get no gradient and no optimizer state, and checkpoints hold only the student;
+# a resumed run reloads the guide from its name.
+
+
+def _guide_name(cfg: ml_collections.ConfigDict) -> str:
+  kind, _, name = cfg.train.guide.partition(':')
+  if kind != 'pretrained' or not name:
+    raise ConfigError(f"train.guide {cfg.train.guide!r}: must be 'pretrained:NAME_OR_PATH'")
+  return name
+
+
+def guide_spec(cfg: ml_collections.ConfigDict) -> EmbedderSpec:
+  """The guide's architecture (no weights read)."""
+  return load_spec(_guide_name(cfg), dtype=cfg.model.dtype)[0]
+
+
+def load_guide(cfg: ml_collections.ConfigDict) -> Pretrained:
+  return load_pretrained(_guide_name(cfg), dtype=cfg.model.dtype)
+
+
+def _check_guide_and_targets(cfg: ml_collections.ConfigDict, source: train_data.Source) -> None:
+  """Teacher targets need a target loss (and the reverse); a guide loss needs a guide; a guide
+  must be used by something (one line each)."""
+  name = cfg.loss.name
+  if bool(source.target_dim) != (name in TARGET_LOSSES):
+    if source.target_dim:
+      raise ConfigError(f'data.train {cfg.data.train!r} gives teacher embeddings; loss.name '
+                        f'{name!r} does not train on them: choose one of {sorted(TARGET_LOSSES)}')
+    raise ConfigError(f"loss.name {name!r} trains on teacher embeddings: data.train must be a "
+                      "'distill:...' source")
+  if name in GUIDE_LOSSES and not cfg.train.guide:
+    raise ConfigError(f"loss.name {name!r} needs a guide model: set train.guide "
+                      "('pretrained:NAME_OR_PATH')")
+  if cfg.train.guide and name not in GUIDE_LOSSES and not source.target_dim:
+    raise ConfigError(f'train.guide {cfg.train.guide!r} is set, but loss.name {name!r} uses no '
+                      f'guide (one of {sorted(GUIDE_LOSSES)}, or distill: data)')
+
+
+def _check_same_tokens(guide: Pretrained, tokenizer: TextTokenizer) -> None:
+  # The guide reads the student's token ids: its vocabulary must be the student's.
+  probe = ['A probe sentence, with Punctuation and numbers 12345.']
+  if (guide.tokenizer.vocab_size != tokenizer.vocab_size
+      or guide.tokenizer.encode(probe) != tokenizer.encode(probe)):
+    raise ConfigError('train.guide: the guide tokenizes differently from the model; a guide must '
+                      "share the model's tokenizer (it embeds the same token ids)")
+
+
+def guided_train_step(cfg: ml_collections.ConfigDict, model: Pretrained, tx, state_sh, mesh):
+  """The jitted step of a guide loss, ``step(state, batch, rng)``, with the guide's params
+  loaded here and passed to every call."""
+  guide = load_guide(cfg)
+  _check_same_tokens(guide, model.tokenizer)
+  repl = sharding.replicated(mesh)
+  step = jax.jit(make_train_step(step_config(cfg, model.spec), tx),
+                 in_shardings=(state_sh, sharding.batch_sharding(mesh), repl, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=0)
+  params = jax.device_put(guide.params, repl)
+  return lambda state, batch, rng: step(state, batch, rng, params)
 
 
 def run_evals(model: Pretrained, params, evals: ml_collections.ConfigDict, data_dir: Path | None,
@@ -398,17 +499,28 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   fresh run); appends its progress bar and logger to ``bars``/``loggers`` for the caller to close
   on an interruption."""
   data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else paths.shared_data_dir()
-  sources = _with_files(cfg, sources)
-  check_loss_and_data(cfg, sources)
+  if cfg.tasks:  # multi-task: one loader and one step per task (embedjax.train.multitask)
+    from embedjax.train import multitask  # it imports this module
+    sources = multitask.with_task_sources(cfg, sources)
+    multitask.check_tasks(cfg, sources)
+    train_inputs = multitask.source_inputs(cfg, data_dir, sources)
+  else:
+    sources = _with_files(cfg, sources)
+    check_loss_and_data(cfg, sources)
+    train_inputs = train_data.source_inputs(cfg.data.train, data_dir, sources)
   # this call's provenance (a resumed run records the call that finished it); the summary
   # stores the config itself
   run = Run(config=cfg, seeds=cfg.seed, store_config=False,
-            inputs=train_data.source_inputs(cfg.data.train, data_dir, sources)
+            inputs=train_inputs
             + task_inputs(list(cfg.evals.keys()) if cfg.evals else [], data_dir)).start()
   key = jax.random.key(cfg.seed)
   init_key, run_key = jax.random.split(key)
 
   model = build_model(cfg.model, init_key)
+  init_from = None
+  if cfg.model.init_checkpoint:  # two-stage: another run's params (embedjax.train.multitask)
+    from embedjax.train import multitask  # it imports this module
+    model, init_from = multitask.checkpoint_start(cfg.model, model, workdir, start)
   check_evals(cfg, model.spec.embedding_dim)
   params = train_params(cfg, model.params, jax.random.fold_in(init_key, 1))
   tx = optimizer(cfg, params)
@@ -417,11 +529,14 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
                                       sharding.rules_from_config(cfg.mesh.rules))
   state = sharding.shard_state(create_state(params, tx), state_sh)
 
-  rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.cache_dir or None, sources)
-  loader = train_data.make_loader(
-      rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
-      doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  if cfg.tasks:  # next() draws the step's task and gives that task's batch
+    loader = rows = multitask.make_task_loader(cfg, data_dir, sources, model.tokenizer, start)
+  else:
+    rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.cache_dir or None, sources)
+    loader = train_data.make_loader(
+        rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
+        doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
 
   if start > 0:
     state, data_state = ckpt.restore(start, sharding.abstract_state(state, state_sh))
@@ -431,7 +546,12 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   logger = _Logger(workdir, start)
   loggers.append(logger)
 
-  step_fn = sharding.sharded_train_step(step_config(cfg, model.spec), tx, state_sh, mesh)
+  if cfg.tasks:  # the step of loader.current's task, each compiled on first use
+    step_fn = multitask.TaskSteps(cfg, model.spec, tx, state_sh, mesh, loader)
+  elif cfg.loss.name in GUIDE_LOSSES:
+    step_fn = guided_train_step(cfg, model, tx, state_sh, mesh)
+  else:
+    step_fn = sharding.sharded_train_step(step_config(cfg, model.spec), tx, state_sh, mesh)
   evals = cfg.evals
   before = None
   before_path = workdir / 'eval_before.json'
@@ -468,7 +588,8 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
     if number % cfg.log_every == 0 or number == cfg.steps:
       m = jax.device_get(metrics)
       rate = (done - 1) * cfg.data.batch_size / max(time.perf_counter() - t_first, 1e-9)
-      logger.write(number, {**{f'train/{k}': v for k, v in m.items()}, 'train/pairs_per_s': rate})
+      logger.write(number, {**{f'train/{k}': v for k, v in m.items()}, 'train/pairs_per_s': rate,
+                            **(step_fn.log_record() if cfg.tasks else {})})  # per-task means
       bar.set_postfix(loss=f'{float(m["loss"]):.4f}', pairs_s=f'{rate:.1f}')
     eval_metrics = None
     every = cfg.eval_every
@@ -494,6 +615,10 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
              'pairs_per_s': round(steady / max(time.perf_counter() - t_first, 1e-9), 2) if t_first else None,
              'train_rows': len(rows), 'before': before, 'after': last_eval,
              'best_step': ckpt.best_step(), 'config': cfg.to_dict(), **run.finish().provenance()}
+  if cfg.tasks:  # each task's source, loss, weight, rows and step count
+    summary.update(multitask.run_summary(cfg, loader, int(jax.device_get(state.step))))
+  if init_from is not None:  # two-stage: the first run's workdir, checkpoint step, config hash
+    summary['init_from'] = init_from
   if int(jax.device_get(state.step)) == cfg.steps and cfg.export and jax.process_index() == 0:
     export_sentence_transformers(workdir / 'export', model.spec, trained_encoder(cfg, state.params),
                                  model.tokenizer, extra=model.extra)

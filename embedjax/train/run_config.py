@@ -59,9 +59,16 @@ def is_resumable(path: str) -> bool:
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """[(field, old value, new value), ...] for every leaf that differs, sorted by field; a leaf
-  present on one side only (an eval block added or removed) has ``None`` on the other."""
+  present on one side only (an eval block added or removed) has ``None`` on the other.
+
+  A field the old config lacks that the new one has at the base config's default is no change:
+  the old run was started before embedjax had that field, and the default is the behaviour it
+  had (every new field's default keeps old configs behaving as before)."""
+  from embedjax.train.base_config import base_config  # it imports the losses, heavier
   a, b = flat_config(old), flat_config(new)
-  return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+  defaults = flat_config(_as_json(base_config().to_dict()))
+  return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+          if a.get(k) != b.get(k) and not (k not in a and k in defaults and b[k] == defaults[k])]
 
 
 def _show(value: Any) -> str:

@@ -5,6 +5,14 @@ Batch (all arrays have the global batch size B as leading dim):
   neg_ids, neg_mask: (B, H, Ld) int32 (optional hard negatives)
   doc_key: (B,) int32 id of each positive document (duplicate positives are masked as negatives)
   score: (B,) float32 gold score of each (query, doc) pair (scored-pair data, for SCORED_LOSSES)
+  target: (B, D) float32 a teacher's embedding of each query (TARGET_LOSSES; such a batch has no
+    doc_ids / doc_mask / doc_key)
+
+A guide (``StepConfig.guide_spec``, for GUIDE_LOSSES) is a frozen model whose params come to the
+step as an argument of their own, not in the train state: they get no gradient, no optimizer
+state, and are not written into every checkpoint (the loop reloads them from ``train.guide``).
+The guide embeds the same columns (same tokens: it must share the student's tokenizer) without
+dropout and behind a stop_gradient.
 
 Every column is embedded in chunks of ``chunk_size`` rows, each chunk with its own dropout key
 (``fold_in(column_key, chunk)``). The plain step embeds all chunks at once (vmap) and
@@ -27,9 +35,10 @@ import jax.numpy as jnp
 import optax
 
 from embedjax.config import ConfigError
-from embedjax.losses import LOSSES, matryoshka
+from embedjax.losses import GUIDE_LOSSES, LOSSES, TARGET_LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
 from embedjax.models.embedder import embed
+from embedjax.models.layerwise import embed_layers
 from embedjax.models.lora import LoraConfig, apply_lora
 from embedjax.models.spec import EmbedderSpec
 from embedjax.train.state import TrainState
@@ -51,26 +60,122 @@ class StepConfig:
   dropout: bool = True                     # train-mode dropout (sentence-transformers trains with it)
   lora: LoraConfig | None = None           # train only a LoRA adapter, params['lora']; the base
                                            # params['encoder'] get no gradient (merged path)
+  guide_spec: EmbedderSpec | None = None   # the frozen guide of GUIDE_LOSSES (params passed to
+                                           # the step apart from the train state)
+  # Elastic depth and hard-negative mixing (see _elastic_loss, _mixing_loss below):
+  layer_elastic: str = ''                  # '' | 'adaptive_layer' | 'matryoshka_2d' (every
+                                           # layer's embedding trained; 2DMSE with the dims)
+  layer_kwargs: tuple = ()                 # (name, value) options of that wrapper
+  mix_negatives: int = 0                   # synthetic pair-mixed negatives per query (0 = off)
+  mix_hardest: int = 8                     # ... mixed from this many hardest negatives
+  mix_query: int = 0                       # synthetic query-mixed negatives per query (MoCHi h')
 
 
 def build_loss(cfg: StepConfig) -> Callable:
   if cfg.loss not in LOSSES:
     raise ConfigError(f'unknown loss {cfg.loss!r}; choose from {sorted(LOSSES)}')
   fn = LOSSES[cfg.loss]
+  if cfg.matryoshka_dims and cfg.loss in GUIDE_LOSSES | TARGET_LOSSES:
+    # matryoshka() truncates (q, d, hard_negatives) only: guide and target arrays would not follow
+    raise ConfigError(f'loss {cfg.loss!r} does not combine with loss.matryoshka_dims')
+  if cfg.mix_negatives or cfg.mix_query:
+    fn = _mixing_loss(cfg, fn)
+  if cfg.layer_elastic:
+    return _elastic_loss(cfg, fn)
   if cfg.matryoshka_dims:
     fn = matryoshka(fn, cfg.matryoshka_dims, cfg.matryoshka_weights)
   return fn
 
 
+# --- Elastic depth (2DMSE) and online hard-negative mixing ----------------------------------------
+# Both wrap the chosen loss. With layer_elastic the step embeds every hidden state through the
+# model's head (layerwise.embed_layers): each column is (L, N, D) instead of (N, D). The losses
+# that draw random numbers (layer / dim sampling, mixing) get ``loss_key(step_rng)``.
+
+LAYER_ELASTIC = ('adaptive_layer', 'matryoshka_2d')
+# The options of those wrappers a config sets (loss.<name>; losses.elastic has their meaning).
+ELASTIC_OPTIONS = ('n_layers_per_step', 'n_dims_per_step', 'last_layer_weight',
+                   'prior_layers_weight', 'kl_div_weight', 'kl_temperature', 'layer_weighting')
+LOSS_KEY_FOLD = 0x6C6F7373  # folded into the step key for the loss's own draws (not a column no.)
+
+
+def loss_key(rng: jax.Array) -> jax.Array:
+  """The PRNG key the loss draws from at the step whose key is ``rng`` (deterministic, so a
+  resumed run draws the same layers, dims and mixtures)."""
+  return jax.random.fold_in(rng, LOSS_KEY_FOLD)
+
+
+def _loss_takes_key(cfg: StepConfig) -> bool:
+  return bool(cfg.layer_elastic or cfg.mix_negatives or cfg.mix_query)
+
+
+def _mixing_loss(cfg: StepConfig, fn: Callable) -> Callable:
+  from embedjax.losses.mixing import mix_hard_negatives
+  if 'hard_negatives' not in loss_arguments(cfg.loss):
+    raise ConfigError(f'loss.mix_negatives: loss {cfg.loss!r} takes no hard negatives to add '
+                      'synthetic ones to')
+  return mix_hard_negatives(fn, n_synthetic=cfg.mix_negatives, n_hardest=cfg.mix_hardest,
+                            n_query_mixed=cfg.mix_query)
+
+
+def _elastic_loss(cfg: StepConfig, fn: Callable) -> Callable:
+  """``fn`` over per-layer embeddings: adaptive_layer (over matryoshka() when dims are set) or
+  matryoshka_2d; takes (q_layers, d_layers, *, hard_negatives=(L, B, H, D) or None, key, ...)."""
+  from embedjax.losses.elastic import adaptive_layer, matryoshka_2d
+  if cfg.layer_elastic not in LAYER_ELASTIC:
+    raise ConfigError(f'loss.layer_elastic {cfg.layer_elastic!r}: not one of {["", *LAYER_ELASTIC]}')
+  if cfg.loss in GUIDE_LOSSES | TARGET_LOSSES:
+    raise ConfigError(f'loss {cfg.loss!r} does not combine with loss.layer_elastic')
+  keyed = bool(cfg.mix_negatives or cfg.mix_query)
+  kwargs = dict(cfg.layer_kwargs)
+  if cfg.layer_elastic == 'matryoshka_2d':
+    if not cfg.matryoshka_dims:
+      raise ConfigError("loss.layer_elastic 'matryoshka_2d' needs loss.matryoshka_dims")
+    wrapped = matryoshka_2d(fn, cfg.matryoshka_dims, weights=cfg.matryoshka_weights,
+                            keyed_loss=keyed, **kwargs)
+  else:
+    kwargs.pop('n_dims_per_step', None)  # a matryoshka_2d option
+    inner = matryoshka(fn, cfg.matryoshka_dims, cfg.matryoshka_weights) if cfg.matryoshka_dims else fn
+    wrapped = adaptive_layer(inner, keyed_loss=keyed, **kwargs)
+
+  def loss(q_layers, d_layers, *, hard_negatives=None, **kw):
+    return wrapped(q_layers, d_layers, hard_negatives_layers=hard_negatives, **kw)
+  return loss
+
+
+def _unchunk(out: jax.Array, n: int) -> jax.Array:
+  """Chunked embeddings to rows: (chunks, ch, D) -> (n, D); per layer (chunks, L, ch, D) ->
+  (L, n, D)."""
+  if out.ndim == 4:
+    return jnp.swapaxes(out, 0, 1).reshape(out.shape[1], n, -1)
+  return out.reshape(n, -1)
+
+
+def _rechunk(g: jax.Array, chunks: int, ch: int) -> jax.Array:
+  """The inverse of :func:`_unchunk` (an embedding gradient back to per-chunk cotangents)."""
+  if g.ndim == 3:
+    return jnp.swapaxes(g.reshape(g.shape[0], chunks, ch, -1), 0, 1)
+  return g.reshape(chunks, ch, -1)
+
+
+# What the step can give a loss besides (q, d): batch-derived arrays, and for GUIDE_LOSSES the
+# guide's embeddings and scores (margin_mse / distill_kl_div name their negatives neg / negs).
+STEP_ARGUMENTS = ('hard_negatives', 'scale', 'doc_ids', 'scores', 'target', 'neg', 'negs',
+                  'guide_q', 'guide_d', 'guide_hard_negatives', 'teacher_margin',
+                  'teacher_scores')
+
+
 def loss_arguments(name: str) -> frozenset[str]:
-  """The batch-derived arguments loss ``name`` takes, among hard_negatives, scale, doc_ids and
-  scores (the step passes only those: a CoSENT loss has no hard negatives, CoDiEmb's no scale)."""
+  """The batch-derived arguments loss ``name`` takes, among STEP_ARGUMENTS (the step passes only
+  those: a CoSENT loss has no hard negatives, CoDiEmb's no scale)."""
   params = inspect.signature(LOSSES[name]).parameters
-  return frozenset(a for a in ('hard_negatives', 'scale', 'doc_ids', 'scores') if a in params)
+  return frozenset(a for a in STEP_ARGUMENTS if a in params)
 
 
 def _columns(batch) -> list[tuple[jax.Array, jax.Array]]:
-  cols = [(batch['query_ids'], batch['query_mask']), (batch['doc_ids'], batch['doc_mask'])]
+  cols = [(batch['query_ids'], batch['query_mask'])]
+  if 'doc_ids' in batch:  # a batch of distillation targets has queries only
+    cols.append((batch['doc_ids'], batch['doc_mask']))
   if 'neg_ids' in batch:
     b, h, l = batch['neg_ids'].shape
     # Negative j of every row is a column block, the layout the loss expects after reshaping.
@@ -100,6 +205,9 @@ def encoder_params(model, lora: LoraConfig | None):
 
 def _embed_fn(cfg: StepConfig):
   def f(model, ids, mask, key):
+    if cfg.layer_elastic:  # every hidden state through the head: (L, rows, D)
+      return embed_layers(encoder_params(model, cfg.lora), cfg.spec, ids, mask,
+                          deterministic=not cfg.dropout, dropout_key=key)
     return embed(encoder_params(model, cfg.lora), cfg.spec, ids, mask,
                  deterministic=not cfg.dropout, dropout_key=key)
   return f
@@ -111,32 +219,82 @@ def _scale(cfg: StepConfig, params):
   return cfg.scale
 
 
-def _loss_on_embeddings(cfg: StepConfig, loss_fn, embs, batch, scale):
-  q, d = embs[0], embs[1]
+def _split_columns(embs, batch):
+  """(q, d or None, negatives (B, H, D) or None) from the column embeddings of ``_columns``."""
+  q, rest = embs[0], list(embs[1:])
+  d = rest.pop(0) if 'doc_ids' in batch else None
   negs = None
-  if len(embs) > 2:
+  if rest:
     b, h = batch['neg_ids'].shape[:2]
-    negs = embs[2].reshape(b, h, -1)
+    # (L, B, H, D) when every layer is embedded (layer_elastic)
+    negs = rest[0].reshape(rest[0].shape[:-2] + (b, h, -1))
+  return q, d, negs
+
+
+def _guide_arguments(guide_embs, batch) -> dict:
+  """The guide's embeddings, and its scores of [positive, negatives...] per query (B, 1 + H)
+  as MarginMSE's / DistillKLDiv's teacher labels (dot products: cosines for a normalising guide)."""
+  gq, gd, gn = _split_columns(guide_embs, batch)
+  out = {'guide_q': gq, 'guide_d': gd, 'guide_hard_negatives': gn}
+  if gn is not None:
+    scores = jnp.concatenate([jnp.sum(gq * gd, -1)[:, None], jnp.einsum('bd,bhd->bh', gq, gn)], 1)
+    out.update(teacher_margin=scores, teacher_scores=scores)
+  return out
+
+
+def _loss_on_embeddings(cfg: StepConfig, loss_fn, embs, batch, scale, guide_embs=None, key=None):
+  q, d, negs = _split_columns(embs, batch)
   available = {'hard_negatives': negs, 'scale': scale, 'doc_ids': batch.get('doc_key'),
-               'scores': batch.get('score')}
+               'scores': batch.get('score'), 'target': batch.get('target'), 'neg': negs,
+               'negs': negs}
+  if guide_embs is not None:
+    available.update(_guide_arguments(guide_embs, batch))
   takes = loss_arguments(cfg.loss)
-  if negs is not None and 'hard_negatives' not in takes:
+  if negs is not None and not {'hard_negatives', 'neg', 'negs'} & takes:
     raise ConfigError(f'loss {cfg.loss!r} takes no hard negatives, but the batch has them')
   if 'scores' in takes and available['scores'] is None:
     raise ConfigError(f"loss {cfg.loss!r} trains on scored pairs: the batch has no 'score'")
+  if 'target' in takes and available['target'] is None:
+    raise ConfigError(f"loss {cfg.loss!r} trains on teacher embeddings: the batch has no 'target' "
+                      "(data.train='distill:...')")
+  if {'neg', 'negs'} & takes and negs is None:
+    raise ConfigError(f'loss {cfg.loss!r} scores hard negatives: the batch has none (a source '
+                      'with negatives, e.g. sick)')
   args = {k: v for k, v in available.items() if k in takes}
+  if _loss_takes_key(cfg):  # layer / dim sampling, hard-negative mixing
+    args['key'] = key
+  if d is None:
+    return loss_fn(q, **args, **dict(cfg.loss_kwargs))
   return loss_fn(q, d, **args, **dict(cfg.loss_kwargs))
+
+
+def guide_embeddings(cfg: StepConfig, guide, batch) -> list[jax.Array]:
+  """The guide's embeddings of every column of ``batch`` (no dropout, no gradient), chunked like
+  the student's so that its peak memory is one chunk's."""
+  guide = jax.lax.stop_gradient(guide)
+  out = []
+  for ids, mask in _columns(batch):
+    ch = cfg.chunk_size or ids.shape[0]
+    emb = jax.lax.map(lambda x: embed(guide, cfg.guide_spec, x[0], x[1], deterministic=True),
+                      (_chunked(ids, ch), _chunked(mask, ch)))
+    out.append(jax.lax.stop_gradient(emb.reshape(ids.shape[0], -1)))
+  return out
 
 
 def _chunk_keys(rng, column: int, n_chunks: int):
   return jax.random.split(jax.random.fold_in(rng, column), n_chunks)
 
 
-def loss_and_grads(cfg: StepConfig, params, batch, rng):
-  """((loss, metrics), grads) for one batch; plain or gradient-cached per ``cfg.grad_cache``."""
+def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
+  """((loss, metrics), grads) for one batch; plain or gradient-cached per ``cfg.grad_cache``.
+  ``guide``: the frozen guide's params (GUIDE_LOSSES), a constant of the step."""
   loss_fn = build_loss(cfg)
   f = _embed_fn(cfg)
   cols = _columns(batch)
+  if (cfg.loss in GUIDE_LOSSES) != (guide is not None and cfg.guide_spec is not None):
+    raise ConfigError(f'loss {cfg.loss!r}: a guide (train.guide) is needed by exactly '
+                      f'{sorted(GUIDE_LOSSES)}')
+  guide_embs = guide_embeddings(cfg, guide, batch) if guide is not None else None
 
   def chunk_of(n):
     return cfg.chunk_size or n
@@ -149,8 +307,9 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng):
         keys = _chunk_keys(rng, c, ids.shape[0] // ch)
         out = jax.vmap(f, in_axes=(None, 0, 0, 0))(model_params(p), _chunked(ids, ch),
                                                   _chunked(mask, ch), keys)
-        embs.append(out.reshape(ids.shape[0], -1))
-      return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p))
+        embs.append(_unchunk(out, ids.shape[0]))
+      return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
+                                 loss_key(rng))
     return jax.value_and_grad(total_loss, has_aux=True)(params)
 
   # 1. Embeddings of every chunk, no activations kept.
@@ -160,19 +319,20 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng):
     ch = chunk_of(ids.shape[0])
     xs = (_chunked(ids, ch), _chunked(mask, ch), _chunk_keys(rng, c, ids.shape[0] // ch))
     out = jax.lax.map(lambda x: f(jax.lax.stop_gradient(enc), *x), xs)
-    embs.append(out.reshape(ids.shape[0], -1))
+    embs.append(_unchunk(out, ids.shape[0]))
     chunk_inputs.append(xs)
 
   # 2. Loss and its gradient with respect to the embeddings (and the temperature).
   def loss_of(embs, p):
-    return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p))
+    return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
+                               loss_key(rng))
   (loss, metrics), (emb_grads, p_grads) = jax.value_and_grad(
       loss_of, argnums=(0, 1), has_aux=True)(embs, params)
 
   # 3. Re-run each chunk under vjp with its slice of the embedding gradient; sum param grads.
   grads = jax.tree_util.tree_map(jnp.zeros_like, enc)
   for (ids_c, mask_c, keys), g in zip(chunk_inputs, emb_grads):
-    cot = g.reshape(ids_c.shape[0], ids_c.shape[1], -1)
+    cot = _rechunk(g, ids_c.shape[0], ids_c.shape[1])
 
     def body(acc, x):
       ids, mask, key, ct = x
@@ -187,12 +347,13 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng):
 
 
 def make_train_step(cfg: StepConfig, tx: optax.GradientTransformation) -> Callable:
-  """Returns ``train_step(state, batch, rng) -> (state, metrics)``; ``rng`` is the run's base
-  key, folded with the step so a resumed run replays the same randomness."""
+  """Returns ``train_step(state, batch, rng, guide=None) -> (state, metrics)``; ``rng`` is the
+  run's base key, folded with the step so a resumed run replays the same randomness; ``guide``
+  the frozen guide's params for GUIDE_LOSSES (read, never updated)."""
 
-  def train_step(state: TrainState, batch, rng):
+  def train_step(state: TrainState, batch, rng, guide=None):
     step_rng = jax.random.fold_in(rng, state.step)
-    (loss, metrics), grads = loss_and_grads(cfg, state.params, batch, step_rng)
+    (loss, metrics), grads = loss_and_grads(cfg, state.params, batch, step_rng, guide)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)

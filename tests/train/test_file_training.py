@@ -18,6 +18,8 @@ from embedjax import cli
 from embedjax.config import ConfigError, load_config
 from embedjax.errors import DataFormatError
 from embedjax.train import data as train_data
+from embedjax.models.pretrained import load_spec
+from embedjax.train.base_config import use_loss
 from embedjax.train.loop import dry_build, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,10 +135,33 @@ def test_unknown_source_that_looks_like_a_file_says_how_to_name_it():
 def test_file_options_are_checked():
   with pytest.raises(ConfigError, match='data.file.columns'):
     train_data.file_spec('file:x.jsonl', {'columns': 'anchor'})
-  with pytest.raises(ConfigError, match="data.file.kind: 'labelled'"):
-    train_data.file_spec('file:x.csv', {'kind': 'labelled'})
   with pytest.raises(ConfigError, match='data.file'):
     train_data.file_spec('file:x.txt', {})
+
+
+def test_labelled_file_gives_texts_as_both_columns_and_labels_as_doc_keys(tmp_path, monkeypatch):
+  # (text, label) rows: each text is its own positive (two dropout views) and rows of one label
+  # share a doc key, which multi_positive_info_nce takes as extra positives
+  monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
+  path = tmp_path / 'intents.csv'
+  path.write_text('text,label\n' + ''.join(f'utterance {i} of intent {i % 3},{i % 3}\n'
+                                           for i in range(12)))
+  cfg = _config(path, '--config.data.file.kind=labelled')
+  with cfg.unlocked():
+    use_loss(cfg, 'multi_positive_info_nce')
+  out = dry_build(cfg)
+  assert out['batch']['doc_ids'].shape == out['batch']['query_ids'].shape[:1] + (12,)
+  sources = train_data.with_files(cfg.data.train, cfg.data.file, tmp_path / 'cache')
+  assert sources[cfg.data.train].labelled
+  rows = train_data.load_rows(cfg.data.train, None, tmp_path / 'cache', sources)
+  tok = load_spec('all-MiniLM-L6-v2')[1]
+  batch = train_data.tokenize_batch(
+      {k: np.array([rows[i][k] for i in range(6)]) for k in ('text', 'label')},
+      query_tok=tok.with_max_length(12), doc_tok=tok.with_max_length(12))
+  assert batch['doc_key'].tolist() == [rows[i]['label'] for i in range(6)]
+  np.testing.assert_array_equal(batch['query_ids'], batch['doc_ids'])
+  with pytest.raises(ConfigError, match='cannot mix labelled texts'):
+    train_data.check_sources(f'{cfg.data.train},synthetic', sources)
 
 
 def test_fit_trains_in_memory_rows_and_returns_the_model(tmp_path, monkeypatch, compile_cache):
