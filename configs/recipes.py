@@ -12,10 +12,21 @@ Groups:
              texts cut at 64 tokens (99.99% of STS-B sentences are shorter).
   scifact_*  SciFact train qrels (919 claim -> abstract pairs) -> SciFact test nDCG@10 (300
              queries), the settings of configs/minilm_scifact.py: 56 steps at batch 32 (~2 epochs).
+             scifact_multi_task: configs/multitask_scifact.py (112 steps, half of them SciFact).
+  elastic_*  SciFact fine-tuning with Matryoshka dims (384, 256, 128, 64, 32): 1D (MRL) or over
+             layer x dim (2DMSE), alone or multi-task -> the nDCG@10 grid over layers 1-6 x dims.
+  distill_*  configs/distill_leaf.py: a narrow student (hidden 192, 3 layers, a third of MiniLM's
+             parameters) trained on MiniLM's embeddings of the training texts -> SciFact nDCG@10
+             and STS-B Spearman, student alone and student queries against teacher documents.
 Every field and its default: embedjax/train/base_config.py.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
 
 from embedjax.train.base_config import base_config, use_loss
 
@@ -68,6 +79,42 @@ def _scifact(loss: str = 'info_nce', data: str = 'scifact', **fields):
   return c
 
 
+MATRYOSHKA_DIMS = (384, 256, 128, 64, 32)
+
+
+def _sibling(name: str):
+  """configs/NAME.py's get_config() (config files are not a package)."""
+  spec = importlib.util.spec_from_file_location(f'_configs_{name}', Path(__file__).parent / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _study_run(c):
+  """A config of another file as a study cell: no loop evals (the study evaluates), one kept
+  checkpoint, an export."""
+  c.evals = ml_collections.ConfigDict()
+  c.eval_before = False
+  c.export = True
+  c.ckpt_keep = 1
+  return c
+
+
+def _multi_task():
+  return _study_run(_sibling('multitask_scifact'))
+
+
+def _elastic(layer_elastic: str = '', multi_task: bool = False):
+  c = _multi_task() if multi_task else _scifact()
+  c.loss.matryoshka_dims = MATRYOSHKA_DIMS
+  c.loss.layer_elastic = layer_elastic
+  if layer_elastic:
+    # Every dim at every step (sentence-transformers' Matryoshka2dLoss samples one dim per step
+    # by default; with ~56 steps that leaves each small dim about 11 steps).
+    c.loss.n_dims_per_step = -1
+  return c
+
+
 # cell -> (its config, or None for an evaluation of the pretrained model)
 CELLS = {
     'stsb_pretrained': lambda: None,
@@ -84,6 +131,12 @@ CELLS = {
         data='file:' + MINED_FILES['scifact_mined_filtered']),
     'scifact_focal': lambda: _scifact('focal_info_nce'),
     'scifact_hardness': lambda: _scifact('hardness_weighted_info_nce'),
+    'scifact_multi_task': _multi_task,
+    'elastic_mrl': lambda: _elastic(),
+    'elastic_2dmse': lambda: _elastic('matryoshka_2d'),
+    'elastic_2dmse_multi_task': lambda: _elastic('matryoshka_2d', multi_task=True),
+    'distill_leaf': lambda: _study_run(_sibling('distill_leaf')),
+    'distill_leaf_decoder': lambda: _study_run(_sibling('distill_leaf_decoder')),
 }
 
 

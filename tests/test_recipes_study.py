@@ -71,3 +71,28 @@ def test_seeds_evaluated_on_different_queries_are_an_error(recipes):
   base = {0: _rec('scifact_in_batch', 0, 0.5, [0.1, 0.2, 0.3])}
   with pytest.raises(ValueError, match='different queries'):
     recipes.summarize({'scifact_focal': {0: r0, 1: r1}, 'scifact_in_batch': base})
+
+
+def test_elastic_and_distill_summaries_come_from_their_headline_cells(recipes):
+  def elastic(seed, full, small):
+    return {'cell': 'elastic_2dmse_multi_task', 'seed': seed, 'git_commit': 'abc1234',
+            'test': {'ndcg@10': full, 'ndcg@10_at_64': small, 'retention_at_64': small / full,
+                     'grid_ndcg@10': {'6x384': full, '6x64': small},
+                     'query_ids': ['q1'], 'per_query_ndcg@10': [full]}}
+  leaf = {'cell': 'distill_leaf', 'seed': 0, 'git_commit': 'abc1234', 'test': {
+      'params': 10, 'params_fraction': 0.25, 'asymmetric_fraction': 0.9,
+      'symmetric_fraction': 0.8,
+      **{t: {'teacher': 0.5, 'symmetric': 0.4, 'asymmetric': 0.45, 'symmetric_fraction': 0.8,
+             'asymmetric_fraction': 0.9} for t in ('scifact', 'stsb')}}}
+  s = recipes.summarize({'elastic_2dmse_multi_task': {0: elastic(0, 0.6, 0.5),
+                                                      1: elastic(1, 0.7, 0.7)},
+                         'distill_leaf': {0: leaf}})
+  assert s['ndcg@10_at_384'] == pytest.approx(0.65)
+  assert s['ndcg@10_at_64'] == pytest.approx(0.6)
+  assert s['retention_at_64'] == pytest.approx((0.5 / 0.6 + 1.0) / 2)  # per seed, then the mean
+  assert s['cells']['elastic_2dmse_multi_task']['grid_ndcg@10'] == pytest.approx(
+      {'6x384': 0.65, '6x64': 0.6})
+  assert s['distill'] == pytest.approx({'params_fraction': 0.25, 'symmetric_fraction': 0.8,
+                                        'asymmetric_fraction': 0.9})
+  assert 'distill_leaf' not in s['missing'] and 'elastic_mrl' not in s['missing']
+  assert recipes.markdown(s).count('| distill_leaf |') == 3  # the main table, SciFact, STS-B

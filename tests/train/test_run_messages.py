@@ -182,6 +182,16 @@ def test_resume_check_allows_only_the_listed_fields(tmp_path):
   assert run_config.is_resumable('evals.scifact.dims') and not run_config.is_resumable('evals_x')
 
 
+def test_fields_added_since_a_run_started_are_no_change_at_their_defaults(tmp_path):
+  # a workdir from before embedjax had loss.mix_negatives and model.projection
+  old = base_config().to_dict()
+  del old['loss']['mix_negatives'], old['model']['projection']
+  assert run_config.check_resume(old, base_config(), tmp_path, allow_change=False) == ([], [])
+  changed = _cfg(loss__mix_negatives=4)
+  with pytest.raises(ConfigError, match=r'loss.mix_negatives: None -> 4'):
+    run_config.check_resume(old, changed, tmp_path, allow_change=False)
+
+
 def test_evaluation_summary_lists_each_metric():
   assert format_evals(None, None).startswith('evaluated: none configured')
   assert format_evals({}, {}).startswith('evaluated: none configured')
