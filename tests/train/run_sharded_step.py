@@ -64,18 +64,8 @@ def tiny_specs():
 def make_batch(seed: int = 0) -> dict:
   """A global batch of BATCH pairs (numpy), token ids in [1, 50) (valid for both vocabularies)."""
   import numpy as np
-  rng = np.random.default_rng(seed)
-
-  def toks(shape):
-    ids = rng.integers(1, 50, size=shape).astype(np.int32)
-    lengths = rng.integers(2, shape[-1] + 1, size=shape[:-1])
-    mask = (np.arange(shape[-1]) < lengths[..., None]).astype(np.int32)
-    return ids * mask, mask
-  batch = {}
-  batch['query_ids'], batch['query_mask'] = toks((BATCH, QUERY_LEN))
-  batch['doc_ids'], batch['doc_mask'] = toks((BATCH, DOC_LEN))
-  batch['doc_key'] = np.arange(BATCH, dtype=np.int32)
-  return batch
+  from batches import random_batch
+  return random_batch(np.random.default_rng(seed), BATCH, QUERY_LEN, DOC_LEN)
 
 
 def make_tx(name: str):

@@ -28,6 +28,7 @@ from embedjax.train.base_config import base_config, check_config
 from embedjax.train.loop import step_config
 from embedjax.train.state import TrainState, create_state
 from embedjax.train.step import StepConfig, loss_and_grads, loss_key, make_train_step
+from batches import random_batch
 
 BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -47,17 +48,7 @@ STEPS = 6
 
 
 def _batch(rng, b=4, lq=6, ld=8, h=1):
-  def toks(shape):
-    ids = rng.integers(1, 50, size=shape).astype(np.int32)
-    lengths = rng.integers(2, shape[-1] + 1, size=shape[:-1])
-    mask = (np.arange(shape[-1]) < lengths[..., None]).astype(np.int32)
-    return ids * mask, mask
-  batch = {}
-  batch['query_ids'], batch['query_mask'] = toks((b, lq))
-  batch['doc_ids'], batch['doc_mask'] = toks((b, ld))
-  batch['neg_ids'], batch['neg_mask'] = toks((b, h, ld))
-  batch['doc_key'] = np.arange(b, dtype=np.int32)
-  return batch
+  return random_batch(rng, b, lq, ld, h)
 
 
 @pytest.fixture(scope='module')

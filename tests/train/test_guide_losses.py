@@ -28,6 +28,7 @@ from embedjax.train.base_config import loss_defaults, use_loss
 from embedjax.train.loop import dry_build, train
 from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, loss_and_grads, loss_arguments, make_train_step
+from batches import random_batch
 
 REPO = Path(__file__).resolve().parents[2]
 BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -41,19 +42,7 @@ B, H = 6, 2
 
 
 def _batch(seed=0, lq=5, ld=7):
-  rng = np.random.default_rng(seed)
-
-  def toks(shape):
-    ids = rng.integers(1, 50, size=shape).astype(np.int32)
-    lengths = rng.integers(2, shape[-1] + 1, size=shape[:-1])
-    mask = (np.arange(shape[-1]) < lengths[..., None]).astype(np.int32)
-    return ids * mask, mask
-  batch = {}
-  batch['query_ids'], batch['query_mask'] = toks((B, lq))
-  batch['doc_ids'], batch['doc_mask'] = toks((B, ld))
-  batch['neg_ids'], batch['neg_mask'] = toks((B, H, ld))
-  batch['doc_key'] = np.arange(B, dtype=np.int32)
-  return batch
+  return random_batch(np.random.default_rng(seed), B, lq, ld, H)
 
 
 @pytest.fixture(scope='module')

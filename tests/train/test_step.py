@@ -15,6 +15,7 @@ from embedjax.train.base_config import base_config
 from embedjax.train.optim import make_optimizer, make_schedule
 from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, loss_and_grads, make_train_step
+from batches import random_batch
 
 BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -22,18 +23,7 @@ SPEC = EmbedderSpec(bert=BERT, pooling='mean', normalize=True, max_seq_length=32
 
 
 def _batch(rng, b=8, lq=6, ld=10, h=0):
-  def toks(shape):
-    ids = rng.integers(1, 50, size=shape).astype(np.int32)
-    lengths = rng.integers(2, shape[-1] + 1, size=shape[:-1])
-    mask = (np.arange(shape[-1]) < lengths[..., None]).astype(np.int32)
-    return ids * mask, mask
-  batch = {}
-  batch['query_ids'], batch['query_mask'] = toks((b, lq))
-  batch['doc_ids'], batch['doc_mask'] = toks((b, ld))
-  if h:
-    batch['neg_ids'], batch['neg_mask'] = toks((b, h, ld))
-  batch['doc_key'] = np.arange(b, dtype=np.int32)
-  return batch
+  return random_batch(rng, b, lq, ld, h)
 
 
 @pytest.mark.parametrize('h, mrl, learn', [(0, (), False), (1, (16, 8), True)])
