@@ -106,8 +106,8 @@ def _synthetic(data_dir: Path | None, cache: Path) -> list[dict]:
 def _scifact_titles(data_dir: Path, cache: Path) -> list[dict]:
   """SciFact corpus documents as (title -> abstract text) pairs, in the corpus order.
 
-  Documents with an empty title or text are skipped: none in the shared copy, so all 5,183
-  documents give a pair (two titles occur twice, each with its own text; the key is the
+  Documents with an empty title or text are left out, and their count printed: none in the
+  shared copy, so all 5,183 documents give a pair (two titles occur twice, each with its own text; the key is the
   document id). These are the documents SciFact's test queries are searched over: training on
   them uses no test claim or judgement, but a model trained on them has seen the test corpus
   (as any weakly supervised pre-training on a BEIR corpus has).
@@ -117,11 +117,14 @@ def _scifact_titles(data_dir: Path, cache: Path) -> list[dict]:
   folder = data_dir / 'scifact'
   path = folder / 'corpus.jsonl'
   path = path if path.is_file() else folder / 'corpus.jsonl.gz'
-  rows = []
+  rows, skipped = [], 0
   for _, obj in readers.read_jsonl(path):
     title, text = str(obj.get('title') or '').strip(), str(obj.get('text') or '').strip()
     if title and text:
       rows.append({'query': title, 'positive': text, 'doc_key': _key(str(obj['_id']))})
+    else:
+      skipped += 1
+  _say_skipped(path, skipped, 'an empty title or text')
   return rows
 
 
@@ -134,23 +137,24 @@ def _agnews_titles(data_dir: Path, cache: Path) -> list[dict]:
   on ``agnews_clustering`` (nor on any AG News test task).
   """
   del cache
-  import csv
-  from embedjax.data.readers import ag_news_text
-  from embedjax.errors import DataFormatError
-  path = data_dir / 'ag_news' / 'test.csv'
-  rows = []
-  with open(path, encoding='utf-8', newline='') as f:
-    reader = csv.reader(f)
-    for fields in reader:
-      if not fields:
-        continue
-      if len(fields) != 3:
-        raise DataFormatError(path, reader.line_num, None,
-                              f'expected 3 CSV columns, got {len(fields)}')
-      title, description = ag_news_text(fields[1], ''), ag_news_text('', fields[2])
-      if title and description:
-        rows.append({'query': title, 'positive': description, 'doc_key': _key(description)})
+  from embedjax.data import readers
+  path = readers._require(data_dir / 'ag_news' / 'test.csv')
+  rows, skipped = [], 0
+  for number, fields in readers._iter_csv(path):  # the reader read_ag_news uses
+    readers._check_columns(fields, 3, path, number)
+    title, description = readers.ag_news_text(fields[1], ''), readers.ag_news_text('', fields[2])
+    if title and description:
+      rows.append({'query': title, 'positive': description, 'doc_key': _key(description)})
+    else:
+      skipped += 1
+  _say_skipped(path, skipped, 'an empty title or description')
   return rows
+
+
+def _say_skipped(path: Path, count: int, why: str) -> None:
+  # A weakly supervised source leaves out rows that make no pair; it says how many, never silently.
+  if count:
+    print(f'{path}: {count} rows left out ({why})', flush=True)
 
 
 def beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
