@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# One persistent compilation cache for the whole session, set before anything imports jax so that
+# subprocesses (whole training runs, benchmark smoke runs, notebooks) inherit it: a program compiled
+# once (the same train step in another run, test or process) is loaded instead of compiled again,
+# which is most of this suite's time on two cores. It starts empty, so nothing outlives the session;
+# a cache the caller chose (JAX_COMPILATION_CACHE_DIR already set) is kept.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='embedjax_test_jax_cache_')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # Reference libraries (torch, faiss) and XLA share two cores here; keep each to its share so tests
 # do not oversubscribe the machine.

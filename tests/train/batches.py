@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# XLA options for tests that compare values: far quicker compiles of the step (about half on two
+# cores), the same arithmetic up to float rounding; never for memory or speed measurements.
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
 
 def random_batch(rng: np.random.Generator, b: int, lq: int, ld: int, h: int = 0) -> dict:
   """A batch of b pairs as the train step takes it: right-padded ids in [1, 50) (valid for every

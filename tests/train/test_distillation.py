@@ -125,8 +125,7 @@ def _student_config(teacher, *extra, loss='embedding_mse'):
   return _with_loss(cfg, loss) if loss != 'info_nce' else cfg
 
 
-def test_distillation_run_lowers_the_distance_to_the_teacher(teacher, tmp_path, monkeypatch,
-                                                             compile_cache):
+def test_distillation_run_lowers_the_distance_to_the_teacher(teacher, tmp_path, monkeypatch):
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
   with pytest.raises(ConfigError, match="trains on teacher embeddings: data.train must be"):
     dry_build(_with_loss(load_config(str(REPO / 'configs' / 'tiny_synthetic.py')),

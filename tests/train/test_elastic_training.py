@@ -52,7 +52,7 @@ def _batch(rng, b=4, lq=6, ld=8, h=1):
 
 
 @pytest.fixture(scope='module')
-def run(compile_cache):
+def run():
   """STEPS steps of 2DMSE training on one batch, every state and metrics kept (one compile)."""
   batch = _batch(np.random.default_rng(0))
   tx = optax.adam(1e-2)

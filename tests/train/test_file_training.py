@@ -71,7 +71,7 @@ NEGATIVES = {'jsonl': 2, 'csv': 0, 'tsv': 0}
 
 
 @pytest.mark.parametrize('fmt', sorted(CASES))
-def test_trains_a_few_steps_from_a_file(fmt, own_files, tmp_path, monkeypatch, compile_cache):
+def test_trains_a_few_steps_from_a_file(fmt, own_files, tmp_path, monkeypatch):
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
   cfg = _config(own_files[fmt], *CASES[fmt])
   batch = dry_build(cfg)['batch']
@@ -91,7 +91,7 @@ def test_trains_a_few_steps_from_a_file(fmt, own_files, tmp_path, monkeypatch, c
   assert rows[3]['query'] == _texts(3)[0] and rows[3]['positive'] == _texts(3)[1]
 
 
-def test_trains_cosent_on_a_scored_file(own_files, tmp_path, monkeypatch, compile_cache):
+def test_trains_cosent_on_a_scored_file(own_files, tmp_path, monkeypatch):
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
   scored = tmp_path / 'scored.tsv'
   lines = ['text1\ttext2\tscore'] + ['\t'.join([*_texts(i), str(i % 6)]) for i in range(N)]
@@ -164,7 +164,7 @@ def test_labelled_file_gives_texts_as_both_columns_and_labels_as_doc_keys(tmp_pa
     train_data.check_sources(f'{cfg.data.train},synthetic', sources)
 
 
-def test_fit_trains_in_memory_rows_and_returns_the_model(tmp_path, monkeypatch, compile_cache):
+def test_fit_trains_in_memory_rows_and_returns_the_model(tmp_path, monkeypatch):
   # The same shapes as the CSV / TSV runs above: a cache hit for the compiled step.
   from embedjax.train.fitting import fit
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))

@@ -93,7 +93,7 @@ def _reference(name, kwargs, student, g):
 
 
 @pytest.mark.parametrize('grad_cache', [False, True])
-def test_gist_step_equals_the_loss_on_outside_embeddings(setup, grad_cache, compile_cache):
+def test_gist_step_equals_the_loss_on_outside_embeddings(setup, grad_cache):
   params, guide, batch = setup
   cfg = StepConfig(spec=SPEC, loss='gist', loss_kwargs=tuple(sorted(CASES['gist'].items())),
                    dropout=False, guide_spec=GUIDE_SPEC, grad_cache=grad_cache,
@@ -112,7 +112,7 @@ def test_gist_step_equals_the_loss_on_outside_embeddings(setup, grad_cache, comp
   assert 0.2 < float(metrics['masked_fraction']) < 0.9
 
 
-def test_margin_mse_steps_equal_the_loss_and_never_change_the_guide(setup, compile_cache):
+def test_margin_mse_steps_equal_the_loss_and_never_change_the_guide(setup):
   params, guide, batch = setup
   cfg = StepConfig(spec=SPEC, loss='margin_mse', dropout=False, guide_spec=GUIDE_SPEC,
                    loss_kwargs=tuple(CASES['margin_mse'].items()))
@@ -181,7 +181,7 @@ def _config(guide, pairs, *extra):
       f'--config.data.train=file:{pairs}', f'--config.train.guide=pretrained:{guide}', *extra))
 
 
-def test_loop_trains_margin_mse_with_a_guide(guide_folder, tmp_path, monkeypatch, compile_cache):
+def test_loop_trains_margin_mse_with_a_guide(guide_folder, tmp_path, monkeypatch):
   monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
   guide, pairs, exported = guide_folder
   cfg = _config(guide, pairs, '--config.loss.name=margin_mse')

@@ -147,7 +147,7 @@ def test_batches_are_task_homogeneous_and_carry_the_instruction():
 
 
 @pytest.fixture(scope='module')
-def full_run(tmp_path_factory, compile_cache):
+def full_run(tmp_path_factory):
   """The 2-task run, uninterrupted: (config, workdir, summary)."""
   workdir = tmp_path_factory.mktemp('multitask') / 'full'
   cfg = _config()

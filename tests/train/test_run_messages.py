@@ -45,7 +45,7 @@ def _cli(workdir: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, compile_cache):
+def runs(tmp_path_factory):
   """The tiny run interrupted at step INTERRUPT_AT of STEPS, then rerun with MORE_STEPS."""
   tmp = tmp_path_factory.mktemp('run_messages')
   workdir = tmp / 'run'

@@ -15,7 +15,7 @@ from embedjax.train.base_config import base_config
 from embedjax.train.optim import make_optimizer, make_schedule
 from embedjax.train.state import create_state
 from embedjax.train.step import StepConfig, loss_and_grads, make_train_step
-from batches import random_batch
+from batches import FAST_COMPILE, random_batch
 
 BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)
@@ -36,13 +36,15 @@ def test_grad_cache_equals_plain_gradients(h, mrl, learn):
   plain_cfg = StepConfig(spec=SPEC, chunk_size=2, matryoshka_dims=mrl, learnable_scale=learn)
   cached_cfg = StepConfig(spec=SPEC, chunk_size=2, grad_cache=True, matryoshka_dims=mrl,
                           learnable_scale=learn)
-  (l1, _), g1 = jax.jit(lambda p: loss_and_grads(plain_cfg, p, batch, rng))(params)
-  (l2, _), g2 = jax.jit(lambda p: loss_and_grads(cached_cfg, p, batch, rng))(params)
+  plain = jax.jit(lambda p: loss_and_grads(plain_cfg, p, batch, rng), compiler_options=FAST_COMPILE)
+  (l1, _), g1 = plain(params)
+  (l2, _), g2 = jax.jit(lambda p: loss_and_grads(cached_cfg, p, batch, rng),
+                        compiler_options=FAST_COMPILE)(params)
   assert float(l1) == pytest.approx(float(l2), abs=1e-6)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), g1, g2)
   # Against finite differences of the plain loss along the gradient (an independent check).
-  # jitted: run eagerly, the chunked, dropout-carrying loss takes minutes op by op.
-  loss = jax.jit(lambda p: loss_and_grads(plain_cfg, p, batch, rng)[0][0])
+  # The plain step already compiled gives the loss (a loss-only program would be one more compile).
+  loss = lambda p: plain(p)[0][0]  # noqa: E731
   direction = jax.tree_util.tree_map(lambda g: g / (optax.tree_utils.tree_norm(g1) + 1e-12), g1)
   eps = 2e-3
   plus = jax.tree_util.tree_map(lambda p, d: p + eps * d, params, direction)
@@ -57,7 +59,8 @@ def test_chunked_plain_equals_unchunked_without_dropout():
   batch = _batch(np.random.default_rng(1))
   # jitted: op by op, the chunked loss and its gradient take about a minute on 2 cores
   a, b = (jax.jit(lambda p, cfg=StepConfig(spec=SPEC, chunk_size=chunk, dropout=False):
-                  loss_and_grads(cfg, p, batch, jax.random.key(0)))(params) for chunk in (2, 0))
+                  loss_and_grads(cfg, p, batch, jax.random.key(0)),
+                  compiler_options=FAST_COMPILE)(params) for chunk in (2, 0))
   assert float(a[0][0]) == pytest.approx(float(b[0][0]), abs=1e-6)
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5),
                          a[1], b[1])
@@ -79,7 +82,8 @@ def test_freeze_regex_keeps_matching_params_fixed_and_steps_update_the_rest():
   params = {'encoder': init_params(BERT, jax.random.key(0))}
   tx = make_optimizer(_optim_cfg(warmup_steps=0, freeze=r'^encoder/(word|position|token_type)_embeddings'),
                       params, 10)
-  step = jax.jit(make_train_step(StepConfig(spec=SPEC), tx), donate_argnums=0)
+  step = jax.jit(make_train_step(StepConfig(spec=SPEC), tx), donate_argnums=0,
+                 compiler_options=FAST_COMPILE)
   state = create_state(params, tx)
   before = jax.tree_util.tree_map(np.array, state.params)
   state, metrics = step(state, _batch(np.random.default_rng(2)), jax.random.key(0))
@@ -95,7 +99,7 @@ def test_step_uses_step_folded_rng():
   """Two steps from the same state but different step counters draw different dropout."""
   params = {'encoder': init_params(BERT, jax.random.key(0))}
   tx = make_optimizer(_optim_cfg(), params, 10)
-  step = jax.jit(make_train_step(StepConfig(spec=SPEC), tx))
+  step = jax.jit(make_train_step(StepConfig(spec=SPEC), tx), compiler_options=FAST_COMPILE)
   state = create_state(params, tx)
   batch = _batch(np.random.default_rng(3))
   _, m0 = step(state, batch, jax.random.key(0))
