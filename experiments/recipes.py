@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -196,6 +197,30 @@ def mine_scifact(out_path: Path, data_dir: Path, *, relative_margin: float | Non
 # --- running cells ----------------------------------------------------------------------------
 
 
+def cell_config(cell: str, seed: int, overrides=()):
+  """(config, its hash) of one cell at one seed; (None, hash of the cell's name) for a pretrained
+  cell, which trains nothing."""
+  if _configs().CELLS[cell]() is None:
+    return None, config_hash({'cell': cell})
+  cfg = load_config(f'{paths.repo_root() / "configs" / "recipes.py"}:{cell}',
+                    [*overrides, f'--config.seed={seed}'])
+  return cfg, config_hash(cfg)
+
+
+def expected_runs(seeds=(0, 1)) -> list[tuple[str, int]]:
+  """Every (cell, seed) the study is made of: each trained cell at ``seeds``, each pretrained cell
+  once (seed 0)."""
+  configs = _configs()
+  return [(cell, seed) for cell, factory in configs.CELLS.items()
+          for seed in (seeds if factory() is not None else (0,))]
+
+
+def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
+  """Whether the record of (cell, seed) exists and was made with the config the study runs now
+  (``make results`` asks this besides the record's commit and code)."""
+  return _current(record_path(cell, seed, root), *cell_config(cell, seed))
+
+
 def _current(path: Path, cfg, chash: str) -> bool:
   """The record exists and was made with this config: equal hash, or (a record made before
   embedjax gained some fields) no change but new fields at their defaults."""
@@ -208,23 +233,34 @@ def _current(path: Path, cfg, chash: str) -> bool:
   return cfg is not None and 'config' in rec and not config_changes(rec['config'], cfg.to_dict())
 
 
+def _restart_workdir(workdir: Path) -> None:
+  """Empties a run's workdir for a run made again at this commit, unless a run at this commit
+  already started there (an interrupted redo resumes). The old record stays until the new one
+  replaces it."""
+  from embedjax.provenance import git_state
+  marker = workdir / 'redo_commit.txt'
+  commit = (git_state() or {}).get('commit') or ''
+  if marker.is_file() and marker.read_text().strip() == commit:
+    return
+  shutil.rmtree(workdir, ignore_errors=True)
+  workdir.mkdir(parents=True)
+  atomic_write_text(marker, commit + '\n')
+
+
 def run_cell(cell: str, seed: int, *, runs_dir: Path, data_dir: Path, overrides=(),
-             results: Path | None = None, progress: bool = True) -> dict | None:
+             results: Path | None = None, progress: bool = True,
+             force: bool = False) -> dict | None:
   """Trains (resuming) and evaluates one cell at one seed (``overrides``: ``--config.x=y``
   arguments applied to its config); writes and returns its record, or None when its record is
-  already current."""
+  already current (``force``: made again all the same)."""
   from embedjax.models.pretrained import load_pretrained
   from embedjax.train.loop import dry_build, train
 
   configs = _configs()
   group = group_of(cell)
-  factory = configs.CELLS[cell]
-  cfg = None if factory() is None else load_config(
-      f'{paths.repo_root() / "configs" / "recipes.py"}:{cell}',
-      [*overrides, f'--config.seed={seed}'])
-  chash = config_hash(cfg) if cfg is not None else config_hash({'cell': cell})
+  cfg, chash = cell_config(cell, seed, overrides)
   out = record_path(cell, seed, results)
-  if _current(out, cfg, chash):
+  if not force and _current(out, cfg, chash):
     print(f'== {cell} seed {seed}: current ({out.relative_to(paths.repo_root())})', flush=True)
     return None
   print(f'== {cell} seed {seed}', flush=True)
@@ -458,6 +494,9 @@ def _flags(fv) -> None:
                       'workdirs go here', flag_values=fv)
   flags.DEFINE_string('results-dir', str(results_dir()), 'records and summary go here',
                       flag_values=fv)
+  flags.DEFINE_list('redo', [], 'CELL/seedN runs to make again from scratch (workdir and record '
+                    'removed first) although their config is current: `make results` names the '
+                    'runs whose code changed', flag_values=fv)
   flags.DEFINE_bool('list', False, 'only say which (cell, seed) records exist', flag_values=fv)
   flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
                     flag_values=fv)
@@ -482,12 +521,18 @@ def main(cfg, fv) -> int:
     data_dir = paths.shared_data_dir()
     if data_dir is None:
       raise ConfigError('the recipes study reads ../shared/data (or $EMBEDJAX_DATA_DIR)')
-    for cell in cells:
-      trained = configs.CELLS[cell]() is not None
-      for seed in (seeds if trained else [0]):
-        run_cell(cell, seed, runs_dir=Path(fv['runs-dir'].value), data_dir=data_dir,
-                 overrides=config_overrides(sys.argv[1:]), results=results)
-        write_summary(results)
+    runs = expected_runs(seeds)
+    redo = set(fv['redo'].value)
+    unknown = sorted(redo - {f'{c}/seed{s}' for c, s in runs})
+    if unknown:
+      raise ConfigError(f'--redo {unknown[0]!r}: not a run of the study (CELL/seedN)')
+    for cell, seed in [r for c in cells for r in runs if r[0] == c]:  # in the order asked
+      force = f'{cell}/seed{seed}' in redo
+      if force:
+        _restart_workdir(Path(fv['runs-dir'].value) / cell / f'seed{seed}')
+      run_cell(cell, seed, runs_dir=Path(fv['runs-dir'].value), data_dir=data_dir,
+               overrides=config_overrides(sys.argv[1:]), results=results, force=force)
+      write_summary(results)
   summary = write_summary(results)
   print(markdown(summary))
   return 0

@@ -52,6 +52,10 @@ class Target:
   config_block: str | None = None        # the sub-block the run hashes, when not the whole config
   device: str = 'cpu'                    # 'cpu' (run here) or 'gpu' (listed only)
   note: str = ''
+  # A study made of one record per (cell, seed): the experiments module that lists them
+  # (expected_runs, record_path, config_is_current); ``result`` is then its summary, derived
+  # from the records (CI recomputes it), and the target is current when every record is.
+  study: str | None = None
 
 
 def _exp(name: str, config: str, result: str, *, overrides=(), code=(), device='cpu', note='',
@@ -105,6 +109,12 @@ TARGETS = (
     Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
            code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py', 'embedjax/train',
                  'embedjax/losses', *CORE), device='gpu', note='the prepared GPU suite'),
+    Target('recipes', 'results/recipes/summary.json', (PY, '-m', 'experiments.recipes'),
+           code=('experiments/recipes.py', 'configs/recipes.py', 'embedjax/train',
+                 'embedjax/losses', *CORE),
+           study='recipes',
+           note='the training-recipes study: about 20 min per (cell, seed) on 2 cores, '
+                'each a resumable run with its own record'),
     *(Target(name, f'results/limit/{out}.json', (PY, '-m', 'experiments.limit_finetune', *args),
              code=('experiments/limit_finetune.py', 'configs/limit_finetune.py',
                    'configs/minilm_scifact.py', 'embedjax/train', 'embedjax/losses',
@@ -198,10 +208,50 @@ def _provenance_status(target: Target, prov: dict, what: str = '') -> tuple[str,
   return 'current', f'at {git["commit"][:10]}'
 
 
+def study_runs(target: Target) -> tuple[list[str], list[str], dict[str, str]]:
+  """(every run, the runs not made yet, {stale run: why}) of a study target, runs named
+  'CELL/seedN'. A run is current when its record was made at a known commit with its code clean
+  and unchanged since, and with the config the study runs now."""
+  import importlib
+  study = importlib.import_module(f'experiments.{target.study}')
+  runs, missing, stale = [], [], {}
+  for cell, seed in study.expected_runs():
+    name = f'{cell}/seed{seed}'
+    runs.append(name)
+    path = study.record_path(cell, seed)
+    if not path.is_file():
+      missing.append(name)
+      continue
+    state, why = _provenance_status(target, _record_provenance(json.loads(path.read_text())),
+                                    f'{name}: ')
+    if state == 'current' and not study.config_is_current(cell, seed):
+      state, why = 'stale', f'{name}: its config changed'
+    if state != 'current':
+      stale[name] = why
+  return runs, missing, stale
+
+
+def _study_status(target: Target) -> tuple[str, str]:
+  """A study is current when every (cell, seed) record is; stale runs are reported before runs
+  not yet made."""
+  runs, missing, stale_runs = study_runs(target)
+  stale = list(stale_runs.values())
+  not_run = f'{len(missing)} of {len(runs)} runs not made yet ({", ".join(missing[:3])}' + (
+      ', ...)' if len(missing) > 3 else ')')
+  if stale:
+    return 'stale', f'{len(stale)} of {len(runs)} runs stale, first {stale[0]}' + (
+        f'; {not_run}' if missing else '')
+  if missing:
+    return 'missing', not_run
+  return 'current', f'all {len(runs)} runs current'
+
+
 def status(target: Target) -> tuple[str, str]:
   """('current' | 'stale' | 'missing', why) of one target's result file.
 
   A file merged from partial reruns is current only when every entry's own provenance is."""
+  if target.study:
+    return _study_status(target)
   path = paths.repo_root() / target.result
   if not path.is_file():
     return 'missing', 'no file'
@@ -549,8 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     if state == 'current' or fv.list:
       continue
-    print(f'  running: {" ".join(target.command[1:])}', flush=True)
-    if subprocess.run(target.command, cwd=paths.repo_root()).returncode:
+    command = target.command
+    if target.study:  # the study skips runs whose config is current: name the stale ones
+      stale = sorted(study_runs(target)[2])
+      command = (*command, f'--redo={",".join(stale)}') if stale else command
+    print(f'  running: {" ".join(command[1:])}', flush=True)
+    if subprocess.run(command, cwd=paths.repo_root()).returncode:
       failed.append(target.name)
     elif target.name in ('eval', 'storage_tradeoff'):
       write_readme_table()

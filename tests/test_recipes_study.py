@@ -96,3 +96,33 @@ def test_elastic_and_distill_summaries_come_from_their_headline_cells(recipes):
                                         'asymmetric_fraction': 0.9})
   assert 'distill_leaf' not in s['missing'] and 'elastic_mrl' not in s['missing']
   assert recipes.markdown(s).count('| distill_leaf |') == 3  # the main table, SciFact, STS-B
+
+
+def test_expected_runs_and_config_currency(recipes, tmp_path):
+  runs = recipes.expected_runs()
+  assert ('stsb_pretrained', 0) in runs and ('stsb_pretrained', 1) not in runs  # nothing random
+  assert {('stsb_cosent', 0), ('stsb_cosent', 1)} <= set(runs)
+  assert len(runs) == len(set(runs))
+  cfg, chash = recipes.cell_config('stsb_cosent', 1)
+  assert cfg.seed == 1
+  path = recipes.record_path('stsb_cosent', 1, tmp_path)
+  assert not recipes.config_is_current('stsb_cosent', 1, tmp_path)
+  path.parent.mkdir(parents=True)
+  path.write_text(f'{{"config_hash": "{chash}"}}')
+  assert recipes.config_is_current('stsb_cosent', 1, tmp_path)
+  path.write_text('{"config_hash": "other", "config": {"seed": 0}}')
+  assert not recipes.config_is_current('stsb_cosent', 1, tmp_path)
+
+
+def test_a_redo_empties_the_workdir_once_per_commit(recipes, tmp_path):
+  work = tmp_path / 'cell' / 'seed0'
+  work.mkdir(parents=True)
+  (work / 'old_checkpoint').write_text('made by older code')
+  recipes._restart_workdir(work)
+  assert [p.name for p in work.iterdir()] == ['redo_commit.txt']
+  (work / 'new_checkpoint').write_text('made by this redo')
+  recipes._restart_workdir(work)  # an interrupted redo at the same commit resumes
+  assert (work / 'new_checkpoint').exists()
+  (work / 'redo_commit.txt').write_text('0' * 40)
+  recipes._restart_workdir(work)
+  assert not (work / 'new_checkpoint').exists()

@@ -163,3 +163,31 @@ def test_a_target_may_hash_one_block_of_its_config(regen, tmp_path):
   assert regen.status(t)[0] == 'current'
   _write(tmp_path, git, config_hash=config_hash(cfg))
   assert regen.status(t) == ('stale', 'its config changed (or was not recorded)')
+
+
+def test_a_study_is_current_only_when_every_run_record_is(regen, tmp_path, monkeypatch):
+  import types
+  runs = [('a', 0), ('a', 1), ('b', 0)]
+  config_ok = {('a', 0): True, ('a', 1): True, ('b', 0): True}
+  study = types.SimpleNamespace(
+      expected_runs=lambda: runs, record_path=lambda c, s: tmp_path / c / f'seed{s}.json',
+      config_is_current=lambda c, s: config_ok[(c, s)])
+  monkeypatch.setitem(sys.modules, 'experiments._fake_study', study)
+  t = _target(regen, tmp_path, study='_fake_study')
+  clean = {'commit': _head(), 'dirty': False, 'dirty_paths': []}
+
+  def write(cell, seed, git):
+    (tmp_path / cell).mkdir(exist_ok=True)
+    (tmp_path / cell / f'seed{seed}.json').write_text(json.dumps({'cell': cell, 'git': git}))
+
+  write('a', 0, clean)
+  write('a', 1, clean)
+  assert regen.status(t) == ('missing', '1 of 3 runs not made yet (b/seed0)')
+  write('b', 0, clean)
+  assert regen.status(t) == ('current', 'all 3 runs current')
+  config_ok[('a', 1)] = False
+  write('b', 0, {**clean, 'dirty': True, 'dirty_paths': ['embedjax/encoding.py']})
+  assert regen.study_runs(t)[2] == {
+      'a/seed1': 'a/seed1: its config changed',
+      'b/seed0': "b/seed0: ran with uncommitted changes in ['embedjax/encoding.py']"}
+  assert regen.status(t)[0] == 'stale'
