@@ -509,6 +509,90 @@ def gradcache_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+ENCODE_RESULT = 'results/bench_encode_cpu.json'
+ENCODE_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+                f'{ENCODE_RESULT}; do not edit it by hand. -->')
+ENCODE_SETS = {'stsb': 'STS-B test sentences (short)',
+               'scifact': 'SciFact corpus (most cut at 256 tokens)'}
+
+
+def _load_average(settings: dict) -> str:
+  before, after = settings.get('load_average_before'), settings.get('load_average_after')
+  if not before:
+    return 'load average not recorded'
+  return f'load average {before[0]:.2f} before' + (f', {after[0]:.2f} after' if after else '')
+
+
+def encode_doc_block() -> str:
+  """BENCHMARKS.md's encoding table: medians per set and system, the ratio, the agreement."""
+  record = json.loads((paths.repo_root() / ENCODE_RESULT).read_text())
+  prov = _record_provenance(record)
+  v = prov.get('versions') or {}
+  lines = [ENCODE_START, '',
+           f'{_run_prefix(ENCODE_RESULT, prov)}, {(prov.get("machine") or {}).get("cpu", "?")}; '
+           f'jax {v.get("jax", "?")}, torch {v.get("torch", "?")}, sentence-transformers '
+           f'{v.get("sentence_transformers", v.get("sentence-transformers", "?"))}; '
+           f'{record["threads"]} threads each; {_load_average(record.get("settings", {}))}):', '',
+           '| set | texts | mean tokens | embedjax s | sentence-transformers s | ratio | CPU s '
+           '(embedjax / ST) | min cosine |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  for key, name in ENCODE_SETS.items():
+    if key not in record['median_s']:
+      continue
+    med, runs, cpu = record['median_s'][key], record['runs'][key], record['cpu_s'][key]
+    texts = record['texts'][key]
+    lines.append(
+        f'| {name} | {texts["count"]:,} | {texts["mean_tokens"]} | {med["embedjax"]:.2f} '
+        f'({len(runs["embedjax"])} runs) | {med["sentence_transformers"]:.2f} '
+        f'({len(runs["sentence_transformers"])} runs) | '
+        f'**{record["ratio_vs_sentence_transformers"][key]:.2f}x** | '
+        f'{sorted(cpu["embedjax"])[len(cpu["embedjax"]) // 2]:.0f} / '
+        f'{sorted(cpu["sentence_transformers"])[len(cpu["sentence_transformers"]) // 2]:.0f} | '
+        f'{record["min_cosine"][key]:.6f} |')
+  lines += ['', 'Ratio: sentence-transformers median seconds / embedjax median seconds (above 1: '
+            'embedjax is faster). CPU s: the median CPU seconds of a timed run.']
+  return '\n'.join([*lines, '', README_END])
+
+
+TRAIN_RESULT = 'results/bench_train_cpu.json'
+TRAIN_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+               f'{TRAIN_RESULT}; do not edit it by hand. -->')
+TRAIN_SYSTEMS = {'embedjax': 'embedjax (jit, donated state)',
+                 'sentence_transformers': 'sentence-transformers (torch CPU, eager)',
+                 'representax': 'representax (JAX peer, its own venv)'}
+
+
+def train_doc_block() -> str:
+  """BENCHMARKS.md's training-step table: median step, pairs/s, CPU seconds and ratios."""
+  record = json.loads((paths.repo_root() / TRAIN_RESULT).read_text())
+  prov = _record_provenance(record)
+  settings = record.get('settings', {})
+  b = record['batch']
+  lines = [TRAIN_START, '',
+           f'{_run_prefix(TRAIN_RESULT, prov)}, {(prov.get("machine") or {}).get("cpu", "?")}; '
+           f'{settings.get("threads", "?")} threads each; {_load_average(settings)}; '
+           f'{b["pairs"]} pairs of {b["query_len"]} / {b["doc_len"]} tokens, '
+           f'{settings.get("rounds", "?")} rounds of {settings.get("steps_per_round", "?")} timed '
+           'steps per system):', '',
+           '| system | median s / step | pairs/s | CPU s / step | vs sentence-transformers | '
+           'median of paired round ratios | no-dropout loss |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for key, name in TRAIN_SYSTEMS.items():
+    if key not in record['median_step_s']:
+      continue
+    ratio = (1.0 if key == 'sentence_transformers'
+             else record['ratios_vs_sentence_transformers'][key])
+    paired = ('-' if key == 'sentence_transformers'
+              else f'{record["median_of_paired_round_ratios"][key]:.2f}x')
+    lines.append(f'| {name} | {record["median_step_s"][key]:.2f} | {record["pairs_per_s"][key]:.1f} | '
+                 f'{record["median_cpu_s_per_step"][key]:.1f} | **{ratio:.2f}x** | {paired} | '
+                 f'{record["loss_no_dropout"][key]:.5f} |')
+  rx = record.get('representax') or {}
+  if rx and rx.get('outcome') != 'ran':
+    lines += ['', f'representax: {rx.get("outcome", "not run")}.']
+  return '\n'.join([*lines, '', README_END])
+
+
 LLM_DOC = 'docs/llm_embedders.md'
 LLM_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
              'embedjax.train.memory and configs/decoder_*.py; do not edit it by hand. -->')
@@ -561,6 +645,8 @@ def write_readme_table() -> None:
   _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())
   _write_block(SHARDED_DOC, DECODER_START, decoder_doc_block())
   _write_block(SHARDED_DOC, GRADCACHE_START, gradcache_doc_block())
+  _write_block(SHARDED_DOC, ENCODE_START, encode_doc_block())
+  _write_block(SHARDED_DOC, TRAIN_START, train_doc_block())
 
 
 def _flags(fv) -> None:
