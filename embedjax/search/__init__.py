@@ -9,6 +9,8 @@ sharded over a mesh axis.
                          codes of any ``embedjax.quant`` quantizer (PQ, int4, float8, ...)
     binary_rescore       binary_rescore(queries, query_codes, corpus_codes, k)  Hamming + rescore
     filtered             filtered_topk(queries, corpus, k, predicate=..., ...)  attribute filters
+    maxsim               topk_maxsim(queries, query_mask, docs, doc_mask, k)  multi-vector late
+                         interaction (ColBERT MaxSim) over padded token vectors
     sharded_flat, sharded_int8, sharded_hamming, sharded_asymmetric:
                          the same searches over a corpus sharded on a mesh axis (``sharded.py``)
   ALIASES      'exact' -> 'flat', 'binary' -> 'hamming', 'pq' -> 'asymmetric' (the benchmarks'
@@ -25,6 +27,7 @@ from embedjax.registry import lookup
 from embedjax.search.exact import plan, topk_blocked, topk_blocked_by
 from embedjax.search.filtered import PREDICATES, filtered_recall, filtered_topk
 from embedjax.search.hamming import hamming_topk
+from embedjax.search.multivector import maxsim_paired, maxsim_scores, topk_maxsim
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 from embedjax.search.rescore import binary_rescore, rescore, rescore_with
 from embedjax.search.sharded import (SHARDED_PREDICATES, place_rows, process_rows, rows_per_shard,
@@ -38,6 +41,7 @@ SEARCHES: dict[str, Callable] = {
     'asymmetric': asymmetric_topk,
     'binary_rescore': binary_rescore,
     'filtered': filtered_topk,
+    'maxsim': topk_maxsim,
     'sharded_flat': sharded_topk,
     'sharded_int8': sharded_int8_topk,
     'sharded_hamming': sharded_hamming_topk,
@@ -59,7 +63,7 @@ def names() -> tuple[str, ...]:
 
 __all__ = ['ALIASES', 'PREDICATES', 'SEARCHES', 'SHARDED_PREDICATES', 'asymmetric_topk',
            'binary_rescore', 'filtered_recall', 'filtered_topk', 'get', 'hamming_topk',
-           'int8_topk', 'names', 'place_rows', 'plan', 'process_rows', 'rescore', 'rescore_with',
+           'int8_topk', 'maxsim_paired', 'maxsim_scores', 'names', 'place_rows', 'plan', 'process_rows', 'rescore', 'rescore_with',
            'rows_per_shard', 'sharded_asymmetric_topk', 'sharded_hamming_topk',
            'sharded_int8_topk', 'sharded_topk', 'sharded_topk_by', 'topk_blocked',
-           'topk_blocked_by']
+           'topk_blocked_by', 'topk_maxsim']
