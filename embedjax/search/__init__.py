@@ -13,6 +13,8 @@ sharded over a mesh axis.
                          interaction (ColBERT MaxSim) over padded token vectors
     sharded_flat, sharded_int8, sharded_hamming, sharded_asymmetric:
                          the same searches over a corpus sharded on a mesh axis (``sharded.py``)
+  plaid        (module) ColBERTv2 residual compression of token vectors and PLAID-style search:
+               fit_codec, build_index, search
   ALIASES      'exact' -> 'flat', 'binary' -> 'hamming', 'pq' -> 'asymmetric' (the benchmarks'
                index names; PQ search is the asymmetric search with ``quant.get('pq16')``)
   get(name)    the search function, or a one-line error listing the choices

@@ -1,0 +1,108 @@
+"""ColBERTv2 residual compression and PLAID-style search: packing, the round-trip bound, the
+inverted lists, and equality with exact MaxSim search when every centroid is probed."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from embedjax.search import plaid
+from embedjax.search.multivector import topk_maxsim
+
+
+def _clustered_docs(rng, n=120, td=10, d=16, topics=12):
+  """Documents whose tokens sit near a few topic directions (as real token vectors cluster)."""
+  centers = rng.standard_normal((topics, d))
+  topic = rng.integers(0, topics, size=(n, td))
+  x = centers[topic] + 0.35 * rng.standard_normal((n, td, d))
+  x /= np.linalg.norm(x, axis=-1, keepdims=True)
+  lengths = rng.integers(3, td + 1, size=n)
+  mask = np.arange(td) < lengths[:, None]
+  return x.astype(np.float32), mask, centers
+
+
+def _queries(rng, centers, q=15, tq=6):
+  topic = rng.integers(0, len(centers), size=(q, tq))
+  x = centers[topic] + 0.35 * rng.standard_normal((q, tq, centers.shape[1]))
+  x /= np.linalg.norm(x, axis=-1, keepdims=True)
+  return x.astype(np.float32), np.ones((q, tq), np.int32)
+
+
+@pytest.fixture(scope='module')
+def corpus():
+  rng = np.random.default_rng(0)
+  docs, mask, centers = _clustered_docs(rng)
+  queries, qmask = _queries(rng, centers)
+  codec = plaid.fit_codec(jax.random.key(0), docs[mask], 24, bits=2)
+  return docs, mask, queries, qmask, codec
+
+
+@pytest.mark.parametrize('bits', [1, 2, 4, 8])
+def test_pack_unpack_round_trip(bits):
+  levels = np.random.default_rng(bits).integers(0, 2 ** bits, size=(5, 13))
+  packed = plaid._pack(levels, bits)
+  assert packed.shape == (5, -(-13 * bits // 8)) and packed.dtype == np.uint8
+  np.testing.assert_array_equal(np.asarray(plaid._unpack(packed, bits, 13)), levels)
+
+
+def test_codec_buckets_are_residual_quantiles_and_round_trip_within_a_bucket(corpus):
+  docs, mask, _, _, codec = corpus
+  tokens = docs[mask].astype(np.float64)
+  centroids = np.asarray(codec.centroids, np.float64)
+  np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-6)
+  residuals = tokens - centroids[np.argmax(tokens @ centroids.T, axis=1)]
+  np.testing.assert_allclose(np.asarray(codec.cutoffs), np.quantile(residuals, [0.25, 0.5, 0.75]),
+                             rtol=1e-5, atol=1e-6)
+  ids, packed = plaid.compress(codec, tokens)
+  decoded = np.asarray(plaid.decompress(codec, ids, packed), np.float64)
+  edges = np.concatenate([[residuals.min()], np.asarray(codec.cutoffs), [residuals.max()]])
+  bucket = np.searchsorted(np.asarray(codec.cutoffs), residuals, side='right')
+  width = edges[bucket + 1] - edges[bucket]
+  assert np.all(np.abs(decoded - tokens) <= width + 1e-6)
+  assert plaid.bytes_per_token(codec) == 2 + 16 * 2 // 8  # uint16 id + 16 dims x 2 bits
+
+
+def test_inverted_lists_hold_exactly_the_documents_of_each_centroid(corpus):
+  docs, mask, _, _, codec = corpus
+  index = plaid.build_index(codec, docs, mask)
+  ids = np.asarray(index.ids)
+  for c in range(codec.centroids.shape[0]):
+    want = np.flatnonzero(((ids == c) & mask).any(axis=1))
+    got = index.lists_docs[index.lists_start[c]:index.lists_start[c + 1]]
+    np.testing.assert_array_equal(got, want)
+  assert index.bytes_per_doc() == pytest.approx(mask.sum(1).mean() * 6)
+
+
+@pytest.mark.parametrize('keep_float', [False, True])
+def test_probing_every_centroid_equals_exact_search(corpus, keep_float):
+  docs, mask, queries, qmask, codec = corpus
+  index = plaid.build_index(codec, docs, mask, keep_float=keep_float)
+  stored = docs if keep_float else np.asarray(plaid.decompress(codec, index.ids, index.residuals))
+  want_s, want_i = topk_maxsim(queries, qmask, stored, mask, 10)
+  got_s, got_i = plaid.search(index, queries, qmask, 10, nprobe=codec.centroids.shape[0],
+                              ndocs=len(docs), centroid_threshold=None)
+  np.testing.assert_array_equal(got_i, np.asarray(want_i))
+  np.testing.assert_allclose(got_s, np.asarray(want_s), rtol=1e-5, atol=1e-5)
+
+
+def test_defaults_keep_the_recall_of_exact_search(corpus):
+  docs, mask, queries, qmask, codec = corpus
+  index = plaid.build_index(codec, docs, mask, keep_float=True)
+  _, exact = topk_maxsim(queries, qmask, docs, mask, 10)
+  _, got = plaid.search(index, queries, qmask, 10, ndocs=40)
+  recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, np.asarray(exact))])
+  assert recall >= 0.95
+
+
+def test_bad_input_is_refused(corpus):
+  docs, mask, queries, qmask, codec = corpus
+  empty = mask.copy()
+  empty[7] = False
+  with pytest.raises(ValueError, match=r'have no counted tokens.*\[7\]'):
+    plaid.build_index(codec, docs, empty)
+  index = plaid.build_index(codec, docs, mask)
+  with pytest.raises(ValueError, match='dimension 8 but the index 16'):
+    plaid.search(index, queries[..., :8], qmask, 3)
+  with pytest.raises(ValueError, match='num_centroids'):
+    plaid.fit_codec(jax.random.key(0), docs[mask][:5], 6)
