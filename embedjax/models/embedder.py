@@ -77,20 +77,28 @@ def embed_packed(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: 
   arange) this is the ordinary padded computation; see ``embed``. ``prompt_length``: each text
   starts with this many prompt tokens, left out of pooling when ``spec.include_prompt`` is False.
   """
-  encoder_params, _ = split_params(params, spec)
-  if spec.decoder is not None:
-    # Decoder LLMs are trained without dropout; rows are right-padded or packed here.
-    hidden = Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
-                                         position_ids, packed=num_segments > 1)
-  else:
-    rngs = None if deterministic else {'dropout': dropout_key}
-    hidden = BertEncoder(spec.bert).apply(
-        {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
-        position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
+  hidden = hidden_states(params, spec, input_ids, segment_ids, position_ids, num_segments,
+                         deterministic=deterministic, dropout_key=dropout_key)
   pool_mask = None
   if prompt_length and not spec.include_prompt:
     pool_mask = position_ids >= prompt_length
   return embedding_head(params, spec, hidden, segment_ids, num_segments, pool_mask)
+
+
+def hidden_states(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids: jax.Array,
+                  position_ids: jax.Array, num_segments: int, *, deterministic: bool = True,
+                  dropout_key: jax.Array | None = None) -> jax.Array:
+  """The backbone alone: (B, L) ids / segment ids / positions -> (B, L, H) last token states
+  (what pooling reads, and what late interaction projects token by token)."""
+  encoder_params, _ = split_params(params, spec)
+  if spec.decoder is not None:
+    # Decoder LLMs are trained without dropout; rows are right-padded or packed here.
+    return Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
+                                       position_ids, packed=num_segments > 1)
+  rngs = None if deterministic else {'dropout': dropout_key}
+  return BertEncoder(spec.bert).apply(
+      {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
+      position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
 
 
 def embedding_head(params, spec: EmbedderSpec, hidden: jax.Array, segment_ids: jax.Array,
