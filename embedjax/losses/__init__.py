@@ -12,6 +12,7 @@ Outside LOSSES (they need labels, scores, teacher scores, guide embeddings or th
   embedding_mse  LEAF's student-to-teacher embedding distance (in LOSSES, with gist, cached_gist,
                margin_mse and distill_kl_div, which the step feeds from a guide: GUIDE_LOSSES)
   gist         gist, cached_gist (GISTEmbed: a guide model's similarities mask false negatives)
+  MULTI_VECTOR_LOSSES  maxsim_info_nce (ColBERT training over token vectors and their masks)
   multi_positive  order_aware_sts_loss and its terms (CoDiEmb)
   weighted     progressive_weights, progressive_info_nce (sample weights over training)
 """
@@ -29,6 +30,7 @@ from embedjax.losses.distill import distill_kl_div, margin_mse, mse
 from embedjax.losses.elastic import adaptive_layer, matryoshka_2d
 from embedjax.losses.mixing import mix_hard_negatives
 from embedjax.losses.gist import cached_gist, gist
+from embedjax.losses.late_interaction import maxsim_info_nce
 from embedjax.losses.matryoshka import matryoshka, truncate_and_renormalize
 from embedjax.losses.multi_positive import (average_ranks, cosent_loss, multi_positive_info_nce,
                                             order_aware_sts_loss, pearson_loss, pro_loss,
@@ -97,6 +99,8 @@ LOSSES: dict[str, Callable] = {'info_nce': info_nce,
                                'embedding_mse': embedding_mse, 'gist': gist,
                                'cached_gist': cached_gist, 'margin_mse': margin_mse,
                                'distill_kl_div': distill_kl_div}
+# Losses over token vectors and their masks (the step's representation 'multi_vector').
+MULTI_VECTOR_LOSSES: dict[str, Callable] = {'maxsim_info_nce': maxsim_info_nce}
 # The losses of LOSSES that train on scored pairs (text1, text2, score): their batches carry
 # 'score' and no hard negatives.
 SCORED_LOSSES = frozenset({'cosent', 'angle', 'order_aware_sts'})

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from embedjax.config import ConfigError
-from embedjax.losses import GUIDE_LOSSES, LOSSES, TARGET_LOSSES, matryoshka
+from embedjax.losses import GUIDE_LOSSES, LOSSES, MULTI_VECTOR_LOSSES, TARGET_LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
 from embedjax.models.embedder import embed
 from embedjax.models.layerwise import embed_layers
@@ -69,12 +69,41 @@ class StepConfig:
   mix_negatives: int = 0                   # synthetic pair-mixed negatives per query (0 = off)
   mix_hardest: int = 8                     # ... mixed from this many hardest negatives
   mix_query: int = 0                       # synthetic query-mixed negatives per query (MoCHi h')
+  # What a text becomes (see _embed_fn): 'single' (one vector), 'multi_vector' (ColBERT token
+  # vectors through params['head'] = {'kernel'}; loss 'maxsim_info_nce') or 'sparse' (SPLADE
+  # vocabulary weights through params['head'] = BERT's MLM head; any (q, d) loss, with FLOPS).
+  representation: str = 'single'
+  query_augment: int = 0                   # multi_vector: queries padded to this length with
+  mask_token_id: int = 103                 #   [MASK] tokens that count (0 = no augmentation)
+  skip_ids: tuple = ()                     # multi_vector: document tokens left out of MaxSim
+  flops_weights: tuple = (0.0, 0.0)        # sparse: FLOPS regulariser weights (queries, documents)
+
+
+REPRESENTATIONS = ('single', 'multi_vector', 'sparse')
+
+
+def _check_representation(cfg: StepConfig) -> None:
+  if cfg.representation not in REPRESENTATIONS:
+    raise ConfigError(f'representation {cfg.representation!r}: not one of {list(REPRESENTATIONS)}')
+  if (cfg.representation == 'multi_vector') != (cfg.loss in MULTI_VECTOR_LOSSES):
+    raise ConfigError(f'representation multi_vector trains with {sorted(MULTI_VECTOR_LOSSES)} '
+                      f'and only it with them (got loss {cfg.loss!r}, representation '
+                      f'{cfg.representation!r})')
+  if cfg.representation != 'single' and (cfg.layer_elastic or cfg.matryoshka_dims or
+                                         cfg.mix_negatives or cfg.mix_query or cfg.guide_spec):
+    raise ConfigError(f'representation {cfg.representation!r} trains without Matryoshka, '
+                      'layer-elastic, mixing or guide options')
 
 
 def build_loss(cfg: StepConfig) -> Callable:
+  _check_representation(cfg)
+  if cfg.representation == 'multi_vector':
+    return MULTI_VECTOR_LOSSES[cfg.loss]
   if cfg.loss not in LOSSES:
     raise ConfigError(f'unknown loss {cfg.loss!r}; choose from {sorted(LOSSES)}')
   fn = LOSSES[cfg.loss]
+  if cfg.representation == 'sparse' and any(cfg.flops_weights):
+    fn = _with_flops(fn, *cfg.flops_weights)
   if cfg.matryoshka_dims and cfg.loss in GUIDE_LOSSES | TARGET_LOSSES:
     # matryoshka() truncates (q, d, hard_negatives) only: guide and target arrays would not follow
     raise ConfigError(f'loss {cfg.loss!r} does not combine with loss.matryoshka_dims')
@@ -143,16 +172,37 @@ def _elastic_loss(cfg: StepConfig, fn: Callable) -> Callable:
   return loss
 
 
-def _unchunk(out: jax.Array, n: int) -> jax.Array:
+def _with_flops(fn: Callable, query_weight: float, doc_weight: float) -> Callable:
+  """``fn`` plus SPLADE's FLOPS regularisers of the query and document (positives and negatives)
+  weights; the terms are reported as metrics."""
+  from embedjax.models.splade import flops
+
+  def loss(q, d, *, hard_negatives=None, **kw):
+    value, metrics = (fn(q, d, hard_negatives=hard_negatives, **kw) if hard_negatives is not None
+                      else fn(q, d, **kw))
+    docs = d if hard_negatives is None else jnp.concatenate(
+        [d, hard_negatives.reshape(-1, d.shape[-1])], axis=0)
+    fq, fd = flops(q), flops(docs)
+    total = value + query_weight * fq + doc_weight * fd
+    return total, {**metrics, 'loss': total, 'flops_query': fq, 'flops_doc': fd}
+  loss.__signature__ = inspect.signature(fn)  # the step passes what fn takes
+  return loss
+
+
+def _unchunk(out: jax.Array, n: int, tokens: bool = False) -> jax.Array:
   """Chunked embeddings to rows: (chunks, ch, D) -> (n, D); per layer (chunks, L, ch, D) ->
-  (L, n, D)."""
+  (L, n, D); token vectors (``tokens``) (chunks, ch, T, D) -> (n, T, D)."""
+  if tokens:
+    return out.reshape((n,) + out.shape[2:])
   if out.ndim == 4:
     return jnp.swapaxes(out, 0, 1).reshape(out.shape[1], n, -1)
   return out.reshape(n, -1)
 
 
-def _rechunk(g: jax.Array, chunks: int, ch: int) -> jax.Array:
+def _rechunk(g: jax.Array, chunks: int, ch: int, tokens: bool = False) -> jax.Array:
   """The inverse of :func:`_unchunk` (an embedding gradient back to per-chunk cotangents)."""
+  if tokens:
+    return g.reshape((chunks, ch) + g.shape[1:])
   if g.ndim == 3:
     return jnp.swapaxes(g.reshape(g.shape[0], chunks, ch, -1), 0, 1)
   return g.reshape(chunks, ch, -1)
@@ -172,8 +222,12 @@ def loss_arguments(name: str) -> frozenset[str]:
   return frozenset(a for a in STEP_ARGUMENTS if a in params)
 
 
-def _columns(batch) -> list[tuple[jax.Array, jax.Array]]:
-  cols = [(batch['query_ids'], batch['query_mask'])]
+def _columns(batch, cfg: StepConfig | None = None) -> list[tuple[jax.Array, jax.Array]]:
+  query = (batch['query_ids'], batch['query_mask'])
+  if cfg is not None and cfg.representation == 'multi_vector' and cfg.query_augment:
+    from embedjax.models.late_interaction import augment_queries
+    query = augment_queries(*query, cfg.query_augment, cfg.mask_token_id)
+  cols = [query]
   if 'doc_ids' in batch:  # a batch of distillation targets has queries only
     cols.append((batch['doc_ids'], batch['doc_mask']))
   if 'neg_ids' in batch:
@@ -191,8 +245,9 @@ def _chunked(x: jax.Array, chunk: int) -> jax.Array:
 
 
 def model_params(params):
-  """The part of the train params the embedder reads: {'encoder'} or {'encoder', 'lora'}."""
-  return {k: params[k] for k in ('encoder', 'lora') if k in params}
+  """The part of the train params the embedder reads: {'encoder'}, with 'lora' and 'head' (the
+  multi-vector projection or the SPLADE MLM head) where present."""
+  return {k: params[k] for k in ('encoder', 'lora', 'head') if k in params}
 
 
 def encoder_params(model, lora: LoraConfig | None):
@@ -205,6 +260,14 @@ def encoder_params(model, lora: LoraConfig | None):
 
 def _embed_fn(cfg: StepConfig):
   def f(model, ids, mask, key):
+    if cfg.representation == 'multi_vector':  # (rows, T, dim) unit token vectors
+      from embedjax.models.late_interaction import token_embeddings
+      return token_embeddings(encoder_params(model, cfg.lora), model['head'], cfg.spec, ids, mask,
+                              deterministic=not cfg.dropout, dropout_key=key)
+    if cfg.representation == 'sparse':  # (rows, V) SPLADE weights
+      from embedjax.models.splade import splade_weights
+      return splade_weights(encoder_params(model, cfg.lora), model['head'], cfg.spec, ids, mask,
+                            deterministic=not cfg.dropout, dropout_key=key)
     if cfg.layer_elastic:  # every hidden state through the head: (L, rows, D)
       return embed_layers(encoder_params(model, cfg.lora), cfg.spec, ids, mask,
                           deterministic=not cfg.dropout, dropout_key=key)
@@ -219,16 +282,32 @@ def _scale(cfg: StepConfig, params):
   return cfg.scale
 
 
-def _split_columns(embs, batch):
-  """(q, d or None, negatives (B, H, D) or None) from the column embeddings of ``_columns``."""
+def _split_columns(embs, batch, tokens: bool = False):
+  """(q, d or None, negatives (B, H, D) or None) from the column embeddings of ``_columns``
+  (``tokens``: token vectors, negatives (B, H, T, D))."""
   q, rest = embs[0], list(embs[1:])
   d = rest.pop(0) if 'doc_ids' in batch else None
   negs = None
   if rest:
     b, h = batch['neg_ids'].shape[:2]
-    # (L, B, H, D) when every layer is embedded (layer_elastic)
-    negs = rest[0].reshape(rest[0].shape[:-2] + (b, h, -1))
+    if tokens:
+      negs = rest[0].reshape((b, h) + rest[0].shape[1:])
+    else:  # (L, B, H, D) when every layer is embedded (layer_elastic)
+      negs = rest[0].reshape(rest[0].shape[:-2] + (b, h, -1))
   return q, d, negs
+
+
+def _token_masks(cfg: StepConfig, batch) -> dict:
+  """The masks MaxSim reads: the (augmented) query mask, and document / negative masks without
+  ``skip_ids`` tokens (they are encoded, as context, but never matched)."""
+  from embedjax.models.late_interaction import drop_tokens
+  cols = _columns(batch, cfg)
+  prune = (lambda ids, m: drop_tokens(ids, m, cfg.skip_ids)) if cfg.skip_ids else (
+      lambda ids, m: m)
+  out = {'q_mask': cols[0][1], 'd_mask': prune(batch['doc_ids'], batch['doc_mask'])}
+  if 'neg_ids' in batch:
+    out['hard_negatives_mask'] = prune(batch['neg_ids'], batch['neg_mask'])
+  return out
 
 
 def _guide_arguments(guide_embs, batch) -> dict:
@@ -243,6 +322,12 @@ def _guide_arguments(guide_embs, batch) -> dict:
 
 
 def _loss_on_embeddings(cfg: StepConfig, loss_fn, embs, batch, scale, guide_embs=None, key=None):
+  if cfg.representation == 'multi_vector':
+    q, d, negs = _split_columns(embs, batch, tokens=True)
+    masks = _token_masks(cfg, batch)
+    return loss_fn(q, masks['q_mask'], d, masks['d_mask'], hard_negatives=negs,
+                   hard_negatives_mask=masks.get('hard_negatives_mask'), scale=scale,
+                   **dict(cfg.loss_kwargs))
   q, d, negs = _split_columns(embs, batch)
   available = {'hard_negatives': negs, 'scale': scale, 'doc_ids': batch.get('doc_key'),
                'scores': batch.get('score'), 'target': batch.get('target'), 'neg': negs,
@@ -290,7 +375,9 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
   ``guide``: the frozen guide's params (GUIDE_LOSSES), a constant of the step."""
   loss_fn = build_loss(cfg)
   f = _embed_fn(cfg)
-  cols = _columns(batch)
+  cols = _columns(batch, cfg)
+  tokens = cfg.representation == 'multi_vector'
+
   if (cfg.loss in GUIDE_LOSSES) != (guide is not None and cfg.guide_spec is not None):
     raise ConfigError(f'loss {cfg.loss!r}: a guide (train.guide) is needed by exactly '
                       f'{sorted(GUIDE_LOSSES)}')
@@ -307,7 +394,7 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
         keys = _chunk_keys(rng, c, ids.shape[0] // ch)
         out = jax.vmap(f, in_axes=(None, 0, 0, 0))(model_params(p), _chunked(ids, ch),
                                                   _chunked(mask, ch), keys)
-        embs.append(_unchunk(out, ids.shape[0]))
+        embs.append(_unchunk(out, ids.shape[0], tokens))
       return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
                                  loss_key(rng))
     return jax.value_and_grad(total_loss, has_aux=True)(params)
@@ -319,7 +406,7 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
     ch = chunk_of(ids.shape[0])
     xs = (_chunked(ids, ch), _chunked(mask, ch), _chunk_keys(rng, c, ids.shape[0] // ch))
     out = jax.lax.map(lambda x: f(jax.lax.stop_gradient(enc), *x), xs)
-    embs.append(_unchunk(out, ids.shape[0]))
+    embs.append(_unchunk(out, ids.shape[0], tokens))
     chunk_inputs.append(xs)
 
   # 2. Loss and its gradient with respect to the embeddings (and the temperature).
@@ -332,7 +419,7 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
   # 3. Re-run each chunk under vjp with its slice of the embedding gradient; sum param grads.
   grads = jax.tree_util.tree_map(jnp.zeros_like, enc)
   for (ids_c, mask_c, keys), g in zip(chunk_inputs, emb_grads):
-    cot = _rechunk(g, ids_c.shape[0], ids_c.shape[1])
+    cot = _rechunk(g, ids_c.shape[0], ids_c.shape[1], tokens)
 
     def body(acc, x):
       ids, mask, key, ct = x
