@@ -13,6 +13,8 @@ sharded over a mesh axis.
                          interaction (ColBERT MaxSim) over padded token vectors
     sharded_flat, sharded_int8, sharded_hamming, sharded_asymmetric:
                          the same searches over a corpus sharded on a mesh axis (``sharded.py``)
+    sparse               sparse_topk(SparseIndex.build(doc_weights), query_weights, k)  learned
+                         sparse (SPLADE) vectors through an inverted index (scipy)
   plaid        (module) ColBERTv2 residual compression of token vectors and PLAID-style search:
                fit_codec, build_index, search
   ALIASES      'exact' -> 'flat', 'binary' -> 'hamming', 'pq' -> 'asymmetric' (the benchmarks'
@@ -35,6 +37,7 @@ from embedjax.search.rescore import binary_rescore, rescore, rescore_with
 from embedjax.search.sharded import (SHARDED_PREDICATES, place_rows, process_rows, rows_per_shard,
                                      sharded_asymmetric_topk, sharded_hamming_topk,
                                      sharded_int8_topk, sharded_topk, sharded_topk_by)
+from embedjax.search.sparse import SparseIndex, sparse_topk
 
 SEARCHES: dict[str, Callable] = {
     'flat': topk_blocked,
@@ -44,6 +47,7 @@ SEARCHES: dict[str, Callable] = {
     'binary_rescore': binary_rescore,
     'filtered': filtered_topk,
     'maxsim': topk_maxsim,
+    'sparse': sparse_topk,
     'sharded_flat': sharded_topk,
     'sharded_int8': sharded_int8_topk,
     'sharded_hamming': sharded_hamming_topk,
@@ -63,9 +67,9 @@ def names() -> tuple[str, ...]:
   return tuple(_BY_NAME)
 
 
-__all__ = ['ALIASES', 'PREDICATES', 'SEARCHES', 'SHARDED_PREDICATES', 'asymmetric_topk',
-           'binary_rescore', 'filtered_recall', 'filtered_topk', 'get', 'hamming_topk',
-           'int8_topk', 'maxsim_paired', 'maxsim_scores', 'names', 'place_rows', 'plan', 'process_rows', 'rescore', 'rescore_with',
-           'rows_per_shard', 'sharded_asymmetric_topk', 'sharded_hamming_topk',
-           'sharded_int8_topk', 'sharded_topk', 'sharded_topk_by', 'topk_blocked',
-           'topk_blocked_by', 'topk_maxsim']
+__all__ = ['ALIASES', 'asymmetric_topk', 'binary_rescore', 'filtered_recall', 'filtered_topk',
+           'get', 'hamming_topk', 'int8_topk', 'maxsim_paired', 'maxsim_scores', 'names',
+           'place_rows', 'plan', 'PREDICATES', 'process_rows', 'rescore', 'rescore_with',
+           'rows_per_shard', 'SEARCHES', 'sharded_asymmetric_topk', 'sharded_hamming_topk',
+           'sharded_int8_topk', 'SHARDED_PREDICATES', 'sharded_topk', 'sharded_topk_by',
+           'sparse_topk', 'SparseIndex', 'topk_blocked', 'topk_blocked_by', 'topk_maxsim']
