@@ -145,6 +145,15 @@ def base_config() -> ml_collections.ConfigDict:
                                  # e.g. the teacher's width for embedding_mse (LEAF)
   c.model.word_embeddings_from = ''  # init the word embeddings by a PCA of this model's table
                                  # ('' = off; the same vocabulary), e.g. 'all-MiniLM-L6-v2'
+  # What a text becomes (embedjax.train.step; docs/beyond_single_vector.md):
+  c.model.representation = 'single'  # 'single' (one vector) | 'multi_vector' (ColBERT token
+                                 # vectors, trained with InfoNCE over MaxSim) | 'sparse' (SPLADE
+                                 # vocabulary weights from an MLM head)
+  c.model.token_dim = 128        # multi_vector: width of the token vectors (a new projection)
+  c.model.query_augment = True   # multi_vector: queries padded to data.query_len with [MASK]
+                                 # tokens that count (ColBERT's query augmentation)
+  c.model.skip_punctuation = True  # multi_vector: punctuation tokens of documents are encoded
+                                 # but left out of MaxSim (ColBERT's skiplist)
 
   c.loss = ml_collections.ConfigDict()  # the training loss
   c.loss.name = 'info_nce'       # a key of embedjax.losses.LOSSES
@@ -167,6 +176,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.mix_negatives = 0       # mixes of two hard negatives per query (0 = off)
   c.loss.mix_hardest = 8         # how many of the hardest negatives they are mixed from
   c.loss.mix_query = 0           # mixes of the query with one hard negative per query
+  # model.representation 'sparse' (SPLADE): FLOPS regulariser weights of the query and document
+  # weights (SPLADE v2 uses 3e-4 and 1e-4 after a quadratic warm-up; here constant)
+  c.loss.flops_query = 0.0
+  c.loss.flops_doc = 0.0
 
   c.data = ml_collections.ConfigDict()  # training data and token lengths
   c.data.train = 'synthetic'     # comma-separated training sources (embedjax.train.data.SOURCES)
@@ -315,7 +328,8 @@ def _check_values(fields: dict) -> None:
              'model.dtype': ('float32', 'bfloat16'),
              'model.attention': ('', 'causal', 'bidirectional'),
              'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
-             'optim.decay': ('cosine', 'linear', 'constant')}
+             'optim.decay': ('cosine', 'linear', 'constant'),
+             'model.representation': ('single', 'multi_vector', 'sparse')}
   for path, allowed in choices.items():
     if path in fields and fields[path] not in allowed:
       raise ConfigError(f'{path} {fields[path]!r}: not one of {list(allowed)}')
@@ -334,6 +348,35 @@ def _check_values(fields: dict) -> None:
   if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
     raise ConfigError(f'loss.matryoshka_dims {dims!r}: expected positive integers, e.g. (384, 64)')
   _check_elastic_and_mixing(fields)
+  _check_representation(fields)
+
+
+def _check_representation(fields: dict) -> None:
+  """The fields of a multi-vector or sparse run (one line each)."""
+  kind = fields.get('model.representation', 'single')
+  if fields.get('model.token_dim', 1) < 1:
+    raise ConfigError(f"model.token_dim {fields['model.token_dim']!r}: must be positive")
+  if fields.get('loss.flops_query', 0.0) < 0 or fields.get('loss.flops_doc', 0.0) < 0:
+    raise ConfigError('loss.flops_query and loss.flops_doc must be >= 0')
+  if kind == 'single':
+    return
+  if any(p.startswith('tasks.') for p in fields):
+    raise ConfigError(f'model.representation {kind!r}: multi-task training (tasks) is for single '
+                      'vectors only so far')
+  if fields.get('loss.name') != 'info_nce':
+    raise ConfigError(f"model.representation {kind!r} trains with loss.name 'info_nce' (over "
+                      f"{'MaxSim scores' if kind == 'multi_vector' else 'SPLADE weights'}), "
+                      f"not {fields.get('loss.name')!r}")
+  others = {'loss.matryoshka_dims': (), 'loss.layer_elastic': '', 'loss.mix_negatives': 0,
+            'loss.mix_query': 0, 'loss.learnable_scale': False, 'model.lora.rank': 0}
+  if kind == 'multi_vector':  # maxsim_info_nce takes the scale only
+    others.update({'loss.directions': ('query_to_doc',), 'loss.partition_mode': 'joint',
+                   'loss.false_negative_ratio': None})
+  for path, default in others.items():
+    if path in fields and fields[path] not in (default, list(default) if isinstance(
+        default, tuple) else default):
+      raise ConfigError(f'{path}: not with model.representation {kind!r} (leave it at '
+                        f'{default!r})')
 
 
 def _check_elastic_and_mixing(fields: dict) -> None:

@@ -45,7 +45,7 @@ from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
 from embedjax.provenance import Run
 from embedjax.train import data as train_data
-from embedjax.train import run_config
+from embedjax.train import representation, run_config
 from embedjax.train.base_config import check_config, loss_defaults
 from embedjax.train.checkpoint import Checkpointer
 from embedjax.train import sharding
@@ -135,7 +135,10 @@ def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfi
   # The fields the chosen loss takes (the base config's info_nce fields may not all apply).
   takes = set(loss_defaults(loss.name)) - {'scale'}  # the step passes the scale itself
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in loss.items() if k in takes}
-  return StepConfig(
+  extra = {}
+  if representation.kind(cfg) != 'single':  # multi-vector / sparse: the step's own settings
+    extra = representation.step_settings(cfg, model_spec(cfg.model)[1])
+  fields = dict(
       spec=spec, loss=loss.name, loss_kwargs=tuple(sorted(kwargs.items())),
       scale=float(loss.scale), learnable_scale=bool(loss.learnable_scale),
       matryoshka_dims=tuple(loss.matryoshka_dims),
@@ -148,6 +151,7 @@ def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfi
       layer_kwargs=tuple((k, loss[k]) for k in ELASTIC_OPTIONS),
       mix_negatives=int(loss.mix_negatives), mix_hardest=int(loss.mix_hardest),
       mix_query=int(loss.mix_query))
+  return StepConfig(**{**fields, **extra})
 
 
 def train_params(cfg: ml_collections.ConfigDict, encoder_params, key=None) -> dict:
@@ -160,6 +164,10 @@ def train_params(cfg: ml_collections.ConfigDict, encoder_params, key=None) -> di
     params['lora'] = init_lora(jax.random.key(0) if key is None else key, encoder_params, lora)
   if cfg.loss.learnable_scale:
     params['logit_scale'] = jnp.log(jnp.float32(cfg.loss.scale))
+  if representation.kind(cfg) != 'single':  # the token projection or the MLM head
+    params['head'] = representation.init_head(
+        cfg, model_spec(cfg.model)[0], jax.random.fold_in(
+            jax.random.key(0) if key is None else key, 2))
   return params
 
 
@@ -212,6 +220,9 @@ def check_loss_and_data(cfg: ml_collections.ConfigDict, sources) -> None:
 
 
 def check_evals(cfg: ml_collections.ConfigDict, width: int) -> None:
+  if cfg.evals and representation.kind(cfg) != 'single':
+    raise ConfigError(f'evals: the in-run evaluations score single vectors; a '
+                      f'{representation.kind(cfg)!r} run has none yet (leave evals empty)')
   for task in cfg.evals.keys():
     if task not in TASKS:
       raise ConfigError(f'evals.{task}: unknown task; choose from {sorted(TASKS)}')
@@ -622,6 +633,8 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
   if int(jax.device_get(state.step)) == cfg.steps and cfg.export and jax.process_index() == 0:
     export_sentence_transformers(workdir / 'export', model.spec, trained_encoder(cfg, state.params),
                                  model.tokenizer, extra=model.extra)
+    if 'head' in state.params:  # multi-vector / sparse: the head and its settings beside it
+      representation.export(workdir / 'export', cfg, model.tokenizer, state.params['head'])
     summary['export'] = str(workdir / 'export')
   if jax.process_index() == 0:
     atomic_write_json(workdir / 'summary.json', _jsonable(summary))

@@ -110,6 +110,12 @@ PARAM_AXES = (
     # Dense heads after pooling (embedjax.models.embedder): small, split over their input width.
     (r'(^|/)dense_\d+/kernel$', ('embed', None)),
     (r'(^|/)dense_\d+/bias$', (None,)),
+    # The multi-vector projection (H, token_dim) and the SPLADE MLM head (embedjax.train
+    # .representation): split over the hidden width; the vocabulary bias over 'vocab'.
+    (r'(^|/)head/kernel$', ('embed', None)),
+    (r'(^|/)head/dense/kernel$', ('embed', None)),
+    (r'(^|/)head/dense/bias$', (None,)),
+    (r'(^|/)head/bias$', ('vocab',)),
     # The learned temperature: a scalar, replicated.
     (r'(^|/)logit_scale$', ()),
 )
