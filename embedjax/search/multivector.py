@@ -116,3 +116,31 @@ def topk_maxsim(queries, query_mask, docs, doc_mask, k: int, *, block_size: int 
                             query_block, block_size)
   return topk_blocked_by(_maxsim_block, (queries, query_mask), (docs, doc_mask), k,
                          block_size=block, query_block=qb, strategy='merge')
+
+
+def _queries_as_given(aux, queries):
+  del aux
+  return queries
+
+
+def sharded_maxsim_topk(mesh, queries, query_mask, docs, doc_mask, n: int, k: int, *,
+                        block_size: int | None = None, query_block: int | None = None,
+                        axis: str = 'data', **filters) -> tuple[jax.Array, jax.Array]:
+  """``topk_maxsim`` over a corpus whose rows are sharded over ``mesh`` (``axis``): each shard
+  scans its documents, the shards' top-k are merged (``sharded.sharded_topk_by``); ids and scores
+  equal single-device search, ties by lower global id.
+
+  Args:
+    queries, query_mask: host arrays (Q, Tq, d), (Q, Tq), replicated onto the mesh.
+    docs, doc_mask: (S R, Td, d), (S R, Td) from ``sharded.place_rows`` of the n real documents
+      (each needing a counted token: ``check_corpus`` them before placing).
+    filters: ``predicate``, ``query_attrs``, ``corpus_attrs`` as ``sharded_topk_by`` takes them.
+  """
+  from embedjax.search.sharded import sharded_topk_by
+  chex.assert_rank([queries, query_mask, docs, doc_mask], [3, 2, 3, 2])
+  rows = docs.shape[0] // mesh.shape[axis]
+  qb, block = search_blocks(queries.shape[0], rows, queries.shape[1], docs.shape[1], query_block,
+                            block_size)
+  return sharded_topk_by(mesh, _maxsim_block, (np.asarray(queries), np.asarray(query_mask)),
+                         (docs, doc_mask), n, k, prepare=_queries_as_given, block_size=block,
+                         query_block=qb, strategy='merge', axis=axis, **filters)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-# name -> (kind, filter, k, extra keywords). kind: float | bf16 | int8 | int8_asym | hamming | pq;
+# name -> (kind, filter, k, extra keywords). kind: float | bf16 | int8 | int8_asym | hamming | pq |
+# maxsim;
 # filter: none | allowed (a per-row mask) | equals (per-query category). With test_sharded.py's
 # 557 rows over 8 shards (one or two processes), each shard holds 70 rows, the last 3 padding;
 # k = 80 exceeds a shard's rows, and the 'equals' categories leave fewer than 80 rows for most
@@ -37,6 +38,9 @@ CASES = {
     'pq_none': ('pq', 'none', 80, {}),
     'pq_allowed': ('pq', 'allowed', 12, {}),
     'pq_equals': ('pq', 'equals', 80, {}),
+    # multi-vector documents (MaxSim): 4 token vectors per row, some masked
+    'maxsim_none': ('maxsim', 'none', 80, {}),
+    'maxsim_allowed': ('maxsim', 'allowed', 12, {'block_size': 16}),
 }
 
 
@@ -56,7 +60,8 @@ def run_cases(mesh, data: dict, names) -> dict:
   stored = {
       'float': x, 'bf16': x.astype(jnp.bfloat16), 'int8': data['x_int8'][start:stop],
       'int8_asym': data['x_int8'][start:stop], 'hamming': data['x_bits'][start:stop],
-      'pq': data['x_pq'][start:stop]}
+      'pq': data['x_pq'][start:stop],
+      'maxsim': (data['mv_x'][start:stop], data['mv_mask'][start:stop])}
   placed = {}
   attrs = {'allowed': sharded.place_rows(mesh, data['mask'][start:stop], n),
            'equals': sharded.place_rows(mesh, data['category'][start:stop], n)}
@@ -80,6 +85,9 @@ def run_cases(mesh, data: dict, names) -> dict:
                                              corpus, n, k, **kw)
     elif kind == 'hamming':
       s, i = sharded.sharded_hamming_topk(mesh, data['q_bits'], corpus, n, k, **kw)
+    elif kind == 'maxsim':
+      from embedjax.search.multivector import sharded_maxsim_topk
+      s, i = sharded_maxsim_topk(mesh, data['mv_q'], data['mv_qmask'], *corpus, n, k, **kw)
     else:
       s, i = sharded.sharded_asymmetric_topk(mesh, quant.get('pq4'), pq_params, data['q'],
                                              corpus, n, k, **kw)

@@ -29,6 +29,7 @@ from embedjax.search import sharded
 from embedjax.search.exact import topk_blocked
 from embedjax.search.filtered import filtered_topk
 from embedjax.search.hamming import hamming_topk
+from embedjax.search.multivector import topk_maxsim
 from embedjax.search.quantized import asymmetric_topk, int8_topk
 
 RUNNER = Path(__file__).with_name('run_sharded.py')
@@ -40,7 +41,8 @@ CASES = run_sharded.CASES
 # 557 = 8 x 70 - 3 rows: 70 per shard (for 'maxima', one 64-row chunk scanned in blocks plus a
 # 6-row tail), the last shard ending in 3 padding rows.
 N, D, Q = 557, 32, 9
-TWO_PROCESS_CASES = ('float_allowed', 'float_equals', 'hamming_none', 'hamming_equals')
+TWO_PROCESS_CASES = ('float_allowed', 'float_equals', 'hamming_none', 'hamming_equals',
+                     'maxsim_allowed')
 
 
 def _make_data() -> dict:
@@ -64,7 +66,15 @@ def _make_data() -> dict:
   pq4 = quant.product_quantizer(4, iters=3)
   calibration = rng.standard_normal((300, D)).astype(np.float32) / 2
   ppq = pq4.fit(calibration)
+  # Multi-vector rows: 4 dyadic token vectors of 8 dims (exact MaxSim sums), a random subset
+  # counted (at least the first), ties copied as for the single vectors.
+  mv_x = (np.clip(np.round(rng.standard_normal((N, 4, 8)) * 8), -31, 31) / 16).astype(np.float32)
+  mv_mask = ((rng.random((N, 4)) < 0.7) | (np.arange(4) == 0)).astype(np.int32)
+  mv_x[300:310], mv_mask[300:310] = mv_x[7], mv_mask[7]
+  mv_x[69:72], mv_mask[69:72] = mv_x[140], mv_mask[140]
+  mv_q = (np.clip(np.round(rng.standard_normal((Q, 3, 8)) * 8), -31, 31) / 16).astype(np.float32)
   return dict(
+      mv_x=mv_x, mv_mask=mv_mask, mv_q=mv_q, mv_qmask=np.ones((Q, 3), np.int32),
       x=x, q=q, mask=rng.random(N) < 0.4,
       category=rng.integers(0, 8, N).astype(np.int32),
       query_category=rng.integers(0, 8, Q).astype(np.int32),
@@ -142,6 +152,11 @@ def _numpy_reference(data, kind, filt, k):
   if kind == 'int8':
     s = data['q_int8'].astype(np.int64) @ data['x_int8'].astype(np.int64).T
     return _numpy_topk(s, keep, k, sharded.MISSING_INT8)
+  if kind == 'maxsim':
+    sims = np.einsum('qid,njd->qnij', data['mv_q'].astype(np.float64),
+                     data['mv_x'].astype(np.float64))
+    s = np.where(data['mv_mask'][None, :, None, :] != 0, sims, -np.inf).max(-1).sum(-1)
+    return _numpy_topk(s, keep, k, -np.inf)
   if kind == 'hamming':
     qb = np.unpackbits(data['q_bits'], axis=1).astype(np.int64)
     xb = np.unpackbits(data['x_bits'], axis=1).astype(np.int64)
@@ -174,6 +189,8 @@ def _single_device(data, kind, filt, k):
                          params=None if qz is None else qz[1])
   if filt != 'none':
     return None
+  if kind == 'maxsim':
+    return topk_maxsim(data['mv_q'], data['mv_qmask'], data['mv_x'], data['mv_mask'], k)
   if kind == 'int8':
     return int8_topk(data['q_int8'], data['x_int8'], k)
   return hamming_topk(data['q_bits'], data['x_bits'], k)
