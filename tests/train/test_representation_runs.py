@@ -44,21 +44,30 @@ def test_multi_vector_step_settings_come_from_the_tokenizer():
   assert vocab['.'] in step.skip_ids and vocab[','] in step.skip_ids and vocab['the'] not in step.skip_ids
 
 
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A tiny run of each representation, two steps, exported: {kind: (summary, workdir)}."""
+  out = {}
+  for kind in ('multi_vector', 'sparse'):
+    tmp = tmp_path_factory.mktemp(kind)
+    extra = (['--config.model.token_dim=16', '--config.loss.scale=1.0'] if kind == 'multi_vector'
+             else ['--config.loss.flops_query=0.01', '--config.loss.flops_doc=0.01',
+                   '--config.loss.scale=1.0', '--config.loss.similarity=dot'])
+    cfg = _config(f'--config.model.representation={kind}', f'--config.data.cache_dir={tmp}/cache',
+                  *extra)
+    assert 'head' in dry_build(cfg)['state'].params
+    out[kind] = (train(cfg, tmp / 'run', progress=False), tmp / 'run')
+  return out
+
+
 @pytest.mark.parametrize('kind', ['multi_vector', 'sparse'])
-def test_a_tiny_run_trains_and_exports_its_head(kind, tmp_path, monkeypatch):
-  monkeypatch.setenv('EMBEDJAX_CACHE', str(tmp_path / 'cache'))
-  extra = (['--config.model.token_dim=16'] if kind == 'multi_vector'
-           else ['--config.loss.flops_query=0.01', '--config.loss.flops_doc=0.01',
-                 '--config.loss.scale=1.0', '--config.loss.similarity=dot'])
-  cfg = _config(f'--config.model.representation={kind}', *extra)
-  built = dry_build(cfg)
-  assert 'head' in built['state'].params
-  summary = train(cfg, tmp_path / 'run', progress=False)
+def test_a_tiny_run_trains_and_exports_its_head(kind, runs):
+  summary, workdir = runs[kind]
   assert summary['steps_done'] == 2
-  rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]
   assert len(losses) == 2 and np.isfinite(losses).all()
-  info, head = representation.load_head(tmp_path / 'run' / 'export')
+  info, head = representation.load_head(workdir / 'export')
   assert info['representation'] == kind
   trained = summary['state'].params['head']
   if kind == 'multi_vector':
@@ -67,3 +76,44 @@ def test_a_tiny_run_trains_and_exports_its_head(kind, tmp_path, monkeypatch):
   else:
     assert head['bias'].shape == (30522,)
     np.testing.assert_array_equal(head['dense']['kernel'], np.asarray(trained['dense']['kernel']))
+
+
+def _brute_force_ranking(scores):
+  return np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)
+
+
+@pytest.mark.parametrize('kind', ['multi_vector', 'sparse'])
+def test_evaluation_equals_brute_force_scoring_of_the_same_representation(kind, runs):
+  from embedjax.evals import metrics
+  from embedjax.evals.representations import (TokenModel, encode_sparse, encode_token_vectors,
+                                              evaluate_retrieval)
+  from embedjax.evals.tasks import TASKS
+  model = TokenModel.load(runs[kind][1] / 'export')
+  data = TASKS['synthetic_retrieval'].load(None)
+  result = evaluate_retrieval(model, 'synthetic_retrieval', None)
+  if kind == 'multi_vector':
+    q, qm, qc = encode_token_vectors(model, data.query_texts, queries=True)
+    d, dm, _ = encode_token_vectors(model, data.corpus_texts, queries=False)
+    assert qm.all() and q.shape[1] == 8  # augmented to the trained query length, all counted
+    sims = np.einsum('qid,njd->qnij', q.astype(np.float64), d.astype(np.float64))
+    scores = np.where(dm[None, :, None, :] != 0, sims, -np.inf).max(-1).sum(-1)
+    assert result['bytes_per_doc'] == pytest.approx(dm.sum(1).mean() * 4 * 16)
+  else:
+    qw, _ = encode_sparse(model, data.query_texts)
+    dw, _ = encode_sparse(model, data.corpus_texts)
+    scores = (qw.astype(np.float64) @ dw.astype(np.float64).T).toarray()
+    assert result['bytes_per_doc'] == pytest.approx(8 * dw.nnz / dw.shape[0])
+  k = min(1000, len(data.corpus_ids))
+  want = metrics.retrieval_metrics(_brute_force_ranking(scores)[:, :k], data.qrels, data.query_ids,
+                                   data.corpus_ids, ks=[10])
+  assert result['ndcg@10'] == pytest.approx(want['ndcg@10'], abs=1e-9)
+  assert result['counts']['queries']['texts'] == len(data.query_texts)
+
+
+def test_plaid_evaluation_runs_and_reports_its_storage(runs):
+  from embedjax.evals.representations import TokenModel, evaluate_retrieval
+  model = TokenModel.load(runs['multi_vector'][1] / 'export')
+  exact = evaluate_retrieval(model, 'synthetic_retrieval', None)
+  plaid = evaluate_retrieval(model, 'synthetic_retrieval', None, search='plaid', plaid_centroids=8)
+  assert plaid['plaid_centroids'] == 8 and plaid['bytes_per_doc'] < exact['bytes_per_doc'] / 4
+  assert 0 <= plaid['ndcg@10'] <= 1
