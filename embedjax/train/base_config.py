@@ -176,10 +176,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.mix_negatives = 0       # mixes of two hard negatives per query (0 = off)
   c.loss.mix_hardest = 8         # how many of the hardest negatives they are mixed from
   c.loss.mix_query = 0           # mixes of the query with one hard negative per query
-  # model.representation 'sparse' (SPLADE): FLOPS regulariser weights of the query and document
-  # weights (SPLADE v2 uses 3e-4 and 1e-4 after a quadratic warm-up; here constant)
-  c.loss.flops_query = 0.0
-  c.loss.flops_doc = 0.0
+  # model.representation 'sparse' (SPLADE): FLOPS regulariser weights (constant here; SPLADE
+  # raises them quadratically over its first steps)
+  c.loss.flops_query = 0.0       # on the query weights
+  c.loss.flops_doc = 0.0         # on the document (positive and negative) weights
 
   c.data = ml_collections.ConfigDict()  # training data and token lengths
   c.data.train = 'synthetic'     # comma-separated training sources (embedjax.train.data.SOURCES)
