@@ -73,11 +73,15 @@ def load_model(name: str, dtype: str):
   """The model ``--model`` names; a name that resolves to nothing is a UsageError naming --model."""
   from embedjax.models.pretrained import load_pretrained, resolve_model_dir
   try:
-    resolve_model_dir(name)  # cheap: finds the folder, reads no weights
+    folder = resolve_model_dir(name)  # cheap: finds the folder, reads no weights
   except FileNotFoundError as e:
     if e.filename is not None:
       raise
     raise UsageError(f'--model: {e}') from e
+  from embedjax.train.representation import SETTINGS_FILE
+  if (Path(folder) / SETTINGS_FILE).is_file():  # its pooled vector is not what was trained
+    raise UsageError(f'--model: {folder} is a multi-vector or sparse model ({SETTINGS_FILE}); '
+                     'evaluate it with embedjax.evals.representations.evaluate_retrieval')
   return load_pretrained(name, dtype=dtype)
 
 

@@ -117,3 +117,9 @@ def test_plaid_evaluation_runs_and_reports_its_storage(runs):
   plaid = evaluate_retrieval(model, 'synthetic_retrieval', None, search='plaid', plaid_centroids=8)
   assert plaid['plaid_centroids'] == 8 and plaid['bytes_per_doc'] < exact['bytes_per_doc'] / 4
   assert 0 <= plaid['ndcg@10'] <= 1
+
+
+def test_the_cli_refuses_to_score_such_a_folder_as_one_vector(runs):
+  from embedjax.cli import UsageError, load_model
+  with pytest.raises(UsageError, match='is a multi-vector or sparse model'):
+    load_model(str(runs['sparse'][1] / 'export'), 'float32')
