@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import string
 import sys
 import time
 from pathlib import Path
@@ -58,32 +57,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def _token_vectors(model, texts, projection, *, skip_ids=()):
-  """Padded (N, T, dim) unit token vectors and (N, T) MaxSim masks of ``texts``."""
-  import jax
-  import jax.numpy as jnp
-  from embedjax.models.embedder import hidden_states
-  from embedjax.models.late_interaction import drop_tokens
-  tok = model.tokenizer
-  ids = tok.encode(list(texts))
-  width = -(-max(len(x) for x in ids) // 32) * 32
-  hidden = jax.jit(lambda i, m: hidden_states(
-      model.params, model.spec, i, m, jnp.broadcast_to(jnp.arange(i.shape[1]), i.shape), 1))
-  vecs = np.zeros((len(ids), width, projection.shape[1]), np.float32)
-  masks = np.zeros((len(ids), width), np.int32)
-  order = np.argsort([len(x) for x in ids], kind='stable')
-  for start in range(0, len(order), 32):
-    rows = order[start:start + 32]
-    length = -(-max(len(ids[i]) for i in rows) // 32) * 32
-    batch = tok.pad([ids[i] for i in rows], length)
-    i, m = jnp.asarray(batch['input_ids']), jnp.asarray(batch['attention_mask'])
-    h = np.asarray(hidden(i, m), np.float32) @ projection
-    h /= np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
-    vecs[rows, :length] = h * np.asarray(m)[..., None]
-    masks[rows, :length] = np.asarray(drop_tokens(i, m, skip_ids) if skip_ids else m)
-  return vecs, masks
-
-
 def scifact_tokens(dim: int):
   from embedjax import paths
   from embedjax.data import readers
@@ -92,13 +65,17 @@ def scifact_tokens(dim: int):
   if data_dir is None:
     raise SystemExit('multivector_cpu: ../shared/data is not present (or use --quick)')
   data = readers.read_beir(data_dir / 'scifact', 'test')
+  from embedjax.evals.representations import TokenModel, encode_token_vectors
+  from embedjax.train.representation import punctuation_ids
   model = load_pretrained('all-MiniLM-L6-v2')
   rng = np.random.default_rng(0)
   projection, _ = np.linalg.qr(rng.standard_normal((model.spec.bert.hidden_size, dim)))
-  vocab = model.tokenizer.vocab()
-  skip = tuple(sorted(vocab[c] for c in string.punctuation if c in vocab))
-  q, qm = _token_vectors(model, data.query_texts, projection)
-  d, dm = _token_vectors(model, data.corpus_texts, projection, skip_ids=skip)
+  # The evaluator's own encoding, with a fixed random projection as the head (no augmentation).
+  tokens = TokenModel(model=model, head={'kernel': projection.astype(np.float32)},
+                      info={'representation': 'multi_vector', 'token_dim': dim,
+                            'query_length': 0, 'skip_ids': punctuation_ids(model.tokenizer)})
+  q, qm, _ = encode_token_vectors(tokens, data.query_texts, queries=True)
+  d, dm, _ = encode_token_vectors(tokens, data.corpus_texts, queries=False)
   return q, qm, d, dm, {'corpus': 'SciFact BEIR corpus (5,183 abstracts), test queries',
                         'inputs': [data_dir / 'scifact']}
 

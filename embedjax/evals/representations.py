@@ -85,8 +85,8 @@ def encode_token_vectors(model: TokenModel, texts: Sequence[str], *, queries: bo
   if queries and qlen:
     counts['cut_to_query_length'] = sum(len(x) > qlen for x in ids)
     ids = [x[:qlen] for x in ids]
-  embed = jax.jit(lambda i, m: token_embeddings(model.model.params, model.head, model.model.spec,
-                                                i, m))
+  # params are arguments, not constants baked into each compiled shape
+  embed = jax.jit(lambda p, h, i, m: token_embeddings(p, h, model.model.spec, i, m))
   width = qlen if (queries and qlen) else -(-max(len(x) for x in ids) // _LENGTH_STEP) * _LENGTH_STEP
   vecs = np.zeros((len(ids), width, model.info['token_dim']), np.float32)
   masks = np.zeros((len(ids), width), np.int32)
@@ -97,7 +97,7 @@ def encode_token_vectors(model: TokenModel, texts: Sequence[str], *, queries: bo
     if queries and qlen:
       m = jnp.ones_like(m)
       i = jnp.where(jnp.asarray(batch['attention_mask']) != 0, i, model.info['mask_token_id'])
-    out = np.asarray(embed(i, m))
+    out = np.asarray(embed(model.model.params, model.head, i, m))
     score_mask = m if queries else drop_tokens(i, m, tuple(model.info.get('skip_ids', ())))
     vecs[rows, :length] = out
     masks[rows, :length] = np.asarray(score_mask)
@@ -110,12 +110,12 @@ def encode_sparse(model: TokenModel, texts: Sequence[str]):
   import scipy.sparse as sp
   from embedjax.models.splade import splade_weights
   ids, at_limit = _tokenize(model, texts)
-  embed = jax.jit(lambda i, m: splade_weights(model.model.params, model.head, model.model.spec,
-                                              i, m))
+  embed = jax.jit(lambda p, h, i, m: splade_weights(p, h, model.model.spec, i, m))
   rows_out = [None] * len(ids)
   for rows, length in _batches(ids, _BATCH):
     batch = model.model.tokenizer.pad([ids[i] for i in rows], length)
-    w = sp.csr_matrix(np.asarray(embed(jnp.asarray(batch['input_ids']),
+    w = sp.csr_matrix(np.asarray(embed(model.model.params, model.head,
+                                       jnp.asarray(batch['input_ids']),
                                        jnp.asarray(batch['attention_mask']))))
     for j, r in enumerate(rows):
       rows_out[r] = w[j]
