@@ -85,9 +85,13 @@ class BertConfig:
   position_offset: int = 0
   # Per-layer rematerialisation policy (embedjax.models.remat.REMAT_POLICIES); not in HF configs.
   remat: str = 'none'
+  # Width of one attention head when it is not hidden_size / num_attention_heads: a model whose
+  # heads were pruned (embedjax.pruning) keeps its head width with fewer heads. 0 = the quotient.
+  # HF's BertModel derives the width from the quotient, so such a model loads in embedjax only.
+  attention_head_size: int = 0
 
   def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
+    if not self.attention_head_size and self.hidden_size % self.num_attention_heads:
       raise ValueError(f'hidden_size {self.hidden_size} is not divisible by '
                        f'num_attention_heads {self.num_attention_heads}')
     if self.hidden_act not in _ACTIVATIONS:
@@ -118,7 +122,8 @@ class BertConfig:
     if model_type == 'distilbert':
       hf = {**{bert: hf[key] for key, bert in _DISTILBERT_KEYS.items() if key in hf},
             'type_vocab_size': 0, 'layer_norm_eps': 1e-12,
-            'pad_token_id': hf.get('pad_token_id') or 0}
+            'pad_token_id': hf.get('pad_token_id') or 0,
+            'attention_head_size': hf.get('attention_head_size', 0)}
     names = {f.name for f in dataclasses.fields(cls)}
     # 'dtype' in a HF config is the storage dtype of its weights, not our compute dtype.
     kwargs = {k: v for k, v in hf.items()
@@ -136,12 +141,15 @@ class BertConfig:
     hf = dataclasses.asdict(self)
     for key in ('dtype', 'position_offset', 'embedding_size', 'model_type', 'remat'):
       hf.pop(key)
+    if not self.attention_head_size:
+      hf.pop('attention_head_size')
     architecture = {'bert': 'BertModel', 'roberta': 'RobertaModel', 'xlm-roberta': 'XLMRobertaModel',
                     'camembert': 'CamembertModel', 'electra': 'ElectraModel',
                     'distilbert': 'DistilBertModel'}[self.model_type]
     common = dict(model_type=self.model_type, architectures=[architecture], initializer_range=0.02)
     if self.model_type == 'distilbert':
-      return {**{key: hf[bert] for key, bert in _DISTILBERT_KEYS.items()}, **common,
+      extra = {'attention_head_size': self.attention_head_size} if self.attention_head_size else {}
+      return {**{key: hf[bert] for key, bert in _DISTILBERT_KEYS.items()}, **common, **extra,
               'pad_token_id': self.pad_token_id, 'sinusoidal_pos_embds': False}
     hf.update(common, position_embedding_type='absolute', use_cache=True)
     if self.model_type == 'electra':
@@ -152,6 +160,11 @@ class BertConfig:
   def embedding_width(self) -> int:
     """Width of the embedding tables (hidden_size unless ELECTRA-style factorised)."""
     return self.embedding_size or self.hidden_size
+
+  @property
+  def head_size(self) -> int:
+    """Width of one attention head."""
+    return self.attention_head_size or self.hidden_size // self.num_attention_heads
 
   @property
   def max_positions(self) -> int:
@@ -197,9 +210,10 @@ class SelfAttention(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     """x: (B, L, H); bias: (B, L, L) additive mask (0 or a large negative), shared by the heads."""
     cfg = self.cfg
-    b, l, h = x.shape
+    b, l, _ = x.shape
     heads = cfg.num_attention_heads
-    head_dim = h // heads
+    head_dim = cfg.head_size
+    h = heads * head_dim  # the attention width (hidden_size unless heads were pruned)
     # (B, heads, L, D): heads as a batch dimension, so both attention matmuls are plain batched
     # matmuls. (One fused QKV matmul was measured no faster on XLA CPU, and concatenating the three
     # kernels costs a copy per call; the HF per-projection layout stays.)

@@ -198,7 +198,7 @@ def _dims(spec: EmbedderSpec) -> dict[str, int]:
   cfg = spec.backbone
   if spec.bert is not None:
     heads = cfg.num_attention_heads
-    return dict(H=cfg.hidden_size, h=heads, K=heads, D=cfg.hidden_size // heads,
+    return dict(H=cfg.hidden_size, h=heads, K=heads, D=cfg.head_size,
                 I=cfg.intermediate_size, n=cfg.num_hidden_layers)
   return dict(H=cfg.hidden_size, h=cfg.num_attention_heads, K=cfg.num_key_value_heads,
               D=cfg.head_size, I=cfg.intermediate_size, n=cfg.num_hidden_layers)
