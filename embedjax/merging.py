@@ -16,6 +16,11 @@ vector* is ``finetuned - base`` leaf by leaf (Ilharco et al. 2023).
                                                   merge linearly or by TIES (Yu et al. 2024)
   slerp(a, b, t)                                  spherical interpolation of two models, leaf by
                                                   leaf (as mergekit)
+  self_positioning(base, models, probe_loss, ...) merge coefficients (per model, optionally per
+                                                  layer) learned on a probe set (Li et al. 2024)
+  merge_lora_adapters(adapters, configs, ...)     LoRA adapters combined into one: 'cat' (exact
+                                                  sum of updates), 'svd' (its best rank-r
+                                                  approximation) or peft's 'linear'
 
 The tensor-level operations follow peft's ``merge_utils`` (task_arithmetic, magnitude pruning per
 tensor, majority sign by 'total' or 'frequency', disjoint merge, DARE's Bernoulli drop), which the
@@ -207,3 +212,136 @@ def slerp(a: Params, b: Params, t: float) -> Params:
     raise ValueError(f't must be in [0, 1], got {t}')
   _check_trees([a, b])
   return jax.tree_util.tree_map(lambda x, y: _slerp_leaf(x, y, t), a, b)
+
+
+def _coefficient_groups(base: Params) -> tuple[list[int], int]:
+  """Per leaf, its coefficient row for per-layer Self Positioning: transformer layer i -> i, every
+  other leaf (embeddings, final norm, heads) -> one extra row after the layers."""
+  from embedjax.pruning import layer_index  # the layer_i / layers_i naming lives there
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(base)[0]]
+  layers = [layer_index(p) for p in paths]
+  n_layers = max([i for i in layers if i is not None], default=-1) + 1
+  return [n_layers if i is None else i for i in layers], n_layers + 1
+
+
+def positioned(base: Params, taus: Sequence[Params], coefficients: jax.Array,
+               groups: Sequence[int] | None = None) -> Params:
+  """base + sum_i c_i tau_i, with c (n,) for every leaf, or (groups, n) and one row per leaf."""
+  leaves, treedef = jax.tree_util.tree_flatten(base)
+  tau_leaves = [jax.tree_util.tree_leaves(t) for t in taus]
+  out = []
+  for j, b in enumerate(leaves):
+    c = coefficients if groups is None else coefficients[groups[j]]
+    out.append(b + sum(c[i] * t[j] for i, t in enumerate(tau_leaves)))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def self_positioning(base: Params, models: Sequence[Params], probe_loss: Callable,
+                     probe_batches: Sequence, *, per_layer: bool = False, steps: int = 100,
+                     learning_rate: float = 0.05, init: float | None = None,
+                     ) -> tuple[Params, np.ndarray, list[float]]:
+  """Self Positioning (Li et al. 2024, "Improving General Text Embedding Model: Tackling Task
+  Conflict and Data Imbalance through Model Merging"): merge coefficients learned by gradient
+  descent on a probe set. The merged model is ``base + sum_i c_i tau_i`` (one c per model, or one
+  per model and transformer layer with ``per_layer``); only c is trained (Adam), the models stay
+  frozen.
+
+  Args:
+    base, models: the common start and the fine-tuned models.
+    probe_loss: ``probe_loss(params, batch) -> scalar``, differentiable in params.
+    probe_batches: batches cycled over ``steps`` steps (a small probe set carved from train data;
+      never the test split).
+    init: starting coefficient for every model (default 1 / n, the uniform soup).
+  Returns:
+    (merged params, coefficients (n,) or (layers + 1, n) with the last row for non-layer leaves,
+    probe loss per step).
+  """
+  import optax
+  if not probe_batches:
+    raise ValueError('self_positioning needs at least one probe batch')
+  taus = task_vectors(base, models)
+  n = len(models)
+  groups, n_groups = _coefficient_groups(base) if per_layer else (None, 0)
+  shape = (n_groups, n) if per_layer else (n,)
+  coefficients = jnp.full(shape, 1.0 / n if init is None else float(init), jnp.float32)
+  opt = optax.adam(learning_rate)
+
+  # base and taus are arguments, not closure constants baked into the compiled program.
+  @jax.jit
+  def step(c, state, batch, base, taus):
+    loss, g = jax.value_and_grad(lambda c: probe_loss(positioned(base, taus, c, groups), batch))(c)
+    updates, state = opt.update(g, state, c)
+    return optax.apply_updates(c, updates), state, loss
+
+  state = opt.init(coefficients)
+  history = []
+  for s in range(steps):
+    coefficients, state, loss = step(coefficients, state, probe_batches[s % len(probe_batches)],
+                                     base, taus)
+    history.append(float(loss))
+  return (positioned(base, taus, coefficients, groups), np.asarray(coefficients), history)
+
+
+def merge_lora_adapters(adapters: Sequence, configs: Sequence, weights=None, *,
+                        method: str = 'cat', rank: int | None = None):
+  """Combines LoRA adapters of one base model into one adapter. Returns (adapter, LoraConfig).
+
+  The result has alpha = rank, so its scale is 1 and ``s A B`` is the stored product. With
+  ``delta_i = s_i A_i B_i`` (embedjax.models.lora's layout: A (in, r), B (r, out)):
+
+    'cat'     A = [w_1 s_1 A_1, ...], B = [B_1; ...] (ranks add up): exactly sum_i w_i delta_i
+    'svd'     the best rank-``rank`` approximation of sum_i w_i delta_i (truncated SVD, float64),
+              A = U S, B = V^T (rank defaults to the largest adapter rank)
+    'linear'  with v_i = w_i s_i: A = sum_i sign(v_i) sqrt|v_i| A_i, B = sum_i sqrt|v_i| B_i
+              (equal ranks): peft's 'linear' ``add_weighted_adapter``, which mixes cross terms
+              A_i B_j; use 'cat' for the sum
+
+  Every adapter must adapt the same modules; weights default to 1 each.
+  """
+  from flax import traverse_util
+
+  from embedjax.models.lora import LoraConfig, _lora_modules
+  if not adapters or len(adapters) != len(configs):
+    raise ValueError(f'{len(adapters)} adapters and {len(configs)} configs: give one config each')
+  modules = [_lora_modules(a) for a in adapters]
+  for i, m in enumerate(modules[1:], 1):
+    if set(m) != set(modules[0]):
+      raise ValueError(f'adapter {i} adapts other modules than adapter 0')
+    for path, (a, b) in m.items():
+      if a.shape[0] != modules[0][path][0].shape[0] or b.shape[1] != modules[0][path][1].shape[1]:
+        raise ValueError(f'adapter {i} module {"/".join(path)} has another (in, out) shape')
+  w = np.ones(len(adapters)) if weights is None else np.asarray(weights, np.float64)
+  if w.shape != (len(adapters),):
+    raise ValueError(f'{w.size} weights for {len(adapters)} adapters')
+  ranks = [c.rank for c in configs]
+  if method == 'cat':
+    new_rank = sum(ranks)
+  elif method == 'linear':
+    if len(set(ranks)) != 1:
+      raise ValueError(f"method 'linear' needs equal ranks, got {ranks} (use 'cat' or 'svd')")
+    new_rank = ranks[0]
+  elif method == 'svd':
+    new_rank = max(ranks) if rank is None else int(rank)
+  else:
+    raise ValueError(f"method must be 'cat', 'svd' or 'linear', got {method!r}")
+  out = {}
+  for path in sorted(modules[0]):
+    parts = [(np.asarray(m[path][0], np.float64), np.asarray(m[path][1], np.float64), c.scale, wi)
+             for m, c, wi in zip(modules, configs, w)]
+    if method == 'cat':
+      a = np.concatenate([wi * s * a for a, _, s, wi in parts], axis=1)
+      b = np.concatenate([b for _, b, _, _ in parts], axis=0)
+    elif method == 'linear':
+      a = sum(np.sign(wi * s) * np.sqrt(abs(wi * s)) * a for a, _, s, wi in parts)
+      b = sum(np.sqrt(abs(wi * s)) * b for _, b, s, wi in parts)
+    else:
+      delta = sum(wi * s * a @ b for a, b, s, wi in parts)
+      if not 1 <= new_rank <= min(delta.shape):
+        raise ValueError(f'svd rank {new_rank} is outside [1, {min(delta.shape)}] for module '
+                         f'{"/".join(path)}')
+      u, sv, vt = np.linalg.svd(delta, full_matrices=False)
+      a, b = u[:, :new_rank] * sv[:new_rank], vt[:new_rank]
+    out[path + ('lora_a',)] = jnp.asarray(a, jnp.float32)
+    out[path + ('lora_b',)] = jnp.asarray(b, jnp.float32)
+  config = LoraConfig(rank=new_rank, alpha=float(new_rank), target=configs[0].target)
+  return traverse_util.unflatten_dict(out), config

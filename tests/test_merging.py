@@ -134,3 +134,71 @@ def test_bad_input_is_refused(models):
     merging.dare(base, tuned, density=0.5)
   with pytest.raises(ValueError, match='t must be in'):
     merging.slerp(base, tuned[0], 1.5)
+
+
+def _layered(rng, scale=1.0):
+  return {f'layer_{i}': {'kernel': jnp.asarray(scale * rng.standard_normal((4, 3)), jnp.float32)}
+          for i in range(2)} | {'embedding': jnp.asarray(scale * rng.standard_normal((5, 3)),
+                                                          jnp.float32)}
+
+
+@pytest.mark.parametrize('per_layer', [False, True])
+def test_self_positioning_converges_to_the_model_the_probe_loss_prefers(per_layer):
+  """The probe loss is the distance to model 1: the learned coefficients go to (0, 1, 0)."""
+  rng = np.random.default_rng(3)
+  base = _layered(rng)
+  tuned = [jax.tree_util.tree_map(lambda b, d: b + d, base, _layered(rng, 0.5)) for _ in range(3)]
+  target = tuned[1]
+
+  def probe_loss(params, batch):
+    sq = jax.tree_util.tree_map(lambda p, t: jnp.sum((p - t) ** 2), params, target)
+    return batch * sum(jax.tree_util.tree_leaves(sq))
+
+  merged, coefficients, history = merging.self_positioning(
+      base, tuned, probe_loss, [jnp.float32(1.0)], per_layer=per_layer, steps=300,
+      learning_rate=0.05)
+  want = np.array([0.0, 1.0, 0.0])
+  assert coefficients.shape == ((3, 3) if per_layer else (3,))  # 2 layers + the embedding row
+  np.testing.assert_allclose(coefficients, np.broadcast_to(want, coefficients.shape), atol=2e-2)
+  assert history[-1] < 1e-2 * history[0]
+  _assert_trees_close(merged, target, atol=3e-2)
+
+
+def _adapter(rng, rank):
+  return {'layer_0': {'query': {'lora_a': jnp.asarray(rng.standard_normal((6, rank)), jnp.float32),
+                                'lora_b': jnp.asarray(rng.standard_normal((rank, 5)), jnp.float32)}}}
+
+
+def test_lora_adapters_merge_to_the_float64_sum_of_their_updates():
+  from embedjax.models.lora import LoraConfig
+  rng = np.random.default_rng(4)
+  adapters = [_adapter(rng, 2), _adapter(rng, 3)]
+  configs = [LoraConfig(rank=2, alpha=4.0), LoraConfig(rank=3, alpha=6.0)]
+  w = [0.7, 0.3]
+  a64 = [(np.asarray(x['layer_0']['query']['lora_a'], np.float64),
+          np.asarray(x['layer_0']['query']['lora_b'], np.float64)) for x in adapters]
+  delta = sum(wi * c.scale * a @ b for wi, c, (a, b) in zip(w, configs, a64))
+
+  def product(adapter, config):
+    m = adapter['layer_0']['query']
+    return config.scale * np.asarray(m['lora_a'], np.float64) @ np.asarray(m['lora_b'], np.float64)
+
+  cat, cfg = merging.merge_lora_adapters(adapters, configs, w, method='cat')
+  assert cfg.rank == 5 and cfg.scale == 1.0
+  np.testing.assert_allclose(product(cat, cfg), delta, rtol=1e-5, atol=1e-5)
+  svd, cfg = merging.merge_lora_adapters(adapters, configs, w, method='svd', rank=2)
+  u, s, vt = np.linalg.svd(delta)
+  np.testing.assert_allclose(product(svd, cfg), (u[:, :2] * s[:2]) @ vt[:2], rtol=1e-5, atol=1e-5)
+  same = [_adapter(rng, 2), _adapter(rng, 2)]
+  w_lin = [0.7, -0.3]  # peft: the sign goes to A only, sqrt|w s| to both
+  lin, cfg = merging.merge_lora_adapters(same, [configs[0]] * 2, w_lin, method='linear')
+  v = [wi * configs[0].scale for wi in w_lin]
+  ref_a = sum(np.sign(vi) * np.sqrt(abs(vi)) * np.asarray(x['layer_0']['query']['lora_a'], np.float64)
+              for vi, x in zip(v, same))
+  ref_b = sum(np.sqrt(abs(vi)) * np.asarray(x['layer_0']['query']['lora_b'], np.float64)
+              for vi, x in zip(v, same))
+  np.testing.assert_allclose(product(lin, cfg), ref_a @ ref_b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='equal ranks'):
+    merging.merge_lora_adapters(adapters, configs, method='linear')
+  with pytest.raises(ValueError, match='other modules'):
+    merging.merge_lora_adapters([adapters[0], {'layer_1': adapters[1]['layer_0']}], configs)
