@@ -13,8 +13,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 eval: $(VENV)/.core
 	$(PY) -m embedjax.cli eval --model all-MiniLM-L6-v2 --tasks default
 
+# Two pytest workers (pytest-xdist), one test file each at a time so module fixtures are built once:
+# most of the suite is single-threaded XLA compilation, so two workers use both cores of a CI runner.
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 results: $(VENV)/.dev
 	$(PY) -m experiments.regenerate $(ARGS)
