@@ -40,9 +40,13 @@ def _key_name(k) -> str:
 
 
 def layer_index(path) -> int | None:
-  """The transformer layer a leaf belongs to (its top-level key ``layer_i`` / ``layers_i``)."""
-  m = _LAYER_KEY.match(_key_name(path[0])) if path else None
-  return int(m.group(1)) if m else None
+  """The transformer layer a leaf belongs to: its first key ``layer_i`` / ``layers_i`` (at the top
+  of a model's params, or under ``encoder`` in a training state)."""
+  for k in path:
+    m = _LAYER_KEY.match(_key_name(k))
+    if m:
+      return int(m.group(1))
+  return None
 
 
 def prunable(path, leaf) -> bool:

@@ -225,3 +225,37 @@ def test_a_head_pruned_model_exports_and_loads_back(minilm, tmp_path):
   assert loaded.spec.bert == cfg
   np.testing.assert_allclose(loaded.encode(texts), embedjax.models.model.EmbeddingModel(small).encode(
       texts), rtol=1e-5, atol=1e-6)
+
+
+def test_keep_zeros_keeps_a_pruned_model_sparse_through_adamw_updates(bert_params):
+  from embedjax.train.base_config import base_config
+  from embedjax.train.optim import make_optimizer
+  pruned, _ = pruning.magnitude_prune(bert_params, 0.5)
+  params = {'encoder': jax.tree_util.tree_map(np.array, pruned)}
+  params['encoder']['layer_0']['output_dense']['bias'][:] = 0  # zero, but not a layer matrix
+  optim = base_config().optim
+  with optim.unlocked():
+    optim.update(lr=1e-2, weight_decay=0.1, keep_zeros=True)
+  tx = make_optimizer(optim, params, 10)
+  state = tx.init(params)
+  rng = np.random.default_rng(0)
+  p = params
+  for _ in range(3):
+    grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), p)
+    updates, state = tx.update(grads, state, p)
+    p = optax_apply(p, updates)
+  assert pruning.sparsity_of(p['encoder']) == pytest.approx(0.5, abs=1e-6)
+  before, after = (np.asarray(t['encoder']['layer_1']['intermediate_dense']['kernel'])
+                   for t in (params, p))
+  assert np.all(after[before == 0] == 0) and np.all(after[before != 0] != before[before != 0])
+  assert np.all(np.asarray(p['encoder']['layer_0']['output_dense']['bias']) != 0)
+  optim.unlock()
+  optim.keep_zeros = False
+  plain = make_optimizer(optim, params, 10)
+  updates, _ = plain.update(grads, plain.init(params), params)
+  assert pruning.sparsity_of(optax_apply(params, updates)['encoder']) < 0.01
+
+
+def optax_apply(p, updates):
+  import optax
+  return optax.apply_updates(p, updates)

@@ -217,6 +217,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-6             # Adam epsilon (the Hugging Face trainer's)
   c.optim.clip_norm = 1.0        # global gradient-norm clip (0 = off)
   c.optim.freeze = ''            # regex over '/'-joined param paths: no update for matches
+  c.optim.keep_zeros = False     # layer matrix weights zero at the start stay zero (pruned models)
 
   c.mesh = ml_collections.ConfigDict()  # the ('data', 'fsdp', 'tensor') device mesh
   c.mesh.data = -1               # data-parallel ways (-1 = the devices the others leave)

@@ -3,7 +3,9 @@
 Config fields (``cfg``, the ``optim`` block of ``embedjax.train.base_config``, where each has its
 default and meaning): lr, warmup_steps, decay ('cosine' | 'linear' | 'constant'), end_lr_ratio,
 weight_decay, b1, b2, eps, clip_norm (0 = off), freeze (regex over '/'-joined param paths;
-matching params get no update, and so no optimizer state is spent on them).
+matching params get no update, and so no optimizer state is spent on them), keep_zeros (the
+transformer layers' matrix weights that are exactly zero when training starts never change: the
+recovery fine-tuning of a pruned model keeps its sparsity).
 Weight decay skips biases, LayerNorm parameters and the temperature, as the Hugging Face trainer
 (and so sentence-transformers) does.
 """
@@ -11,9 +13,10 @@ Weight decay skips biases, LayerNorm parameters and the temperature, as the Hugg
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from embedjax.config import ConfigError
@@ -49,6 +52,29 @@ def _decay_mask(params):
       param_paths(params))
 
 
+class KeepZerosState(NamedTuple):
+  keep: Any  # bool pytree like the params: False where a layer matrix weight was zero at init
+
+
+def keep_zeros() -> optax.GradientTransformation:
+  """Zeroes the updates of the transformer layers' matrix weights that are exactly zero at
+  ``init`` (``embedjax.pruning.prunable`` leaves): chained last, after weight decay, it keeps a
+  pruned model's zeros exactly zero. The keep-mask is optimizer state, so it is checkpointed and
+  sharded like the params it mirrors."""
+  from embedjax.pruning import prunable
+
+  def init(params):
+    return KeepZerosState(jax.tree_util.tree_map_with_path(
+        lambda path, p: p != 0 if prunable(path, p) else jnp.ones((), bool), params))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u, k: jnp.where(k, u, jnp.zeros_like(u)), updates,
+                                  state.keep), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformation:
   """The full update rule for ``params`` (a pytree used only for its structure and names)."""
   schedule = make_schedule(cfg, total_steps)
@@ -57,6 +83,8 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
     parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
   parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=_decay_mask))
+  if cfg.keep_zeros:
+    parts.append(keep_zeros())
   tx = optax.chain(*parts)
   pattern = cfg.freeze
   if not pattern:
