@@ -116,6 +116,14 @@ TARGETS = (
            study='recipes',
            note='the training-recipes study: about 20 min per (cell, seed) on 2 cores, '
                 'each a resumable run with its own record'),
+    Target('pruning', 'results/pruning/summary.json', (PY, '-m', 'experiments.pruning'),
+           code=('experiments/pruning.py', 'configs/pruning.py', 'experiments/recipes.py',
+                 'configs/recipes.py', 'embedjax/pruning.py', 'embedjax/train', 'embedjax/losses',
+                 *CORE),
+           study='pruning',
+           note='the pruning study: about 8 min per one-shot cell (SciFact and STS-B evaluation), '
+                '+15 min of fine-tuning per recovered (cell, seed) on 2 cores; structured cells '
+                'time encoding: run them on an otherwise idle machine'),
     *(Target(name, f'results/limit/{out}.json', (PY, '-m', 'experiments.limit_finetune', *args),
              code=('experiments/limit_finetune.py', 'configs/limit_finetune.py',
                    'configs/minilm_scifact.py', 'embedjax/train', 'embedjax/losses',

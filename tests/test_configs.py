@@ -45,6 +45,7 @@ RUNS = {
     'two_stage_stage2.py': ([], TRAIN),
     # the mined cells read a file the study mines first: not dry-built here
     'recipes.py': (['stsb_cosent', 'scifact_hardness'], TRAIN),
+    'pruning.py': ([None, 'gaprune_50_recovered', 'structured_heads_50'], 'pruning'),
 }
 CASES = [(name, arg) for name, (args, _) in RUNS.items() for arg in args]
 

@@ -140,3 +140,17 @@ def test_recipes_summary_and_table_follow_from_the_run_records():
   for cell, seeds in exp.load_records(root).items():
     for seed, rec in seeds.items():
       assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
+
+
+def test_pruning_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'pruning'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the pruning study has no records yet')
+  exp = _load('experiments/pruning.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.pruning --summarize'
+  assert exp.markdown(again) == (root / 'pruning.md').read_text()
+  for cell, seeds in exp.load_records(root).items():
+    for seed, rec in seeds.items():
+      assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
