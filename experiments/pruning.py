@@ -37,6 +37,7 @@ from embedjax import paths, pruning
 from embedjax.config import ConfigError, load_config, run_main
 from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.provenance import Run, config_hash
+from experiments import cells
 
 CONFIG = 'configs/pruning.py'
 
@@ -46,19 +47,11 @@ def results_dir() -> Path:
 
 
 def record_path(cell: str, seed: int, root: Path | None = None) -> Path:
-  return (root or results_dir()) / 'runs' / cell / f'seed{seed}.json'
-
-
-def _configs():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('_pruning_configs', paths.repo_root() / CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return cells.record_path(root or results_dir(), cell, seed)
 
 
 def _cells() -> list[str]:
-  return list(_configs().CELLS)
+  return list(cells.configs_module(CONFIG).CELLS)
 
 
 def cell_config(cell: str, seed: int = 0, overrides=()):
@@ -68,9 +61,7 @@ def cell_config(cell: str, seed: int = 0, overrides=()):
 
 def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
   """Whether the record of (cell, seed) exists and was made with the config the study runs now."""
-  path = record_path(cell, seed, root)
-  return path.is_file() and json.loads(path.read_text()).get('config_hash') == cell_config(
-      cell, seed)[1]
+  return cells.is_current(record_path(cell, seed, root), cell_config(cell, seed)[1])
 
 
 def dry_run(cfg) -> dict:
@@ -91,7 +82,7 @@ def dry_run(cfg) -> dict:
 
 def expected_runs(seeds=None) -> list[tuple[str, int]]:
   """Every (cell, seed) of the study: recovered cells at each seed, the others at seed 0."""
-  configs = _configs()
+  configs = cells.configs_module(CONFIG)
   seeds = configs.SEEDS if seeds is None else seeds
   return [(cell, seed) for cell, (_, fields) in configs.CELLS.items()
           for seed in (seeds if fields.get('recovery') else (0,))]
@@ -233,7 +224,7 @@ def run_cell(cell: str, seed: int = 0, *, data_dir: Path, runs_dir: Path | None 
 
   cfg, chash = cell_config(cell, seed, overrides)
   out = record_path(cell, seed, results)
-  if not force and out.exists() and json.loads(out.read_text()).get('config_hash') == chash:
+  if not force and cells.is_current(out, chash):
     print(f'== {cell} seed {seed}: current ({out})', flush=True)
     return None
   print(f'== {cell} seed {seed}', flush=True)
@@ -271,12 +262,7 @@ def run_cell(cell: str, seed: int = 0, *, data_dir: Path, runs_dir: Path | None 
 
 
 def load_records(root: Path | None = None) -> dict[str, dict[int, dict]]:
-  """{cell: {seed: record}} of every record under ``root/runs``."""
-  out: dict[str, dict[int, dict]] = {}
-  for path in sorted(((root or results_dir()) / 'runs').glob('*/seed*.json')):
-    rec = json.loads(path.read_text())
-    out.setdefault(rec['cell'], {})[int(rec['seed'])] = rec
-  return out
+  return cells.load_records(root or results_dir())
 
 
 def summarize(records: dict[str, dict[int, dict]]) -> dict:
@@ -383,8 +369,8 @@ def _flags(fv) -> None:
 def main(cfg, fv) -> int:
   del cfg  # each cell loads its own config, with the same overrides
   from embedjax.config import config_overrides
-  cells = fv['cells'].value or _cells()
-  unknown = [c for c in cells if c not in _cells()]
+  asked = fv['cells'].value or _cells()
+  unknown = [c for c in asked if c not in _cells()]
   if unknown:
     raise ConfigError(f'--cells {unknown[0]!r}: not a cell of {CONFIG} ({_cells()})')
   results = Path(fv['results-dir'].value)
@@ -404,7 +390,7 @@ def main(cfg, fv) -> int:
     unknown = sorted(redo - {f'{c}/seed{s}' for c, s in runs})
     if unknown:
       raise ConfigError(f'--redo {unknown[0]!r}: not a run of the study (CELL/seedN)')
-    for cell, seed in [r for c in cells for r in runs if r[0] == c]:  # in the order asked
+    for cell, seed in [r for c in asked for r in runs if r[0] == c]:  # in the order asked
       force = f'{cell}/seed{seed}' in redo
       if force:
         _restart_workdir(Path(fv['runs-dir'].value) / cell / f'seed{seed}')
