@@ -116,6 +116,13 @@ TARGETS = (
            study='recipes',
            note='the training-recipes study: about 20 min per (cell, seed) on 2 cores, '
                 'each a resumable run with its own record'),
+    Target('adapters', 'results/adapters/summary.json', (PY, '-m', 'experiments.adapters'),
+           code=('experiments/adapters.py', 'configs/adapters.py', 'experiments/recipes.py',
+                 'configs/recipes.py', 'embedjax/posthoc.py', 'embedjax/train', 'embedjax/losses',
+                 *CORE),
+           study='adapters',
+           note='ADR and QDC on SciFact: minutes per ADR run once the frozen embeddings are '
+                'cached; a qdc run trains the recipes study\'s in-batch model (or resumes it)'),
     Target('pruning', 'results/pruning/summary.json', (PY, '-m', 'experiments.pruning'),
            code=('experiments/pruning.py', 'configs/pruning.py', 'experiments/recipes.py',
                  'configs/recipes.py', 'embedjax/pruning.py', 'embedjax/train', 'embedjax/losses',

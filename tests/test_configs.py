@@ -46,6 +46,7 @@ RUNS = {
     # the mined cells read a file the study mines first: not dry-built here
     'recipes.py': (['stsb_cosent', 'scifact_hardness'], TRAIN),
     'pruning.py': ([None, 'gaprune_50_recovered', 'structured_heads_50'], 'pruning'),
+    'adapters.py': ([None, 'adr_both', 'qdc'], 'adapters'),
 }
 CASES = [(name, arg) for name, (args, _) in RUNS.items() for arg in args]
 

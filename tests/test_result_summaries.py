@@ -142,6 +142,17 @@ def test_recipes_summary_and_table_follow_from_the_run_records():
       assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
 
 
+def test_adapters_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'adapters'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the adapters study has no records yet')
+  exp = _load('experiments/adapters.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.adapters --summarize'
+  assert exp.markdown(again) == (root / 'adapters.md').read_text()
+
+
 def test_pruning_summary_and_table_follow_from_the_run_records():
   root = RESULTS / 'pruning'
   if not (root / 'summary.json').exists():
