@@ -4,7 +4,8 @@ One implementation covers the four families; they differ only in switches of
 :class:`DecoderConfig`: Qwen2 puts biases on the q/k/v projections, Qwen3 RMS-normalises each
 head's queries and keys before the rotation (and may set ``head_dim`` apart from
 hidden / heads), Mistral may restrict causal attention to a sliding window, Llama may carry
-biases (``attention_bias``, ``mlp_bias``) and Llama-3 rotary scaling.
+biases (``attention_bias``, ``mlp_bias``). Rotary scaling for longer inputs (linear, dynamic NTK,
+YaRN, Llama 3) is read from ``rope_scaling``: :mod:`embedjax.models.rope`.
 
 Each layer is pre-norm: ``x + attn(rms(x))`` then ``x + mlp(rms(x))`` with grouped-query attention
 (``num_key_value_heads`` divides ``num_attention_heads``), rotary positions and a SwiGLU MLP
@@ -35,7 +36,6 @@ Shapes: ``input_ids``, ``segment_ids``, ``position_ids`` are (B, L) ints; the ou
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import chex
@@ -45,13 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from embedjax.models.remat import apply_layers, check_policy
+from embedjax.models.rope import ROPE_TYPES, apply_rope, dynamic_frequencies
+from embedjax.models.rope import rope_frequencies as _rope_table
+from embedjax.models.self_extend import self_extend_attention
 
 # HF model_type values this module implements.
 DECODER_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 ATTENTION_MODES = ('causal', 'bidirectional')
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
-# rope_scaling types implemented here; the long-context work adds the others (NTK, YaRN, ...).
-ROPE_TYPES = ('default', 'linear', 'llama3')
 _ARCHITECTURES = {'llama': 'LlamaModel', 'mistral': 'MistralModel', 'qwen2': 'Qwen2Model',
                   'qwen3': 'Qwen3Model'}
 
@@ -88,6 +89,10 @@ class DecoderConfig:
   dtype: str = 'float32'            # compute dtype; params follow param_dtype
   param_dtype: str = 'float32'
   remat: str = 'none'               # per-layer rematerialisation (embedjax.models.remat)
+  # SelfExtend (training-free, embedjax.models.self_extend): tokens farther apart than the window
+  # attend with positions grouped by self_extend_group; 0 = off.
+  self_extend_group: int = 0
+  self_extend_window: int = 0
 
   def __post_init__(self):
     if self.model_type not in DECODER_MODEL_TYPES:
@@ -113,6 +118,12 @@ class DecoderConfig:
       raise ValueError(f'rope_scaling type {rope_type!r} is not supported (supported: '
                        f'{", ".join(ROPE_TYPES)})')
     check_policy(self.remat)
+    if bool(self.self_extend_group) != bool(self.self_extend_window) or (
+        self.self_extend_group and (self.self_extend_group < 2
+                                    or self.self_extend_window < self.self_extend_group)):
+      raise ValueError(f'self_extend_group {self.self_extend_group} and self_extend_window '
+                       f'{self.self_extend_window}: set both (group >= 2, window >= group) or '
+                       'neither')
     if self.sliding_window and self.attention == 'bidirectional':
       raise ValueError(f'sliding_window {self.sliding_window} is defined for causal attention '
                        'only; bidirectional mode attends to the whole text (set sliding_window=0 '
@@ -124,6 +135,11 @@ class DecoderConfig:
 
   @property
   def max_positions(self) -> int:
+    """The longest input: max_position_embeddings, or for dynamic NTK (where that is the length
+    scaling starts from) ``factor`` times it."""
+    rope = dict(self.rope_scaling)
+    if rope.get('rope_type') == 'dynamic':
+      return int(self.max_position_embeddings * float(rope['factor']))
     return self.max_position_embeddings
 
   @property
@@ -231,41 +247,20 @@ NAMED_SHAPES = {
 
 
 def rope_frequencies(cfg: DecoderConfig) -> tuple[np.ndarray, float]:
-  """(inverse frequencies (head_dim / 2,) float64, attention scaling) of cfg's rotary positions.
+  """(inverse frequencies (head_dim / 2,) float64, cos / sin scaling) of cfg's rotary table
+  (:func:`embedjax.models.rope.rope_frequencies`; for 'dynamic', the table up to
+  max_position_embeddings)."""
+  return _rope_table(cfg.rope_theta, cfg.head_size, cfg.rope_scaling, cfg.max_position_embeddings)
 
-  The hook where position-scaling methods plug in: 'default' is theta^(-2i/d); 'linear' divides
-  every frequency by the factor (position interpolation); 'llama3' rescales low frequencies only,
-  with a smooth ramp between the two wavelength bounds (transformers' _compute_llama3_parameters).
-  """
-  d = cfg.head_size
-  inv = 1.0 / cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+
+def rotary_table(cfg: DecoderConfig, positions: jax.Array) -> tuple[Any, float]:
+  """(inverse frequencies, scaling) for a batch at ``positions`` (B, L): dynamic NTK depends on the
+  batch's longest text (its largest position + 1), every other type is static."""
   rope = dict(cfg.rope_scaling)
-  kind = rope.get('rope_type', 'default')
-  if kind == 'linear':
-    inv = inv / float(rope['factor'])
-  elif kind == 'llama3':
-    factor, low, high = float(rope['factor']), float(rope['low_freq_factor']), float(
-        rope['high_freq_factor'])
-    old = float(rope['original_max_position_embeddings'])
-    wavelen = 2 * math.pi / inv
-    smooth = (old / wavelen - low) / (high - low)
-    scaled = np.where(wavelen > old / low, inv / factor, inv)
-    medium = (wavelen <= old / low) & (wavelen >= old / high)
-    inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
-  return inv, 1.0
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """Rotates (B, L, heads, D) by (B, L) positions, transformers' rotate_half convention.
-
-  cos/sin are computed in float32 and cast to x's dtype, as transformers does.
-  """
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]   # (B, L, 1, D)
-  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-  half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return x * cos + rotated * sin
+  if rope.get('rope_type') == 'dynamic':
+    return dynamic_frequencies(cfg.rope_theta, cfg.head_size, float(rope['factor']),
+                               cfg.max_position_embeddings, jnp.max(positions) + 1), 1.0
+  return rope_frequencies(cfg)
 
 
 class RMSNorm(nn.Module):
@@ -333,8 +328,13 @@ class DecoderAttention(nn.Module):
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='q_norm')(q)
       k = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='k_norm')(k)
-    inv_freq, _ = rope_frequencies(cfg)
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    inv_freq, scaling = rotary_table(cfg, positions)
+    if cfg.self_extend_group:  # merged neighbour / grouped logits (always the mask form)
+      out = self_extend_attention(q, k, v, positions, mask, inv_freq, scaling,
+                                  group=cfg.self_extend_group, window=cfg.self_extend_window)
+      return _dense(cfg.hidden_size, cfg, 'o_proj', cfg.attention_bias and cfg.model_type != 'qwen2')(
+          out.reshape(b, l, heads * d))
+    q, k = apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)
     if mask is None:  # right-padded rows: padding as per-row lengths (the form cuDNN takes)
       window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
       out = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.attention == 'causal',
@@ -407,7 +407,7 @@ class Decoder(nn.Module):
     if position_ids is None:
       position_ids = token_positions(segment_ids)
     path = attention_path(cfg, packed=packed, left_padded=left_padded)
-    if packed or left_padded:
+    if packed or left_padded or cfg.self_extend_group:
       mask = attention_mask(segment_ids, cfg.attention == 'causal', cfg.sliding_window)
       kv_lengths = None
     else:  # the same arguments on every backend, so CPU tests check what cuDNN receives
