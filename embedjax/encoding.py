@@ -247,8 +247,32 @@ def encode(model: Pretrained, texts: Sequence[str], *, rows_per_batch: int | Non
     bar.close()
 
 
+def encode_ids(model: Pretrained, ids: Sequence[Sequence[int]], *, params=None,
+               tokens_per_batch: int = TOKENS_PER_BATCH, max_segments: int = 32) -> np.ndarray:
+  """Embeds texts already tokenized (special tokens included, each at most the model's
+  ``max_seq_length``), packed and batched as :func:`encode` does. Returns (N, D) float32."""
+  spec = model.spec
+  longest = max((len(x) for x in ids), default=0)
+  if not ids or longest > spec.max_seq_length:
+    raise ValueError(f'encode_ids needs 1+ token lists of at most {spec.max_seq_length} tokens, got '
+                     f'{len(ids)} (longest {longest})')
+  params = model.params if params is None else params
+  fn = _compiled_embed(spec, max_segments, 0)
+  ladder = row_length_ladder(spec.max_seq_length, min(64, spec.max_seq_length))
+  plan = plan_batches([len(x) for x in ids], ladder,
+                      lambda row_length: max(1, tokens_per_batch // row_length), max_segments)
+  result = np.empty((len(ids), spec.embedding_dim), np.float32)
+  for row_length, num_rows, rows in plan:
+    batch = make_batch(ids, rows, row_length, num_rows, max_segments, model.tokenizer.pad_id)
+    emb = fn(params, input_ids=batch.input_ids, segment_ids=batch.segment_ids,
+             position_ids=batch.position_ids)
+    _scatter(result, 0, emb, batch.text_index, None)
+  return result
+
+
 def _scatter(result: np.ndarray, offset: int, emb: jax.Array, text_index: np.ndarray, bar) -> None:
   emb = np.asarray(emb)
   filled = text_index >= 0
   result[offset + text_index[filled]] = emb[filled]
-  bar.update(int(filled.sum()))
+  if bar is not None:
+    bar.update(int(filled.sum()))

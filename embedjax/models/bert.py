@@ -89,6 +89,9 @@ class BertConfig:
   # heads were pruned (embedjax.pruning) keeps its head width with fewer heads. 0 = the quotient.
   # HF's BertModel derives the width from the quotient, so such a model loads in embedjax only.
   attention_head_size: int = 0
+  # Queries attended in blocks of this many tokens when a text is longer (memory linear in the
+  # length: no (L, L) array), at inference; 0 = one block. Not in HF configs.
+  attention_block: int = 0
 
   def __post_init__(self):
     if not self.attention_head_size and self.hidden_size % self.num_attention_heads:
@@ -103,6 +106,8 @@ class BertConfig:
     if self.model_type == 'distilbert' and self.type_vocab_size:
       raise ValueError('distilbert has no token type embeddings: type_vocab_size must be 0')
     check_policy(self.remat)
+    if self.attention_block < 0:
+      raise ValueError(f'attention_block must be >= 0, got {self.attention_block}')
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> 'BertConfig':
@@ -127,7 +132,8 @@ class BertConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     # 'dtype' in a HF config is the storage dtype of its weights, not our compute dtype.
     kwargs = {k: v for k, v in hf.items()
-              if k in names and k not in ('model_type', 'position_offset', 'dtype', 'remat')}
+              if k in names and k not in ('model_type', 'position_offset', 'dtype', 'remat',
+                                          'attention_block')}
     kwargs['model_type'] = model_type
     if model_type in _OFFSET_POSITIONS:
       kwargs['position_offset'] = int(hf.get('pad_token_id', 1)) + 1
@@ -139,7 +145,8 @@ class BertConfig:
   def to_hf(self) -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict for this architecture (in its family's own keys)."""
     hf = dataclasses.asdict(self)
-    for key in ('dtype', 'position_offset', 'embedding_size', 'model_type', 'remat'):
+    for key in ('dtype', 'position_offset', 'embedding_size', 'model_type', 'remat',
+                'attention_block'):
       hf.pop(key)
     if not self.attention_head_size:
       hf.pop('attention_head_size')
@@ -203,12 +210,34 @@ def _attend(q, k, v, bias, dropout=None):
   return (out / total).astype(v.dtype)
 
 
+def _attend_blocked(q, k, v, segments, block: int):
+  """Softmax attention over query blocks of ``block`` tokens: q, k, v (B, heads, L, D), q already
+  scaled; segments (B, L) the attention groups (0 = padding, which attends among itself, as
+  :func:`attention_bias`). Each block builds its own (B, block, L) bias, so nothing is (L, L)."""
+  b, h, l, d = q.shape
+  pad = -l % block
+  qp = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  sq = jnp.pad(segments, ((0, 0), (0, pad)), constant_values=-1)
+  n = (l + pad) // block
+  q_blocks = qp.reshape(b, h, n, block, d).transpose(2, 0, 1, 3, 4)   # (n, B, heads, block, D)
+  s_blocks = sq.reshape(b, n, block).transpose(1, 0, 2)                # (n, B, block)
+
+  def one(args):
+    qb, sb = args
+    bias = jnp.where(sb[:, :, None] == segments[:, None, :], 0.0, -1e30).astype(jnp.float32)
+    return _attend(qb, k, v, bias)
+
+  out = jax.lax.map(one, (q_blocks, s_blocks))                         # (n, B, heads, block, D)
+  return out.transpose(1, 2, 0, 3, 4).reshape(b, h, l + pad, d)[:, :, :l]
+
+
 class SelfAttention(nn.Module):
   cfg: BertConfig
 
   @nn.compact
   def __call__(self, x, bias, deterministic: bool):
-    """x: (B, L, H); bias: (B, L, L) additive mask (0 or a large negative), shared by the heads."""
+    """x: (B, L, H); bias: (B, L, L) additive mask (0 or a large negative), shared by the heads,
+    or (B, L) attention groups for blocked attention (``attention_block``)."""
     cfg = self.cfg
     b, l, _ = x.shape
     heads = cfg.num_attention_heads
@@ -226,7 +255,10 @@ class SelfAttention(nn.Module):
     if not deterministic and cfg.attention_probs_dropout_prob > 0:
       drop = nn.Dropout(cfg.attention_probs_dropout_prob)
       dropout = lambda p: drop(p, deterministic=False)
-    out = _attend(q, k, v, bias, dropout)
+    if bias.ndim == 2:  # blocked: (B, L) groups, built into a bias block by block
+      out = _attend_blocked(q, k, v, bias, cfg.attention_block)
+    else:
+      out = _attend(q, k, v, bias, dropout)
     return out.transpose(0, 2, 1, 3).reshape(b, l, h)
 
 
@@ -315,7 +347,11 @@ class BertEncoder(nn.Module):
     if width != cfg.hidden_size:
       x = _dense(cfg.hidden_size, cfg, 'embeddings_project')(x)
 
-    bias = attention_bias(attention_mask, segment_ids)
+    if cfg.attention_block and l > cfg.attention_block and deterministic:
+      # (B, L) groups instead of the (B, L, L) bias: each query block builds its own
+      bias = jnp.where(attention_mask.astype(bool), 1 if segment_ids is None else segment_ids, 0)
+    else:
+      bias = attention_bias(attention_mask, segment_ids)
     out = apply_layers(self, lambda **kw: Layer(cfg, **kw), cfg.num_hidden_layers,
                        lambda i: f'layer_{i}', x, (bias, deterministic), policy=cfg.remat,
                        dropout=not deterministic, keep_states=output_hidden_states)
