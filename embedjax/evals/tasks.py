@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from embedjax.data import readers, synthetic
+from embedjax.data import long_synthetic, readers, synthetic
+from embedjax.data.long_scifact import long_scifact
 from embedjax.evals import classification, clustering, metrics, pair_classification, sts
 from embedjax.search.exact import topk_blocked
 
@@ -71,12 +72,21 @@ TASKS: dict[str, Task] = {
     'synthetic_classification': Task('classification',
                                      lambda d: synthetic.synthetic_classification(seed=0),
                                      'accuracy', needs_shared_data=False),
+    # LongEmbed's synthetic long-context tasks (embedjax.data.long_synthetic), nDCG@1 as LongEmbed
+    # reports them: passkey_256 ... passkey_8192, needle_256 ... needle_8192.
+    **{f'{kind}_{n}': Task('retrieval', lambda d, f=getattr(long_synthetic, kind), n=n: f(n, seed=0),
+                           'ndcg@1', needs_shared_data=False)
+       for kind in ('passkey', 'needle') for n in long_synthetic.LENGTHS},
+    # SciFact's relevant abstracts hidden in long documents of n tokens (embedjax.data.long_scifact)
+    **{f'long_scifact_{n}': Task('retrieval', lambda d, n=n: long_scifact(d / 'scifact', n),
+                                 'ndcg@10') for n in long_synthetic.LENGTHS},
 }
 # The folder of ../shared/data each task reads (its provenance inputs); synthetic tasks read none.
 DATA_FOLDERS: dict[str, str] = {
     'scifact': 'scifact', 'stsb': 'stsb', 'sickr': 'sick', 'mrpc': 'mrpc', 'banking77': 'banking77',
     'banking77_clustering': 'banking77', 'agnews_clustering': 'ag_news',
-    'limit_small': 'limit/limit-small'}
+    'limit_small': 'limit/limit-small',
+    **{f'long_scifact_{n}': 'scifact' for n in long_synthetic.LENGTHS}}
 
 
 def task_inputs(names: Sequence[str], data_dir: Path | None) -> list[Path]:
