@@ -106,6 +106,7 @@ TARGETS = (
           ('bench_search_sharded_cpu', 'search_sharded_cpu', ()),
           ('bench_decoder_cpu', 'decoder_cpu', ('benchmarks/encode_cpu.py',)),
           ('bench_losses_cpu', 'losses_cpu', TRAIN_BENCH),
+          ('bench_long_context_cpu', 'long_context_cpu', ()),
           ('bench_multivector_cpu', 'multivector_cpu', ()))),
     Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
            code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py', 'embedjax/train',
@@ -123,6 +124,14 @@ TARGETS = (
            study='adapters',
            note='ADR and QDC on SciFact: minutes per ADR run once the frozen embeddings are '
                 'cached; a qdc run trains the recipes study\'s in-batch model (or resumes it)'),
+    Target('merging', 'results/merging/summary.json', (PY, '-m', 'experiments.merging'),
+           code=('experiments/merging.py', 'configs/merging.py', 'configs/merging_specialists.py',
+                 'experiments/recipes.py', 'configs/recipes.py', 'embedjax/merging.py',
+                 'embedjax/train', 'embedjax/losses', *CORE),
+           study='merging',
+           note='the merging study: specialists (~15 min each per seed on 2 cores, SciFact and '
+                'STS-B shared with the recipes study), then ~5 min of test evaluation per cell '
+                'and up to ~20 min of validation for the selecting merges'),
     Target('pruning', 'results/pruning/summary.json', (PY, '-m', 'experiments.pruning'),
            code=('experiments/pruning.py', 'configs/pruning.py', 'experiments/recipes.py',
                  'configs/recipes.py', 'embedjax/pruning.py', 'embedjax/train', 'embedjax/losses',

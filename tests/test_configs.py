@@ -47,6 +47,9 @@ RUNS = {
     'recipes.py': (['stsb_cosent', 'scifact_hardness'], TRAIN),
     'pruning.py': ([None, 'gaprune_50_recovered', 'structured_heads_50'], 'pruning'),
     'adapters.py': ([None, 'adr_both', 'qdc'], 'adapters'),
+    'long_context.py': ([None, 'quick'], 'long_context'),
+    'merging.py': (['uniform_soup', 'self_positioning'], 'merging'),
+    'merging_specialists.py': (['mrpc', 'sick'], TRAIN),
 }
 CASES = [(name, arg) for name, (args, _) in RUNS.items() for arg in args]
 

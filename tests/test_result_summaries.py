@@ -153,6 +153,28 @@ def test_adapters_summary_and_table_follow_from_the_run_records():
   assert exp.markdown(again) == (root / 'adapters.md').read_text()
 
 
+def test_long_context_summary_and_table_follow_from_the_cell_records():
+  root = RESULTS / 'long_context'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the long-context study has no records yet')
+  exp = _load('experiments/long_context.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.long_context --summarize'
+  assert exp.markdown(again) == (root / 'long_context.md').read_text()
+
+
+def test_merging_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'merging'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the merging study has no records yet')
+  exp = _load('experiments/merging.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.merging --summarize'
+  assert exp.markdown(again) == (root / 'merging.md').read_text()
+
+
 def test_pruning_summary_and_table_follow_from_the_run_records():
   root = RESULTS / 'pruning'
   if not (root / 'summary.json').exists():

@@ -1,0 +1,264 @@
+r"""The long-context study: score against input length per method, each (model, method, task,
+length) cell a run with its own record; the summary is computed from the records.
+
+python -m experiments.long_context --config configs/long_context.py [--only-models minilm]
+python -m experiments.long_context --config configs/long_context.py --summarize
+
+Methods and tasks: configs/long_context.py. A cell's record,
+``<out>/runs/<model>/<method>/<task>_<length>.json``, holds the task's metrics (main metric:
+nDCG@1 for passkey / needle, nDCG@10 for long SciFact), the config hash and the provenance of the
+call; a cell whose record has the current config hash is skipped, so the grid fills in over
+several sessions. ``summary.json`` is ``{"minilm": {METHOD: {TASK: {LENGTH: score}}}, "rope":
+{...}}``; ``long_context.md`` the tables and ``long_context.png`` score against length per
+method, one panel per task (tests/test_result_summaries.py recomputes them from the records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from embedjax import paths
+from embedjax.config import ConfigError, run_main
+from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.provenance import Run, config_hash
+
+MODELS = ('minilm', 'rope')
+
+
+def out_dir(cfg) -> Path:
+  return paths.repo_root() / (cfg.out_dir or 'results/long_context')
+
+
+def record_path(root: Path, model: str, method: str, task: str, length: int) -> Path:
+  return root / 'runs' / model / method / f'{task}_{length}.json'
+
+
+def _factor(method: str) -> float:
+  return float(method.rsplit('_', 1)[1].rstrip('x'))
+
+
+def cell_hash(cfg, model: str, method: str, task: str, length: int) -> str:
+  """What a cell's result depends on: its coordinates and the settings its method reads."""
+  settings = {'model': cfg.model if model == 'minilm' else cfg.rope_model,
+              'method': method, 'task': task, 'length': length}
+  if method.startswith('interpolate') or model == 'rope':
+    settings['attention_block'] = cfg.attention_block
+  if method == 'chunk':
+    settings['max_tokens'] = cfg.max_tokens
+  if model == 'rope':
+    settings.update(trained=cfg.rope_trained_length, self_extend=cfg.self_extend.to_dict())
+  return config_hash(settings)
+
+
+# --- methods ----------------------------------------------------------------------------------
+
+
+def minilm_encoder(model, method: str, cfg, length: int):
+  """(texts -> embeddings) of all-MiniLM-L6-v2 under a method, for inputs of ``length`` tokens."""
+  from embedjax.encoding import encode
+  from embedjax.long_inputs import chunk_and_pool
+  from embedjax.models.positions import extend_positions
+  if method == 'truncate':
+    return lambda texts: encode(model, list(texts), progress=False)
+  if method == 'chunk':
+    return lambda texts: chunk_and_pool(model, list(texts), max_tokens=cfg.max_tokens)
+  if method.startswith('interpolate_'):
+    n = int(model.spec.bert.max_positions * _factor(method))
+    params, bert = extend_positions(model.params, model.spec.bert, n)
+    bert = dataclasses.replace(bert, attention_block=cfg.attention_block)
+    stretched = dataclasses.replace(
+        model, params=params, tokenizer=model.tokenizer.with_max_length(n),
+        spec=dataclasses.replace(model.spec, bert=bert, max_seq_length=n))
+    return lambda texts: encode(stretched, list(texts), progress=False)
+  raise ConfigError(f'minilm method {method!r}: truncate, chunk or interpolate_<N>x')
+
+
+def rope_config(decoder, method: str, cfg):
+  """The decoder config of a RoPE method (``decoder``: the model's DecoderConfig)."""
+  trained = cfg.rope_trained_length
+  if method == 'none':
+    return decoder
+  if method == 'self_extend':
+    return dataclasses.replace(decoder, self_extend_group=cfg.self_extend.group,
+                               self_extend_window=cfg.self_extend.window)
+  kind, f = method.rsplit('_', 1)[0], _factor(method)
+  if kind == 'ntk':
+    from embedjax.models.rope import ntk_aware_theta
+    return dataclasses.replace(decoder, rope_theta=ntk_aware_theta(decoder.rope_theta, f,
+                                                                   decoder.head_size),
+                               max_position_embeddings=int(trained * f))
+  scaling = {'linear': {'rope_type': 'linear', 'factor': f},
+             'dynamic': {'rope_type': 'dynamic', 'factor': f},
+             'yarn': {'rope_type': 'yarn', 'factor': f, 'original_max_position_embeddings': trained}}
+  if kind not in scaling:
+    raise ConfigError(f'rope method {method!r}: none, self_extend, or linear / dynamic / yarn / '
+                      'ntk _<N>x')
+  # dynamic NTK keeps the trained length as its threshold; the others state the extended length
+  max_pos = trained if kind == 'dynamic' else int(trained * f)
+  return dataclasses.replace(decoder, rope_scaling=tuple(sorted(scaling[kind].items())),
+                             max_position_embeddings=max_pos)
+
+
+def rope_encoder(model, method: str, cfg, length: int):
+  from embedjax.encoding import encode
+  decoder = rope_config(model.spec.decoder, method, cfg)
+  n = max(length, model.spec.max_seq_length)
+  if method in ('none', 'self_extend'):  # plain rotary tables: the stated maximum is only a label
+    decoder = dataclasses.replace(decoder, max_position_embeddings=max(
+        n, decoder.max_position_embeddings))
+  n = min(n, decoder.max_positions)
+  variant = dataclasses.replace(model, tokenizer=model.tokenizer.with_max_length(n),
+                                spec=dataclasses.replace(model.spec, decoder=decoder,
+                                                         max_seq_length=n))
+  return lambda texts: encode(variant, list(texts), progress=False)
+
+
+# --- cells ------------------------------------------------------------------------------------
+
+
+def cells(cfg, models=MODELS):
+  for model in models:
+    if model == 'rope' and not cfg.rope_model:
+      continue
+    for method in (cfg.methods if model == 'minilm' else cfg.rope_methods):
+      for task in cfg.tasks:
+        for length in cfg.lengths:
+          yield model, method, task, int(length)
+
+
+def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int, root: Path):
+  from embedjax.evals.tasks import run_task, task_inputs
+  path = record_path(root, model, method, task, length)
+  chash = cell_hash(cfg, model, method, task, length)
+  if path.is_file() and json.loads(path.read_text()).get('config_hash') == chash:
+    return None
+  name = f'{task}_{length}'
+  data_dir = paths.shared_data_dir()
+  run = Run(config={'model': model, 'method': method, 'task': task, 'length': length},
+            seeds=0).start()
+  encoder = (minilm_encoder if model == 'minilm' else rope_encoder)(loaded[model], method, cfg,
+                                                                      length)
+  result = run_task(name, encoder, data_dir)
+  run.add_inputs(*task_inputs([name], data_dir))
+  record = {'model': model, 'method': method, 'task': task, 'length': length, 'result': result,
+            'score': result[result['main_metric']], **run.finish().provenance(),
+            'config_hash': chash}
+  atomic_write_json(path, record)
+  print(f'{model} {method:16s} {task:13s} {length:5d}  {result["main_metric"]} '
+        f'{record["score"]:.4f}  ({result["seconds"]:.0f} s)', flush=True)
+  return record
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+def load_records(root: Path) -> list[dict]:
+  return [json.loads(p.read_text()) for p in sorted((root / 'runs').glob('*/*/*.json'))]
+
+
+def summarize(records: list[dict]) -> dict:
+  out: dict = {m: {} for m in MODELS}
+  for r in records:
+    out[r['model']].setdefault(r['method'], {}).setdefault(r['task'], {})[str(r['length'])] = \
+        r['score']
+  return out
+
+
+def markdown(summary: dict) -> str:
+  lines = ['# Long context: score against input length', '',
+           'Written by `python -m experiments.long_context` from the per-cell records '
+           '(passkey / needle: nDCG@1; long_scifact: nDCG@10).']
+  for model, methods in summary.items():
+    if not methods:
+      continue
+    tasks = sorted({t for per in methods.values() for t in per})
+    for task in tasks:
+      lengths = sorted({int(n) for per in methods.values() for n in per.get(task, {})})
+      lines += ['', f'**{model} / {task}**', '',
+                '| method | ' + ' | '.join(str(n) for n in lengths) + ' |',
+                '|---|' + '---|' * len(lengths)]
+      for method, per in methods.items():
+        row = per.get(task, {})
+        lines.append(f'| {method} | ' + ' | '.join(
+            f'{row[str(n)]:.3f}' if str(n) in row else '-' for n in lengths) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(summary: dict, path: Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  panels = [(m, t) for m, methods in summary.items()
+            for t in sorted({t for per in methods.values() for t in per})]
+  if not panels:
+    return
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+  for ax, (model, task) in zip(axes[0], panels):
+    for method, per in summary[model].items():
+      pts = sorted((int(n), v) for n, v in per.get(task, {}).items())
+      if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=method)
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('input length (tokens)')
+    ax.set_title(f'{model}: {task}')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_summary(root: Path) -> dict:
+  summary = summarize(load_records(root))
+  atomic_write_json(root / 'summary.json', summary)
+  atomic_write_text(root / 'long_context.md', markdown(summary))
+  plot(summary, root / 'long_context.png')
+  return summary
+
+
+def dry_run(cfg) -> dict:
+  """Checks the grid without loading a model: every method name parses, every task exists."""
+  from embedjax.evals.tasks import TASKS
+  for task in cfg.tasks:
+    for length in cfg.lengths:
+      if f'{task}_{length}' not in TASKS:
+        raise ConfigError(f'task {task}_{length} is not a task of the eval runner')
+  for method in cfg.methods:
+    if not (method in ('truncate', 'chunk') or method.startswith('interpolate_')):
+      raise ConfigError(f'minilm method {method!r}: truncate, chunk or interpolate_<N>x')
+    if method.startswith('interpolate_'):
+      _factor(method)
+  from embedjax.models.decoder import DecoderConfig
+  for method in cfg.rope_methods:
+    rope_config(DecoderConfig(), method, cfg)
+  return {'cells': sum(1 for _ in cells(cfg, ('minilm',)))}
+
+
+def main(cfg, fv) -> int:
+  root = out_dir(cfg)
+  if not fv['summarize'].value:
+    from embedjax.models.pretrained import load_pretrained
+    models = [m for m in fv['only-models'].value or MODELS if m in MODELS]
+    loaded = {}
+    if 'minilm' in models:
+      loaded['minilm'] = load_pretrained(cfg.model)
+    if 'rope' in models and cfg.rope_model:
+      loaded['rope'] = load_pretrained(cfg.rope_model)
+    for cell in cells(cfg, models):
+      run_cell(cfg, loaded, *cell, root)
+      write_summary(root)
+  print(markdown(write_summary(root)))
+  return 0
+
+
+def _flags(fv) -> None:
+  from absl import flags
+  flags.DEFINE_list('only-models', [], 'minilm and/or rope (default: both)', flag_values=fv)
+  flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
+                    flag_values=fv)
+
+
+if __name__ == '__main__':
+  sys.exit(run_main(main, 'configs/long_context.py', define_flags=_flags))

@@ -1,0 +1,361 @@
+r"""The merging study: one record per (cell, seed); the summary is computed from the records.
+
+python -m experiments.merging --cells specialist_scifact,uniform_soup --seeds 0,1
+python -m experiments.merging --summarize
+
+Cells (configs/merging.py): the pretrained model; a specialist per task (fine-tuned from the same
+start; SciFact and STS-B are the recipes study's runs, shared workdirs, so a finished run is
+resumed, not repeated); the recipes study's multi-task model; and the merges of the four
+specialists of the same seed: uniform and greedy soups, task arithmetic, TIES, DARE (linear and
+TIES), Self Positioning, and SLERP for each pair. Greedy soup, the scaling of task arithmetic /
+TIES / DARE, and Self Positioning's coefficients are chosen on a validation set carved from the
+train splits (never the test splits). Every model is evaluated on the four test tasks through the
+eval runner. Records: ``results/merging/runs/CELL/seedN.json``; ``summary.json`` (each task's
+score per cell, means over seeds) and ``merging.md`` are recomputed from them, also in CI.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from embedjax import merging, paths
+from embedjax.config import ConfigError, config_overrides, load_config, run_main
+from embedjax.io import atomic_write_json, atomic_write_text
+from embedjax.provenance import Run, config_hash
+from experiments import cells
+
+CONFIG = 'configs/merging.py'
+# task of the study -> (eval-runner task, its main metric)
+TEST_TASKS = {'scifact': ('scifact', 'ndcg@10'), 'stsb': ('stsb', 'spearman'),
+              'mrpc': ('mrpc', 'ap'), 'sick': ('sickr', 'spearman')}
+
+
+def results_dir() -> Path:
+  return paths.repo_root() / 'results' / 'merging'
+
+
+def _configs():
+  return cells.configs_module(CONFIG)
+
+
+def record_path(cell: str, seed: int, root: Path | None = None) -> Path:
+  return cells.record_path(root or results_dir(), cell, seed)
+
+
+def cell_config(cell: str, seed: int = 0, overrides=()):
+  cfg = load_config(f'{paths.repo_root() / CONFIG}:{cell}', [*overrides, f'--config.seed={seed}'])
+  return cfg, config_hash(cfg)
+
+
+def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
+  return cells.is_current(record_path(cell, seed, root), cell_config(cell, seed)[1])
+
+
+def expected_runs(seeds=None) -> list[tuple[str, int]]:
+  configs = _configs()
+  seeds = configs.SEEDS if seeds is None else seeds
+  return [(c, s) for c in configs.CELLS for s in ((0,) if c == 'pretrained' else seeds)]
+
+
+def dry_run(cfg) -> dict:
+  configs = _configs()
+  for config, _ in (*configs.SPECIALISTS.values(), configs.MULTI_TASK):
+    load_config(str(paths.repo_root() / config), [f'--config.seed={cfg.seed}'])
+  if not all(0 < s for s in cfg.scalings) or not 0 < cfg.dare_density <= 1:
+    raise ConfigError('scalings must be > 0 and dare_density in (0, 1]')
+  return {'cell': cfg.cell}
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def trained(config: str, workdir_prefix: str, seed: int, progress: bool):
+  """A fine-tuned model: its run trained in ``workdir_prefix/seedN`` (or resumed there, which
+  returns at once when it finished), loaded from its export."""
+  from embedjax.models.pretrained import load_pretrained
+  from embedjax.train.loop import dry_build, train
+  tcfg = load_config(str(paths.repo_root() / config), [f'--config.seed={seed}'])
+  dry_build(tcfg)
+  summary = train(tcfg, paths.repo_root() / workdir_prefix / f'seed{seed}', progress=progress)
+  return load_pretrained(summary['export']), summary['inputs']
+
+
+# --- validation (carved from train) -----------------------------------------------------------
+
+
+def validation_data(v, data_dir: Path) -> dict:
+  """Subsampled train data of each task: SciFact claims with their positives among candidate
+  abstracts; STS-B / SICK scored pairs; MRPC labelled pairs."""
+  from embedjax.data import readers
+  rng = np.random.default_rng(v.seed)
+  train = readers.read_beir(data_dir / 'scifact', 'train')
+  judged = [q for q in train.query_ids if any(r > 0 for r in train.qrels.get(q, {}).values())]
+  queries = [judged[int(i)] for i in sorted(rng.permutation(len(judged))[:v.scifact_queries])]
+  positives = sorted({d for q in queries for d, r in train.qrels[q].items() if r > 0})
+  others = [d for d in train.corpus_ids if d not in set(positives)]
+  extra = [others[int(i)] for i in sorted(rng.permutation(len(others))[:max(
+      v.scifact_candidates - len(positives), 0)])]
+  text = dict(zip(train.corpus_ids, train.corpus_texts))
+  qtext = dict(zip(train.query_ids, train.query_texts))
+  corpus = positives + extra
+  scifact = readers.RetrievalData(
+      corpus_ids=corpus, corpus_texts=[text[d] for d in corpus], query_ids=queries,
+      query_texts=[qtext[q] for q in queries],
+      qrels={q: {d: r for d, r in train.qrels[q].items() if r > 0} for q in queries})
+
+  def pairs(data):
+    idx = sorted(rng.permutation(len(data.sentences1))[:v.pairs])
+    return readers.PairData(sentences1=[data.sentences1[i] for i in idx],
+                            sentences2=[data.sentences2[i] for i in idx],
+                            scores=np.asarray(data.scores)[idx])
+  return {'scifact': scifact, 'stsb': pairs(readers.read_stsb(data_dir / 'stsb', 'train')),
+          'mrpc': pairs(readers.read_mrpc(data_dir / 'mrpc', 'train')),
+          'sick': pairs(readers.read_sick(data_dir / 'sick', 'train'))}
+
+
+def validation_score(model, params, val: dict) -> dict:
+  """Each task's validation metric of ``model`` with ``params``, and their mean ('mean')."""
+  from embedjax.encoding import encode
+  from embedjax.evals import pair_classification, sts
+  from embedjax.evals.tasks import encode_unique
+  from experiments.recipes import _retrieval_scores
+  enc = lambda texts: encode(model, list(texts), params=params, progress=False)
+  out = {}
+  s = val['scifact']
+  out['scifact'] = _retrieval_scores(enc(s.query_texts), enc(s.corpus_texts), s)['ndcg@10']
+  for task in ('stsb', 'sick', 'mrpc'):
+    p = val[task]
+    emb = encode_unique(enc, list(p.sentences1) + list(p.sentences2))
+    n = len(p.sentences1)
+    if task == 'mrpc':
+      out[task] = pair_classification.pair_classification_scores(
+          emb[:n], emb[n:], p.scores.astype(int))['ap']
+    else:
+      out[task] = sts.sts_scores(emb[:n], emb[n:], p.scores)['spearman']
+  out['mean'] = float(np.mean([out[t] for t in TEST_TASKS]))
+  return {k: float(v) for k, v in out.items()}
+
+
+def probe_loss_fn(model, val: dict, sp):
+  """Self Positioning's probe: (loss(params, batch), batches). A batch holds ``batch_size`` pairs
+  of each task: InfoNCE on SciFact (claim, positive) and MRPC paraphrases, CoSENT on STS-B and
+  SICK scores; the loss is their sum."""
+  from embedjax.losses.contrastive import info_nce
+  from embedjax.losses.multi_positive import cosent_loss
+  from embedjax.models.embedder import embed
+  tok, spec = model.tokenizer, model.spec
+  rng = np.random.default_rng(0)
+  s = val['scifact']
+  text = dict(zip(s.corpus_ids, s.corpus_texts))
+  sci = [(qt, text[next(iter(s.qrels[q]))]) for q, qt in zip(s.query_ids, s.query_texts)]
+  mrpc = [(a, b) for a, b, y in zip(val['mrpc'].sentences1, val['mrpc'].sentences2,
+                                    val['mrpc'].scores) if y > 0]
+  bs = sp.batch_size
+
+  def ids(texts, length):
+    return tok.pad([x[:length] for x in tok.encode(list(texts))], length)
+
+  def draw(items, k):
+    return [items[int(i)] for i in rng.choice(len(items), k, replace=False)]
+
+  batches = []
+  for _ in range(8):
+    batch = {}
+    for name, pairs, length in (('scifact', sci, 256), ('mrpc', mrpc, 64)):
+      chosen = draw(pairs, bs)
+      batch[name] = (ids([a for a, _ in chosen], 64), ids([b for _, b in chosen], length))
+    for name in ('stsb', 'sick'):
+      p = val[name]
+      idx = rng.choice(len(p.sentences1), bs, replace=False)
+      batch[name] = (ids([p.sentences1[i] for i in idx], 64), ids([p.sentences2[i] for i in idx], 64),
+                     jnp.asarray(np.asarray(p.scores)[idx], jnp.float32))
+    batches.append(batch)
+
+  def emb(params, t):
+    return embed(params, spec, t['input_ids'], t['attention_mask'])
+
+  def loss(params, batch):
+    total = 0.0
+    for name in ('scifact', 'mrpc'):
+      a, b = batch[name]
+      total = total + info_nce(emb(params, a), emb(params, b), scale=sp.scale)[0]
+    for name in ('stsb', 'sick'):
+      a, b, gold = batch[name]
+      sim = jnp.sum(emb(params, a) * emb(params, b), -1)
+      total = total + cosent_loss(sim, gold)
+    return total
+  return loss, batches
+
+
+def merge(cell: str, cfg, base, specialists: dict, score) -> tuple:
+  """(merged params, what was chosen) of a merge cell; ``score(params) -> float`` is the mean
+  validation metric (higher is better)."""
+  names = list(specialists)
+  models = [specialists[t] for t in names]
+  if cell == 'uniform_soup':
+    return merging.uniform_soup(models), {}
+  if cell == 'greedy_soup':
+    soup, kept = merging.greedy_soup(models, score)
+    return soup, {'kept': [names[i] for i in kept]}
+  if cell.startswith('slerp_'):
+    a, b = cell[len('slerp_'):].split('_')
+    return merging.slerp(specialists[a], specialists[b], cfg.slerp_t), {'t': cfg.slerp_t}
+  key = jax.random.key(cfg.seed)
+  build = {
+      'task_arithmetic': lambda s: merging.task_arithmetic(base, models, scaling=s),
+      'ties': lambda s: merging.ties(base, models, density=cfg.ties_density, scaling=s),
+      'dare_linear': lambda s: merging.dare(base, models, density=cfg.dare_density, key=key,
+                                            scaling=s),
+      'dare_ties': lambda s: merging.dare(base, models, density=cfg.dare_density, key=key,
+                                          merge='ties', scaling=s),
+  }
+  if cell in build:
+    tried = {float(s): score(build[cell](s)) for s in cfg.scalings}
+    best = max(tried, key=lambda s: (tried[s], -s))
+    return build[cell](best), {'scaling': best, 'validation_by_scaling': tried}
+  raise ConfigError(f'unknown merge cell {cell!r}')
+
+
+def run_cell(cell: str, seed: int, *, data_dir: Path, overrides=(), results: Path | None = None,
+             progress: bool = True, force: bool = False) -> dict | None:
+  from embedjax.evals.tasks import run_task, task_inputs
+  from embedjax.encoding import encode
+  from embedjax.models.pretrained import load_pretrained
+  configs = _configs()
+  cfg, chash = cell_config(cell, seed, overrides)
+  out = record_path(cell, seed, results)
+  if not force and cells.is_current(out, chash):
+    print(f'== {cell} seed {seed}: current ({out})', flush=True)
+    return None
+  print(f'== {cell} seed {seed}', flush=True)
+  run = Run(config=cfg, seeds=seed).start()
+  base = load_pretrained('all-MiniLM-L6-v2')
+  record = {'cell': cell, 'seed': seed, 'config_hash': chash}
+  params = base.params
+  if cell.startswith('specialist_') or cell == 'multi_task':
+    config, prefix = (configs.MULTI_TASK if cell == 'multi_task'
+                      else configs.SPECIALISTS[cell[len('specialist_'):]])
+    model, hashed = trained(config, prefix, seed, progress)
+    params = model.params
+    run.add_inputs(hashed=hashed)
+  elif cell != 'pretrained':
+    specialists = {}
+    for task, (config, prefix) in configs.SPECIALISTS.items():
+      model, hashed = trained(config, prefix, seed, progress)
+      specialists[task] = model.params
+      run.add_inputs(hashed=hashed)
+    val = validation_data(cfg.validation, data_dir)
+    score = lambda p: validation_score(base, p, val)['mean']
+    if cell == 'self_positioning':
+      sp = cfg.self_positioning
+      loss, batches = probe_loss_fn(base, val, sp)
+      params, coefficients, history = merging.self_positioning(
+          base.params, [specialists[t] for t in configs.TASKS], loss, batches, steps=sp.steps,
+          learning_rate=sp.learning_rate)
+      record['selection'] = {'coefficients': dict(zip(configs.TASKS, coefficients.tolist())),
+                             'probe_loss_first_last': [history[0], history[-1]]}
+    else:
+      params, record['selection'] = merge(cell, cfg, base.params, specialists, score)
+    record['validation'] = validation_score(base, params, val)
+  record['test'] = {}
+  for task, (name, metric) in TEST_TASKS.items():
+    r = run_task(name, lambda t: encode(base, list(t), params=params, progress=False), data_dir)
+    record['test'][task] = float(r[metric])
+  run.add_inputs(*task_inputs([n for n, _ in TEST_TASKS.values()], data_dir))
+  record.update(run.finish().provenance())
+  record['config_hash'] = chash
+  atomic_write_json(out, record)
+  print('   ' + '  '.join(f'{t} {v:.4f}' for t, v in record['test'].items()) + f' -> {out}',
+        flush=True)
+  return record
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+def load_records(root: Path | None = None) -> dict[str, dict[int, dict]]:
+  return cells.load_records(root or results_dir())
+
+
+def summarize(records: dict[str, dict[int, dict]]) -> dict:
+  """summary.json: {task: {cell: mean test score over seeds}}, the seeds per cell, and what is
+  missing."""
+  out: dict = {t: {} for t in TEST_TASKS}
+  out['n_seeds'] = {}
+  for cell, by_seed in records.items():
+    recs = [by_seed[s] for s in sorted(by_seed)]
+    out['n_seeds'][cell] = len(recs)
+    for task in TEST_TASKS:
+      out[task][cell] = statistics.fmean(r['test'][task] for r in recs)
+  out['missing'] = [f'{c}/seed{s}' for c, s in expected_runs() if s not in records.get(c, {})]
+  return out
+
+
+def markdown(summary: dict) -> str:
+  order = [c for c in _configs().CELLS if c in summary['n_seeds']]
+  lines = ['# Merging all-MiniLM-L6-v2 specialists (test scores, mean over seeds)', '',
+           'Written by `python -m experiments.merging` from results/merging/runs/. SciFact nDCG@10, '
+           'STS-B and SICK-R Spearman, MRPC AP.', '',
+           '| cell | SciFact | STS-B | MRPC | SICK-R | seeds |', '|---|---|---|---|---|---|']
+  for c in order:
+    lines.append(f'| {c} | ' + ' | '.join(f'{summary[t][c]:.4f}' for t in TEST_TASKS) +
+                 f" | {summary['n_seeds'][c]} |")
+  if summary['missing']:
+    lines += ['', f"Not yet run: {', '.join(summary['missing'])}."]
+  return '\n'.join(lines) + '\n'
+
+
+def write_summary(root: Path | None = None) -> dict:
+  root = root or results_dir()
+  summary = summarize(load_records(root))
+  atomic_write_json(root / 'summary.json', summary)
+  atomic_write_text(root / 'merging.md', markdown(summary))
+  return summary
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _flags(fv) -> None:
+  flags.DEFINE_list('cells', [], 'cells to run (configs/merging.py CELLS); none = every cell',
+                    flag_values=fv)
+  flags.DEFINE_list('seeds', ['0', '1'], 'seeds (specialists, multi-task, merges)', flag_values=fv)
+  flags.DEFINE_string('results-dir', str(results_dir()), 'records and summary go here',
+                      flag_values=fv)
+  flags.DEFINE_list('redo', [], 'CELL/seedN runs to make again although their config is current',
+                    flag_values=fv)
+  flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
+                    flag_values=fv)
+
+
+def main(cfg, fv) -> int:
+  del cfg
+  known = list(_configs().CELLS)
+  asked = fv['cells'].value or known
+  unknown = [c for c in asked if c not in known]
+  if unknown:
+    raise ConfigError(f'--cells {unknown[0]!r}: not a cell of {CONFIG}')
+  results = Path(fv['results-dir'].value)
+  if not fv['summarize'].value:
+    data_dir = paths.shared_data_dir()
+    if data_dir is None:
+      raise ConfigError('the merging study reads ../shared/data (or $EMBEDJAX_DATA_DIR)')
+    runs = expected_runs([int(s) for s in fv['seeds'].value])
+    redo = set(fv['redo'].value)
+    for cell, seed in [r for c in asked for r in runs if r[0] == c]:
+      run_cell(cell, seed, data_dir=data_dir, overrides=config_overrides(sys.argv[1:]),
+               results=results, force=f'{cell}/seed{seed}' in redo)
+      write_summary(results)
+  print(markdown(write_summary(results)))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(run_main(main, f'{CONFIG}:uniform_soup', define_flags=_flags))

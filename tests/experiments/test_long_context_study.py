@@ -1,0 +1,56 @@
+"""The long-context study's parts: each RoPE method's config, a stretched MiniLM encoding a text
+past its trained length, and the summary from records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedjax.config import load_config
+from embedjax.models.decoder import DecoderConfig
+from embedjax.paths import repo_root
+from experiments import long_context as study
+
+
+@pytest.fixture(scope='module')
+def cfg():
+  return load_config(str(repo_root() / 'configs' / 'long_context.py'))
+
+
+def test_rope_methods_set_the_decoder_config(cfg):
+  base = DecoderConfig(max_position_embeddings=512, rope_theta=1e4, hidden_size=128,
+                       num_attention_heads=2, num_key_value_heads=1)
+  assert study.rope_config(base, 'none', cfg) == base
+  linear = study.rope_config(base, 'linear_4x', cfg)
+  assert dict(linear.rope_scaling) == {'rope_type': 'linear', 'factor': 4.0}
+  assert linear.max_positions == 2048
+  dynamic = study.rope_config(base, 'dynamic_4x', cfg)
+  assert dynamic.max_position_embeddings == 512 and dynamic.max_positions == 2048
+  yarn = dict(study.rope_config(base, 'yarn_2x', cfg).rope_scaling)
+  assert yarn == {'rope_type': 'yarn', 'factor': 2.0, 'original_max_position_embeddings': 512}
+  ntk = study.rope_config(base, 'ntk_4x', cfg)
+  assert ntk.rope_theta == pytest.approx(1e4 * 4 ** (64 / 62)) and not ntk.rope_scaling
+  se = study.rope_config(base, 'self_extend', cfg)
+  assert (se.self_extend_group, se.self_extend_window) == (8, 256)
+  with pytest.raises(Exception, match='rope method'):
+    study.rope_config(base, 'longrope_2x', cfg)
+
+
+def test_interpolated_minilm_reads_past_its_trained_length(minilm, cfg):
+  text = ' '.join(['the sky is blue .'] * 180)  # about 900 tokens
+  ids = minilm.tokenizer.with_max_length(4096).encode([text])[0]
+  assert len(ids) > 600
+  truncated = study.minilm_encoder(minilm, 'truncate', cfg, 1024)([text])
+  stretched = study.minilm_encoder(minilm, 'interpolate_2x', cfg, 1024)([text])
+  assert stretched.shape == truncated.shape == (1, 384)
+  assert np.isfinite(stretched).all() and np.abs(stretched - truncated).max() > 1e-3
+
+
+def test_summary_follows_the_records():
+  recs = [{'model': 'minilm', 'method': m, 'task': 'passkey', 'length': n, 'score': s}
+          for m, n, s in (('truncate', 256, 0.7), ('truncate', 512, 0.3), ('chunk', 256, 0.2))]
+  s = study.summarize(recs)
+  assert s == {'minilm': {'truncate': {'passkey': {'256': 0.7, '512': 0.3}},
+                          'chunk': {'passkey': {'256': 0.2}}}, 'rope': {}}
+  table = study.markdown(s)
+  assert '| truncate | 0.700 | 0.300 |' in table and '| chunk | 0.200 | - |' in table
