@@ -660,6 +660,61 @@ def _write_block(rel: str, start_marker: str, block: str) -> None:
   atomic_write_text(path, text[:start] + block + text[end:])
 
 
+LOSSES_RESULT = 'results/bench_losses_cpu.json'
+LOSSES_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+                f'from {LOSSES_RESULT}; do not edit it by hand. -->')
+
+
+def losses_doc_block() -> str:
+  """BENCHMARKS.md's loss-cost run: each loss's value-and-grad against InfoNCE's at the same
+  batch, and against one train step."""
+  path = paths.repo_root() / LOSSES_RESULT
+  if not path.exists():
+    return '\n'.join([LOSSES_START, '', 'Not run yet.', '', README_END])
+  record = json.loads(path.read_text())
+  prov, results = _record_provenance(record), record['results']
+  batches = sorted(results, key=int)
+  lines = [LOSSES_START, '',
+           f'{_run_prefix(LOSSES_RESULT, prov)}, {(prov.get("machine") or {}).get("cpu", "?")}; '
+           f'one train step at batch {record["settings"]["step"]["batch"]}: '
+           f'{record["step_median_ms"]:.0f} ms median):', '',
+           '| loss | ' + ' | '.join(f'B={b}: ms (x InfoNCE)' for b in batches) +
+           f' | fraction of a step (B={batches[0]}) |', '|---|' + '---:|' * (len(batches) + 1)]
+  for loss in results[batches[0]]:
+    cells = [f'{results[b][loss]["median_ms"]:.3f} ({results[b][loss]["ratio_vs_info_nce"]:.2f})'
+             for b in batches]
+    lines.append(f'| {loss} | ' + ' | '.join(cells) +
+                 f' | {results[batches[0]][loss]["fraction_of_step"]:.1e} |')
+  return '\n'.join([*lines, '', README_END])
+
+
+LONG_RESULT = 'results/bench_long_context_cpu.json'
+LONG_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+              f'from {LONG_RESULT}; do not edit it by hand. -->')
+
+
+def long_context_doc_block() -> str:
+  """BENCHMARKS.md's long-input run: time and peak memory against length, blocked and plain."""
+  path = paths.repo_root() / LONG_RESULT
+  if not path.exists():
+    return '\n'.join([LONG_START, '', 'Not run yet.', '', README_END])
+  record = json.loads(path.read_text())
+  prov = _record_provenance(record)
+  lines = [LONG_START, '',
+           f'{_run_prefix(LONG_RESULT, prov)}, {(prov.get("machine") or {}).get("cpu", "?")}; '
+           f'{record["model"]}, one text per length, query blocks of {record["block"]}):', '',
+           '| tokens | blocked: median s | blocked: peak GiB | plain: median s | plain: peak GiB |',
+           '|---:|---:|---:|---:|---:|']
+  for length, cells in sorted(record['results'].items(), key=lambda kv: int(kv[0])):
+    row = [f'{int(length):,}']
+    for name in ('blocked', 'plain'):
+      r = cells[name]
+      row += (['failed', '-'] if 'error' in r else
+              [f'{r["median_s"]:.2f}', f'{r["peak_rss_gib"]:.2f}'])
+    lines.append('| ' + ' | '.join(row) + ' |')
+  return '\n'.join([*lines, '', README_END])
+
+
 def write_readme_table() -> None:
   """Rewrites the generated tables of README.md and the docs from their result files."""
   _write_block('README.md', README_START, readme_eval_block())
@@ -672,6 +727,8 @@ def write_readme_table() -> None:
   _write_block(SHARDED_DOC, GRADCACHE_START, gradcache_doc_block())
   _write_block(SHARDED_DOC, ENCODE_START, encode_doc_block())
   _write_block(SHARDED_DOC, TRAIN_START, train_doc_block())
+  _write_block(SHARDED_DOC, LOSSES_START, losses_doc_block())
+  _write_block(SHARDED_DOC, LONG_START, long_context_doc_block())
 
 
 def _flags(fv) -> None:
