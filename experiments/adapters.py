@@ -21,12 +21,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import flags
 
 from embedjax import paths, posthoc
-from embedjax.config import ConfigError, config_overrides, load_config, run_main
+from embedjax.config import ConfigError, config_overrides, load_config
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import Run, config_hash
+from embedjax.provenance import Run
 from experiments import cells
 
 CONFIG = 'configs/adapters.py'
@@ -45,8 +44,7 @@ def _cells() -> list[str]:
 
 
 def cell_config(cell: str, seed: int = 0, overrides=()):
-  cfg = load_config(f'{paths.repo_root() / CONFIG}:{cell}', [*overrides, f'--config.seed={seed}'])
-  return cfg, config_hash(cfg)
+  return cells.cell_config(CONFIG, cell, seed, overrides)
 
 
 def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
@@ -250,46 +248,28 @@ def write_summary(root: Path | None = None) -> dict:
 
 
 def _flags(fv) -> None:
-  flags.DEFINE_list('cells', [], 'cells to run (configs/adapters.py CELLS); none = every cell',
-                    flag_values=fv)
-  flags.DEFINE_list('seeds', ['0', '1'], 'seeds of the adr and qdc cells', flag_values=fv)
-  flags.DEFINE_string('results-dir', str(results_dir()), 'records and summary go here',
-                      flag_values=fv)
-  flags.DEFINE_list('redo', [], 'CELL/seedN runs to make again although their config is current',
-                    flag_values=fv)
-  flags.DEFINE_bool('list', False, 'only say which runs have records', flag_values=fv)
-  flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
-                    flag_values=fv)
+  cells.define_flags(fv, config_rel=CONFIG, results_dir=results_dir(),
+                     seeds_help='seeds of the adr and qdc cells')
 
 
 def main(cfg, fv) -> int:
   del cfg  # each cell loads its own config, with the same overrides
-  asked = fv['cells'].value or _cells()
-  unknown = [c for c in asked if c not in _cells()]
-  if unknown:
-    raise ConfigError(f'--cells {unknown[0]!r}: not a cell of {CONFIG} ({_cells()})')
   results = Path(fv['results-dir'].value)
-  runs = expected_runs([int(s) for s in fv['seeds'].value])
+  selected = cells.selected_runs(fv, _cells(), expected_runs)
   if fv['list'].value:
-    for cell, seed in expected_runs():
-      print(f"{cell + '/seed' + str(seed):24s} "
-            f"{'done' if record_path(cell, seed, results).exists() else '-'}")
+    cells.list_runs(expected_runs(), lambda c, s: record_path(c, s, results))
     return 0
   if not fv['summarize'].value:
     data_dir = paths.shared_data_dir()
     if data_dir is None:
       raise ConfigError('the adapters study reads ../shared/data (or $EMBEDJAX_DATA_DIR)')
-    redo = set(fv['redo'].value)
-    bad = sorted(redo - {f'{c}/seed{s}' for c, s in runs})
-    if bad:
-      raise ConfigError(f'--redo {bad[0]!r}: not a run of the study (CELL/seedN)')
-    for cell, seed in [r for c in asked for r in runs if r[0] == c]:
+    for cell, seed, force in selected:
       run_cell(cell, seed, data_dir=data_dir, overrides=config_overrides(sys.argv[1:]),
-               results=results, force=f'{cell}/seed{seed}' in redo)
+               results=results, force=force)
       write_summary(results)
   print(markdown(write_summary(results)))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(run_main(main, f'{CONFIG}:frozen', define_flags=_flags))
+  sys.exit(cells.run_study(main, f'{CONFIG}:frozen', _flags))

@@ -23,12 +23,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from embedjax import merging, paths
-from embedjax.config import ConfigError, config_overrides, load_config, run_main
+from embedjax.config import ConfigError, config_overrides, load_config
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import Run, config_hash
+from embedjax.provenance import Run
 from experiments import cells
 
 CONFIG = 'configs/merging.py'
@@ -50,8 +49,7 @@ def record_path(cell: str, seed: int, root: Path | None = None) -> Path:
 
 
 def cell_config(cell: str, seed: int = 0, overrides=()):
-  cfg = load_config(f'{paths.repo_root() / CONFIG}:{cell}', [*overrides, f'--config.seed={seed}'])
-  return cfg, config_hash(cfg)
+  return cells.cell_config(CONFIG, cell, seed, overrides)
 
 
 def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
@@ -324,38 +322,28 @@ def write_summary(root: Path | None = None) -> dict:
 
 
 def _flags(fv) -> None:
-  flags.DEFINE_list('cells', [], 'cells to run (configs/merging.py CELLS); none = every cell',
-                    flag_values=fv)
-  flags.DEFINE_list('seeds', ['0', '1'], 'seeds (specialists, multi-task, merges)', flag_values=fv)
-  flags.DEFINE_string('results-dir', str(results_dir()), 'records and summary go here',
-                      flag_values=fv)
-  flags.DEFINE_list('redo', [], 'CELL/seedN runs to make again although their config is current',
-                    flag_values=fv)
-  flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
-                    flag_values=fv)
+  cells.define_flags(fv, config_rel=CONFIG, results_dir=results_dir(),
+                     seeds_help='seeds (specialists, multi-task, merges)')
 
 
 def main(cfg, fv) -> int:
-  del cfg
-  known = list(_configs().CELLS)
-  asked = fv['cells'].value or known
-  unknown = [c for c in asked if c not in known]
-  if unknown:
-    raise ConfigError(f'--cells {unknown[0]!r}: not a cell of {CONFIG}')
+  del cfg  # each cell loads its own config, with the same overrides
   results = Path(fv['results-dir'].value)
+  selected = cells.selected_runs(fv, list(_configs().CELLS), expected_runs)
+  if fv['list'].value:
+    cells.list_runs(expected_runs(), lambda c, s: record_path(c, s, results))
+    return 0
   if not fv['summarize'].value:
     data_dir = paths.shared_data_dir()
     if data_dir is None:
       raise ConfigError('the merging study reads ../shared/data (or $EMBEDJAX_DATA_DIR)')
-    runs = expected_runs([int(s) for s in fv['seeds'].value])
-    redo = set(fv['redo'].value)
-    for cell, seed in [r for c in asked for r in runs if r[0] == c]:
+    for cell, seed, force in selected:
       run_cell(cell, seed, data_dir=data_dir, overrides=config_overrides(sys.argv[1:]),
-               results=results, force=f'{cell}/seed{seed}' in redo)
+               results=results, force=force)
       write_summary(results)
   print(markdown(write_summary(results)))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(run_main(main, f'{CONFIG}:uniform_soup', define_flags=_flags))
+  sys.exit(cells.run_study(main, f'{CONFIG}:uniform_soup', _flags))

@@ -31,12 +31,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from embedjax import paths, pruning
-from embedjax.config import ConfigError, load_config, run_main
+from embedjax.config import ConfigError, load_config
 from embedjax.io import atomic_write_json, atomic_write_text
-from embedjax.provenance import Run, config_hash
+from embedjax.provenance import Run
 from experiments import cells
 
 CONFIG = 'configs/pruning.py'
@@ -55,8 +54,7 @@ def _cells() -> list[str]:
 
 
 def cell_config(cell: str, seed: int = 0, overrides=()):
-  cfg = load_config(f'{paths.repo_root() / CONFIG}:{cell}', [*overrides, f'--config.seed={seed}'])
-  return cfg, config_hash(cfg)
+  return cells.cell_config(CONFIG, cell, seed, overrides)
 
 
 def config_is_current(cell: str, seed: int, root: Path | None = None) -> bool:
@@ -352,46 +350,26 @@ def write_summary(root: Path | None = None) -> dict:
 
 
 def _flags(fv) -> None:
-  flags.DEFINE_list('cells', [], 'cells to run (configs/pruning.py CELLS); none = every cell',
-                    flag_values=fv)
-  flags.DEFINE_list('seeds', ['0', '1'], 'seeds of each recovered cell', flag_values=fv)
-  flags.DEFINE_string('runs-dir', str(paths.repo_root() / 'runs' / 'pruning'),
-                      'recovery fine-tuning workdirs go here', flag_values=fv)
-  flags.DEFINE_string('results-dir', str(results_dir()), 'records and summary go here',
-                      flag_values=fv)
-  flags.DEFINE_list('redo', [], 'CELL/seedN runs to make again from scratch although their config '
-                    'is current: `make results` names the runs whose code changed', flag_values=fv)
-  flags.DEFINE_bool('list', False, 'only say which cells have records', flag_values=fv)
-  flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
-                    flag_values=fv)
+  cells.define_flags(fv, config_rel=CONFIG, results_dir=results_dir(),
+                     seeds_help='seeds of each recovered cell',
+                     runs_dir=paths.repo_root() / 'runs' / 'pruning')
 
 
 def main(cfg, fv) -> int:
   del cfg  # each cell loads its own config, with the same overrides
   from embedjax.config import config_overrides
-  asked = fv['cells'].value or _cells()
-  unknown = [c for c in asked if c not in _cells()]
-  if unknown:
-    raise ConfigError(f'--cells {unknown[0]!r}: not a cell of {CONFIG} ({_cells()})')
+  from experiments.recipes import _restart_workdir
   results = Path(fv['results-dir'].value)
+  selected = cells.selected_runs(fv, _cells(), expected_runs)
   if fv['list'].value:
-    for cell, seed in expected_runs():
-      done = record_path(cell, seed, results).exists()
-      print(f"{cell + '/seed' + str(seed):40s} {'done' if done else '-'}")
+    cells.list_runs(expected_runs(), lambda c, s: record_path(c, s, results))
     return 0
   if not fv['summarize'].value:
     data_dir = paths.shared_data_dir()
     if data_dir is None:
       raise ConfigError('the pruning study reads ../shared/data (or $EMBEDJAX_DATA_DIR)')
-    from experiments.recipes import _restart_workdir
     cache: dict = {}
-    runs = expected_runs([int(s) for s in fv['seeds'].value])
-    redo = set(fv['redo'].value)
-    unknown = sorted(redo - {f'{c}/seed{s}' for c, s in runs})
-    if unknown:
-      raise ConfigError(f'--redo {unknown[0]!r}: not a run of the study (CELL/seedN)')
-    for cell, seed in [r for c in asked for r in runs if r[0] == c]:  # in the order asked
-      force = f'{cell}/seed{seed}' in redo
+    for cell, seed, force in selected:
       if force:
         _restart_workdir(Path(fv['runs-dir'].value) / cell / f'seed{seed}')
       run_cell(cell, seed, data_dir=data_dir, runs_dir=Path(fv['runs-dir'].value),
@@ -403,4 +381,4 @@ def main(cfg, fv) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(run_main(main, f'{CONFIG}:dense', define_flags=_flags))
+  sys.exit(cells.run_study(main, f'{CONFIG}:dense', _flags))
