@@ -8,7 +8,7 @@ The packaged model's position table is stretched to each length by linear interp
 (``embedjax.models.positions.extend_positions``); one text of that many random token ids (seed 0)
 goes through the jitted model (``embedjax.models.embedder.embed``: encoder, mean pooling,
 normalisation). Each (length, attention) cell runs in a fresh Python process, so that its peak
-resident memory (``ru_maxrss``) is its own: after one untimed call (compilation), ``--runs`` timed
+resident memory (``VmHWM``, :mod:`embedjax.process_memory`) is its own: after one untimed call (compilation), ``--runs`` timed
 calls; reported: the median seconds, tokens/s and the peak RSS in GiB. ``blocked`` attends queries
 in blocks of ``--block`` tokens (``BertConfig.attention_block``); ``plain`` builds the (L, L)
 attention arrays. Writes ``results/bench_long_context_cpu.json`` with provenance (``--quick``:
@@ -29,11 +29,12 @@ _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
 CELL = r'''
-import dataclasses, json, resource, sys, time
+import dataclasses, json, sys, time
 import jax, numpy as np
 from embedjax.models.pretrained import load_pretrained
 from embedjax.models.positions import extend_positions
 from embedjax.models.embedder import embed
+from embedjax.process_memory import peak_rss_bytes
 length, block, runs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 m = load_pretrained('all-MiniLM-L6-v2')
 params, bert = extend_positions(m.params, m.spec.bert, max(length, m.spec.bert.max_positions))
@@ -48,7 +49,7 @@ for _ in range(runs):
   t0 = time.perf_counter()
   fn(params, ids, mask).block_until_ready()
   times.append(time.perf_counter() - t0)
-print(json.dumps({'seconds': times, 'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+print(json.dumps({'seconds': times, 'peak_rss_gib': peak_rss_bytes() / 2 ** 30}))
 '''
 
 

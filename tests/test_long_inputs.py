@@ -35,7 +35,7 @@ def test_an_8k_token_input_encodes_with_minilm_in_under_4_gib(minilm):
   import subprocess
   import sys
   script = f'''
-import dataclasses, resource
+import dataclasses
 import jax, jax.numpy as jnp, numpy as np
 from embedjax.models.pretrained import load_pretrained
 from embedjax.models.positions import extend_positions
@@ -47,7 +47,8 @@ spec = dataclasses.replace(m.spec, bert=dataclasses.replace(bert, attention_bloc
 ids = np.random.default_rng(0).integers(1000, 20000, (1, 8192)).astype(np.int32)
 out = jax.jit(lambda p, i, a: embed(p, spec, i, a))(params, ids, np.ones_like(ids))
 assert out.shape == (1, 384) and bool(jnp.isfinite(out).all())
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)  # KiB -> GiB
+from embedjax.process_memory import peak_rss_bytes
+print(peak_rss_bytes() / 2 ** 30)  # this process's own peak, not its parent's (see process_memory)
 '''
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
