@@ -1,7 +1,7 @@
 """Compressed multi-vector indexes: ColBERTv2 residual compression and PLAID-style search.
 
 Residual compression (Santhanam et al., ColBERTv2, 2022). Token vectors are clustered by k-means
-(k-means++ seeds, Lloyd steps) and the centroids normalised; a token is stored as the id of its
+(random or k-means++ seeds, Lloyd steps) and the centroids normalised; a token is stored as the id of its
 centroid (largest inner product) and its residual ``token - centroid``, every residual coordinate
 quantised to ``bits`` bits by buckets shared by all dimensions: the cutoffs are the
 ``i / 2**bits`` quantiles of the fitted residual values, and a bucket decodes to its ``(i + 0.5) /
@@ -34,10 +34,10 @@ import numpy as np
 from flax import struct
 
 from embedjax.kmeans_seeding import kmeans_plusplus
-from embedjax.quant.pq import lloyd
 from embedjax.search.multivector import check_corpus, maxsim_scores
 
 _CANDIDATE_BLOCK = 256  # candidates scored at once in stage 2 (also the padding granularity)
+_ROW_BLOCK = 4096  # token rows scored against every centroid at once (k-means, assignment)
 
 
 @struct.dataclass
@@ -50,11 +50,20 @@ class ResidualCodec:
 
 
 def fit_codec(key: jax.Array, tokens, num_centroids: int, *, bits: int = 2, iters: int = 20,
-              sample: int | None = None) -> ResidualCodec:
+              sample: int | None = None, init: str = 'random') -> ResidualCodec:
   """Fits centroids and residual buckets on token vectors (M, d), float; ``sample`` rows at most
-  (drawn with ``key``) for k-means, every row for the buckets."""
+  (drawn with ``key``) for k-means, every row for the buckets.
+
+  ``init``: 'random' seeds k-means with ``num_centroids`` distinct training rows (faiss's default,
+  which ColBERTv2 uses; ColBERTv2 then runs 4 Lloyd steps), 'kmeans++' with k-means++ (better
+  seeds, but K sequential passes over the rows: too slow for a corpus's 16k centroids over a
+  million tokens on a CPU). Lloyd steps and assignment are blocked over the rows, so no (M, K)
+  array is built.
+  """
   if bits not in (1, 2, 4, 8):
     raise ValueError(f'bits must be 1, 2, 4 or 8, got {bits}')
+  if init not in ('random', 'kmeans++'):
+    raise ValueError(f"init must be 'random' or 'kmeans++', got {init!r}")
   tokens = jnp.asarray(tokens, jnp.float32)
   chex.assert_rank(tokens, 2)
   m = tokens.shape[0]
@@ -64,7 +73,11 @@ def fit_codec(key: jax.Array, tokens, num_centroids: int, *, bits: int = 2, iter
   train = tokens
   if sample is not None and sample < m:
     train = tokens[jax.random.choice(sample_key, m, (sample,), replace=False)]
-  centers = lloyd(train, kmeans_plusplus(seed_key, train, num_centroids), iters)
+  if init == 'random':
+    seeds = train[jax.random.choice(seed_key, train.shape[0], (num_centroids,), replace=False)]
+  else:
+    seeds = kmeans_plusplus(seed_key, train, num_centroids)
+  centers = blocked_lloyd(train, seeds, iters)
   centers = centers / jnp.maximum(jnp.linalg.norm(centers, axis=1, keepdims=True), 1e-12)
   residuals = tokens - centers[assign(centers, tokens)]
   levels = 2 ** bits
@@ -75,11 +88,59 @@ def fit_codec(key: jax.Array, tokens, num_centroids: int, *, bits: int = 2, iter
                        weights=weights.astype(jnp.float32), bits=bits)
 
 
+def _best_centroid(x: jax.Array, centroids: jax.Array, bias: jax.Array | None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(M, d), (K, d), optional (K,) -> each row's argmax of ``x c + bias`` (M,) int32 and that
+  maximum (M,), scored ``_ROW_BLOCK`` rows at a time (a (block, K) array, never (M, K)); ties go
+  to the lower centroid."""
+  m, d = x.shape
+  pad = -m % _ROW_BLOCK
+  blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, _ROW_BLOCK, d)
+
+  def one(xb):
+    s = jnp.dot(xb, centroids.T, precision=jax.lax.Precision.HIGHEST)
+    if bias is not None:
+      s = s + bias
+    return jnp.argmax(s, axis=1).astype(jnp.int32), jnp.max(s, axis=1)
+
+  labels, best = jax.lax.map(one, blocks)
+  return labels.reshape(-1)[:m], best.reshape(-1)[:m]
+
+
+@functools.partial(jax.jit, static_argnames=('iters',))
+def blocked_lloyd(x: jax.Array, centers: jax.Array, iters: int) -> jax.Array:
+  """``iters`` Lloyd steps (squared Euclidean) from ``centers`` (K, d) over rows x (M, d).
+
+  The same steps as ``quant.pq.lloyd`` (an empty cluster takes the e-th farthest point from its
+  own centroid), but the nearest centroid is found block by block: pq's (M, K) distance array is
+  72 GB for a corpus's 1.1M tokens and 16k centroids.
+  """
+  k = centers.shape[0]
+  sq_x = jnp.sum(x * x, axis=1)
+
+  def step(_, centers):
+    # argmin |x - c|^2 = argmax (x c - |c|^2 / 2)
+    labels, best = _best_centroid(x, centers, -0.5 * jnp.sum(centers * centers, axis=1))
+    own = sq_x - 2.0 * best
+    sums = jax.ops.segment_sum(x, labels, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(own), labels, num_segments=k)
+    empty = counts == 0
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+
+    def reseed(means):
+      _, far = jax.lax.top_k(own, min(k, own.shape[0]))
+      seed = x[far[jnp.clip(jnp.cumsum(empty) - 1, 0, far.shape[0] - 1)]]
+      return jnp.where(empty[:, None], seed, means)
+
+    return jax.lax.cond(jnp.any(empty), reseed, lambda m: m, means)
+
+  return jax.lax.fori_loop(0, iters, step, centers)
+
+
 @jax.jit
 def assign(centroids: jax.Array, tokens: jax.Array) -> jax.Array:
   """(K, d), (M, d) -> (M,) int32: each token's centroid of largest inner product."""
-  scores = jnp.dot(tokens, centroids.T, precision=jax.lax.Precision.HIGHEST)
-  return jnp.argmax(scores, axis=1).astype(jnp.int32)
+  return _best_centroid(tokens, centroids, None)[0]
 
 
 def id_dtype(num_centroids: int):

@@ -4,6 +4,7 @@ inverted lists, and equality with exact MaxSim search when every centroid is pro
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -106,3 +107,36 @@ def test_bad_input_is_refused(corpus):
     plaid.search(index, queries[..., :8], qmask, 3)
   with pytest.raises(ValueError, match='num_centroids'):
     plaid.fit_codec(jax.random.key(0), docs[mask][:5], 6)
+  with pytest.raises(ValueError, match="init must be 'random' or 'kmeans\\+\\+'"):
+    plaid.fit_codec(jax.random.key(0), docs[mask], 6, init='forgy')
+
+
+def test_assignment_over_several_row_blocks_equals_numpy_argmax():
+  rng = np.random.default_rng(1)
+  tokens = rng.standard_normal((plaid._ROW_BLOCK + 905, 8)).astype(np.float32)
+  centroids = rng.standard_normal((37, 8)).astype(np.float32)
+  want = np.argmax(tokens.astype(np.float64) @ centroids.T.astype(np.float64), axis=1)
+  np.testing.assert_array_equal(np.asarray(plaid.assign(centroids, tokens)), want)
+
+
+def test_blocked_lloyd_takes_the_same_steps_as_pq_lloyd():
+  """Against quant.pq.lloyd (one (M, K) array), including the reseeding of an empty cluster: the
+  third seed is far from every row, so it owns none after the first assignment."""
+  from embedjax.quant.pq import lloyd
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((plaid._ROW_BLOCK + 300, 6)).astype(np.float32)
+  seeds = np.concatenate([x[:2], np.full((1, 6), 50.0, np.float32), x[2:9]])
+  for iters in (1, 5):
+    want = np.asarray(jax.jit(lloyd, static_argnums=2)(jnp.asarray(x), jnp.asarray(seeds), iters))
+    np.testing.assert_allclose(np.asarray(plaid.blocked_lloyd(x, seeds, iters)), want,
+                               rtol=1e-4, atol=1e-5)
+  assert np.abs(np.asarray(plaid.blocked_lloyd(x, seeds, 1))[2]).max() < 10  # reseeded
+
+
+def test_kmeans_plusplus_seeding_gives_a_codec_whose_search_keeps_recall(corpus):
+  docs, mask, queries, qmask, _ = corpus  # the fixture's codec is seeded at random (the default)
+  codec = plaid.fit_codec(jax.random.key(3), docs[mask], 24, bits=2, init='kmeans++')
+  index = plaid.build_index(codec, docs, mask, keep_float=True)
+  _, exact = topk_maxsim(queries, qmask, docs, mask, 10)
+  _, got = plaid.search(index, queries, qmask, 10, ndocs=40)
+  assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, np.asarray(exact))]) >= 0.95
