@@ -19,6 +19,9 @@ Life cycle of one table:
 * ``table.param_bytes(served)``: the exact bytes of ``served`` -- every array that serving needs,
   at its storage width, plus stated index overhead. Hash functions are derived from integer
   seeds in the static configuration and are not counted (nor are vocab sizes).
+* ``table.row_reads(ids)`` (row tables only, else None): (B, F) int32 rows of
+  ``params['embedding']`` with ``lookup(params, ids) == take(params['embedding'], row_reads(ids))``,
+  which is what a row-wise sparse optimizer (``sparse_optim``) needs to update only those rows.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Table:
     finalize: params -> served (identity unless the stored form differs).
     post_update: (params, key) -> params, applied after each optimizer step.
     regularizer: params -> scalar added to the training loss.
+    row_reads: ids -> (B, F) rows of params['embedding'] that lookup reads, or None.
     config: the hyperparameters, as plain JSON-able data for result files.
   """
 
@@ -85,6 +89,7 @@ class Table:
   finalize: Callable[[Params], Params] = _identity
   post_update: Callable[[Params, jax.Array], Params] = _keep
   regularizer: Callable[[Params], jax.Array] = _zero
+  row_reads: Callable[[jax.Array], jax.Array] | None = None
   config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
@@ -186,12 +191,16 @@ def full(vocab_sizes: Sequence[int], dim: int, *, init_std: float = 0.01) -> Tab
   def init(key):
     return {'embedding': normal_init(key, (n, dim), init_std)}
 
+  def row_reads(ids):
+    check_ids(ids, vocab_sizes)
+    return global_ids(ids, vocab_sizes)
+
   def lookup(params, ids, key=None):
     del key
-    check_ids(ids, vocab_sizes)
-    return jnp.take(params['embedding'], global_ids(ids, vocab_sizes), axis=0)
+    return jnp.take(params['embedding'], row_reads(ids), axis=0)
 
-  return Table('full', vocab_sizes, dim, init, lookup, config={'rows': n, 'init_std': init_std})
+  return Table('full', vocab_sizes, dim, init, lookup, row_reads=row_reads,
+               config={'rows': n, 'init_std': init_std})
 
 
 def full_for_budget(vocab_sizes: Sequence[int], dim: int, budget_bytes: int, **kw) -> Table:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import base, dhe, hashing, low_precision, mixed_dim, optembed, qr, tt, unified
+from embedjax.tables import (base, dhe, hashing, low_precision, mixed_dim, optembed, qr, robe, tt,
+                             unified)
 
 TABLES = {
     'full': base.full,
@@ -25,6 +26,7 @@ TABLES = {
     'optembed': optembed.supernet,  # stage 1; optembed.fixed is stage 3
     'int8': low_precision.int8,
     'lpt': low_precision.lpt,
+    'robe': robe.robe,
 }
 
 BUDGETED = {
@@ -38,6 +40,7 @@ BUDGETED = {
     'optembed': optembed.for_budget,
     'int8': low_precision.int8_for_budget,
     'lpt': low_precision.lpt_for_budget,
+    'robe': robe.for_budget,
 }
 
 

@@ -1,4 +1,5 @@
-"""A small, local trainer for CTR models on any table: pure jitted step, BCE, Adam/Adagrad.
+"""A small, local trainer for CTR models on any table: pure jitted step, BCE, Adam/Adagrad, and
+row-wise sparse optimizers for row tables (``make_sparse_train_step``, ``sparse_optim``).
 
 ``state = init_state(table, model, optimizer, key)`` then ``state, metrics = step(state, ids,
 labels, key)`` with ``step = make_train_step(table, model, optimizer)``. The step key is folded
@@ -23,6 +24,7 @@ import optax
 from embedjax.tables import metrics as ctr_metrics
 from embedjax.tables.base import Table
 from embedjax.tables.ctr_models import Model
+from embedjax.tables.sparse_optim import ROW_OPTIMIZERS, RowOptimizer, row_gradients
 # The encoder trainer's state (step, params, opt_state) serves the tables as it is. It is the one
 # import from embedjax.train, a leaf module that depends on flax/jax/optax only, so the tables do
 # not pull in the trainer (a departure from DESIGN.md's dependency direction, for one TrainState).
@@ -33,6 +35,11 @@ from embedjax.train.state import TrainState, create_state
 # schedule, decay masks and freezing read from a config block, and has no Adagrad: it does not
 # serve here.
 OPTIMIZERS = {'adam': optax.adam, 'adagrad': optax.adagrad}
+# Row-wise sparse optimizers for the table (``sparse_optim``; row tables only), each with the
+# dense optimizer of its family for the model's parameters.
+SPARSE_OPTIMIZERS = {'sparse_adagrad': ('adagrad', 'adagrad'),
+                     'rowwise_adagrad': ('rowwise_adagrad', 'adagrad'),
+                     'lazy_adam': ('lazy_adam', 'adam')}
 
 
 def init_state(table: Table, model: Model, optimizer: optax.GradientTransformation,
@@ -67,6 +74,50 @@ def make_train_step(table: Table, model: Model, optimizer: optax.GradientTransfo
     params = optax.apply_updates(state.params, updates)
     params = {**params, 'table': table.post_update(params['table'], k_post)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), aux
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def init_sparse_state(table: Table, model: Model, model_optimizer: optax.GradientTransformation,
+                      row_optimizer: RowOptimizer, key: jax.Array) -> TrainState:
+  """``init_state`` for :func:`make_sparse_train_step`: ``opt_state = {'model': ..., 'table': ...}``."""
+  kt, km = jax.random.split(key)
+  params = {'table': table.init(kt), 'model': model.init(km)}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state={'model': model_optimizer.init(params['model']),
+                               'table': row_optimizer.init(params['table']['embedding'])})
+
+
+def make_sparse_train_step(table: Table, model: Model, model_optimizer: optax.GradientTransformation,
+                           row_optimizer: RowOptimizer) -> Callable:
+  """As :func:`make_train_step`, but the table's rows are updated by ``row_optimizer`` on the rows
+  the batch read only (``table.row_reads``): no (N, D) gradient or optimizer pass per step."""
+  if table.row_reads is None:
+    raise ValueError(f"table {table.name!r} has no row_reads: a row-wise sparse optimizer needs a "
+                     "row table ('full' or 'hashing')")
+
+  def loss_fn(model_params, vectors, labels):
+    bce = optax.sigmoid_binary_cross_entropy(model.apply(model_params, vectors), labels).mean()
+    return bce, {'bce': bce, 'reg': jnp.zeros((), jnp.float32)}
+
+  def step(state: TrainState, ids, labels, key):
+    chex.assert_rank(ids, 2)
+    chex.assert_equal_shape_prefix((ids, labels), 1)
+    del key  # row tables sample nothing
+    embedding = state.params['table']['embedding']
+    rows = table.row_reads(ids)
+    vectors = jnp.take(embedding, rows, axis=0)
+    (g_model, g_vectors), aux = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state.params['model'], vectors, labels)
+    read, g_rows = row_gradients(rows, g_vectors, embedding.shape[0])
+    embedding, table_state = row_optimizer.update(state.opt_state['table'], embedding, read,
+                                                  g_rows, state.step)
+    updates, model_state = model_optimizer.update(g_model, state.opt_state['model'],
+                                                  state.params['model'])
+    params = {'table': {**state.params['table'], 'embedding': embedding},
+              'model': optax.apply_updates(state.params['model'], updates)}
+    return TrainState(step=state.step + 1, params=params,
+                      opt_state={'model': model_state, 'table': table_state}), aux
 
   return jax.jit(step, donate_argnums=0)
 
@@ -112,12 +163,21 @@ def fit(table: Table, model: Model, train: tuple[np.ndarray, np.ndarray],
   seeds. The log holds per-epoch validation metrics, the best epoch and the training throughput
   (steps/s over all steps after the first, which includes compilation).
   """
-  opt = OPTIMIZERS[optimizer](lr)
-  step_fn = step_fn or make_train_step(table, model, opt)
+  if optimizer not in OPTIMIZERS and optimizer not in SPARSE_OPTIMIZERS:
+    raise ValueError(f'optimizer must be one of {sorted(OPTIMIZERS) + sorted(SPARSE_OPTIMIZERS)}, '
+                     f'got {optimizer!r}')
   predict = predict or make_predict(table, model)
   key = jax.random.key(seed)
   k_init, k_steps = jax.random.split(key)
-  state = init_state(table, model, opt, k_init)
+  if optimizer in SPARSE_OPTIMIZERS:
+    row_name, model_name = SPARSE_OPTIMIZERS[optimizer]
+    opt, rows_opt = OPTIMIZERS[model_name](lr), ROW_OPTIMIZERS[row_name](lr)
+    step_fn = step_fn or make_sparse_train_step(table, model, opt, rows_opt)
+    state = init_sparse_state(table, model, opt, rows_opt, k_init)
+  else:
+    opt = OPTIMIZERS[optimizer](lr)
+    step_fn = step_fn or make_train_step(table, model, opt)
+    state = init_state(table, model, opt, k_init)
   ids, labels = train
   n = ids.shape[0]
   steps_per_epoch = n // batch_size

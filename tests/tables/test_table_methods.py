@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from embedjax.tables import base, dhe, hashing, low_precision, methods, mixed_dim, qr, tt, unified
+from embedjax.tables import (base, dhe, hashing, low_precision, methods, mixed_dim, qr, robe, tt,
+                             unified)
 
 VOCAB = (50, 7, 2, 300, 13)
 DIM = 8
@@ -45,6 +46,7 @@ CASES = {
     'int8': (lambda: low_precision.int8(VOCAB, DIM), 372 * 8 + 372 * 2),
     'lpt4': (lambda: low_precision.lpt(VOCAB, DIM, bits=4), 372 * 8 // 2 + 372 * 2),
     'lpt2': (lambda: low_precision.lpt(VOCAB, DIM, bits=2), 372 * 8 // 4 + 372 * 2),
+    'robe': (lambda: robe.robe(VOCAB, DIM, size=301, block=3), 301 * 4),
 }
 
 
@@ -253,7 +255,7 @@ def test_for_budget_respects_budget(name, fraction):
   nbytes = table.param_bytes(served)
   assert nbytes <= budget
   # A method that can shrink should use most of a generous budget.
-  if name in ('hashing', 'unified', 'tt', 'dhe') and fraction >= 0.1:
+  if name in ('hashing', 'unified', 'tt', 'dhe', 'robe') and fraction >= 0.1:
     assert nbytes >= 0.8 * budget, (name, nbytes, budget)
 
 
@@ -293,3 +295,62 @@ def test_bad_ids_shape_is_rejected():
     table.lookup(params, jnp.zeros((4, 3), jnp.int32))
   with pytest.raises(TypeError):
     table.lookup(params, jnp.zeros((4, 5), jnp.float32))
+
+
+def test_robe_reads_wrapping_blocks_at_hashed_offsets_as_numpy_does():
+  """ROBE's lookup against a host reference written from the paper's description: block j of
+  global id g starts at hash(g, seed + j) % size and runs ``block`` entries, wrapping around."""
+  size, block, seed = 41, 3, 5
+  table = robe.robe(VOCAB, DIM, size=size, block=block, seed=seed)
+  params = table.init(jax.random.key(0))
+  array = np.asarray(params['array'])
+  ids = np.asarray(_ids(20, seed=4))
+  gid = ids + base.field_offsets(VOCAB)
+  want = np.empty(ids.shape + (DIM,), np.float32)
+  for b, f in np.ndindex(*ids.shape):
+    vec = []
+    for j in range(-(-DIM // block)):
+      start = int(base.hash_u32(np.asarray([gid[b, f]]), seed + j, np)[0]) % size
+      vec += [array[(start + t) % size] for t in range(block)]
+    want[b, f] = vec[:DIM]
+  np.testing.assert_array_equal(np.asarray(jax.jit(table.lookup)(params, jnp.asarray(ids))), want)
+  # Every read position wraps inside the array, and some vector does wrap at this size.
+  pos = robe.read_positions(ids, VOCAB, DIM, size, block, seed, np)
+  assert pos.min() >= 0 and pos.max() < size
+
+
+def test_robe_gradient_reaches_exactly_the_entries_read():
+  table = robe.robe(VOCAB, DIM, size=997, block=4, seed=1)
+  params = table.init(jax.random.key(1))
+  ids = _ids(3, seed=9)
+  g = np.asarray(jax.grad(lambda p: jnp.sum(table.lookup(p, ids)))(params)['array'])
+  pos = robe.read_positions(np.asarray(ids), VOCAB, DIM, 997, 4, 1, np)
+  np.testing.assert_array_equal(g, np.bincount(pos.ravel(), minlength=997).astype(np.float32))
+
+
+def test_fair_hashing_rows_keep_small_fields_whole():
+  # 300 rows over fields of 1000/10/2/500 ids: 37 each first (the 10- and 2-id fields stay
+  # exact), the other 214 split 963:463 by the ids still hashed -> 145 and 69 more.
+  assert hashing.fair_rows((1000, 10, 2, 500), 300) == [182, 10, 2, 106]
+  assert hashing.proportional_rows((1000, 10, 2, 500), 300) == [199, 1, 1, 99]
+  assert hashing.fair_rows((1000, 10, 2, 500), 5) == [2, 1, 1, 1]
+  assert hashing.fair_rows((1000, 10, 2, 500), 9000) == [1000, 10, 2, 500]
+  table = hashing.for_budget(VOCAB, DIM, FULL // 10)
+  assert table.config['allocation'] == 'fair' and table.config['rows'][2] == 2  # two ids, two rows
+  assert hashing.for_budget(VOCAB, DIM, FULL // 10,
+                            allocation='proportional').config['rows'][2] == 1
+  with pytest.raises(ValueError, match='allocation must be one of'):
+    hashing.for_budget(VOCAB, DIM, FULL, allocation='even')
+  with pytest.raises(base.Infeasible):
+    hashing.fair_rows((1000, 10, 2, 500), 3)
+
+
+@pytest.mark.parametrize('rule', sorted(hashing.ALLOCATIONS))
+def test_row_allocations_spend_exactly_the_rows_given(rule):
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    vocab = rng.integers(1, 400, size=rng.integers(1, 9))
+    total = int(rng.integers(len(vocab), vocab.sum() + 50))
+    rows = np.asarray(hashing.ALLOCATIONS[rule](vocab, total))
+    assert rows.sum() == min(total, vocab.sum()), (vocab, total, rows)
+    assert (rows >= 1).all() and (rows <= vocab).all(), (vocab, total, rows)
