@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import (base, dhe, hashing, low_precision, mixed_dim, optembed, qr, robe, tt,
+from embedjax.tables import (base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, qr, robe, tt,
                              unified)
 
 TABLES = {
@@ -41,6 +41,7 @@ BUDGETED = {
     'int8': low_precision.int8_for_budget,
     'lpt': low_precision.lpt_for_budget,
     'robe': robe.for_budget,
+    'dedup': dedup.for_budget,  # stage 1 (pre-training); dedup.deduplicate meets the budget
 }
 
 
