@@ -8,6 +8,12 @@ memory check (synthetic Zipf data, each method in its own process, peak RSS) is 
 variant:
 
 python -m experiments.table_compression --config configs/table_compression.py:memory
+
+The same benchmark on synthetic Criteo-shaped data (embedjax.data.criteo_synthetic: 26 fields,
+~2M ids, 5M rows; 1 epoch, as CTR models on Criteo are trained), results in
+results/table_compression_criteo.{json,md,png}:
+
+python -m experiments.table_compression --config configs/table_compression.py:criteo
 """
 
 import ml_collections as mlc
@@ -15,9 +21,20 @@ import ml_collections as mlc
 
 def get_config(arg=None):
   c = mlc.ConfigDict()
+  if arg not in (None, 'memory', 'criteo'):
+    raise ValueError(f"config argument must be 'memory' or 'criteo', got {arg!r}")
+  criteo = arg == 'criteo'
   c.mode = 'memory' if arg == 'memory' else 'benchmark'  # which study the run makes
-  c.workdir = 'runs/table_compression'  # per-run JSONL lines here; a rerun skips what is present
-  c.results = 'results/table_compression'  # writes .json, .md, .png (memory mode: _memory.json/.md)
+  c.dataset = 'criteo_synthetic' if criteo else 'movielens'  # the benchmark's data
+  c.workdir = 'runs/table_compression' + ('_criteo' if criteo else '')  # per-run JSONL lines here; a rerun skips what is present
+  c.results = 'results/table_compression' + ('_criteo' if criteo else '')  # writes .json, .md, .png (memory mode: _memory.json/.md)
+
+  c.criteo = mlc.ConfigDict()  # the synthetic Criteo-shaped data (dataset 'criteo_synthetic')
+  c.criteo.rows = 5_000_000  # rows generated
+  c.criteo.total_ids = 2_000_000  # ids over the 26 fields (Kaggle cardinalities scaled)
+  c.criteo.seed = 0  # the generator's seed (data, label model)
+  c.criteo.test_fraction = 0.1  # rows held out for the test split (seeded by criteo.seed)
+  c.criteo.valid_fraction = 0.1  # of the rest, held out for early stopping
 
   c.data = mlc.ConfigDict()  # MovieLens-100k as CTR
   c.data.split = 'u1'  # MovieLens-100k official 80/20 split (u1.base / u1.test)
@@ -26,13 +43,14 @@ def get_config(arg=None):
 
   c.dim = 16  # embedding width of every field
   c.model = 'fm'  # the model under every table in the main grid (lr, fm, deepfm, dlrm)
-  c.model_sweep = ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
+  c.model_sweep = () if criteo else ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
   c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
-      'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt')
+      'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt',
+      'robe', 'dedup')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
   c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
-  c.epochs = 8  # the epoch with the best validation AUC is kept (early stopping)
-  c.batch_size = 512  # training rows per step
+  c.epochs = 1 if criteo else 8  # the epoch with the best validation AUC is kept (early stopping)
+  c.batch_size = 2048 if criteo else 512  # training rows per step
   c.optimizer = 'adam'  # optax optimizer of the table and the model
   c.lr = 3e-3  # its learning rate
   c.eval_batch_size = 4096  # rows per evaluation call
@@ -42,6 +60,11 @@ def get_config(arg=None):
   c.optembed.supernet_epochs = 8  # epochs of the supernet that the search samples from
   c.optembed.population = 12  # evolutionary search over per-field widths, scored on validation
   c.optembed.generations = 4  # rounds of that search
+
+  c.dedup = mlc.ConfigDict()  # deduplication: pre-train full, deduplicate to the budget, fine-tune
+  c.dedup.pretrain_epochs = 1 if criteo else 4  # epochs of the full table before deduplicating
+  c.dedup.tolerance = 0.01  # entries closer than this count as equal (the benchmark's fp)
+  c.dedup.similarity = 0.7  # share of equal entries that makes a block a duplicate (its sim)
 
   # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
   # DHE's hidden width is capped at 96 (~29% of the full table's bytes): every lookup runs the whole
@@ -61,8 +84,8 @@ def get_config(arg=None):
   c.memory.steps = 20  # training steps per method: enough for peak memory and steps/s
   c.memory.batch_size = 4096  # rows per step
   c.memory.budgets = (0.1, 0.01)  # fractions of the full table's bytes
-  c.memory.methods = (  # families measured
-      'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified')
+  c.memory.methods = (  # families measured (dedup trains the full table until it deduplicates)
+      'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'robe')
   # The full table measured at these smaller vocabularies (scaled-down copies of the 8 fields)
   # and extrapolated linearly to 10M ids; not run at 10M beside other people's jobs.
   c.memory.full_probe_ids = (500_000, 1_000_000, 2_000_000)

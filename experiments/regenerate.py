@@ -85,6 +85,10 @@ TARGETS = (
          code=('experiments/mteb_local.py', 'embedjax/evals')),
     _exp('table_compression', 'configs/table_compression.py', 'results/table_compression.json',
          code=('embedjax/tables', 'embedjax/plots.py')),
+    _exp('table_compression', 'configs/table_compression.py:criteo',
+         'results/table_compression_criteo.json',
+         code=('embedjax/tables', 'embedjax/plots.py', 'embedjax/data/criteo_synthetic.py'),
+         note='5M rows: minutes per (method, budget, seed) on 2 cores, hours in all; resumable'),
     _exp('table_compression', 'configs/table_compression.py:memory',
          'results/table_compression_memory.json', code=('embedjax/tables',),
          config_block='memory'),  # the memory check records the hash of its own block

@@ -1,7 +1,9 @@
-"""Compressed embedding tables under memory budgets: MovieLens-100k CTR benchmark + 10M-id memory check.
+"""Compressed embedding tables under memory budgets: MovieLens-100k and synthetic Criteo-shaped CTR
+benchmarks + 10M-id memory check.
 
 Run (see configs/table_compression.py):
   python -m experiments.table_compression --config configs/table_compression.py
+  python -m experiments.table_compression --config configs/table_compression.py:criteo
   python -m experiments.table_compression --config configs/table_compression.py:memory
 
 Benchmark: for every (method, budget) the table is sized by ``embedjax.tables.methods.for_budget``
@@ -20,22 +22,18 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from embedjax.config import run_main
+from embedjax.process_memory import peak_rss_bytes as _peak_rss_bytes
 
 
 def _tqdm(*a, **kw):
   from tqdm import tqdm
   return tqdm(*a, **kw)
-
-
-def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _load_done(path: Path) -> dict[tuple, dict]:
@@ -131,7 +129,44 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   return out
 
 
-PIPELINES = {'optembed': _run_optembed}
+def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
+  """Pre-train the full table -> deduplicate its blocks to the budget -> fine-tune the shared
+  blocks (``embedjax.tables.dedup``). Infeasible when too few near-duplicate blocks exist."""
+  from embedjax.tables import base, dedup
+  from embedjax.tables import train as tr
+  if 'step' not in cache:
+    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
+    cache['step'] = tr.make_train_step(table, model, opt)
+    cache['predict'] = tr.make_predict(table, model)
+  params, plog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
+                        epochs=cfg.dedup.pretrain_epochs, batch_size=cfg.batch_size,
+                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
+                        predict=cache['predict'])
+  rows, most = table.config['rows_per_block'], table.config['max_blocks']
+  t0 = time.perf_counter()
+  blocks, block_map = dedup.deduplicate(params['table']['embedding'], rows, most,
+                                        tolerance=cfg.dedup.tolerance,
+                                        similarity=cfg.dedup.similarity, seed=seed)
+  dedup_s = time.perf_counter() - t0
+  if len(blocks) > most:
+    raise base.Infeasible(f'{len(block_map) - len(blocks)} near-duplicate blocks found, '
+                          f'{len(block_map) - most} needed for the budget')
+  shared = dedup.shared(table.vocab_sizes, table.dim, blocks=blocks, block_map=block_map,
+                        rows_per_block=rows)
+  # The fine-tuning starts from the pre-trained model as well as the deduplicated blocks.
+  out = _run_default(shared, _warm(model, params['model']), cfg, train, valid, test, seed, {})
+  out['config'] = {**dict(table.config), **dict(shared.config), 'dedup_seconds': round(dedup_s, 2),
+                   'pretrain_valid_auc': max(h['valid_auc'] for h in plog['history'])}
+  return out
+
+
+def _warm(model, params):
+  """``model`` whose init returns the given (pre-trained) parameters."""
+  import dataclasses
+  return dataclasses.replace(model, init=lambda key: params)
+
+
+PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,16 +178,23 @@ def run_benchmark(cfg) -> None:
   from embedjax.paths import shared_data_dir
   from embedjax.provenance import Run
   from embedjax.tables import base, ctr_models, methods
-  data_dir = shared_data_dir()
-  if data_dir is None:
-    raise SystemExit('the shared data folder (../shared/data) is needed for MovieLens-100k')
   # the results file stores the config; each record appended by this call carries this run's
   # provenance (records resumed from runs.jsonl keep theirs)
-  run = Run(config=cfg, seeds={'seeds': list(cfg.seeds), 'valid_seed': cfg.data.valid_seed},
-            inputs=[data_dir / 'movielens-100k'], store_config=False,
-            extra_packages=('ml_collections',)).start()
-  train_all, test = ctr.read_movielens_ctr(data_dir / 'movielens-100k', cfg.data.split)
-  train, valid = train_all.holdout(cfg.data.valid_fraction, cfg.data.valid_seed)
+  if cfg.dataset == 'movielens':
+    data_dir = shared_data_dir()
+    if data_dir is None:
+      raise SystemExit('the shared data folder (../shared/data) is needed for MovieLens-100k')
+    run = Run(config=cfg, seeds={'seeds': list(cfg.seeds), 'valid_seed': cfg.data.valid_seed},
+              inputs=[data_dir / 'movielens-100k'], store_config=False,
+              extra_packages=('ml_collections',)).start()
+    train_all, test = ctr.read_movielens_ctr(data_dir / 'movielens-100k', cfg.data.split)
+    train, valid = train_all.holdout(cfg.data.valid_fraction, cfg.data.valid_seed)
+  elif cfg.dataset == 'criteo_synthetic':
+    run = Run(config=cfg, seeds={'seeds': list(cfg.seeds), 'data_seed': cfg.criteo.seed},
+              store_config=False, extra_packages=('ml_collections',)).start()
+    train, valid, test = criteo_splits(cfg.criteo)
+  else:
+    raise SystemExit(f"dataset must be 'movielens' or 'criteo_synthetic', got {cfg.dataset!r}")
   vocab, dim = train.vocab_sizes, cfg.dim
   dry_run(cfg, vocab)
   full_bytes = base.full_table_bytes(vocab, dim)
@@ -161,7 +203,7 @@ def run_benchmark(cfg) -> None:
   done = _load_done(runs_path)
   plan = [(m, b, s) for m in cfg.methods for b in cfg.budgets for s in cfg.seeds]
   plan += [(f'model:{name}', 1.0, 0) for name in cfg.model_sweep]
-  print(f'MovieLens-100k {cfg.data.split}: train {train.summary()} | valid {valid.summary()} | '
+  print(f'{_data_name(cfg)}: train {train.summary()} | valid {valid.summary()} | '
         f'test {test.summary()} | full table {full_bytes} bytes', flush=True)
   bar = _tqdm(total=len(plan), initial=sum(k in done for k in plan), desc='runs')
   pairs = {}
@@ -193,10 +235,15 @@ def run_benchmark(cfg) -> None:
     for k in todo:
       bar.set_postfix_str(f'{method} {budget:g} seed {k[2]}')
       t0 = time.perf_counter()
-      out = PIPELINES.get(name, _run_default)(table, model, cfg, train, valid, test, k[2], cache)
-      rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': True, 'model': model_name,
-             'budget_bytes': int(budget * full_bytes), **out, 'seconds': time.perf_counter() - t0,
-             'provenance': run.provenance()}
+      try:
+        out = PIPELINES.get(name, _run_default)(table, model, cfg, train, valid, test, k[2], cache)
+      except base.Infeasible as e:  # found out while running (dedup: too few duplicate blocks)
+        rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': False,
+               'reason': str(e), 'seconds': time.perf_counter() - t0, 'provenance': run.provenance()}
+      else:
+        rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': True,
+               'model': model_name, 'budget_bytes': int(budget * full_bytes), **out,
+               'seconds': time.perf_counter() - t0, 'provenance': run.provenance()}
       _append(runs_path, rec)
       done[k] = rec
       bar.update(1)
@@ -211,9 +258,11 @@ def _summarise(records: list[dict]) -> list[dict]:
   for r in records:
     rows.setdefault((r['method'], r['budget']), []).append(r)
   out = []
-  for (method, budget), rs in rows.items():
-    if not rs[0]['feasible']:
-      out.append({'method': method, 'budget': budget, 'feasible': False, 'reason': rs[0]['reason']})
+  for (method, budget), all_seeds in rows.items():
+    rs = [r for r in all_seeds if r['feasible']]  # a seed can be infeasible alone (dedup)
+    if not rs:
+      out.append({'method': method, 'budget': budget, 'feasible': False,
+                  'reason': all_seeds[0]['reason']})
       continue
     def stat(key):
       v = np.asarray([r[key] for r in rs], np.float64)
@@ -251,32 +300,45 @@ def write_benchmark_results(cfg, records, full_bytes, train, valid, test, prov) 
   result = {
       'provenance': prov,
       'config': cfg.to_dict(),
-      'data': {'name': 'movielens-100k', 'split': cfg.data.split, 'train': train.counts,
-               'valid': valid.counts, 'test': test.counts, 'fields': list(train.field_names),
-               'vocab_sizes': list(train.vocab_sizes)},
+      'data': {'name': 'movielens-100k' if cfg.dataset == 'movielens' else cfg.dataset,
+               'split': cfg.data.split if cfg.dataset == 'movielens' else 'random 80/10/10',
+               'train': train.counts, 'valid': valid.counts, 'test': test.counts,
+               'fields': list(train.field_names), 'vocab_sizes': list(train.vocab_sizes)},
       'full_table_bytes': full_bytes,
       'summary': summary,
       'runs': records,
   }
   atomic_write_json(out.with_suffix('.json'), result)
   atomic_write_text(out.with_suffix('.md'), _benchmark_markdown(cfg, main, sweep, full_bytes, result))
-  _pareto_plot(main, full_bytes, out.with_suffix('.png'))
+  _pareto_plot(main, full_bytes, out.with_suffix('.png'),
+               f'test AUC ({_data_name(cfg)}, {cfg.model.upper()})')
   print(f'wrote {out}.json, .md, .png')
 
 
 def _benchmark_markdown(cfg, main, sweep, full_bytes, result) -> str:
   prov = result['provenance']
   budgets = list(cfg.budgets)
+  criteo = cfg.get('dataset', 'movielens') == 'criteo_synthetic'
+  if criteo:
+    data_line = (f"Data: synthetic Criteo-shaped clicks (`embedjax.data.criteo_synthetic`, seed "
+                 f"{cfg.criteo.seed}: the label model is stated there), 26 fields, "
+                 f"{sum(result['data']['vocab_sizes']):,} ids; random split train "
+                 f"{result['data']['train']['rows']} / valid {result['data']['valid']['rows']} / "
+                 f"test {result['data']['test']['rows']} rows. ")
+  else:
+    data_line = (f"Data: MovieLens-100k split `{cfg.data.split}` (rating >= 4 positive), fields "
+                 f"{', '.join(result['data']['fields'])}; train {result['data']['train']['rows']} / valid "
+                 f"{result['data']['valid']['rows']} (held out from u1.base) / test "
+                 f"{result['data']['test']['rows']} rows. ")
   lines = [
-      '# Compressed embedding tables under memory budgets (MovieLens-100k CTR)',
+      '# Compressed embedding tables under memory budgets '
+      f"({'synthetic Criteo-shaped' if criteo else 'MovieLens-100k'} CTR)",
       '',
       f"Command: `{prov['command']}`  ",
       f"Date: {prov['date']}, commit {prov['git_commit']}, jax {prov['versions'].get('jax')}, "
       f"machine: {prov['machine']['cpu']} ({prov['machine']['cores']} cores, {prov['machine']['jax_backend']})",
       '',
-      f"Data: MovieLens-100k split `{cfg.data.split}` (rating >= 4 positive), fields "
-      f"{', '.join(result['data']['fields'])}; train {result['data']['train']['rows']} / valid "
-      f"{result['data']['valid']['rows']} (held out from u1.base) / test {result['data']['test']['rows']} rows. "
+      data_line +
       f"Model {cfg.model.upper()}, dim {cfg.dim}, {cfg.optimizer} lr {cfg.lr}, batch {cfg.batch_size}, "
       f"up to {cfg.epochs} epochs (best validation epoch kept), seeds {list(cfg.seeds)}. "
       f"Full table: {full_bytes:,} bytes ({sum(result['data']['vocab_sizes'])} rows x {cfg.dim} x 4).",
@@ -322,7 +384,7 @@ def _benchmark_markdown(cfg, main, sweep, full_bytes, result) -> str:
   return '\n'.join(lines)
 
 
-def pareto_figure(main, full_bytes):
+def pareto_figure(main, full_bytes, ylabel='test AUC (MovieLens-100k u1, FM)'):
   """Test AUC (mean ± std over seeds) vs served bytes of every feasible (method, budget), each
   method's budgets joined by a line, with the Pareto front over all of them (a Figure)."""
   from embedjax import plots
@@ -331,14 +393,30 @@ def pareto_figure(main, full_bytes):
              'yerr': s['test_auc_std'], 'group': s['method']} for s in feasible]
   return plots.pareto_plot(points, connect=True, annotate='none', log_base=10,
                            reference_x=full_bytes, xlabel='served table bytes (log)',
-                           ylabel='test AUC (MovieLens-100k u1, FM)',
+                           ylabel=ylabel,
                            title='Embedding-table compression: AUC vs bytes', legend_columns=2,
                            figsize=(8, 5.5))
 
 
-def _pareto_plot(main, full_bytes, path: Path) -> None:
+def criteo_splits(c):
+  """(train, valid, test) of the synthetic Criteo-shaped data: ``c.test_fraction`` of the rows
+  for test, then ``c.valid_fraction`` of the rest for validation (seeded by ``c.seed``)."""
+  from embedjax.data import criteo_synthetic
+  data, _ = criteo_synthetic.generate(c.rows, seed=c.seed, total_ids=c.total_ids)
+  rest, test = data.holdout(c.test_fraction, c.seed)
+  train, valid = rest.holdout(c.valid_fraction, c.seed + 1)
+  return train, valid, test
+
+
+def _data_name(cfg) -> str:
+  if cfg.dataset == 'movielens':
+    return f'MovieLens-100k {cfg.data.split}'
+  return f'synthetic Criteo-shaped ({cfg.criteo.rows:,} rows, seed {cfg.criteo.seed})'
+
+
+def _pareto_plot(main, full_bytes, path: Path, ylabel: str) -> None:
   from embedjax import plots
-  plots.save_png(pareto_figure(main, full_bytes), path, dpi=130)
+  plots.save_png(pareto_figure(main, full_bytes, ylabel), path, dpi=130)
 
 
 # ----------------------------------------------------------------------------------------------

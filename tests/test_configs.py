@@ -33,7 +33,7 @@ RUNS = {
     'limit_eval.py': ([None, 'quick'], 'limit_eval'),
     'limit_free_embedding.py': ([None, 'quick', '48'], 'limit_free_embedding'),
     'storage_tradeoff.py': ([None, 'quick'], 'storage_tradeoff'),
-    'table_compression.py': ([None, 'memory'], 'table_compression'),
+    'table_compression.py': ([None, 'memory', 'criteo'], 'table_compression'),
     'mteb_scifact.py': ([None, 'quick'], 'mteb_scifact'),
     'llm_embedders.py': ([None], 'llm_embedders'),
     'distill_leaf.py': ([None], TRAIN),

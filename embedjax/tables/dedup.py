@@ -8,7 +8,7 @@ Databases" (VLDB 2022), as the storage-compression benchmark (Zhang et al., VLDB
    (the last zero-padded); visit the blocks in ascending order of their 75th-percentile value;
    each block is first looked up in an L2 LSH index (E2LSH: ``num_tables`` hashes
    ``floor((a . x + b) / width)``, a ~ N(0, I), b ~ U(0, width); candidates are the blocks already
-   visited that share a bucket in any table) and then inserted into it; among the candidates, the
+   visited that share a bucket in any table, at most ``max_candidates``) and then inserted; among the candidates, the
    one with the largest share of entries within ``tolerance`` of the block's is chosen when that
    share is at least ``similarity``, and the block becomes a reference to it. Visiting stops once
    enough blocks are references to fit the byte budget;
@@ -63,48 +63,59 @@ class _L2LSH:
     """(M, dim) -> (M, L) int64 buckets."""
     return np.floor((x.astype(np.float64) @ self.a + self.b) / self.width).astype(np.int64)
 
-  def query_insert(self, keys: np.ndarray, item: int) -> set[int]:
+  def query_insert(self, keys: np.ndarray, item: int, limit: int) -> list[int]:
+    """Items sharing a bucket with ``keys`` in any table (at most ``limit`` per bucket, the
+    latest inserted), then inserts ``item``."""
     found: set[int] = set()
     for table, key in zip(self.tables, keys):
       bucket = table.setdefault(int(key), [])
-      found.update(bucket)
+      found.update(bucket[-limit:])
       bucket.append(item)
-    return found
+    return sorted(found)
 
 
 def deduplicate(embedding, rows_per_block: int, max_blocks: int, *, tolerance: float = 0.01,
-                similarity: float = 0.7, num_tables: int = 90, width: float = 0.09, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray]:
+                similarity: float = 0.7, num_tables: int = 90, width: float = 0.09,
+                max_candidates: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(N, D) trained table -> (distinct blocks (P, rows_per_block, D), block map (num_blocks,)
   int32) with P <= ``max_blocks`` when enough near-duplicates exist (the caller checks P).
 
-  Defaults are the benchmark's (tolerance 0.01, similarity 0.7, 90 tables of width 0.09).
+  Defaults are the benchmark's (tolerance 0.01, similarity 0.7, 90 tables of width 0.09). One
+  departure, for scale: a block is compared with at most ``max_candidates`` candidates, the ones
+  visited last (closest in the visiting order); the reference compares with every candidate,
+  which is quadratic when many rows sit near their initial values in the same buckets.
   """
   emb = np.asarray(embedding, np.float32)
   n, d = emb.shape
   pad = -n % rows_per_block
   blocks = np.concatenate([emb, np.zeros((pad, d), np.float32)]).reshape(-1, rows_per_block * d)
   num_blocks = len(blocks)
-  real = np.full(blocks.shape, True)
-  if pad:  # the padding rows of the last block are not compared
-    real[-1, (rows_per_block - pad) * d:] = False
+  real = np.ones(blocks.shape[1], bool)  # entries of the last block that are not padding
+  real[blocks.shape[1] - pad * d:] = False
   want = max(0, num_blocks - max_blocks)  # references needed
   ref = np.arange(num_blocks)
   if want:
     lsh = _L2LSH(rows_per_block * d, num_tables, width, seed)
     keys = lsh.keys(blocks)
     order = np.argsort(np.percentile(blocks, 75, axis=1), kind='stable')
+    visit = np.empty(num_blocks, np.int64)
+    visit[order] = np.arange(num_blocks)
     made = 0
     for i in order:
-      candidates = lsh.query_insert(keys[i], int(i))
-      best, best_share = -1, -1.0
-      for j in sorted(candidates):
-        both = real[i] & real[j]
-        close = np.abs(blocks[i] - blocks[j]) <= tolerance
-        share = float(close[both].mean())
-        if share >= similarity and share > best_share:
-          best, best_share = j, share
-      if best >= 0:
+      cands = np.asarray(lsh.query_insert(keys[i], int(i), max_candidates), np.int64)
+      if cands.size == 0:
+        continue
+      if cands.size > max_candidates:
+        cands = cands[np.argsort(-visit[cands], kind='stable')[:max_candidates]]
+      close = np.abs(blocks[cands] - blocks[i]) <= tolerance  # (C, R * D)
+      if pad and (i == num_blocks - 1 or (cands == num_blocks - 1).any()):
+        share = close[:, real].mean(axis=1)  # the padded block compares its real rows only
+      else:
+        share = close.mean(axis=1)
+      share = np.where(share >= similarity, share, -1.0)
+      if share.max() >= 0:
+        # the most similar; ties to the lowest block id (the reference's first found)
+        best = int(cands[np.lexsort((cands, -share))[0]])
         ref[i] = ref[best]  # ``best`` was visited earlier: its own reference is final
         made += 1
         if made >= want:

@@ -1,0 +1,50 @@
+"""The benchmark on the synthetic Criteo-shaped data, shrunk: ROBE and the dedup pipeline
+(pre-train, deduplicate, fine-tune) run, a budget dedup cannot reach is recorded as infeasible
+with its reason, a rerun resumes from the records, and the summary is recomputed from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import ml_collections as mlc
+import pytest
+
+from embedjax.config import load_config
+from embedjax.paths import repo_root
+
+REPO = repo_root()
+
+
+@pytest.fixture(scope='module')
+def experiment():
+  spec = importlib.util.spec_from_file_location(
+      '_table_compression_criteo', REPO / 'experiments' / 'table_compression.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_path):
+  cfg = load_config(str(REPO / 'configs' / 'table_compression.py:criteo'))
+  cfg.criteo.rows, cfg.criteo.total_ids = 6000, 20_000
+  cfg.methods = ('robe', 'dedup')
+  cfg.method_kw = mlc.ConfigDict({m: {} for m in cfg.methods})
+  cfg.budgets, cfg.seeds, cfg.batch_size, cfg.dim = (1.0, 0.1), (0,), 256, 8
+  cfg.workdir, cfg.results = str(tmp_path / 'run'), str(tmp_path / 'out' / 'tc')
+  experiment.run_benchmark(cfg)
+  result = json.loads((tmp_path / 'out' / 'tc.json').read_text())
+  by = {(s['method'], s['budget']): s for s in result['summary']}
+  assert by['robe', 0.1]['feasible'] and by['robe', 0.1]['bytes'] <= 0.1 * result['full_table_bytes']
+  assert by['dedup', 1.0]['feasible'] and by['dedup', 1.0]['config']['distinct_blocks'] > 0
+  # one epoch leaves most rows near their random start, farther apart than the tolerance
+  assert not by['dedup', 0.1]['feasible'] and 'near-duplicate blocks found' in by['dedup', 0.1]['reason']
+  assert result['data']['name'] == 'criteo_synthetic' and len(result['data']['vocab_sizes']) == 26
+  assert experiment._summarise(result['runs']) == result['summary']
+  md = (tmp_path / 'out' / 'tc.md').read_text()
+  assert 'synthetic Criteo-shaped' in md and (tmp_path / 'out' / 'tc.png').exists()
+  lines = (tmp_path / 'run' / 'runs.jsonl').read_text().splitlines()
+  experiment.run_benchmark(cfg)  # everything is recorded: nothing runs again
+  assert (tmp_path / 'run' / 'runs.jsonl').read_text().splitlines() == lines
