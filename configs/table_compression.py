@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.model_sweep = () if criteo else ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
   c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
       'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt',
-      'robe', 'dedup')
+      'robe', 'dedup', 'pep')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
   c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
   c.epochs = 1 if criteo else 8  # the epoch with the best validation AUC is kept (early stopping)
@@ -65,6 +65,9 @@ def get_config(arg=None):
   c.dedup.pretrain_epochs = 1 if criteo else 4  # epochs of the full table before deduplicating
   c.dedup.tolerance = 0.01  # entries closer than this count as equal (the benchmark's fp)
   c.dedup.similarity = 0.7  # share of equal entries that makes a block a duplicate (its sim)
+
+  c.pep = mlc.ConfigDict()  # PEP: threshold search, mask cut to the budget, retrain
+  c.pep.search_epochs = 1 if criteo else 8  # epochs of the soft-threshold search stage
 
   # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
   # DHE's hidden width is capped at 96 (~29% of the full table's bytes): every lookup runs the whole

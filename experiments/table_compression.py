@@ -160,13 +160,37 @@ def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
   return out
 
 
+def _run_pep(table, model, cfg, train, valid, test, seed, cache):
+  """Threshold search -> the learned mask cut to the budget -> retrain from the same
+  initialisation with the mask fixed (``embedjax.tables.pep``)."""
+  from embedjax.tables import pep
+  from embedjax.tables import train as tr
+  if 'step' not in cache:
+    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
+    cache['step'] = tr.make_train_step(table, model, opt)
+    cache['predict'] = tr.make_predict(table, model)
+  params, slog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
+                        epochs=cfg.pep.search_epochs, batch_size=cfg.batch_size,
+                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
+                        predict=cache['predict'])
+  values = pep.learned_values(params['table'])
+  mask = pep.budget_mask(values, table.config['budget_bytes'])
+  retrain = pep.pruned(table.vocab_sizes, table.dim, mask=mask,
+                       init_std=table.config['init_std'])
+  out = _run_default(retrain, model, cfg, train, valid, test, seed, {})  # same seed: same init
+  out['config'] = {**dict(table.config), **dict(retrain.config),
+                   'learned_kept_entries': int((values != 0).sum()),
+                   'search_valid_auc': max(h['valid_auc'] for h in slog['history'])}
+  return out
+
+
 def _warm(model, params):
   """``model`` whose init returns the given (pre-trained) parameters."""
   import dataclasses
   return dataclasses.replace(model, init=lambda key: params)
 
 
-PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup}
+PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup, 'pep': _run_pep}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +305,9 @@ def _summarise(records: list[dict]) -> list[dict]:
 def _short_config(method: str, config: dict) -> str:
   keys = {'hashing': ('rows',), 'qr': ('radices',), 'mixed_dim': ('dims',), 'tt': ('rank',),
           'dhe': ('num_hashes', 'hidden', 'layers'), 'unified': ('rows', 'probes'),
-          'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',)}
+          'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',),
+          'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks'),
+          'pep': ('learned_kept_entries', 'kept_entries')}
   parts = []
   for k in keys.get(method, ()):
     v = config.get(k)

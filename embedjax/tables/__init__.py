@@ -23,7 +23,7 @@ _ATTRIBUTES = {
     'auc': 'metrics', 'log_loss': 'metrics',
 }
 _SUBMODULES = ('base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods', 'metrics',
-               'mixed_dim', 'optembed', 'qr', 'robe', 'sparse_optim', 'train', 'tt', 'unified')
+               'mixed_dim', 'optembed', 'pep', 'qr', 'robe', 'sparse_optim', 'train', 'tt', 'unified')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import (base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, qr, robe, tt,
-                             unified)
+from embedjax.tables import (base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, pep, qr,
+                             robe, tt, unified)
 
 TABLES = {
     'full': base.full,
@@ -27,6 +27,7 @@ TABLES = {
     'int8': low_precision.int8,
     'lpt': low_precision.lpt,
     'robe': robe.robe,
+    'pep': pep.pep,  # stage 1; pep.pruned is stage 2
 }
 
 BUDGETED = {
@@ -42,6 +43,7 @@ BUDGETED = {
     'lpt': low_precision.lpt_for_budget,
     'robe': robe.for_budget,
     'dedup': dedup.for_budget,  # stage 1 (pre-training); dedup.deduplicate meets the budget
+    'pep': pep.for_budget,  # stage 1 (threshold search); pep.budget_mask meets the budget
 }
 
 
