@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.model_sweep = () if criteo else ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
   c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
       'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt',
-      'robe', 'dedup', 'pep')
+      'robe', 'dedup', 'pep', 'adaembed')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
   c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
   c.epochs = 1 if criteo else 8  # the epoch with the best validation AUC is kept (early stopping)
@@ -74,6 +74,8 @@ def get_config(arg=None):
   # MLP, and wider ones cost minutes per run on 2 CPU cores; larger budgets reuse the capped size.
   # One entry per method (an empty one keeps the module defaults).
   c.method_kw = mlc.ConfigDict({m: {} for m in c.methods})
+  # AdaEmbed re-allocates its rows every `period` steps: ~3 times per epoch.
+  c.method_kw.update({'adaembed': {'period': 600 if criteo else 50}})
   c.method_kw.update({'unified': {'probes': 2},
                       'dhe': {'num_hashes': 64, 'layers': 2, 'max_hidden': 96},
                       'qr': {'max_parts': 4}})

@@ -62,14 +62,18 @@ def _append(path: Path, record: dict) -> None:
 
 
 def _run_default(table, model, cfg, train, valid, test, seed, cache):
+  from embedjax.tables import adaembed
   from embedjax.tables import train as tr
+  # Tables with training state of their own bring their step and state (AdaEmbed's allocation).
+  make_step, init_fn = {'adaembed': (adaembed.make_train_step, adaembed.init_state)}.get(
+      table.name, (tr.make_train_step, None))
   if 'step' not in cache:  # one compile per (method, budget), shared by the seeds
     opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
-    cache['step'] = tr.make_train_step(table, model, opt)
+    cache['step'] = make_step(table, model, opt)
     cache['predict'] = tr.make_predict(table, model)
   params, log = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
                        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
-                       seed=seed, step_fn=cache['step'], predict=cache['predict'])
+                       seed=seed, step_fn=cache['step'], predict=cache['predict'], init_fn=init_fn)
   served = tr.served_params(table, params)
   test_metrics = tr.evaluate_ctr(cache['predict'], served, test.ids, test.labels,
                                  cfg.eval_batch_size)
@@ -307,7 +311,7 @@ def _short_config(method: str, config: dict) -> str:
           'dhe': ('num_hashes', 'hidden', 'layers'), 'unified': ('rows', 'probes'),
           'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',),
           'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks'),
-          'pep': ('learned_kept_entries', 'kept_entries')}
+          'pep': ('learned_kept_entries', 'kept_entries'), 'adaembed': ('rows', 'period')}
   parts = []
   for k in keys.get(method, ()):
     v = config.get(k)

@@ -22,7 +22,7 @@ _ATTRIBUTES = {
     'evaluate_ctr': 'train',
     'auc': 'metrics', 'log_loss': 'metrics',
 }
-_SUBMODULES = ('base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods', 'metrics',
+_SUBMODULES = ('adaembed', 'base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods', 'metrics',
                'mixed_dim', 'optembed', 'pep', 'qr', 'robe', 'sparse_optim', 'train', 'tt', 'unified')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import (base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, pep, qr,
+from embedjax.tables import (adaembed, base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, pep, qr,
                              robe, tt, unified)
 
 TABLES = {
@@ -28,6 +28,7 @@ TABLES = {
     'lpt': low_precision.lpt,
     'robe': robe.robe,
     'pep': pep.pep,  # stage 1; pep.pruned is stage 2
+    'adaembed': adaembed.adaembed,  # trains with adaembed.make_train_step / init_state
 }
 
 BUDGETED = {
@@ -44,6 +45,7 @@ BUDGETED = {
     'robe': robe.for_budget,
     'dedup': dedup.for_budget,  # stage 1 (pre-training); dedup.deduplicate meets the budget
     'pep': pep.for_budget,  # stage 1 (threshold search); pep.budget_mask meets the budget
+    'adaembed': adaembed.for_budget,
 }
 
 

@@ -155,12 +155,14 @@ def fit(table: Table, model: Model, train: tuple[np.ndarray, np.ndarray],
         valid: tuple[np.ndarray, np.ndarray] | None, *, epochs: int, batch_size: int,
         optimizer: str = 'adam', lr: float = 1e-3, seed: int = 0,
         step_fn: Callable | None = None, predict: Callable | None = None,
-        progress: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+        progress: Callable[[dict], None] | None = None,
+        init_fn: Callable | None = None) -> tuple[dict, dict]:
   """Trains for up to ``epochs`` epochs; returns (params of the best validation epoch, log).
 
   ``train``/``valid`` are ``(ids (N, F) int32, labels (N,) 0/1)``. Without ``valid`` the last
   epoch is kept. ``step_fn``/``predict`` may be passed in to reuse compiled functions across
-  seeds. The log holds per-epoch validation metrics, the best epoch and the training throughput
+  seeds; a table with its own training state (``adaembed``) passes its ``step_fn`` and
+  ``init_fn(table, model, optimizer, key) -> TrainState``. The log holds per-epoch validation metrics, the best epoch and the training throughput
   (steps/s over all steps after the first, which includes compilation).
   """
   if optimizer not in OPTIMIZERS and optimizer not in SPARSE_OPTIMIZERS:
@@ -177,7 +179,7 @@ def fit(table: Table, model: Model, train: tuple[np.ndarray, np.ndarray],
   else:
     opt = OPTIMIZERS[optimizer](lr)
     step_fn = step_fn or make_train_step(table, model, opt)
-    state = init_state(table, model, opt, k_init)
+    state = (init_fn or init_state)(table, model, opt, k_init)
   ids, labels = train
   n = ids.shape[0]
   steps_per_epoch = n // batch_size

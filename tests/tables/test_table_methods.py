@@ -251,6 +251,9 @@ def test_for_budget_respects_budget(name, fraction):
   if name in ('optembed', 'dedup', 'pep'):  # budgets met at a later stage (their own tests)
     assert table.config['budget_bytes'] == budget
     return
+  if name == 'adaembed':  # serves the ids holding a row: at most all rows (data-dependent shape)
+    assert table.config['rows'] * (4 * DIM + 4) <= budget
+    return
   served = jax.eval_shape(lambda k: table.finalize(table.init(k)), jax.random.key(0))
   nbytes = table.param_bytes(served)
   assert nbytes <= budget
