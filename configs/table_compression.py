@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.model_sweep = () if criteo else ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
   c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
       'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt',
-      'robe', 'dedup', 'pep', 'adaembed')
+      'robe', 'dedup', 'pep', 'adaembed', 'mgqe')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
   c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
   c.epochs = 1 if criteo else 8  # the epoch with the best validation AUC is kept (early stopping)

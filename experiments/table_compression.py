@@ -202,6 +202,7 @@ PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup, 'pep': _run_pep}
 
 
 def run_benchmark(cfg) -> None:
+  import numpy as np
   from embedjax.data import ctr
   from embedjax.paths import shared_data_dir
   from embedjax.provenance import Run
@@ -249,6 +250,9 @@ def run_benchmark(cfg) -> None:
     kw = dict(cfg.method_kw[name])
     if name == 'optembed':
       kw['alpha'] = cfg.optembed.alpha
+    if name == 'mgqe':  # frequency tiers from the training split's id counts
+      kw['counts'] = np.bincount((train.ids + base.field_offsets(vocab)).ravel(),
+                                 minlength=sum(vocab))
     try:
       table = methods.for_budget(name, vocab, dim, int(budget * full_bytes), **kw)
     except base.Infeasible as e:
@@ -311,7 +315,8 @@ def _short_config(method: str, config: dict) -> str:
           'dhe': ('num_hashes', 'hidden', 'layers'), 'unified': ('rows', 'probes'),
           'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',),
           'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks'),
-          'pep': ('learned_kept_entries', 'kept_entries'), 'adaembed': ('rows', 'period')}
+          'pep': ('learned_kept_entries', 'kept_entries'), 'adaembed': ('rows', 'period'),
+          'mgqe': ('subspaces', 'tier_codes')}
   parts = []
   for k in keys.get(method, ()):
     v = config.get(k)

@@ -22,8 +22,9 @@ _ATTRIBUTES = {
     'evaluate_ctr': 'train',
     'auc': 'metrics', 'log_loss': 'metrics',
 }
-_SUBMODULES = ('adaembed', 'base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods', 'metrics',
-               'mixed_dim', 'optembed', 'pep', 'qr', 'robe', 'sparse_optim', 'train', 'tt', 'unified')
+_SUBMODULES = ('adaembed', 'base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods',
+               'metrics', 'mgqe', 'mixed_dim', 'optembed', 'pep', 'qr', 'robe', 'sparse_optim', 'train',
+               'tt', 'unified')
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBMODULES)
 __getattr__, __dir__ = lazy_exports(globals(), _ATTRIBUTES, _SUBMODULES)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import (adaembed, base, dedup, dhe, hashing, low_precision, mixed_dim, optembed, pep, qr,
-                             robe, tt, unified)
+from embedjax.tables import (adaembed, base, dedup, dhe, hashing, low_precision, mgqe, mixed_dim,
+                             optembed, pep, qr, robe, tt, unified)
 
 TABLES = {
     'full': base.full,
@@ -29,6 +29,7 @@ TABLES = {
     'robe': robe.robe,
     'pep': pep.pep,  # stage 1; pep.pruned is stage 2
     'adaembed': adaembed.adaembed,  # trains with adaembed.make_train_step / init_state
+    'mgqe': mgqe.mgqe,
 }
 
 BUDGETED = {
@@ -46,6 +47,7 @@ BUDGETED = {
     'dedup': dedup.for_budget,  # stage 1 (pre-training); dedup.deduplicate meets the budget
     'pep': pep.for_budget,  # stage 1 (threshold search); pep.budget_mask meets the budget
     'adaembed': adaembed.for_budget,
+    'mgqe': mgqe.for_budget,  # frequency tiers from counts=... (the training data's id counts)
 }
 
 
