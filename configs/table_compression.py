@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.model_sweep = () if criteo else ('lr', 'fm', 'deepfm', 'dlrm')  # full table only, seed 0: the models side by side
   c.methods = (  # table families compared (embedjax.tables.methods.BUDGETED)
       'full', 'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'optembed', 'int8', 'lpt',
-      'robe', 'dedup', 'pep', 'adaembed', 'mgqe')
+      'robe', 'dedup', 'pep', 'adaembed', 'mgqe', 'autodim')
   c.budgets = (1.0, 0.5, 0.1, 0.01, 0.001)  # fractions of the full float32 table's bytes
   c.seeds = (0, 1, 2)  # one run per seed; mean and std reported
   c.epochs = 1 if criteo else 8  # the epoch with the best validation AUC is kept (early stopping)
@@ -69,6 +69,9 @@ def get_config(arg=None):
   c.pep = mlc.ConfigDict()  # PEP: threshold search, mask cut to the budget, retrain
   c.pep.search_epochs = 1 if criteo else 8  # epochs of the soft-threshold search stage
 
+  c.autodim = mlc.ConfigDict()  # AutoDim: width search, widths by alpha in the budget, retrain
+  c.autodim.search_epochs = 1 if criteo else 4  # epochs of the supernet (alpha and all widths)
+
   # Per-method hyperparameters passed to for_budget (ones not listed keep the module defaults).
   # DHE's hidden width is capped at 96 (~29% of the full table's bytes): every lookup runs the whole
   # MLP, and wider ones cost minutes per run on 2 CPU cores; larger budgets reuse the capped size.
@@ -89,8 +92,10 @@ def get_config(arg=None):
   c.memory.steps = 20  # training steps per method: enough for peak memory and steps/s
   c.memory.batch_size = 4096  # rows per step
   c.memory.budgets = (0.1, 0.01)  # fractions of the full table's bytes
-  c.memory.methods = (  # families measured (dedup trains the full table until it deduplicates)
-      'hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'robe')
+  # Families measured. Not here: dedup, PEP and MGQE train a full-size table (dedup and PEP
+  # before they prune, MGQE its query vectors), so their training peak is the full table's
+  # (the probes below); AutoDim's supernet holds every candidate width, more than the full table.
+  c.memory.methods = ('hashing', 'qr', 'mixed_dim', 'tt', 'dhe', 'unified', 'robe', 'adaembed')
   # The full table measured at these smaller vocabularies (scaled-down copies of the 8 fields)
   # and extrapolated linearly to 10M ids; not run at 10M beside other people's jobs.
   c.memory.full_probe_ids = (500_000, 1_000_000, 2_000_000)

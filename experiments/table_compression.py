@@ -61,12 +61,19 @@ def _append(path: Path, record: dict) -> None:
 # One run
 
 
-def _run_default(table, model, cfg, train, valid, test, seed, cache):
+def _trainer(table):
+  """(make_train_step, init_state) for ``table``: tables with training state of their own bring
+  theirs (AdaEmbed's allocation), the rest use ``embedjax.tables.train``'s."""
   from embedjax.tables import adaembed
   from embedjax.tables import train as tr
-  # Tables with training state of their own bring their step and state (AdaEmbed's allocation).
-  make_step, init_fn = {'adaembed': (adaembed.make_train_step, adaembed.init_state)}.get(
-      table.name, (tr.make_train_step, None))
+  if table.name == 'adaembed':
+    return adaembed.make_train_step, adaembed.init_state
+  return tr.make_train_step, tr.init_state
+
+
+def _run_default(table, model, cfg, train, valid, test, seed, cache):
+  from embedjax.tables import train as tr
+  make_step, init_fn = _trainer(table)
   if 'step' not in cache:  # one compile per (method, budget), shared by the seeds
     opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
     cache['step'] = make_step(table, model, opt)
@@ -188,13 +195,37 @@ def _run_pep(table, model, cfg, train, valid, test, seed, cache):
   return out
 
 
+def _run_autodim(table, model, cfg, train, valid, test, seed, cache):
+  """Search the supernet -> widths by alpha within the budget -> retrain ``mixed_dim``."""
+  import numpy as np
+  from embedjax.tables import autodim, mixed_dim
+  from embedjax.tables import train as tr
+  if 'step' not in cache:
+    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
+    cache['step'] = tr.make_train_step(table, model, opt)
+    cache['predict'] = tr.make_predict(table, model)
+  params, slog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
+                        epochs=cfg.autodim.search_epochs, batch_size=cfg.batch_size,
+                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
+                        predict=cache['predict'])
+  alpha = np.asarray(params['table']['alpha'])
+  dims = autodim.choose_dims(alpha, table.config['choices'], table.vocab_sizes, table.dim,
+                             table.config['budget_bytes'])  # for_budget checked the smallest fits
+  retrain = mixed_dim.mixed_dim(table.vocab_sizes, table.dim, dims=dims)
+  out = _run_default(retrain, model, cfg, train, valid, test, seed, {})
+  out['config'] = {**dict(table.config), 'dims': dims, 'alpha': alpha.round(4).tolist(),
+                   'search_valid_auc': max(h['valid_auc'] for h in slog['history'])}
+  return out
+
+
 def _warm(model, params):
   """``model`` whose init returns the given (pre-trained) parameters."""
   import dataclasses
   return dataclasses.replace(model, init=lambda key: params)
 
 
-PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup, 'pep': _run_pep}
+PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup, 'pep': _run_pep,
+             'autodim': _run_autodim}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,7 +347,7 @@ def _short_config(method: str, config: dict) -> str:
           'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',),
           'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks'),
           'pep': ('learned_kept_entries', 'kept_entries'), 'adaembed': ('rows', 'period'),
-          'mgqe': ('subspaces', 'tier_codes')}
+          'mgqe': ('subspaces', 'tier_codes'), 'autodim': ('dims',)}
   parts = []
   for k in keys.get(method, ()):
     v = config.get(k)
@@ -466,7 +497,6 @@ def _memory_child(cfg) -> None:
   import optax
   from embedjax.data import ctr
   from embedjax.tables import base, ctr_models, methods
-  from embedjax.tables import train as tr
   name, value = cfg.memory.only.split(':')
   vocab = tuple(cfg.memory.vocab_sizes)
   dim = cfg.memory.dim
@@ -486,8 +516,9 @@ def _memory_child(cfg) -> None:
     return
   model = ctr_models.fm(len(vocab), dim)
   opt = optax.adam(1e-3)
-  step = tr.make_train_step(table, model, opt)
-  state = tr.init_state(table, model, opt, jax.random.key(0))
+  make_step, init_fn = _trainer(table)
+  step = make_step(table, model, opt)
+  state = init_fn(table, model, opt, jax.random.key(0))
   rng = np.random.default_rng(0)
   key = jax.random.key(1)
   bs = cfg.memory.batch_size

@@ -22,7 +22,7 @@ _ATTRIBUTES = {
     'evaluate_ctr': 'train',
     'auc': 'metrics', 'log_loss': 'metrics',
 }
-_SUBMODULES = ('adaembed', 'base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods',
+_SUBMODULES = ('adaembed', 'autodim', 'base', 'ctr_models', 'dedup', 'dhe', 'hashing', 'low_precision', 'methods',
                'metrics', 'mgqe', 'mixed_dim', 'optembed', 'pep', 'qr', 'robe', 'sparse_optim', 'train',
                'tt', 'unified')
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedjax.tables import (adaembed, base, dedup, dhe, hashing, low_precision, mgqe, mixed_dim,
-                             optembed, pep, qr, robe, tt, unified)
+from embedjax.tables import (adaembed, autodim, base, dedup, dhe, hashing, low_precision, mgqe,
+                             mixed_dim, optembed, pep, qr, robe, tt, unified)
 
 TABLES = {
     'full': base.full,
@@ -30,6 +30,7 @@ TABLES = {
     'pep': pep.pep,  # stage 1; pep.pruned is stage 2
     'adaembed': adaembed.adaembed,  # trains with adaembed.make_train_step / init_state
     'mgqe': mgqe.mgqe,
+    'autodim': autodim.supernet,  # stage 1; mixed_dim with the chosen widths is stage 3
 }
 
 BUDGETED = {
@@ -48,6 +49,7 @@ BUDGETED = {
     'pep': pep.for_budget,  # stage 1 (threshold search); pep.budget_mask meets the budget
     'adaembed': adaembed.for_budget,
     'mgqe': mgqe.for_budget,  # frequency tiers from counts=... (the training data's id counts)
+    'autodim': autodim.for_budget,  # stage 1 (search); autodim.choose_dims meets the budget
 }
 
 

@@ -1,5 +1,5 @@
 """The benchmark on the synthetic Criteo-shaped data, shrunk: ROBE, the dedup pipeline
-(pre-train, deduplicate, fine-tune) PEP's (search, cut, retrain) AdaEmbed (its own train step) and MGQE (tiers from the data's counts) run, a budget dedup cannot reach is recorded as infeasible
+(pre-train, deduplicate, fine-tune) PEP's (search, cut, retrain) AdaEmbed (its own train step) MGQE (tiers from the data's counts) and AutoDim (search, choose, retrain) run, a budget dedup cannot reach is recorded as infeasible
 with its reason, a rerun resumes from the records, and the summary is recomputed from them."""
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def experiment():
 def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_path):
   cfg = load_config(str(REPO / 'configs' / 'table_compression.py:criteo'))
   cfg.criteo.rows, cfg.criteo.total_ids = 6000, 20_000
-  cfg.methods = ('robe', 'dedup', 'pep', 'adaembed', 'mgqe')
+  cfg.methods = ('robe', 'dedup', 'pep', 'adaembed', 'mgqe', 'autodim')
   cfg.method_kw = mlc.ConfigDict({m: {} for m in cfg.methods})
   cfg.method_kw.adaembed = {'period': 5}
+  cfg.method_kw.autodim = {'choices': (2, 8)}  # two widths: a short compile
   cfg.budgets, cfg.seeds, cfg.batch_size, cfg.dim = (1.0, 0.1), (0,), 256, 8
   cfg.workdir, cfg.results = str(tmp_path / 'run'), str(tmp_path / 'out' / 'tc')
   experiment.run_benchmark(cfg)
@@ -42,6 +43,8 @@ def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_pat
   assert by['pep', 0.1]['bytes'] == 8 * by['pep', 0.1]['config']['kept_entries'] <= 0.1 * result['full_table_bytes']
   assert by['adaembed', 0.1]['bytes'] <= 0.1 * result['full_table_bytes']
   assert by['mgqe', 0.1]['config']['frequency_tiers']
+  assert len(by['autodim', 1.0]['config']['dims']) == 26  # at dim 8, width 2 is 25%: not 10%
+  assert not by['autodim', 0.1]['feasible'] and 'exceeds' in by['autodim', 0.1]['reason']
   assert by['dedup', 1.0]['feasible'] and by['dedup', 1.0]['config']['distinct_blocks'] > 0
   # one epoch leaves most rows near their random start, farther apart than the tolerance
   assert not by['dedup', 0.1]['feasible'] and 'near-duplicate blocks found' in by['dedup', 0.1]['reason']

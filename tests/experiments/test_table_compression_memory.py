@@ -25,7 +25,7 @@ def experiment():
   return module
 
 
-@pytest.mark.parametrize('only', ['full:2000', 'hashing:0.1'])
+@pytest.mark.parametrize('only', ['full:2000', 'hashing:0.1', 'adaembed:0.1'])
 def test_memory_child_reports_a_record(experiment, capsys, only):
   cfg = load_config(str(REPO / 'configs' / 'table_compression.py:memory'), [
       '--config.memory.vocab_sizes=(1000,500,300,200)', '--config.memory.dim=8',
