@@ -155,18 +155,19 @@ def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
                         predict=cache['predict'])
   rows, most = table.config['rows_per_block'], table.config['max_blocks']
   t0 = time.perf_counter()
-  blocks, block_map = dedup.deduplicate(params['table']['embedding'], rows, most,
-                                        tolerance=cfg.dedup.tolerance,
-                                        similarity=cfg.dedup.similarity, seed=seed)
+  blocks, block_map, tolerance = dedup.deduplicate_to_budget(
+      params['table']['embedding'], rows, most, tolerance=cfg.dedup.tolerance,
+      attempts=cfg.dedup.attempts, similarity=cfg.dedup.similarity, seed=seed)
   dedup_s = time.perf_counter() - t0
   if len(blocks) > most:
-    raise base.Infeasible(f'{len(block_map) - len(blocks)} near-duplicate blocks found, '
-                          f'{len(block_map) - most} needed for the budget')
+    raise base.Infeasible(f'{len(block_map) - len(blocks)} near-duplicate blocks found at '
+                          f'tolerance {tolerance:g}, {len(block_map) - most} needed for the budget')
   shared = dedup.shared(table.vocab_sizes, table.dim, blocks=blocks, block_map=block_map,
                         rows_per_block=rows)
   # The fine-tuning starts from the pre-trained model as well as the deduplicated blocks.
   out = _run_default(shared, _warm(model, params['model']), cfg, train, valid, test, seed, {})
   out['config'] = {**dict(table.config), **dict(shared.config), 'dedup_seconds': round(dedup_s, 2),
+                   'tolerance_used': tolerance,
                    'pretrain_valid_auc': max(h['valid_auc'] for h in plog['history'])}
   return out
 
@@ -345,7 +346,7 @@ def _short_config(method: str, config: dict) -> str:
   keys = {'hashing': ('rows',), 'qr': ('radices',), 'mixed_dim': ('dims',), 'tt': ('rank',),
           'dhe': ('num_hashes', 'hidden', 'layers'), 'unified': ('rows', 'probes'),
           'optembed': ('dims', 'learned_kept_rows', 'budget_kept_rows'), 'int8': ('bits',), 'lpt': ('bits',),
-          'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks'),
+          'robe': ('size', 'block'), 'dedup': ('rows_per_block', 'distinct_blocks', 'tolerance_used'),
           'pep': ('learned_kept_entries', 'kept_entries'), 'adaembed': ('rows', 'period'),
           'mgqe': ('subspaces', 'tier_codes'), 'autodim': ('dims',)}
   parts = []

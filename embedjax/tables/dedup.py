@@ -11,7 +11,8 @@ Databases" (VLDB 2022), as the storage-compression benchmark (Zhang et al., VLDB
    visited that share a bucket in any table, at most ``max_candidates``) and then inserted; among the candidates, the
    one with the largest share of entries within ``tolerance`` of the block's is chosen when that
    share is at least ``similarity``, and the block becomes a reference to it. Visiting stops once
-   enough blocks are references to fit the byte budget;
+   enough blocks are references to fit the byte budget (:func:`deduplicate_to_budget` raises the
+   tolerance step by step when too few blocks are that close);
 3. fine-tune the ``shared`` table: the distinct blocks as parameters, the block map fixed, so the
    rows sharing a block are trained together.
 
@@ -122,6 +123,25 @@ def deduplicate(embedding, rows_per_block: int, max_blocks: int, *, tolerance: f
           break
   distinct, block_map = np.unique(ref, return_inverse=True)
   return blocks[distinct].reshape(-1, rows_per_block, d), block_map.astype(np.int32)
+
+
+def deduplicate_to_budget(embedding, rows_per_block: int, max_blocks: int, *,
+                          tolerance: float = 0.01, growth: float = 2.0, attempts: int = 12,
+                          **kw) -> tuple[np.ndarray, np.ndarray, float]:
+  """:func:`deduplicate` at ``tolerance``, then at ``tolerance * growth``, ``* growth**2``, ...
+  until the distinct blocks fit ``max_blocks``; returns (blocks, block map, the tolerance used).
+
+  The benchmark's dedup stops at a fixed tolerance and fails when too few blocks are that close
+  (trained tables whose every id was seen rarely have any); raising the tolerance until the budget
+  is met gives dedup a point at every budget, at the stated cost of merging less similar blocks.
+  The last attempt's result is returned even when it does not fit (the caller checks).
+  """
+  for attempt in range(attempts):
+    tol = tolerance * growth ** attempt
+    blocks, block_map = deduplicate(embedding, rows_per_block, max_blocks, tolerance=tol, **kw)
+    if len(blocks) <= max_blocks:
+      break
+  return blocks, block_map, tol
 
 
 def shared(vocab_sizes: Sequence[int], dim: int, *, blocks, block_map,

@@ -85,3 +85,13 @@ def test_for_budget_sizes_the_blocks_and_refuses_what_cannot_fit():
   with pytest.raises(ValueError, match='do not fit'):
     dedup.shared(VOCAB, DIM, blocks=np.zeros((3, 4, DIM)), block_map=np.zeros(90, np.int32),
                  rows_per_block=4)
+
+
+def test_deduplicate_to_budget_raises_the_tolerance_until_the_blocks_fit():
+  emb = _table()
+  for b in (7, 9, 11):  # near-copies of block 30, 0.05 away: not within 0.01
+    emb[4 * b:4 * b + 4] = emb[120:124] + np.float32(0.05)
+  blocks, block_map, tol = dedup.deduplicate_to_budget(emb, 4, 93 - 3, tolerance=0.01)
+  assert len(blocks) == 90 and tol == pytest.approx(0.08)  # 0.01, 0.02, 0.04 too tight
+  _, _, tol = dedup.deduplicate_to_budget(emb, 4, 93 - 3, tolerance=0.01, attempts=1)
+  assert tol == 0.01  # one attempt: the fixed tolerance, and the caller sees it does not fit
