@@ -102,6 +102,8 @@ def get_config(arg=None):
   c.memory.full_probe_ids = (500_000, 1_000_000, 2_000_000)
   # Caps that keep the compute of the per-step MLP / TT contraction short on 2 CPU cores.
   c.memory.method_kw = mlc.ConfigDict({m: {} for m in c.memory.methods})
-  c.memory.method_kw.update({'dhe': {'max_hidden': 128}, 'tt': {'max_rank': 16}})
+  # AdaEmbed re-allocates every 5 steps here, so that rows are held within the 20 steps.
+  c.memory.method_kw.update({'dhe': {'max_hidden': 128}, 'tt': {'max_rank': 16},
+                             'adaembed': {'period': 5}})
   c.memory.only = ''  # internal: 'method:fraction' runs one child process
   return c
