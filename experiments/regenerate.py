@@ -719,6 +719,36 @@ def long_context_doc_block() -> str:
   return '\n'.join([*lines, '', README_END])
 
 
+MULTIVECTOR_RESULT = 'results/bench_multivector_cpu.json'
+MULTIVECTOR_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` '
+                     f'from {MULTIVECTOR_RESULT}; do not edit it by hand. -->')
+
+
+def multivector_doc_block() -> str:
+  """BENCHMARKS.md's multi-vector run: exact MaxSim against PLAID-style search."""
+  path = paths.repo_root() / MULTIVECTOR_RESULT
+  if not path.exists():
+    return '\n'.join([MULTIVECTOR_START, '', 'Not run yet.', '', README_END])
+  record = json.loads(path.read_text())
+  prov = _record_provenance(record)
+  exact, plaid = record['results']['exact'], record['results']['plaid']
+  gib = 2 ** 30
+  lines = [MULTIVECTOR_START, '',
+           f'{_run_prefix(MULTIVECTOR_RESULT, prov)}, {(prov.get("machine") or {}).get("cpu", "?")}; '
+           f'{record["queries"]} queries, {record["documents"]:,} documents, '
+           f'{record["counted_doc_tokens"]:,} document tokens of {record["dim"]} dims, k = {record["k"]}):',
+           '', '| search | queries/s | bytes per document | peak RSS after | recall@k vs exact | build |',
+           '|---|---:|---:|---:|---:|---|',
+           f'| exact MaxSim, float32 | {exact["queries_per_second"]:.2f} | {exact["bytes_per_doc"]:,.0f} | '
+           f'{exact["peak_rss_bytes_after"] / gib:.2f} GiB | 1 | - |',
+           f'| PLAID-style, {plaid["centroids"]:,} centroids, {plaid["bits"]}-bit residuals '
+           f'({plaid["settings"].split(" (")[0]}) | {plaid["queries_per_second"]:.2f} | '
+           f'{plaid["bytes_per_doc"]:,.0f} | {plaid["peak_rss_bytes_after"] / gib:.2f} GiB | '
+           f'{plaid["recall_at_k_vs_exact"]:.4f} | k-means {plaid["fit_s"]:.0f} s ({plaid["kmeans"]}), '
+           f'index {plaid["build_s"]:.0f} s |']
+  return '\n'.join([*lines, '', README_END])
+
+
 def write_readme_table() -> None:
   """Rewrites the generated tables of README.md and the docs from their result files."""
   _write_block('README.md', README_START, readme_eval_block())
@@ -733,6 +763,7 @@ def write_readme_table() -> None:
   _write_block(SHARDED_DOC, TRAIN_START, train_doc_block())
   _write_block(SHARDED_DOC, LOSSES_START, losses_doc_block())
   _write_block(SHARDED_DOC, LONG_START, long_context_doc_block())
+  _write_block(SHARDED_DOC, MULTIVECTOR_START, multivector_doc_block())
 
 
 def _flags(fv) -> None:

@@ -113,6 +113,7 @@ def test_generated_doc_tables_are_their_result_files():
   assert regen.train_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   assert regen.losses_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   assert regen.long_context_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
+  assert regen.multivector_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / regen.LIMIT_DOC).read_text()
   assert regen.patterns_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / regen.LLM_DOC).read_text()
