@@ -140,19 +140,25 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   return out
 
 
-def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
-  """Pre-train the full table -> deduplicate its blocks to the budget -> fine-tune the shared
-  blocks (``embedjax.tables.dedup``). Infeasible when too few near-duplicate blocks exist."""
-  from embedjax.tables import base, dedup
+def _first_stage(table, model, cfg, train, valid, seed, cache, epochs):
+  """The stage-1 table trained for ``epochs`` (dedup's pre-training, PEP's and AutoDim's search):
+  (params of the best validation epoch, log); compiled once per (method, budget) in ``cache``."""
   from embedjax.tables import train as tr
   if 'step' not in cache:
     opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
     cache['step'] = tr.make_train_step(table, model, opt)
     cache['predict'] = tr.make_predict(table, model)
-  params, plog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
-                        epochs=cfg.dedup.pretrain_epochs, batch_size=cfg.batch_size,
-                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
-                        predict=cache['predict'])
+  return tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels), epochs=epochs,
+                batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, seed=seed,
+                step_fn=cache['step'], predict=cache['predict'])
+
+
+def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
+  """Pre-train the full table -> deduplicate its blocks to the budget -> fine-tune the shared
+  blocks (``embedjax.tables.dedup``). Infeasible when too few near-duplicate blocks exist."""
+  from embedjax.tables import base, dedup
+  params, plog = _first_stage(table, model, cfg, train, valid, seed, cache,
+                              cfg.dedup.pretrain_epochs)
   rows, most = table.config['rows_per_block'], table.config['max_blocks']
   t0 = time.perf_counter()
   blocks, block_map, tolerance = dedup.deduplicate_to_budget(
@@ -176,15 +182,7 @@ def _run_pep(table, model, cfg, train, valid, test, seed, cache):
   """Threshold search -> the learned mask cut to the budget -> retrain from the same
   initialisation with the mask fixed (``embedjax.tables.pep``)."""
   from embedjax.tables import pep
-  from embedjax.tables import train as tr
-  if 'step' not in cache:
-    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
-    cache['step'] = tr.make_train_step(table, model, opt)
-    cache['predict'] = tr.make_predict(table, model)
-  params, slog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
-                        epochs=cfg.pep.search_epochs, batch_size=cfg.batch_size,
-                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
-                        predict=cache['predict'])
+  params, slog = _first_stage(table, model, cfg, train, valid, seed, cache, cfg.pep.search_epochs)
   values = pep.learned_values(params['table'])
   mask = pep.budget_mask(values, table.config['budget_bytes'])
   retrain = pep.pruned(table.vocab_sizes, table.dim, mask=mask,
@@ -200,15 +198,8 @@ def _run_autodim(table, model, cfg, train, valid, test, seed, cache):
   """Search the supernet -> widths by alpha within the budget -> retrain ``mixed_dim``."""
   import numpy as np
   from embedjax.tables import autodim, mixed_dim
-  from embedjax.tables import train as tr
-  if 'step' not in cache:
-    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
-    cache['step'] = tr.make_train_step(table, model, opt)
-    cache['predict'] = tr.make_predict(table, model)
-  params, slog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
-                        epochs=cfg.autodim.search_epochs, batch_size=cfg.batch_size,
-                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
-                        predict=cache['predict'])
+  params, slog = _first_stage(table, model, cfg, train, valid, seed, cache,
+                              cfg.autodim.search_epochs)
   alpha = np.asarray(params['table']['alpha'])
   dims = autodim.choose_dims(alpha, table.config['choices'], table.vocab_sizes, table.dim,
                              table.config['budget_bytes'])  # for_budget checked the smallest fits

@@ -4,27 +4,21 @@ with its reason, a rerun resumes from the records, and the summary is recomputed
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import ml_collections as mlc
 import pytest
 
 from embedjax.config import load_config
 from embedjax.paths import repo_root
+from study_modules import load_experiment  # this folder (pytest puts it on sys.path)
 
 REPO = repo_root()
 
 
 @pytest.fixture(scope='module')
 def experiment():
-  spec = importlib.util.spec_from_file_location(
-      '_table_compression_criteo', REPO / 'experiments' / 'table_compression.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment('table_compression', '_table_compression_criteo')
 
 
 def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_path):

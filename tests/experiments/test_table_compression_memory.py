@@ -3,26 +3,21 @@ table at a budget, and the full-table probes) trains and reports its record."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+
 
 import pytest
 
 from embedjax.config import load_config
 from embedjax.paths import repo_root
+from study_modules import load_experiment  # this folder (pytest puts it on sys.path)
 
 REPO = repo_root()
 
 
 @pytest.fixture(scope='module')
 def experiment():
-  spec = importlib.util.spec_from_file_location(
-      '_table_compression', REPO / 'experiments' / 'table_compression.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment('table_compression', '_table_compression')
 
 
 @pytest.mark.parametrize('only', ['full:2000', 'hashing:0.1', 'adaembed:0.1'])
