@@ -4,7 +4,8 @@ unit vectors can realise in d dimensions, for d = 4 ... 32, with a cubic fit and
 python -m experiments.limit_free_embedding --config configs/limit_free_embedding.py
 (`...:quick` sweeps d = 4 ... 8 with a smaller budget and writes results/limit/critical_n.quick.*;
 `...:48` sweeps d = 4 ... 48 under the same protocol and into the same files, continuing a finished
-d = 4 ... 32 sweep)
+d = 4 ... 32 sweep; `...:m2` gives every document 2 vectors scored by MaxSim, d = 4 ... 10, into
+results/beyond_single_vector/critical_n_m2.*, and likewise `:m1` and `:m4`)
 
 Writes results/limit/critical_n.{json,md,png}; the JSON is rewritten after every dimension, so an
 interrupted sweep resumes where it stopped (dimensions already done with the same protocol are
@@ -20,6 +21,7 @@ def get_config(arg=None):
   c.out_dir = ''                  # '' = results/limit in the repository
   c.seed = 0                      # n's probe in dimension d uses fold_in(fold_in(key(seed), d), n)
   c.dims = list(range(4, 33))     # dimensions swept, in order
+  c.doc_vectors = 1               # m vectors per document (> 1: MaxSim scores); queries have one
   c.extrapolate = [384, 512, 768, 1024, 3072, 4096]  # d at which the cubic fit is extrapolated
   c.protocol = dict(              # embedjax.limit.free_embedding.Protocol: one probe's optimisation
       learning_rate=0.01,         # Adam
@@ -39,6 +41,14 @@ def get_config(arg=None):
     c.name = 'critical_n.quick'
     c.dims = list(range(4, 9))
     c.protocol.update(patience=300, max_steps=3000, restarts=2)
+  elif arg and arg[0] == 'm' and arg[1:].isdigit():
+    # The multi-vector curve of the beyond-single-vector study (docs/beyond_single_vector.md):
+    # the same protocol and seeds as the single-vector sweep, m vectors per document.
+    c.doc_vectors = int(arg[1:])
+    c.name = f'critical_n_m{c.doc_vectors}'
+    c.out_dir = 'results/beyond_single_vector'
+    c.dims = list(range(4, 11))
   elif arg:
-    raise ValueError(f"limit_free_embedding takes ':quick' or ':<largest d>', got {arg!r}")
+    raise ValueError("limit_free_embedding takes ':quick', ':<largest d>' or ':m<vectors per "
+                     f"document>', got {arg!r}")
   return c

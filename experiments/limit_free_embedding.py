@@ -73,7 +73,7 @@ def sweep(cfg, done: dict, save, log=print) -> dict:
       start, first_step = predicted_start(history, cfg.start)
       log(f'd={d}: searching from n={start}')
       rec = fe.critical_n(d, jax.random.fold_in(key, d), protocol, start=start,
-                          first_step=first_step, log=log)
+                          first_step=first_step, log=log, doc_vectors=cfg.doc_vectors)
       rec.update(device=device_name(), jax=jax.__version__)
       done[str(d)] = rec
       log(f'd={d}: critical n = {rec["critical_n"]} (first failure {rec["first_failure"]}), '
@@ -86,7 +86,7 @@ def sweep(cfg, done: dict, save, log=print) -> dict:
 def summarise(cfg, done: dict) -> dict:
   dims = [d for d in cfg.dims if str(d) in done]
   ns = [done[str(d)]['critical_n'] for d in dims]
-  out = {'protocol': dict(cfg.protocol), 'k': 2,
+  out = {'protocol': dict(cfg.protocol), 'k': 2, 'doc_vectors': cfg.get('doc_vectors', 1),
          'definition': 'critical_n = largest n for which some restart solved all C(n,2) top-2 '
                        'queries (every query ranks both its documents above all others); '
                        'first_failure = the n just above it that no restart solved',
@@ -156,6 +156,11 @@ def markdown(res: dict) -> str:
             'largest n for which some restart solved all C(n, 2) top-2 queries (the fits below use '
             'it); first failed n = the smallest n that no restart solved. The paper fit is its '
             'cubic, not a measured value.']
+  m = res.get('doc_vectors', 1)
+  if m > 1:
+    lines += ['', f'Documents have {m} free vectors each, scored by MaxSim (a query scores a '
+              'document by its best-matching vector); queries have one. The paper fit is the '
+              'single-vector one, for comparison.']
   for note in notes:
     lines += ['', note]
   if 'fit' in res:
@@ -217,14 +222,15 @@ def dry_run(cfg) -> dict:
 
 def main(cfg, flags=None) -> None:
   dry_run(cfg)
-  out_dir = Path(cfg.out_dir) if cfg.out_dir else paths.repo_root() / 'results' / 'limit'
+  out_dir = paths.repo_root() / (cfg.out_dir or 'results/limit')  # relative to the repository
   json_path = out_dir / f'{cfg.name}.json'
   run = Run(config=cfg, seeds=cfg.seed).start()  # free embeddings: no data files read
   done = {}
   if json_path.exists():  # resume: keep the dimensions already solved under the same protocol
     import json
     old = json.loads(json_path.read_text())
-    if old.get('protocol') == dict(cfg.protocol) and old.get('seed', cfg.seed) == cfg.seed:
+    if (old.get('protocol') == dict(cfg.protocol) and old.get('seed', cfg.seed) == cfg.seed
+        and old.get('doc_vectors', 1) == cfg.doc_vectors):
       done = {d: r for d, r in old.get('runs', {}).items() if int(d) in cfg.dims}
       for r in done.values():  # kept dimensions keep their own provenance
         r.setdefault('provenance', inherited(old.get('provenance')))

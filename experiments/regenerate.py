@@ -81,6 +81,11 @@ TARGETS = (
     _exp('limit_free_embedding', 'configs/limit_free_embedding.py:32',
          'results/limit/critical_n.json', code=('embedjax/limit', 'embedjax/plots.py'), device='gpu',
          note='d >= 20 takes hours per dimension on 2 CPU cores'),
+    *(_exp('limit_free_embedding', f'configs/limit_free_embedding.py:m{m}',
+           f'results/beyond_single_vector/critical_n_m{m}.json',
+           code=('embedjax/limit', 'embedjax/plots.py'),
+           note='minutes per dimension on 2 cores; resumable by dimension')
+      for m in (1, 2, 4)),
     _exp('mteb_scifact', 'configs/mteb_scifact.py', 'results/mteb_scifact.json',
          code=('experiments/mteb_local.py', 'embedjax/evals')),
     _exp('table_compression', 'configs/table_compression.py', 'results/table_compression.json',

@@ -31,7 +31,7 @@ RUNS = {
     'minilm_scifact_mrl.py': ([None], TRAIN),
     'limit_finetune.py': (['train', 'test'], TRAIN),
     'limit_eval.py': ([None, 'quick'], 'limit_eval'),
-    'limit_free_embedding.py': ([None, 'quick', '48'], 'limit_free_embedding'),
+    'limit_free_embedding.py': ([None, 'quick', '48', 'm2'], 'limit_free_embedding'),
     'storage_tradeoff.py': ([None, 'quick'], 'storage_tradeoff'),
     'table_compression.py': ([None, 'memory', 'criteo'], 'table_compression'),
     'mteb_scifact.py': ([None, 'quick'], 'mteb_scifact'),

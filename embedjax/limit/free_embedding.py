@@ -80,21 +80,35 @@ def all_pairs_qrels(n: int) -> np.ndarray:
   return rel
 
 
+def scores(queries: jax.Array, docs: jax.Array) -> jax.Array:
+  """(M, n) query-document scores: cosine for single-vector documents, MaxSim for multi-vector.
+
+  Args:
+    queries: (M, d) unit vectors.
+    docs: (n, d) unit vectors, or (n, m, d): m unit vectors per document, scored by MaxSim
+      (``max_b <q, d_b>``, ColBERT's late interaction with a one-vector query), which stays in
+      [-1, 1] like a cosine so that the temperature means the same for every m.
+  """
+  if docs.ndim == 2:
+    return queries @ docs.T
+  return jnp.max(jnp.einsum('qd,nmd->qnm', queries, docs), axis=-1)
+
+
 def infonce_loss(queries: jax.Array, docs: jax.Array, rel: jax.Array, temperature: float
                  ) -> jax.Array:
   """Mean InfoNCE over (query, relevant doc) pairs, negatives = the query's non-relevant docs.
 
   Args:
     queries: (M, d) unit vectors.
-    docs: (n, d) unit vectors.
+    docs: (n, d) unit vectors, or (n, m, d) multi-vector documents (see ``scores``).
     rel: (M, n) bool qrels.
-    temperature: logits are ``queries @ docs.T / temperature``.
+    temperature: logits are ``scores(queries, docs) / temperature``.
 
   Returns:
     Scalar. For a pair (q, p): ``log(exp(s_qp) + sum_{j not rel} exp(s_qj)) - s_qp``
     = ``softplus(lse_neg_q - s_qp)``.
   """
-  s = queries @ docs.T / temperature
+  s = scores(queries, docs) / temperature
   lse_neg = jax.nn.logsumexp(jnp.where(rel, -jnp.inf, s), axis=1, keepdims=True)
   # A query relevant to every document has no negatives: lse_neg = -inf, softplus(-inf) = 0.
   per_pair = jax.nn.softplus(lse_neg - s)
@@ -102,8 +116,10 @@ def infonce_loss(queries: jax.Array, docs: jax.Array, rel: jax.Array, temperatur
 
 
 def query_margins(queries: jax.Array, docs: jax.Array, rel: jax.Array) -> jax.Array:
-  """(M,) ``min relevant score - max non-relevant score`` per query (+inf if a side is empty)."""
-  s = queries @ docs.T
+  """(M,) ``min relevant score - max non-relevant score`` per query (+inf if a side is empty).
+
+  ``docs`` is (n, d) or (n, m, d), as for ``scores``."""
+  s = scores(queries, docs)
   lowest_rel = jnp.min(jnp.where(rel, s, jnp.inf), axis=1)
   highest_neg = jnp.max(jnp.where(rel, -jnp.inf, s), axis=1)
   return lowest_rel - highest_neg
@@ -114,10 +130,11 @@ def solved(queries: jax.Array, docs: jax.Array, rel: jax.Array) -> jax.Array:
   return jnp.all(query_margins(queries, docs, rel) > 0)
 
 
-def _init(key: jax.Array, num_queries: int, num_docs: int, dim: int):
+def _init(key: jax.Array, num_queries: int, num_docs: int, dim: int, doc_vectors: int = 1):
   kq, kd = jax.random.split(key)
+  doc_shape = (num_docs, dim) if doc_vectors == 1 else (num_docs, doc_vectors, dim)
   return {'q': l2_normalize(jax.random.normal(kq, (num_queries, dim))),
-          'd': l2_normalize(jax.random.normal(kd, (num_docs, dim)))}
+          'd': l2_normalize(jax.random.normal(kd, doc_shape))}
 
 
 def _optimizer(p: Protocol) -> optax.GradientTransformation:
@@ -250,8 +267,16 @@ def default_execution(backend: str | None = None) -> Execution:
 
 
 def _step(p: Protocol, qrels: Qrels, params, opt_state, query_block: int = 1024):
-  """One Adam step on one restart, followed by re-normalisation. Returns (params, state)."""
-  gq, gd = infonce_grads(params['q'], params['d'], qrels, p.temperature, block=query_block)
+  """One Adam step on one restart, followed by re-normalisation. Returns (params, state).
+
+  Single-vector documents take the hand-derived gradient; multi-vector ones (n, m, d) autodiff's
+  (MaxSim's gradient reaches the best-matching vector of each document).
+  """
+  if params['d'].ndim == 2:
+    gq, gd = infonce_grads(params['q'], params['d'], qrels, p.temperature, block=query_block)
+  else:
+    gq, gd = jax.grad(infonce_loss, argnums=(0, 1))(params['q'], params['d'], qrels.rel,
+                                                     p.temperature)
   updates, opt_state = _optimizer(p).update({'q': gq, 'd': gd}, opt_state, params)
   params = jax.tree.map(l2_normalize, optax.apply_updates(params, updates))
   return params, opt_state
@@ -278,10 +303,11 @@ class Attempt:
   seconds: float
 
 
-def _run(p: Protocol, dim: int, ex: Execution, qrels: Qrels, key: jax.Array):
+def _run(p: Protocol, dim: int, ex: Execution, qrels: Qrels, key: jax.Array,
+         doc_vectors: int = 1):
   """The jitted loop: chunks of ``check_every`` steps of every restart in a while_loop."""
   num_queries, num_docs = qrels.rel.shape
-  params = jax.vmap(lambda k: _init(k, num_queries, num_docs, dim))(
+  params = jax.vmap(lambda k: _init(k, num_queries, num_docs, dim, doc_vectors))(
       jax.random.split(key, p.restarts))
   opt_state = jax.vmap(_optimizer(p).init)(params)
   one_step = lambda v, s: _step(p, qrels, v, s, ex.query_block)
@@ -324,11 +350,12 @@ def _run(p: Protocol, dim: int, ex: Execution, qrels: Qrels, key: jax.Array):
   return params, steps, best, fewest, margins
 
 
-_run_jit = jax.jit(_run, static_argnums=(0, 1, 2))
+_run_jit = jax.jit(_run, static_argnums=(0, 1, 2, 5))
 
 
 def optimise(rel, dim: int, key: jax.Array, protocol: Protocol = Protocol(),
-             return_params: bool = False, execution: Execution | None = None):
+             return_params: bool = False, execution: Execution | None = None,
+             doc_vectors: int = 1):
   """Tries to realise ``rel`` with free unit vectors in ``dim`` dimensions.
 
   Args:
@@ -336,8 +363,11 @@ def optimise(rel, dim: int, key: jax.Array, protocol: Protocol = Protocol(),
     dim: embedding dimension d >= 1.
     key: PRNG key; restart r starts from ``split(key, R)[r]``.
     protocol: the optimisation protocol.
-    return_params: also return the final vectors ``{'q': (R, M, d), 'd': (R, n, d)}``.
+    return_params: also return the final vectors ``{'q': (R, M, d), 'd': (R, n, d)}``
+      (``(R, n, m, d)`` for multi-vector documents).
     execution: device layout of the steps; default ``default_execution()``.
+    doc_vectors: m, the vectors per document (1 = single-vector; m > 1 scores by MaxSim, see
+      ``scores``). Queries keep one vector.
 
   Returns:
     An ``Attempt`` (and the params when asked).
@@ -345,10 +375,12 @@ def optimise(rel, dim: int, key: jax.Array, protocol: Protocol = Protocol(),
   chex.assert_rank(np.asarray(rel), 2)
   if dim < 1:
     raise ValueError(f'dim must be >= 1, got {dim}')
+  if doc_vectors < 1:
+    raise ValueError(f'doc_vectors must be >= 1, got {doc_vectors}')
   start = time.perf_counter()
   params, steps, best, fewest, margins = _run_jit(protocol, int(dim),
                                                   execution or default_execution(),
-                                                  make_qrels(rel), key)
+                                                  make_qrels(rel), key, int(doc_vectors))
   margins = np.asarray(margins)
   attempt = Attempt(solved=bool(np.any(margins > 0)), steps=int(steps),
                     best_loss=np.asarray(best), fewest_violations=np.asarray(fewest),
@@ -414,8 +446,10 @@ def _boundary(holds: Callable[[int], bool], start: int, first_step: int, lowest:
 
 
 def critical_n(dim: int, key: jax.Array, protocol: Protocol = Protocol(), *, start: int = 3,
-               first_step: int = 4, log: Callable[[str], None] | None = None) -> dict:
-  """Largest n whose all-pairs (k = 2) qrels free embeddings solve in ``dim`` dimensions.
+               first_step: int = 4, log: Callable[[str], None] | None = None,
+               doc_vectors: int = 1) -> dict:
+  """Largest n whose all-pairs (k = 2) qrels free embeddings solve in ``dim`` dimensions
+  (with ``doc_vectors`` vectors per document, scored by MaxSim when more than one).
 
   Returns:
     ``{'dim', 'critical_n' (largest solved n), 'first_failure' (smallest failed n),
@@ -427,12 +461,12 @@ def critical_n(dim: int, key: jax.Array, protocol: Protocol = Protocol(), *, sta
 
   def is_solved(n: int) -> bool:
     if n not in trace.attempts:
-      trace.record(n, optimise(all_pairs_qrels(n), dim, jax.random.fold_in(key, n), protocol),
-                   log, f'd={dim} n')
+      trace.record(n, optimise(all_pairs_qrels(n), dim, jax.random.fold_in(key, n), protocol,
+                               doc_vectors=doc_vectors), log, f'd={dim} n')
     return trace.attempts[n].solved
 
   lo, hi = _boundary(is_solved, start, first_step, lowest=2)
-  return {'dim': dim, 'critical_n': lo, 'first_failure': hi,
+  return {'dim': dim, 'doc_vectors': doc_vectors, 'critical_n': lo, 'first_failure': hi,
           'attempts': {n: _attempt_record(a) for n, a in trace.attempts.items()},
           'seconds': round(time.perf_counter() - start_time, 2)}
 

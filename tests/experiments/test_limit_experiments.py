@@ -20,9 +20,9 @@ limit_eval = _load('experiments/limit_eval.py', 'limit_eval')
 lfe = _load('experiments/limit_free_embedding.py', 'limit_free_embedding')
 
 
-def _cfg(dims):
+def _cfg(dims, doc_vectors=1):
   c = mlc.ConfigDict()
-  c.seed, c.dims, c.start, c.extrapolate = 0, dims, 3, [64]
+  c.seed, c.dims, c.start, c.extrapolate, c.doc_vectors = 0, dims, 3, [64], doc_vectors
   c.protocol = dict(learning_rate=0.05, temperature=0.1, patience=300, max_steps=3000,
                     check_every=50, restarts=2)
   return c
@@ -42,6 +42,14 @@ def test_sweep_resumes_and_summarises():
   np.testing.assert_allclose(res['fit'], [1, 0, 2, 0], atol=1e-6)
   assert res['extrapolated'] == {'64': 2 * 64 ** 2 + 1} and res['fit_r2'] == 1.0
   assert '| 4 | 33 | 34 |' in lfe.markdown(res)
+  assert res['doc_vectors'] == 1 and 'MaxSim' not in lfe.markdown(res)
+
+
+def test_multi_vector_sweep_passes_the_vectors_per_document_through():
+  done = lfe.sweep(_cfg([2], doc_vectors=2), {}, lambda d: None, log=lambda s: None)
+  assert done['2']['doc_vectors'] == 2
+  res = lfe.summarise(_cfg([2], doc_vectors=2), done)
+  assert res['doc_vectors'] == 2 and 'scored by MaxSim' in lfe.markdown(res)
 
 
 def test_largest_solved_and_first_failed_come_from_the_probe_records():
