@@ -126,6 +126,14 @@ TARGETS = (
            study='recipes',
            note='the training-recipes study: about 20 min per (cell, seed) on 2 cores, '
                 'each a resumable run with its own record'),
+    Target('beyond_single_vector', 'results/beyond_single_vector/summary.json',
+           (PY, '-m', 'experiments.beyond_single_vector'),
+           code=('experiments/beyond_single_vector.py', 'configs/beyond_single_vector.py',
+                 'experiments/cells.py', *CORE),
+           study='beyond_single_vector',
+           note='single-vector, ColBERT, SPLADE and BM25 on LIMIT-small and SciFact: about 25 min '
+                'per trained (cell, seed) on 2 cores (one epoch of the mixture, then the SciFact '
+                'corpus encoded and searched), each a resumable run with its own record'),
     Target('adapters', 'results/adapters/summary.json', (PY, '-m', 'experiments.adapters'),
            code=('experiments/adapters.py', 'configs/adapters.py', 'experiments/recipes.py',
                  'configs/recipes.py', 'embedjax/posthoc.py', 'embedjax/train', 'embedjax/losses',

@@ -47,6 +47,8 @@ RUNS = {
     'recipes.py': (['stsb_cosent', 'scifact_hardness'], TRAIN),
     'pruning.py': ([None, 'gaprune_50_recovered', 'structured_heads_50'], 'pruning'),
     'adapters.py': ([None, 'adr_both', 'qdc'], 'adapters'),
+    'beyond_single_vector.py': ([None, 'bm25', 'single_pretrained', 'single_finetuned', 'sparse'],
+                                'beyond_single_vector'),
     'long_context.py': ([None, 'quick'], 'long_context'),
     'merging.py': (['uniform_soup', 'self_positioning'], 'merging'),
     'merging_specialists.py': (['mrpc', 'sick'], TRAIN),

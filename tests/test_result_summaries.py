@@ -156,6 +156,21 @@ def test_adapters_summary_and_table_follow_from_the_run_records():
   assert exp.markdown(again) == (root / 'adapters.md').read_text()
 
 
+def test_beyond_single_vector_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'beyond_single_vector'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the beyond-single-vector study has no records yet')
+  exp = _load('experiments/beyond_single_vector.py')
+  again = json.loads(json.dumps(exp.summarize(exp.load_records(root),
+                                              exp.load_free_embedding(root))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.beyond_single_vector --summarize'
+  assert exp.markdown(again) == (root / 'beyond_single_vector.md').read_text()
+  for cell, seeds in exp.load_records(root).items():
+    for seed, rec in seeds.items():
+      assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
+
+
 def test_long_context_summary_and_table_follow_from_the_cell_records():
   root = RESULTS / 'long_context'
   if not (root / 'summary.json').exists():

@@ -123,3 +123,26 @@ def test_the_cli_refuses_to_score_such_a_folder_as_one_vector(runs):
   from embedjax.cli import UsageError, load_model
   with pytest.raises(UsageError, match='is a multi-vector or sparse model'):
     load_model(str(runs['sparse'][1] / 'export'), 'float32')
+
+
+def test_the_beyond_single_vector_study_scores_as_the_eval_runner(runs):
+  # The study encodes each text once for every search; its exact multi-vector and sparse rows
+  # must be the eval runner's, and its compressed rows smaller.
+  import ml_collections
+  from embedjax.evals.representations import TokenModel, evaluate_retrieval
+  from embedjax.evals.tasks import TASKS
+  from tests.experiments.study_modules import load_experiment
+  study = load_experiment('beyond_single_vector', 'beyond_single_vector_eval')
+  data = TASKS['synthetic_retrieval'].load(None)
+  cfg = ml_collections.ConfigDict({'seed': 0, 'plaid': {'bits': (2, 1), 'kmeans_sample': 64,
+                                                        'kmeans_iters': 2}})
+  for kind in ('multi_vector', 'sparse'):
+    model = TokenModel.load(runs[kind][1] / 'export')
+    want = evaluate_retrieval(model, 'synthetic_retrieval', None)
+    got = (study.eval_multi_vector(cfg, model, data)['exact'] if kind == 'multi_vector'
+           else study.eval_sparse(model, data)['inverted_index'])
+    for key in ('ndcg@10', 'recall@10', 'bytes_per_doc'):
+      assert got[key] == pytest.approx(want[key], abs=1e-12), (kind, key)
+  rows = study.eval_multi_vector(cfg, TokenModel.load(runs['multi_vector'][1] / 'export'), data)
+  assert rows['plaid_1bit']['bytes_per_doc'] < rows['plaid_2bit']['bytes_per_doc'] < (
+      rows['exact']['bytes_per_doc'] / 4)
