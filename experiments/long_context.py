@@ -32,8 +32,43 @@ def out_dir(cfg) -> Path:
   return paths.repo_root() / (cfg.out_dir or 'results/long_context')
 
 
-def record_path(root: Path, model: str, method: str, task: str, length: int) -> Path:
+def cell_path(root: Path, model: str, method: str, task: str, length: int) -> Path:
   return root / 'runs' / model / method / f'{task}_{length}.json'
+
+
+def _cell_name(model: str, method: str, task: str, length: int) -> str:
+  return f'{model}/{method}/{task}_{length}'
+
+
+def _parse_cell(name: str) -> tuple[str, str, str, int]:
+  model, method, rest = name.split('/')
+  task, length = rest.rsplit('_', 1)
+  return model, method, task, int(length)
+
+
+# What `make results` (experiments/regenerate.py) asks of a study, for the default config's grid:
+# every run as (cell, seed) with cell = 'model/method/task_length' (nothing random: seed 0).
+
+
+def _default_config():
+  from embedjax.config import load_config
+  return load_config(str(paths.repo_root() / 'configs' / 'long_context.py'))
+
+
+def expected_runs(seeds=None) -> list[tuple[str, int]]:
+  del seeds
+  return [(_cell_name(*cell), 0) for cell in cells(_default_config())]
+
+
+def record_path(cell: str, seed: int = 0, root: Path | None = None) -> Path:
+  del seed
+  return cell_path(root or out_dir(_default_config()), *_parse_cell(cell))
+
+
+def config_is_current(cell: str, seed: int = 0, root: Path | None = None) -> bool:
+  path = record_path(cell, seed, root)
+  return path.is_file() and json.loads(path.read_text()).get('config_hash') == cell_hash(
+      _default_config(), *_parse_cell(cell))
 
 
 def _factor(method: str) -> float:
@@ -120,18 +155,21 @@ def rope_encoder(model, method: str, cfg, length: int):
 
 
 def cells(cfg, models=MODELS):
+  """(model, method, task, length) of the grid, shortest inputs first: a cell's cost grows with
+  its length (long SciFact at 8k tokens takes hours on 2 cores), so an interrupted study has
+  every method and task at the shorter lengths rather than one method at every length."""
   for model in models:
     if model == 'rope' and not cfg.rope_model:
       continue
-    for method in (cfg.methods if model == 'minilm' else cfg.rope_methods):
+    for length in cfg.lengths:
       for task in cfg.tasks:
-        for length in cfg.lengths:
+        for method in (cfg.methods if model == 'minilm' else cfg.rope_methods):
           yield model, method, task, int(length)
 
 
 def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int, root: Path):
   from embedjax.evals.tasks import run_task, task_inputs
-  path = record_path(root, model, method, task, length)
+  path = cell_path(root, model, method, task, length)
   chash = cell_hash(cfg, model, method, task, length)
   if path.is_file() and json.loads(path.read_text()).get('config_hash') == chash:
     return None

@@ -134,6 +134,13 @@ TARGETS = (
            note='single-vector, ColBERT, SPLADE and BM25 on LIMIT-small and SciFact: about 25 min '
                 'per trained (cell, seed) on 2 cores (one epoch of the mixture, then the SciFact '
                 'corpus encoded and searched), each a resumable run with its own record'),
+    Target('long_context', 'results/long_context/summary.json',
+           (PY, '-m', 'experiments.long_context', '--config', 'configs/long_context.py'),
+           code=('experiments/long_context.py', 'configs/long_context.py', *CORE),
+           study='long_context',
+           note='score against input length, one record per (model, method, task, length), '
+                'shortest inputs first: seconds to minutes per cell up to 2k tokens, hours for '
+                'long SciFact at 8k tokens on 2 cores (a GPU\'s work)'),
     Target('adapters', 'results/adapters/summary.json', (PY, '-m', 'experiments.adapters'),
            code=('experiments/adapters.py', 'configs/adapters.py', 'experiments/recipes.py',
                  'configs/recipes.py', 'embedjax/posthoc.py', 'embedjax/train', 'embedjax/losses',

@@ -54,3 +54,20 @@ def test_summary_follows_the_records():
                           'chunk': {'passkey': {'256': 0.2}}}, 'rope': {}}
   table = study.markdown(s)
   assert '| truncate | 0.700 | 0.300 |' in table and '| chunk | 0.200 | - |' in table
+
+
+def test_make_results_sees_the_grid_shortest_inputs_first(cfg, tmp_path):
+  runs = study.expected_runs()
+  assert len(runs) == len(cfg.methods) * len(cfg.tasks) * len(cfg.lengths)  # no RoPE model set
+  lengths = [int(c.rsplit('_', 1)[1]) for c, _ in runs]
+  assert lengths == sorted(lengths) and {s for _, s in runs} == {0}
+  cell = 'minilm/interpolate_2x/long_scifact_1024'
+  path = study.record_path(cell, 0, tmp_path)
+  assert path == study.cell_path(tmp_path, 'minilm', 'interpolate_2x', 'long_scifact', 1024)
+  assert not study.config_is_current(cell, 0, tmp_path)
+  path.parent.mkdir(parents=True)
+  chash = study.cell_hash(cfg, 'minilm', 'interpolate_2x', 'long_scifact', 1024)
+  path.write_text(f'{{"config_hash": "{chash}"}}')
+  assert study.config_is_current(cell, 0, tmp_path)
+  path.write_text('{"config_hash": "other"}')
+  assert not study.config_is_current(cell, 0, tmp_path)
