@@ -35,6 +35,8 @@ def get_config(arg=None):
   )
   c.start = 3                     # first n tried at the first dimension; later ones start from
                                   # the previous dimension's critical-n
+  c.redo = ()                     # dimensions searched again although the results file has them
+                                  # (e.g. (32,) to replace a hand-assembled record)
   if arg and arg.isdigit():
     c.dims = list(range(4, int(arg) + 1))
   elif arg == 'quick':

@@ -231,10 +231,12 @@ def main(cfg, flags=None) -> None:
     old = json.loads(json_path.read_text())
     if (old.get('protocol') == dict(cfg.protocol) and old.get('seed', cfg.seed) == cfg.seed
         and old.get('doc_vectors', 1) == cfg.doc_vectors):
-      done = {d: r for d, r in old.get('runs', {}).items() if int(d) in cfg.dims}
+      done = {d: r for d, r in old.get('runs', {}).items()
+              if int(d) in cfg.dims and int(d) not in cfg.redo}
       for r in done.values():  # kept dimensions keep their own provenance
         r.setdefault('provenance', inherited(old.get('provenance')))
-      print(f'resuming: {len(done)} dimension(s) already done', flush=True)
+      print(f'resuming: {len(done)} dimension(s) already done'
+            + (f', searching {list(cfg.redo)} again' if cfg.redo else ''), flush=True)
 
   def save(done):
     prov = run.provenance()

@@ -96,3 +96,23 @@ def test_recalls_and_quantized_run():
   assert nbytes == 2 and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
   t = limit_eval.truncate_and_renormalize(corpus, 4)
   np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1, rtol=1e-6)
+
+
+def test_redo_searches_a_recorded_dimension_again(tmp_path):
+  # A results file with a hand-made record for d = 2 (critical n 7: wrong) and a hand_assembled
+  # mark: redo=(2,) searches d = 2 again and the rewritten file is the program's.
+  import json
+  cfg = _cfg([2])
+  cfg.name, cfg.out_dir, cfg.redo = 'cn', str(tmp_path), (2,)
+  fake = {'critical_n': 7, 'first_failure': 8, 'seconds': 1.0, 'note': 'by hand'}
+  (tmp_path / 'cn.json').write_text(json.dumps(
+      {'protocol': dict(cfg.protocol), 'seed': 0, 'hand_assembled': 'd = 2',
+       'runs': {'2': fake}}))
+  lfe.main(cfg)
+  res = json.loads((tmp_path / 'cn.json').read_text())
+  assert res['critical_n'] == {'2': 3} and 'hand_assembled' not in res
+  assert 'note' not in res['runs']['2'] and res['runs']['2']['attempts']
+  cfg.redo = ()
+  lfe.main(cfg)  # kept as it is now
+  assert json.loads((tmp_path / 'cn.json').read_text())['runs']['2']['attempts'] == \
+      res['runs']['2']['attempts']
