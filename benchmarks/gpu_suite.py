@@ -1,0 +1,272 @@
+r"""The prepared GPU suites: everything a lent GPU window runs, prepared here and run there once.
+
+A window is about 15 minutes of device time, a cold start included, at most 10 minutes a command,
+and it carries the working tree (no ``.git``, no ``../shared``, no installed packages). So:
+
+Here (CPU), on a clean checkout of the commit to measure:
+    .venv/bin/python benchmarks/gpu_suite.py prepare
+  writes ``.gpu_carry/`` (ignored by git): the manifest (the commit and the sha256 of every tracked
+  file), the ml-collections wheel (the device image lacks it; embedjax.train imports it), and the
+  SciFact corpus plus MiniLM's tokenizer for the real-text encoding run
+  (``encode_gpu.py --prepare-texts``).
+There (``run`` of the device tool, repository root, ``carry=['.gpu_carry']``):
+    python3 benchmarks/gpu_suite.py run A --out $OUT    # training + encoding (BERT shapes)
+    python3 benchmarks/gpu_suite.py run B --out $OUT    # the ~0.6B decoder, full and LoRA steps
+    python3 benchmarks/gpu_suite.py run C --out $OUT    # LIMIT critical-n at d = 32, twice
+  Each suite installs the carried wheels into /tmp/site, checks the tree against the manifest, runs
+  its benchmarks one after another (each in its own process, each under a time limit so that the
+  suite ends within ``SUITE_SECONDS``), and writes their result files and logs under ``--out``.
+  The device has no git: a result file whose provenance has no git state gets the manifest's
+  commit, with ``git.verified_by`` saying how it was checked (the sha256 of every tracked file);
+  files that differ from the manifest are listed as ``dirty_paths`` (and make the result stale).
+Back here:
+    .venv/bin/python benchmarks/gpu_suite.py collect FILES_AT
+  copies the result files from the folder the device tool returned into results/.
+
+``--smoke`` (``run A --smoke``) runs the same path on a CPU with tiny shapes (the CI test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CARRY = REPO / '.gpu_carry'
+MANIFEST = 'manifest.json'
+WHEELS = ('ml_collections',)  # missing from the device image; pure-Python wheels
+SUITE_SECONDS = 480           # each suite fits one window with a rerun to spare
+# (result file, script, arguments, seconds allowed) per suite, in the order they run.
+SUITES = {
+    'A': (('bench_train_gpu.json', 'train_gpu.py', (), 250),
+          # encode_gpu.py stops starting runs before its own budget ends, so that it writes its
+          # file before the suite's limit kills it
+          ('bench_encode_gpu.json', 'encode_gpu.py',
+           ('--texts', '{carry}/scifact_corpus.jsonl.gz', '--tokenizer', '{carry}/tokenizer.json',
+            '--time-budget', '210'), 230)),
+    'B': (('bench_decoder_gpu.json', 'decoder_gpu.py', (), 470),),
+}
+# Suite C: LIMIT's free-embedding critical-n at d = 32, searched again on the GPU to replace the
+# hand-assembled record of results/limit/critical_n.json (experiments/regenerate.py's GPU target
+# critical_n runs this command), twice from the same file to check that the result is
+# deterministic (XLA:GPU's deterministic ops are set by the experiment).
+CRITICAL_N = ('-m', 'experiments.limit_free_embedding', '--config',
+              'configs/limit_free_embedding.py:32', '--config.redo=(32,)')
+CRITICAL_N_SECONDS = 220      # per run; an H200 took ~70 s for d = 32's probes
+
+
+def _sha256(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _git(*args: str) -> str:
+  return subprocess.run(['git', *args], cwd=REPO, check=True, capture_output=True,
+                        text=True).stdout
+
+
+def write_manifest(out: Path) -> dict:
+  """{'commit', 'files': {path: sha256}} of the checkout's tracked files; refuses a dirty tree
+  (a result is made at a commit)."""
+  dirty = _git('status', '--porcelain').strip()
+  if dirty:
+    raise SystemExit(f'gpu_suite prepare: the tree has uncommitted changes:\n{dirty}')
+  files = [p for p in _git('ls-files', '-z').split('\0') if p and (REPO / p).is_file()]
+  manifest = {'commit': _git('rev-parse', 'HEAD').strip(),
+              'files': {p: _sha256(REPO / p) for p in files}}
+  out.mkdir(parents=True, exist_ok=True)
+  (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+  return manifest
+
+
+def verify_tree(manifest: dict, root: Path = REPO) -> list[str]:
+  """The manifest's files that are missing or differ under ``root`` (empty: the tree is the
+  manifest's commit, as far as tracked files go)."""
+  return sorted(p for p, digest in manifest['files'].items()
+                if not (root / p).is_file() or _sha256(root / p) != digest)
+
+
+def stamp_git(result_path: Path, manifest: dict, differ: list[str]) -> bool:
+  """Gives a result file made without git the manifest's commit (in place, atomically).
+  Returns whether it stamped (a file that has git state of its own is left alone)."""
+  record = json.loads(result_path.read_text())
+  prov = record.get('provenance')
+  if not isinstance(prov, dict) or prov.get('git'):
+    return False
+  prov['git'] = {'commit': manifest['commit'], 'dirty': bool(differ), 'dirty_paths': differ,
+                 'verified_by': f'sha256 of {len(manifest["files"])} tracked files against '
+                                f'{CARRY.name}/{MANIFEST} (the device has no git)'}
+  prov['git_commit'] = manifest['commit'][:7]
+  tmp = result_path.with_name(result_path.name + '.tmp')
+  tmp.write_text(json.dumps(record, indent=1))
+  os.replace(tmp, result_path)
+  return True
+
+
+def prepare(args) -> None:
+  manifest = write_manifest(CARRY)
+  wheels = CARRY / 'wheels'
+  shutil.rmtree(wheels, ignore_errors=True)
+  from importlib.metadata import version
+  for name in WHEELS:
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps',
+                    '--only-binary=:all:', '--python-version', '3.12', '-d', str(wheels),
+                    f'{name}=={version(name)}'], check=True)
+  subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'encode_gpu.py'), '--prepare-texts',
+                  str(Path(args.data_dir) / 'scifact' / 'corpus.jsonl.gz'),
+                  str(CARRY / 'scifact_corpus.jsonl.gz')], check=True)
+  size = sum(p.stat().st_size for p in CARRY.rglob('*') if p.is_file())
+  print(f'{CARRY}: commit {manifest["commit"][:10]}, {len(manifest["files"])} files in the '
+        f'manifest, {size / 2**20:.1f} MiB to carry')
+
+
+def _install_wheels() -> str | None:
+  wheels = sorted((CARRY / 'wheels').glob('*.whl'))
+  if not wheels:
+    return None
+  site = '/tmp/site'
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
+                  '--no-compile', '--no-cache-dir', '--upgrade', '--target', site,
+                  *map(str, wheels)], check=True)
+  return site
+
+
+def run_suite(args) -> dict:
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  started = time.time()
+  manifest_path = CARRY / MANIFEST
+  manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+  differ = verify_tree(manifest) if manifest else None
+  env = dict(os.environ, PYTHONUNBUFFERED='1', HF_HUB_OFFLINE='1')
+  site = None if args.smoke else _install_wheels()
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (site, str(REPO), env.get('PYTHONPATH')) if p)
+  report = {'suite': args.suite, 'smoke': args.smoke, 'commit': manifest and manifest['commit'],
+            'tree_differs_from_manifest': differ, 'runs': {}}
+  if args.suite == 'C':
+    report.update(run_critical_n(args, out, env, manifest, differ))
+  for result, script, extra, seconds in SUITES.get(args.suite, ()):
+    left = SUITE_SECONDS - (time.time() - started)
+    limit = int(min(seconds, left)) if not args.smoke else 900
+    cmd = [sys.executable, str(REPO / 'benchmarks' / script), '--out', str(out / result),
+           *(a.format(carry=CARRY) for a in extra)]
+    if args.smoke:  # tiny shapes; encode_gpu.py has texts of its own then
+      cmd = [c for c in cmd if not c.startswith(str(CARRY))]
+      cmd = [c for c in cmd if c not in ('--texts', '--tokenizer')] + ['--smoke']
+    print(f'== {script} (limit {limit} s): {" ".join(cmd)}', flush=True)
+    t0 = time.time()
+    with open(out / f'{Path(script).stem}.log', 'w') as log:
+      try:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=max(limit, 1)).returncode
+      except subprocess.TimeoutExpired:
+        rc = 'timeout'
+    stamped = (out / result).is_file() and manifest is not None and stamp_git(
+        out / result, manifest, differ)
+    report['runs'][script] = {'rc': rc, 'seconds': round(time.time() - t0, 1),
+                              'result': result if (out / result).is_file() else None,
+                              'git_stamped_from_manifest': stamped}
+    print(f'   rc={rc} in {report["runs"][script]["seconds"]} s', flush=True)
+  report['seconds'] = round(time.time() - started, 1)
+  (out / f'suite_{args.suite}.json').write_text(json.dumps(report, indent=1))
+  print(json.dumps(report, indent=1))
+  return report
+
+
+def _same_search(a: dict, b: dict) -> bool:
+  """Whether two searches of one dimension probed the same n with the same outcomes (solved,
+  steps, losses, violations, margins), times and provenance aside."""
+  def probes(run):
+    return {n: {k: v for k, v in p.items() if k != 'seconds'} for n, p in run['attempts'].items()}
+  return probes(a) == probes(b) and a['critical_n'] == b['critical_n']
+
+
+def run_critical_n(args, out: Path, env: dict, manifest, differ) -> dict:
+  """Suite C: the d = 32 search twice, each from the committed results file."""
+  files = REPO / 'results' / 'limit'
+  original = (files / 'critical_n.json').read_bytes()
+  cmd = [sys.executable, *CRITICAL_N]
+  if args.smoke:  # d = 4 with a tiny budget, into a scratch folder
+    cmd = [sys.executable, '-m', 'experiments.limit_free_embedding', '--config',
+           'configs/limit_free_embedding.py:4', '--config.redo=(4,)',
+           '--config.name=critical_n.quick', '--config.protocol.max_steps=200',
+           '--config.protocol.patience=100',
+           f'--config.out_dir={out / "smoke_results"}']
+    files = out / 'smoke_results'
+    files.mkdir(parents=True, exist_ok=True)
+    original = b'{}'
+  report = {'runs': {}}
+  for name in ('first', 'again'):
+    (files / ('critical_n.quick.json' if args.smoke else 'critical_n.json')).write_bytes(original)
+    dest = out / ('limit' if name == 'first' else 'limit_again')
+    dest.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(out / f'critical_n_{name}.log', 'w') as log:
+      try:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=900 if args.smoke else CRITICAL_N_SECONDS).returncode
+      except subprocess.TimeoutExpired:
+        rc = 'timeout'
+    stem = 'critical_n.quick' if args.smoke else 'critical_n'
+    for ext in ('json', 'md', 'png'):
+      if (files / f'{stem}.{ext}').is_file():
+        shutil.copyfile(files / f'{stem}.{ext}', dest / f'critical_n.{ext}')
+    report['runs'][name] = {'rc': rc, 'seconds': round(time.time() - t0, 1)}
+    if manifest is not None and (dest / 'critical_n.json').is_file():
+      stamp_git(dest / 'critical_n.json', manifest, differ)
+  (files / ('critical_n.quick.json' if args.smoke else 'critical_n.json')).write_bytes(original)
+  try:
+    first, again = (json.loads((out / d / 'critical_n.json').read_text())
+                    for d in ('limit', 'limit_again'))
+    dim = '4' if args.smoke else '32'
+    report['deterministic'] = _same_search(first['runs'][dim], again['runs'][dim])
+    report['critical_n'] = [first['critical_n'][dim], again['critical_n'][dim]]
+  except (OSError, KeyError, ValueError) as e:
+    report['deterministic'] = None
+    report['error'] = f'{type(e).__name__}: {e}'
+  return report
+
+
+def collect(args) -> None:
+  src = Path(args.files_at)
+  for result in (r for suite in SUITES.values() for r, *_ in suite):
+    found = sorted(src.rglob(result))
+    if found:
+      shutil.copyfile(found[0], REPO / 'results' / result)
+      print(f'results/{result} <- {found[0]}')
+  first = sorted(src.rglob('limit/critical_n.json'))
+  if first:  # suite C: the first of its two runs (the report says whether the second agreed)
+    for ext in ('json', 'md', 'png'):
+      if first[0].with_suffix(f'.{ext}').is_file():
+        shutil.copyfile(first[0].with_suffix(f'.{ext}'), REPO / 'results' / 'limit' /
+                        f'critical_n.{ext}')
+    print(f'results/limit/critical_n.* <- {first[0].parent}')
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  sub = p.add_subparsers(dest='cmd', required=True)
+  pp = sub.add_parser('prepare', help='write .gpu_carry/ here')
+  pp.add_argument('--data-dir', default=str(REPO.parent / 'shared' / 'data'))
+  pr = sub.add_parser('run', help='run a suite (on the device)')
+  pr.add_argument('suite', choices=[*sorted(SUITES), 'C'])
+  pr.add_argument('--out', required=True, help='folder for result files and logs ($OUT)')
+  pr.add_argument('--smoke', action='store_true', help='tiny shapes on a CPU (the CI check)')
+  pc = sub.add_parser('collect', help='copy returned result files into results/')
+  pc.add_argument('files_at')
+  args = p.parse_args(argv)
+  {'prepare': prepare, 'run': run_suite, 'collect': collect}[args.cmd](args)
+
+
+if __name__ == '__main__':
+  main()

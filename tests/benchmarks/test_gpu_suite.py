@@ -1,0 +1,89 @@
+"""benchmarks/gpu_suite.py's bookkeeping: the manifest of a commit, the check of a carried tree
+against it, the git state given to a result file made without git, and every suite's command line
+accepted by its script (so a window is not lost to a typo)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  spec = importlib.util.spec_from_file_location(f'_bench_{name}', REPO / 'benchmarks' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+suite = _load('gpu_suite')
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+  """A git repository of two committed files, as the suite's REPO."""
+  def git(*a):
+    subprocess.run(['git', *a], cwd=tmp_path, check=True, capture_output=True)
+  git('init', '-q')
+  git('config', 'user.email', 'x@y'); git('config', 'user.name', 'x')
+  (tmp_path / 'a.py').write_text('a = 1\n')
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'sub' / 'b.txt').write_text('b\n')
+  git('add', '.'); git('commit', '-qm', 'c')
+  monkeypatch.setattr(suite, 'REPO', tmp_path)
+  return tmp_path
+
+
+def test_manifest_and_verification(repo, tmp_path):
+  manifest = suite.write_manifest(repo / 'carry')
+  assert set(manifest['files']) == {'a.py', 'sub/b.txt'} and len(manifest['commit']) == 40
+  assert json.loads((repo / 'carry' / 'manifest.json').read_text()) == manifest
+  assert suite.verify_tree(manifest, repo) == []
+  (repo / 'a.py').write_text('a = 2\n')
+  assert suite.verify_tree(manifest, repo) == ['a.py']
+  with pytest.raises(SystemExit, match='uncommitted'):
+    suite.write_manifest(repo / 'carry2')
+  (repo / 'sub' / 'b.txt').unlink()
+  assert suite.verify_tree(manifest, repo) == ['a.py', 'sub/b.txt']
+
+
+def test_a_result_without_git_gets_the_manifest_commit(tmp_path):
+  manifest = {'commit': 'c' * 40, 'files': {'x': '0', 'y': '1'}}
+  path = tmp_path / 'r.json'
+  path.write_text(json.dumps({'provenance': {'git': None, 'git_commit': None}, 'v': 1}))
+  assert suite.stamp_git(path, manifest, ['y'])
+  rec = json.loads(path.read_text())
+  assert rec['v'] == 1 and rec['provenance']['git_commit'] == 'c' * 7
+  git = rec['provenance']['git']
+  assert git['commit'] == 'c' * 40 and git['dirty'] and git['dirty_paths'] == ['y']
+  assert '2 tracked files' in git['verified_by']
+  assert not suite.stamp_git(path, manifest, [])  # has git state now: left alone
+
+
+@pytest.mark.parametrize('name', sorted(suite.SUITES))
+def test_every_suite_command_line_is_accepted_by_its_script(name):
+  for _, script, extra, seconds in suite.SUITES[name]:
+    module = _load(Path(script).stem)
+    args = module.build_parser().parse_args(
+        ['--out', '/tmp/x.json', *(a.format(carry='/carry') for a in extra)])
+    assert args.out == '/tmp/x.json'
+    assert 0 < seconds <= suite.SUITE_SECONDS
+  assert sum(s for *_, s in suite.SUITES[name]) <= suite.SUITE_SECONDS + 60
+
+
+@pytest.mark.slow  # two small critical-n searches (d = 4) in subprocesses: ~25 s of CPU
+def test_suite_c_smoke_searches_twice_and_compares(tmp_path):
+  suite.main(['run', 'C', '--smoke', '--out', str(tmp_path)])
+  rec = json.loads((tmp_path / 'suite_C.json').read_text())
+  log = (tmp_path / 'critical_n_first.log').read_text()
+  assert [r['rc'] for r in rec['runs'].values()] == [0, 0], log[-2000:]
+  assert rec['deterministic'] is True and rec['critical_n'][0] == rec['critical_n'][1] >= 5
+  first = json.loads((tmp_path / 'limit' / 'critical_n.json').read_text())
+  assert list(first['critical_n']) == ['4'] and (tmp_path / 'limit' / 'critical_n.md').is_file()
