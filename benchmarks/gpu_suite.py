@@ -241,7 +241,9 @@ def collect(args) -> None:
   src = Path(args.files_at)
   for result in (r for suite in SUITES.values() for r, *_ in suite):
     found = sorted(src.rglob(result))
-    if found:
+    if found and json.loads(found[0].read_text()).get('smoke'):
+      print(f'{found[0]}: a --smoke run, not a result; not copied')
+    elif found:
       shutil.copyfile(found[0], REPO / 'results' / result)
       print(f'results/{result} <- {found[0]}')
   first = sorted(src.rglob('limit/critical_n.json'))

@@ -87,3 +87,15 @@ def test_suite_c_smoke_searches_twice_and_compares(tmp_path):
   assert rec['deterministic'] is True and rec['critical_n'][0] == rec['critical_n'][1] >= 5
   first = json.loads((tmp_path / 'limit' / 'critical_n.json').read_text())
   assert list(first['critical_n']) == ['4'] and (tmp_path / 'limit' / 'critical_n.md').is_file()
+
+
+def test_collect_copies_results_but_not_smoke_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(suite, 'REPO', tmp_path / 'repo')
+  (tmp_path / 'repo' / 'results').mkdir(parents=True)
+  got = tmp_path / 'files' / 'out'
+  got.mkdir(parents=True)
+  (got / 'bench_train_gpu.json').write_text('{"smoke": false, "v": 1}')
+  (got / 'bench_encode_gpu.json').write_text('{"smoke": true}')
+  suite.main(['collect', str(tmp_path / 'files')])
+  assert json.loads((tmp_path / 'repo' / 'results' / 'bench_train_gpu.json').read_text())['v'] == 1
+  assert not (tmp_path / 'repo' / 'results' / 'bench_encode_gpu.json').exists()
