@@ -114,31 +114,10 @@ def force_devices(n: int) -> None:
 # Memory
 
 
-def _status_bytes(key: str) -> int:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(key + ':'):
-        return int(line.split()[1]) * 1024  # kB
-  raise KeyError(key)
-
-
-def rss_now() -> int:
-  return _status_bytes('VmRSS')
-
-
-def peak_rss() -> int:
-  """VmHWM: the peak since the process started or since the last ``reset_peak``."""
-  return _status_bytes('VmHWM')
-
-
-def reset_peak() -> bool:
-  """Resets VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
+# Memory of this process (VmRSS / VmHWM, and the reset of VmHWM between phases).
+from embedjax.process_memory import peak_rss_bytes as peak_rss  # noqa: E402
+from embedjax.process_memory import reset_peak  # noqa: E402
+from embedjax.process_memory import rss_bytes as rss_now  # noqa: E402
 
 
 def bytes_per_row(kind: str, dim: int) -> int:
