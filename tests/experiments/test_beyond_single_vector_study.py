@@ -31,6 +31,14 @@ def test_every_trained_cell_trains_on_the_same_mixture_at_its_own_seed():
   assert study.cell_config('multi_vector', 0)[1] != study.cell_config('multi_vector', 1)[1]
 
 
+def test_recall_of_exact_search_by_hand():
+  import numpy as np
+  exact = np.array([[0, 1, 2], [3, 4, 5]])
+  got = np.array([[2, 9, 0], [-1, -1, 3]])  # -1: no candidate
+  assert study.recall_of_exact(got, exact, 3) == pytest.approx((2 / 3 + 1 / 3) / 2)
+  assert study.recall_of_exact(got, exact, 1) == pytest.approx(0.0)
+
+
 def test_bm25_postings_are_distinct_terms_without_stopwords():
   # 'the' and 'a' are English stopwords; 'cat' counted once in the second text.
   assert study.bm25_postings_per_doc(['the cat sat', 'cat cat dog a']) == pytest.approx(2.0)
@@ -50,6 +58,8 @@ def test_summary_means_over_seeds_and_table(tmp_path):
                                                               'plaid_2bit': (0.3, 200.0)}),
                               1: _record('multi_vector', 1, {'exact': (0.6, 1200.0),
                                                               'plaid_2bit': (0.5, 220.0)})}}
+  for seed, agree in ((0, 0.9), (1, 0.8)):
+    records['multi_vector'][seed]['test']['scifact']['plaid_2bit']['recall@10_of_exact'] = agree
   s = study.summarize(records, {'m1': {'4': 9}, 'm2': {'4': 15}})
   assert s['limit_small']['bm25'] == {'recall@2': 0.9, 'recall@10': pytest.approx(1.0),
                                       'recall@20': pytest.approx(1.1)}
@@ -61,8 +71,10 @@ def test_summary_means_over_seeds_and_table(tmp_path):
   detail = s['detail']['limit_small']['multi_vector']['recall@2']
   assert detail['n_seeds'] == 2 and detail['std'] == pytest.approx(0.1414213562, rel=1e-6)
   assert 'sparse/seed0' in s['missing'] and 'multi_vector/seed0' not in s['missing']
+  assert s['plaid_recall@10_of_exact'] == {'scifact': {'multi_vector_plaid_2bit': pytest.approx(0.85)}}
   md = study.markdown(s)
   assert '| multi_vector | 50.00 ± 14.14 | 60.00 ± 14.14 | 70.00 ± 14.14 | 25.00 ± 7.07 | 11,000 | 2 |' in md
+  assert 'scifact multi_vector_plaid_2bit 0.850' in md
   assert '| 4 | 9 | 15 |' in md and 'sparse' not in md.split('Not yet run')[0]
   # write_summary reads the records and the critical-n files of a folder
   for cell, per in records.items():
