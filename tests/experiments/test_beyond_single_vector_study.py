@@ -1,6 +1,7 @@
 """The beyond-single-vector study's bookkeeping: the runs it expects, the summary and table
 computed from records (fake ones here), and BM25's storage count on hand-computed texts. The
-evaluation functions are checked against the eval runner in tests/train/test_representation_runs.py."""
+evaluation functions are checked against the eval runner in
+tests/train/test_representation_runs.py."""
 
 from __future__ import annotations
 
@@ -71,9 +72,11 @@ def test_summary_means_over_seeds_and_table(tmp_path):
   detail = s['detail']['limit_small']['multi_vector']['recall@2']
   assert detail['n_seeds'] == 2 and detail['std'] == pytest.approx(0.1414213562, rel=1e-6)
   assert 'sparse/seed0' in s['missing'] and 'multi_vector/seed0' not in s['missing']
-  assert s['plaid_recall@10_of_exact'] == {'scifact': {'multi_vector_plaid_2bit': pytest.approx(0.85)}}
+  assert s['plaid_recall@10_of_exact'] == {
+      'scifact': {'multi_vector_plaid_2bit': pytest.approx(0.85)}}
   md = study.markdown(s)
-  assert '| multi_vector | 50.00 ± 14.14 | 60.00 ± 14.14 | 70.00 ± 14.14 | 25.00 ± 7.07 | 11,000 | 2 |' in md
+  assert ('| multi_vector | 50.00 ± 14.14 | 60.00 ± 14.14 | 70.00 ± 14.14 | 25.00 ± 7.07 | '
+          '11,000 | 2 |') in md
   assert 'scifact multi_vector_plaid_2bit 0.850' in md
   assert '| 4 | 9 | 15 |' in md and 'sparse' not in md.split('Not yet run')[0]
   # write_summary reads the records and the critical-n files of a folder
