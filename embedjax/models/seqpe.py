@@ -38,7 +38,8 @@ def position_digits(positions, max_digits: int) -> tuple[np.ndarray, np.ndarray]
   if positions.ndim != 1 or (positions < 0).any():
     raise ValueError('positions must be a 1-d array of non-negative integers')
   if positions.size and positions.max() >= 10 ** max_digits:
-    raise ValueError(f'position {int(positions.max())} has more than max_digits={max_digits} digits')
+    raise ValueError(f'position {int(positions.max())} has more than max_digits={max_digits} '
+                     'digits')
   powers = 10 ** np.arange(max_digits - 1, -1, -1, dtype=np.int64)
   digits = (positions[:, None] // powers[None, :]) % 10
   length = np.maximum(np.floor(np.log10(np.maximum(positions, 1))).astype(np.int64) + 1, 1)
