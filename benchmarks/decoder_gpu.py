@@ -94,7 +94,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -105,7 +104,8 @@ for _p in (str(_HERE.parent), str(_HERE)):  # runnable as a script, or through r
   if _p not in sys.path:
     sys.path.insert(0, _p)
 
-import train_common as tc  # this folder (put on sys.path above)
+import train_common as tc  # noqa: E402  (this folder, put on sys.path above)
+from gpu_common import run_child  # noqa: E402  (this folder)
 
 KINDS = ('full', 'lora')
 SYSTEMS = ('embedjax', 'embedjax_xla', 'torch_eager', 'torch_compile')
@@ -655,17 +655,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
       else:
         child_out = out.with_name(f'.{out.stem}.{kind}.{system}.json')
         child_out.unlink(missing_ok=True)
-        try:
-          proc = subprocess.run(_child_cmd(args, kind, system, child_out), check=False,
-                                capture_output=True, text=True, env=run_env,
-                                timeout=max(left - 10.0, 1.0))
-        except subprocess.TimeoutExpired as e:
-          tail = (e.stderr or b'')[-2000:]
-          tail = tail.decode(errors='replace') if isinstance(tail, bytes) else tail
-          raise TimeoutError(f'killed after {time.perf_counter() - t0:.0f} s (budget): '
-                             f'{tail}') from None
-        if proc.returncode != 0:
-          raise RuntimeError(f'rc={proc.returncode}: {proc.stderr[-3000:]}')
+        # the child's whole process group (inductor's compile workers too) goes at the budget
+        rc, stderr = run_child(_child_cmd(args, kind, system, child_out), left - 10.0,
+                               env=run_env)
+        if rc != 0:
+          raise RuntimeError(f'rc={rc}: {stderr[-3000:]}')
         raw = json.loads(child_out.read_text())
         child_out.unlink()
     except Exception as e:  # noqa: BLE001 - recorded; the other runs still happen

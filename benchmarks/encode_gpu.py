@@ -114,7 +114,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -130,6 +129,7 @@ if importlib.util.find_spec('embedjax') is None:  # a copy of the tree without a
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports too)
 
 import train_common as tc  # noqa: E402  (this folder)
+from gpu_common import run_child  # noqa: E402  (this folder)
 import train_gpu as tg  # noqa: E402  (the shapes, smoke flags and peaks of the training suite)
 
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
@@ -613,21 +613,6 @@ def _child_cmd(parser: argparse.ArgumentParser, args, job, out: Path) -> list[st
     else:
       cmd += [action.option_strings[0], str(value)]
   return cmd
-
-
-def run_child(cmd: list[str], timeout: float) -> tuple[int, str]:
-  """Runs a child in its own process group; past ``timeout`` the whole group is killed (the
-  child and what it started, e.g. inductor's compile workers). Returns (rc, stderr)."""
-  import signal
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
-  try:
-    _, stderr = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    os.killpg(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    raise TimeoutError(f'killed after {timeout:.0f} s: {stderr[-2000:]}') from None
-  return proc.returncode, stderr
 
 
 def summarize_fixed(raw: dict, shape: dict, args, peak: float | None) -> dict:

@@ -41,13 +41,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
+from gpu_common import run_child  # this folder
+
+_T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports)
+RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
 
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
 MODELS = {
@@ -278,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--compile-mode', default=None, help='torch.compile mode (default: its default)')
   p.add_argument('--peak-tflops', type=float, default=None, help='device peak for MFU (TFLOP/s)')
   p.add_argument('--in-process', action='store_true', help='all runs in this process')
+  p.add_argument('--time-budget', type=float, default=0.0,
+                 help='seconds for the whole run (0 = none): a run is not started with less than '
+                      f'{MIN_RUN_S:.0f} s left before the budget minus {RESERVE_S:.0f} s, and a '
+                      'child is killed at it; the file is rewritten after every run')
   p.add_argument('--smoke', action='store_true',
                  help='CPU smoke test: tiny shapes, B=4, L=8/16, 1 warm-up + 1 timed step, in-process')
   p.add_argument('--out', default=None, help='default results/bench_train_gpu.json '
@@ -324,38 +331,59 @@ def main(argv: Sequence[str] | None = None) -> dict:
       tc.REPO / 'results' / ('bench_train_gpu.smoke.json' if args.smoke else 'bench_train_gpu.json'))
   results: dict = {m: {} for m in models}
   errors: dict = {}
-  for m in models:
-    for s in systems:
-      print(f'[{m}] {s} ...', flush=True)
-      t0 = time.perf_counter()
-      try:
-        if args.in_process:
-          raw = run_one(m, s, args)
-        else:
-          child_out = out.with_name(f'.{out.stem}.{m}.{s}.json')
-          proc = subprocess.run(_child_cmd(args, m, s, child_out), capture_output=True, text=True)
-          if proc.returncode != 0:
-            raise RuntimeError(f'rc={proc.returncode}: {proc.stderr[-3000:]}')
-          raw = json.loads(child_out.read_text())
-          child_out.unlink()
-      except Exception as e:  # noqa: BLE001 - recorded; the other runs still happen
-        errors[f'{m}/{s}'] = f'{type(e).__name__}: {e}'
-        print(f'  failed: {errors[f"{m}/{s}"][:500]}', flush=True)
-        continue
-      peak = peak_flops(raw['device'], args.peak_tflops)
-      results[m][s] = summarize(raw, shapes[m], args, vocab, peak)
-      results[m][s]['run_wall_s'] = round(time.perf_counter() - t0, 2)  # compile + all steps
-      r = results[m][s]
-      print(f'  {r["pairs_per_s"]:.1f} pairs/s, {r["step_ms"]:.2f} ms/step, MFU {r["mfu"]}, '
-            f'loss {r["loss"]:.4f}', flush=True)
+  deadline = _T0 + args.time_budget - RESERVE_S if args.time_budget > 0 else float('inf')
+  # The ratio's two sides first, for every model, so that a run cut short by the time budget
+  # loses the least: embedjax and torch.compile, then torch eager.
+  order = [(m, s) for first in (True, False) for m in models for s in systems
+           if (s != 'torch_eager') == first]
+  for done, (m, s) in enumerate(order):
+    left = deadline - time.perf_counter()
+    if left < MIN_RUN_S:
+      errors[f'{m}/{s}'] = f'skipped: time budget ({args.time_budget:.0f} s) spent'
+      print(f'[{m}] {s}: {errors[f"{m}/{s}"]}', flush=True)
+      continue
+    print(f'[{m}] {s} ...', flush=True)
+    t0 = time.perf_counter()
+    try:
+      if args.in_process:
+        raw = run_one(m, s, args)
+      else:
+        child_out = out.with_name(f'.{out.stem}.{m}.{s}.json')
+        rc, stderr = run_child(_child_cmd(args, m, s, child_out), min(left, 1e6))
+        if rc != 0:
+          raise RuntimeError(f'rc={rc}: {stderr[-3000:]}')
+        raw = json.loads(child_out.read_text())
+        child_out.unlink()
+    except Exception as e:  # noqa: BLE001 - recorded; the other runs still happen
+      errors[f'{m}/{s}'] = f'{type(e).__name__}: {e}'
+      print(f'  failed: {errors[f"{m}/{s}"][:500]}', flush=True)
+      continue
+    peak = peak_flops(raw['device'], args.peak_tflops)
+    results[m][s] = summarize(raw, shapes[m], args, vocab, peak)
+    results[m][s]['run_wall_s'] = round(time.perf_counter() - t0, 2)  # compile + all steps
+    r = results[m][s]
+    print(f'  {r["pairs_per_s"]:.1f} pairs/s, {r["step_ms"]:.2f} ms/step, MFU {r["mfu"]}, '
+          f'loss {r["loss"]:.4f}', flush=True)
+    if done + 1 < len(order):  # a file after every run: a suite killed later keeps these
+      atomic_write_json(out, _record(args, models, shapes, vocab, results, errors, run,
+                                     finished=False))
+  record = _record(args, models, shapes, vocab, results, errors, run.finish(), finished=True)
+  atomic_write_json(out, record)
+  print(f'ratio vs torch.compile: {record["ratio_vs_torch_compile"]}  (device: {record["device"]})')
+  print(f'wrote {out}')
+  return record
+
+
+def _record(args, models, shapes, vocab, results, errors, run, finished: bool) -> dict:
+  """The result file's contents from the runs so far."""
 
   def ratio(m, other):
     a, b = results[m].get('embedjax'), results[m].get(other)
     return round(a['pairs_per_s'] / b['pairs_per_s'], 4) if a and b else None
 
   devices = sorted({r['device'] for per in results.values() for r in per.values()})
-  record = {
-      'benchmark': 'train_gpu', 'smoke': args.smoke,
+  return {
+      'benchmark': 'train_gpu', 'smoke': args.smoke, 'finished': finished,
       'ratio_vs_torch_compile': {m: ratio(m, 'torch_compile') for m in models},
       'ratio_vs_torch_eager': {m: ratio(m, 'torch_eager') for m in models},
       'device': ', '.join(devices),
@@ -381,13 +409,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
           'XLA_PYTHON_CLIENT_PREALLOCATE': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'),
           'load_average': tc.load_average(),
       },
-      'provenance': run.finish().provenance(),
+      'provenance': run.provenance(),
       'embedjax_code': tc.library_state(),
   }
-  atomic_write_json(out, record)
-  print(f'ratio vs torch.compile: {record["ratio_vs_torch_compile"]}  (device: {record["device"]})')
-  print(f'wrote {out}')
-  return record
 
 
 if __name__ == '__main__':

@@ -59,3 +59,17 @@ def test_flop_count_by_hand():
   assert f['dense'] == 6 * n * 65_536
   assert f['attention'] == 12 * 12 * 768 * 256 * 2 * 128 ** 2
   assert f['total'] == f['dense'] + f['attention']
+
+
+def test_a_spent_time_budget_skips_runs_and_still_writes_the_file(tmp_path):
+  out = tmp_path / 'bench_train_gpu.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='')
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--time-budget', '1', '--out',
+                         str(out)], env=env, capture_output=True, text=True, timeout=600,
+                        cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert record['finished'] is True and record['results'] == {'minilm_l6': {}, 'bert_base': {}}
+  assert set(record['errors']) == {f'{m}/{s}' for m in ('minilm_l6', 'bert_base')
+                                   for s in ('embedjax', 'torch_eager', 'torch_compile')}
+  assert all(e.startswith('skipped: time budget') for e in record['errors'].values())
