@@ -171,6 +171,12 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default='runs/data/criteo_synthetic.tsv')
   args = parser.parse_args(argv)
+  try:  # bad values: one line naming the flag (argparse's own form), no traceback
+    if args.rows < 1:
+      raise ValueError(f'--rows must be >= 1, got {args.rows}')
+    criteo_vocab_sizes(args.total_ids)
+  except ValueError as e:
+    parser.error(str(e).replace('total_ids', '--total-ids'))
   say = lambda what: (lambda done: print(f'{what}: {done:,} / {args.rows:,} rows', flush=True))
   data, _ = generate(args.rows, seed=args.seed, total_ids=args.total_ids, progress=say('generated'))
   write_tsv(args.out, data, seed=args.seed, progress=say('written'))

@@ -71,3 +71,13 @@ def test_command_line_writes_the_file_and_says_so(tmp_path, capsys):
   out = tmp_path / 'c.tsv'
   assert cs.main(['--rows', '500', '--total-ids', '300000', '--out', str(out)]) == 0
   assert len(read_criteo_tsv(out)) == 500 and 'click rate' in capsys.readouterr().out
+
+
+def test_bad_command_line_values_are_one_line_errors(capsys):
+  for argv, says in ((['--rows', '0'], '--rows must be >= 1'),
+                     (['--total-ids', '10'], '--total-ids 10 is below')):
+    with pytest.raises(SystemExit) as e:
+      cs.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and 'Traceback' not in err
