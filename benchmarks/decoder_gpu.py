@@ -105,7 +105,7 @@ for _p in (str(_HERE.parent), str(_HERE)):  # runnable as a script, or through r
     sys.path.insert(0, _p)
 
 import train_common as tc  # noqa: E402  (this folder, put on sys.path above)
-from gpu_common import run_child  # noqa: E402  (this folder)
+from gpu_common import run_child, set_backends  # noqa: E402  (this folder)
 
 KINDS = ('full', 'lora')
 SYSTEMS = ('embedjax', 'embedjax_xla', 'torch_eager', 'torch_compile')
@@ -120,7 +120,6 @@ SMOKE_SHAPE = dict(model_type='qwen3', vocab_size=1000, hidden_size=32, intermed
 LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 PROJECTIONS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
 # As train_gpu.py: XLA's cheapest CPU code generation for the smoke run.
-SMOKE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 # Dense bf16 peaks, TFLOP/s; the first key found in the device name wins.
 PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.0), ('H200', 989.0))
 JAX_MEM_FRACTION = '0.92'
@@ -526,15 +525,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.batch, args.query_len, args.doc_len = 2, 16, 16
     args.warmup, args.steps, args.blocks = 1, 1, 1
     args.in_process = not args.subprocess or args.child
-    # Inductor would build C++ kernels on the CPU (minutes); aot_eager still traces with dynamo
-    # and differentiates with AOTAutograd.
-    args.compile_backend = args.compile_backend or 'aot_eager'
-    if 'jax' not in sys.modules and '--xla_backend_optimization_level' not in tc.xla_flags():
-      os.environ['XLA_FLAGS'] = (tc.xla_flags() + ' ' + SMOKE_XLA_FLAGS).strip()
-  args.compile_backend = args.compile_backend or 'inductor'
+  set_backends(args, tc.xla_flags())
   if args.in_process:
-    # Two frameworks in one process: JAX must not take most of the device up front.
-    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
   kinds = [k.strip() for k in args.kinds.split(',') if k.strip()]
   systems = [s.strip() for s in args.systems.split(',') if s.strip()]

@@ -129,7 +129,7 @@ if importlib.util.find_spec('embedjax') is None:  # a copy of the tree without a
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports too)
 
 import train_common as tc  # noqa: E402  (this folder)
-from gpu_common import run_child  # noqa: E402  (this folder)
+from gpu_common import run_child, set_backends  # noqa: E402  (this folder)
 import train_gpu as tg  # noqa: E402  (the shapes, smoke flags and peaks of the training suite)
 
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
@@ -712,19 +712,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.in_process = not args.isolate
     # One thread: on a shared 2-core machine torch's second thread waits on the other work.
     args.threads = args.threads or 1
-    # Inductor would build C++ kernels on the CPU (minutes on a shared 2-core machine).
-    args.compile_backend = args.compile_backend or 'aot_eager'
-    if 'jax' not in sys.modules and '--xla_backend_optimization_level' not in tc.xla_flags():
-      os.environ['XLA_FLAGS'] = (tc.xla_flags() + ' ' + tg.SMOKE_XLA_FLAGS).strip()
-  args.compile_backend = args.compile_backend or 'inductor'
+  set_backends(args, tc.xla_flags())
   args.threads = args.threads or os.cpu_count() or 1
   args.text_tokens_per_batch = args.text_tokens_per_batch or 'default,32768'
   args.text_batch_sizes = args.text_batch_sizes or '32,128'
   if args.text_max_length is None:
     args.text_max_length = SMOKE_TEXT_MAX_LENGTH if args.smoke else TEXT_MAX_LENGTH
-  if args.in_process:
-    # Two frameworks in one process: JAX must not grab 75% of the GPU up front.
-    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
   if args.child:
     raw = run_job(tuple(args.child.split('/')), args)

@@ -20,3 +20,25 @@ def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[
     _, stderr = proc.communicate()
     raise TimeoutError(f'killed after {timeout:.0f} s: {stderr[-2000:]}') from None
   return proc.returncode, stderr
+
+
+# The smoke run checks that everything runs, not how fast: XLA's cheapest CPU code generation
+# cuts its compile time (most of the smoke run) by about 4x.
+SMOKE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+
+
+def set_backends(args, xla_flags: str) -> None:
+  """The settings every GPU benchmark applies before JAX and torch start (``args.smoke``,
+  ``args.in_process`` and ``args.compile_backend`` already parsed; ``xla_flags`` the current
+  XLA_FLAGS): a smoke run gets torch.compile's aot_eager backend (inductor would build C++
+  kernels on the CPU for minutes; aot_eager still traces with dynamo and differentiates with
+  AOTAutograd) and XLA's cheapest code generation; otherwise inductor. Two frameworks in one
+  process: JAX must not take most of the device up front."""
+  import sys
+  if args.smoke:
+    args.compile_backend = args.compile_backend or 'aot_eager'
+    if 'jax' not in sys.modules and '--xla_backend_optimization_level' not in xla_flags:
+      os.environ['XLA_FLAGS'] = (xla_flags + ' ' + SMOKE_XLA_FLAGS).strip()
+  args.compile_backend = args.compile_backend or 'inductor'
+  if args.in_process:
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

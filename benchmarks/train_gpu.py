@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
-from gpu_common import run_child  # this folder
+from gpu_common import run_child, set_backends  # this folder
 
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports)
 RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
@@ -64,9 +64,6 @@ SMOKE_MODELS = {
     'minilm_l6': dict(hidden=32, layers=1, heads=2, intermediate=64),
     'bert_base': dict(hidden=32, layers=1, heads=2, intermediate=64),
 }
-# The smoke run checks that everything runs, not how fast: XLA's cheapest CPU code generation
-# cuts its compile time (most of the smoke run) by about 4x.
-SMOKE_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 VOCAB, SMOKE_VOCAB = 30522, 2000
 PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0}  # dense bf16, SXM
 
@@ -300,15 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.batch, args.query_len, args.doc_len = 4, 8, 16
     args.warmup, args.steps, args.blocks = 1, 1, 1
     args.in_process = True
-    # Inductor would build C++ kernels on the CPU (minutes on a shared 2-core machine);
-    # aot_eager still traces with dynamo and differentiates with AOTAutograd.
-    args.compile_backend = args.compile_backend or 'aot_eager'
-    if 'jax' not in sys.modules and '--xla_backend_optimization_level' not in tc.xla_flags():
-      os.environ['XLA_FLAGS'] = (tc.xla_flags() + ' ' + SMOKE_XLA_FLAGS).strip()
-  args.compile_backend = args.compile_backend or 'inductor'
-  if args.in_process:
-    # Two frameworks in one process: JAX must not grab 75% of the GPU up front.
-    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  set_backends(args, tc.xla_flags())
   models = [m.strip() for m in args.models.split(',') if m.strip()]
   systems = [s.strip() for s in args.systems.split(',') if s.strip()]
   bad = sorted(set(models) - set(MODELS)) + sorted(set(systems) - set(SYSTEMS))
