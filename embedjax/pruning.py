@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from embedjax.models.bert import BertConfig
-from embedjax.models.decoder import DecoderConfig
+from embedjax.models.spec import is_decoder_config
 
 _LAYER_KEY = re.compile(r'^layers?_(\d+)$')  # 'layer_3' (BERT family), 'layers_3' (decoders)
 
@@ -179,18 +179,18 @@ def gaprune_scores(params, domain_fisher, general_fisher, domain_grad, general_g
 # --- structured pruning -------------------------------------------------------------------------
 
 def _layer_keys(cfg) -> list[str]:
-  prefix = 'layers_' if isinstance(cfg, DecoderConfig) else 'layer_'
+  prefix = 'layers_' if is_decoder_config(cfg) else 'layer_'
   return [f'{prefix}{i}' for i in range(cfg.num_hidden_layers)]
 
 
 def _check_cfg(cfg) -> None:
-  if not isinstance(cfg, (BertConfig, DecoderConfig)):
+  if not (isinstance(cfg, BertConfig) or is_decoder_config(cfg)):
     raise ValueError(f'structured pruning needs a BertConfig or DecoderConfig, got {type(cfg).__name__}')
 
 
 def _head_units(cfg) -> tuple[int, int]:
   """(number of prunable head units, query heads per unit): KV groups for decoders."""
-  if isinstance(cfg, DecoderConfig):
+  if is_decoder_config(cfg):
     return cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads
   return cfg.num_attention_heads, 1
 
@@ -210,7 +210,7 @@ def unit_scores(params, cfg, scores=None) -> dict[str, np.ndarray]:
   heads, neurons, layers = [], [], []
   for key in _layer_keys(cfg):
     s = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), scores[key])
-    if isinstance(cfg, DecoderConfig):
+    if is_decoder_config(cfg):
       a, m = s['self_attn'], s['mlp']
       q = a['q_proj']['kernel'].reshape(-1, units, group * d).sum(axis=(0, 2))
       kv = sum(a[n]['kernel'].reshape(-1, units, d).sum(axis=(0, 2)) for n in ('k_proj', 'v_proj'))
@@ -242,7 +242,7 @@ def _prune_attention(layer: dict, cfg, keep: np.ndarray) -> dict:
   units, group = _head_units(cfg)
   d = cfg.head_size
   layer = jax.tree_util.tree_map(lambda x: x, layer)  # a fresh copy of the dict levels
-  if isinstance(cfg, DecoderConfig):
+  if is_decoder_config(cfg):
     a = dict(layer['self_attn'])
     q_cols, kv_cols = _columns(keep, group * d), _columns(keep, d)
     for name, cols in (('q_proj', q_cols), ('k_proj', kv_cols), ('v_proj', kv_cols)):
@@ -260,7 +260,7 @@ def _prune_attention(layer: dict, cfg, keep: np.ndarray) -> dict:
 
 def _prune_mlp(layer: dict, cfg, keep: np.ndarray) -> dict:
   layer = dict(layer)
-  if isinstance(cfg, DecoderConfig):
+  if is_decoder_config(cfg):
     m = dict(layer['mlp'])
     for name in ('gate_proj', 'up_proj'):
       m[name] = {k: _take(v, keep, -1) for k, v in m[name].items()}
@@ -304,7 +304,7 @@ def prune_structure(params, cfg, *, keep_heads=None, keep_neurons=None, keep_lay
     for key, keep in zip(layer_keys, keep_heads):
       params[key] = _prune_attention(params[key], cfg, keep)
     kept = keep_heads.shape[1]
-    if isinstance(cfg, DecoderConfig):
+    if is_decoder_config(cfg):
       changes.update(num_key_value_heads=kept, num_attention_heads=kept * group,
                      head_dim=cfg.head_size)
     else:

@@ -456,3 +456,10 @@ def init_decoder_params(cfg: DecoderConfig, key: jax.Array):
   """Random-init params (N(0, 0.02) kernels and embeddings, unit norms) for a config."""
   dummy = np.zeros((1, 4), np.int32)
   return Decoder(cfg).init(key, dummy, np.ones_like(dummy))['params']
+
+
+def auxiliary_loss(params, cfg: DecoderConfig, key: jax.Array):
+  """The decoder's training regulariser given its params and a step key, or None: no decoder
+  setting has one yet (the hook :func:`embedjax.models.embedder.auxiliary_loss` calls)."""
+  del params, cfg, key
+  return None

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
-from embedjax.models.decoder import Decoder
 from embedjax.models.latent_attention import latent_attention_pool_segments
 from embedjax.models.pooling import pool_segments
 from embedjax.models.spec import DenseSpec, EmbedderSpec
@@ -92,9 +91,13 @@ def hidden_states(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids:
   (what pooling reads, and what late interaction projects token by token)."""
   encoder_params, _ = split_params(params, spec)
   if spec.decoder is not None:
-    # Decoder LLMs are trained without dropout; rows are right-padded or packed here.
+    from embedjax.models.decoder import Decoder  # lazily: BERT paths never load the decoder
+    # Decoder LLMs are trained without dropout; rows are right-padded or packed here. A training
+    # step's key reaches the decoder as its 'positions' stream: learned position scaling (CLEX)
+    # samples a scale factor per step from it, and is deterministic without one.
+    rngs = None if dropout_key is None else {'positions': dropout_key}
     return Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
-                                       position_ids, packed=num_segments > 1)
+                                       position_ids, packed=num_segments > 1, rngs=rngs)
   rngs = None if deterministic else {'dropout': dropout_key}
   return BertEncoder(spec.bert).apply(
       {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
@@ -136,3 +139,13 @@ def embed(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mask: jax.
                      prompt_length=prompt_length, deterministic=deterministic,
                      dropout_key=dropout_key)
   return out[:, 0]
+
+
+def auxiliary_loss(encoder_params, spec: EmbedderSpec, key: jax.Array):
+  """The backbone's own training regulariser (a scalar), or None when it has none (every BERT
+  backbone: the train step then adds nothing). A decoder's comes from
+  :func:`embedjax.models.decoder.auxiliary_loss` (e.g. SeqPE's position-encoder losses)."""
+  if spec.decoder is None:
+    return None
+  from embedjax.models.decoder import auxiliary_loss as decoder_auxiliary_loss
+  return decoder_auxiliary_loss(encoder_params, spec.decoder, key)

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from embedjax.models.bert import BertEncoder
-from embedjax.models.decoder import Decoder
 from embedjax.models.embedder import embedding_head, split_params
 from embedjax.models.spec import EmbedderSpec
 
@@ -68,6 +67,7 @@ def embed_layers(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mas
   positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
   # The same backbone call as embed_packed with one segment per row.
   if spec.decoder is not None:
+    from embedjax.models.decoder import Decoder  # lazily: BERT paths never load the decoder
     _, states = Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
                                             positions, output_hidden_states=True)
   else:

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -35,15 +35,15 @@ from safetensors.numpy import save_file
 from embedjax.models.bert import ENCODER_MODEL_TYPES, BertConfig, BertEncoder
 from embedjax.models.bert import _UNSUPPORTED_ENCODERS as UNSUPPORTED_ENCODERS
 from embedjax.models.checkpoint_files import read_json, read_state_dict
-from embedjax.models.decoder import DECODER_MODEL_TYPES, DecoderConfig, init_decoder_params
 from embedjax.models.embedder import LATENT_KEY, dense_key, init_dense, split_params
-from embedjax.models.hf_decoder import (decoder_params_to_hf, is_decoder_config,
-                                        load_decoder_params, read_decoder_config)
 from embedjax.models.latent_attention import init_latent_attention
 from embedjax.models.hub_cache import cached_snapshot, hub_cache_dir, repo_folder
-from embedjax.models.spec import EmbedderSpec
+from embedjax.models.spec import EmbedderSpec, is_decoder_config
 from embedjax.models.st_layout import STLayout, read_layout, write_layout
 from embedjax.models.tokenizer import TextTokenizer, tokenizer_config_json, write_vocab_txt
+
+if TYPE_CHECKING:  # the decoder modules are imported only where a decoder is built or read
+  from embedjax.models.decoder import DecoderConfig
 
 # Models known by name -> (python package, function returning the folder). Plain dict, no registry.
 PACKAGED_MODELS = {
@@ -215,6 +215,7 @@ def init_model_params(spec: EmbedderSpec, key: jax.Array, *, num_latents: int = 
   latent array of latent-attention pooling, ``num_latents`` rows)."""
   k_encoder, k_latent, *k_dense = jax.random.split(key, 2 + len(spec.dense))
   if spec.decoder is not None:
+    from embedjax.models.decoder import init_decoder_params
     params = dict(init_decoder_params(spec.decoder, k_encoder))
   else:
     params = dict(init_params(spec.bert, k_encoder))
@@ -231,10 +232,13 @@ def _encoder_config(backbone: Path, dtype: str) -> BertConfig | DecoderConfig:
   if not config_path.exists():
     raise FileNotFoundError(f'{backbone}: no config.json')
   hf = read_json(config_path)
-  if is_decoder_config(hf):
-    return read_decoder_config(backbone, dtype=dtype)
   model_type = hf.get('model_type', 'bert')
+  # The decoder modules are imported only for a model that is not a BERT-family encoder.
   if model_type not in ENCODER_MODEL_TYPES and model_type not in UNSUPPORTED_ENCODERS:
+    from embedjax.models.decoder import DECODER_MODEL_TYPES
+    from embedjax.models.hf_decoder import read_decoder_config
+    if model_type in DECODER_MODEL_TYPES:
+      return read_decoder_config(backbone, dtype=dtype)
     raise ValueError(f'{config_path}: model_type {model_type!r} is not supported (encoders: '
                      f'{", ".join(ENCODER_MODEL_TYPES)}; decoders: {", ".join(DECODER_MODEL_TYPES)})')
   try:
@@ -252,7 +256,7 @@ def _spec_and_layout(folder: Path, dtype: str,
     tcfg_path = layout.backbone_dir / 'tokenizer_config.json'
     tcfg = read_json(tcfg_path) if tcfg_path.exists() else {}
     max_len = min(int(tcfg.get('model_max_length', cfg.max_positions)), cfg.max_positions)
-  backbone = {'decoder' if isinstance(cfg, DecoderConfig) else 'bert': cfg}
+  backbone = {'decoder' if is_decoder_config(cfg) else 'bert': cfg}
   spec = EmbedderSpec(**backbone, pooling=layout.pooling or 'mean', normalize=layout.normalize,
                       max_seq_length=max_len, dense=layout.dense,
                       include_prompt=layout.include_prompt)
@@ -291,6 +295,7 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype: str = 'float32',
   folder = resolve_model_dir(name_or_path)
   spec, layout = _spec_and_layout(folder, dtype, max_seq_length)
   if spec.decoder is not None:
+    from embedjax.models.hf_decoder import load_decoder_params
     params, extra = load_decoder_params(layout.backbone_dir, spec.decoder), {}
   else:
     state, source = read_state_dict(layout.backbone_dir)
@@ -341,6 +346,7 @@ def export_sentence_transformers(folder: str | os.PathLike, model: Pretrained | 
   tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp', dir=folder.parent))
   try:
     if spec.decoder is not None:
+      from embedjax.models.hf_decoder import decoder_params_to_hf
       state = decoder_params_to_hf(encoder_params, spec.decoder)
     else:
       state = params_to_hf(encoder_params, spec.bert)

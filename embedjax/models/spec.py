@@ -7,10 +7,14 @@ only builds or runs a model (embedder, train step, benchmarks) does not depend o
 from __future__ import annotations
 
 import dataclasses
+import sys
+from typing import TYPE_CHECKING
 
 from embedjax.models.bert import BertConfig
-from embedjax.models.decoder import DecoderConfig
 from embedjax.models.pooling import POOLING_MODES
+
+if TYPE_CHECKING:  # the decoder module is imported only by code that builds or runs a decoder
+  from embedjax.models.decoder import DecoderConfig
 
 # Activations a Dense head may apply after its linear map (sentence-transformers' Dense default is
 # tanh). The names are embedjax's; the sentence-transformers folder reader maps torch class names.
@@ -82,3 +86,11 @@ class EmbedderSpec:
   def backbone(self) -> BertConfig | DecoderConfig:
     """The encoder's or decoder's config, whichever this model has."""
     return self.bert if self.bert is not None else self.decoder
+
+
+def is_decoder_config(cfg) -> bool:
+  """Whether ``cfg`` is a :class:`~embedjax.models.decoder.DecoderConfig`, without importing the
+  decoder module: none can exist before that module is loaded. (BERT-family code paths never load
+  it, so a change to the decoder does not touch what they ran.)"""
+  module = sys.modules.get('embedjax.models.decoder')
+  return module is not None and isinstance(cfg, module.DecoderConfig)

@@ -38,7 +38,6 @@ from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.losses import GUIDE_LOSSES, SCORED_LOSSES, TARGET_LOSSES
 from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
                                         init_model_params, load_pretrained, load_spec)
-from embedjax.models.decoder import NAMED_SHAPES, DecoderConfig
 from embedjax.models.lora import LoraConfig, init_lora
 from embedjax.models.spec import DenseSpec, EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
@@ -67,14 +66,18 @@ def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokeni
   if kind not in ('pretrained', 'random'):
     raise ConfigError(f"model.init {cfg.init!r}: must be 'pretrained:NAME' or 'random:NAME'")
   changes = {k: v for k, v in cfg.bert.items() if v}
-  if kind == 'random' and name in NAMED_SHAPES:
+  named_shapes = {}
+  if kind == 'random':  # only then may the name be a decoder shape (loaded lazily: see spec.py)
+    from embedjax.models.decoder import NAMED_SHAPES as named_shapes
+  if name in named_shapes:
     if changes:
       raise ConfigError(f'model.bert {changes}: a named decoder shape ({name}) takes no BERT '
                         'overrides')
     base, tokenizer, _ = load_spec(cfg.tokenizer, max_seq_length=cfg.max_seq_length or None)
-    shape = NAMED_SHAPES[name]
+    shape = named_shapes[name]
     # a shape's own vocabulary (its parameter count) unless the tokenizer needs more rows
     vocab = max(shape.get('vocab_size', 0), tokenizer.vocab_size)
+    from embedjax.models.decoder import DecoderConfig
     decoder = DecoderConfig(**{**shape, 'vocab_size': vocab, 'pad_token_id': tokenizer.pad_id,
                                'dtype': cfg.dtype})
     max_len = min(cfg.max_seq_length or base.max_seq_length, decoder.max_positions)

@@ -37,7 +37,7 @@ import optax
 from embedjax.config import ConfigError
 from embedjax.losses import GUIDE_LOSSES, LOSSES, MULTI_VECTOR_LOSSES, TARGET_LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
-from embedjax.models.embedder import embed
+from embedjax.models.embedder import auxiliary_loss, embed
 from embedjax.models.layerwise import embed_layers
 from embedjax.models.lora import LoraConfig, apply_lora
 from embedjax.models.spec import EmbedderSpec
@@ -126,6 +126,7 @@ LAYER_ELASTIC = ('adaptive_layer', 'matryoshka_2d')
 ELASTIC_OPTIONS = ('n_layers_per_step', 'n_dims_per_step', 'last_layer_weight',
                    'prior_layers_weight', 'kl_div_weight', 'kl_temperature', 'layer_weighting')
 LOSS_KEY_FOLD = 0x6C6F7373  # folded into the step key for the loss's own draws (not a column no.)
+AUX_KEY_FOLD = 0x61757820  # ... and for the backbone regulariser's ('aux ')
 
 
 def loss_key(rng: jax.Array) -> jax.Array:
@@ -395,8 +396,12 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
         out = jax.vmap(f, in_axes=(None, 0, 0, 0))(model_params(p), _chunked(ids, ch),
                                                   _chunked(mask, ch), keys)
         embs.append(_unchunk(out, ids.shape[0], tokens))
-      return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
-                                 loss_key(rng))
+      loss, metrics = _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
+                                          loss_key(rng))
+      aux = auxiliary_loss(encoder_params(model_params(p), cfg.lora), cfg.spec, _aux_key(rng))
+      if aux is None:
+        return loss, metrics
+      return loss + aux, {**metrics, 'auxiliary_loss': aux}
     return jax.value_and_grad(total_loss, has_aux=True)(params)
 
   # 1. Embeddings of every chunk, no activations kept.
@@ -428,9 +433,21 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
       return jax.tree_util.tree_map(jnp.add, acc, g_p), None
 
     grads, _ = jax.lax.scan(body, grads, (ids_c, mask_c, keys, cot))
+  # 4. The backbone's own regulariser (if it has one: decided while tracing) on the encoder.
+  def aux_of(e):
+    return auxiliary_loss(encoder_params(e, cfg.lora), cfg.spec, _aux_key(rng))
+  if jax.eval_shape(aux_of, enc) is not None:
+    aux, aux_grads = jax.value_and_grad(aux_of)(enc)
+    grads = jax.tree_util.tree_map(jnp.add, grads, aux_grads)
+    loss, metrics = loss + aux, {**metrics, 'auxiliary_loss': aux}
   all_grads = dict(p_grads)
   all_grads.update(grads)
   return (loss, metrics), all_grads
+
+
+def _aux_key(rng: jax.Array) -> jax.Array:
+  """The key of the backbone's regulariser at the step whose key is ``rng``."""
+  return jax.random.fold_in(rng, AUX_KEY_FOLD)
 
 
 def make_train_step(cfg: StepConfig, tx: optax.GradientTransformation) -> Callable:

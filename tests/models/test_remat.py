@@ -60,7 +60,9 @@ def test_same_params_values_and_gradients(setup):
   fresh = init_model_params(remat_spec, jax.random.key(0))
   assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(params)
   v, g = jax.jit(jax.value_and_grad(loss_fn(remat_spec)))(params, ids, mask)
-  np.testing.assert_allclose(v, value, rtol=1e-6)
+  # float32 reordering only; the loss is a small sum with cancellation (-0.0094 for the decoder),
+  # where one CPU (AMD EPYC) differs by 5e-8 from the plain run
+  np.testing.assert_allclose(v, value, rtol=1e-5, atol=1e-7)
   for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(grads)):
     # recomputation fuses differently: float32 reordering only
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)

@@ -140,3 +140,34 @@ def test_kmeans_plusplus_seeding_gives_a_codec_whose_search_keeps_recall(corpus)
   _, exact = topk_maxsim(queries, qmask, docs, mask, 10)
   _, got = plaid.search(index, queries, qmask, 10, ndocs=40)
   assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, np.asarray(exact))]) >= 0.95
+
+
+def test_defaults_keep_the_recall_of_exhaustive_search_on_a_scifact_sized_corpus():
+  """At its defaults, PLAID's candidate generation and centroid pruning keep recall@10 >= 0.95 of
+  the exhaustive MaxSim search over the same compressed tokens, on as many documents as SciFact's
+  corpus (5,183; fewer and shorter token vectors, so it runs in seconds). What compression itself
+  costs against float tokens is measured on SciFact's real tokens by
+  benchmarks/multivector_sweep_cpu.py, not here."""
+  rng = np.random.default_rng(5)
+  n, td, d, topics = 5183, 16, 32, 400
+  centers = rng.standard_normal((topics, d))
+  own = rng.integers(0, topics, size=(n, 3))  # each document is about 3 topics
+  topic = np.take_along_axis(own, rng.integers(0, 3, size=(n, td)), axis=1)
+  docs = centers[topic] + 0.5 * rng.standard_normal((n, td, d))
+  docs /= np.linalg.norm(docs, axis=-1, keepdims=True)
+  mask = np.arange(td) < rng.integers(4, td + 1, size=n)[:, None]
+  about = own[rng.integers(0, n, size=100)]  # 100 queries, each on a document's topics
+  qt = np.take_along_axis(about, rng.integers(0, 3, size=(100, 8)), axis=1)
+  queries = centers[qt] + 0.5 * rng.standard_normal((100, 8, d))
+  queries = (queries / np.linalg.norm(queries, axis=-1, keepdims=True)).astype(np.float32)
+  qmask = np.ones((100, 8), np.int32)
+  docs = docs.astype(np.float32)
+  tokens = docs[mask]
+  n_centroids = int(2 ** np.floor(np.log2(16 * np.sqrt(len(tokens)))))  # ColBERTv2's count
+  codec = plaid.fit_codec(jax.random.key(0), tokens, n_centroids, bits=2, iters=4)
+  index = plaid.build_index(codec, docs, mask)
+  stored = np.array(plaid.decompress(codec, index.ids, index.residuals))
+  _, exhaustive = topk_maxsim(queries, qmask, stored, mask, 10)
+  _, got = plaid.search(index, queries, qmask, 10)
+  recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, np.asarray(exhaustive))])
+  assert recall >= 0.95, recall

@@ -46,6 +46,33 @@ def test_decoder_grad_cache_equals_plain(base):
   assert optax.tree_utils.tree_norm(g1) > 0
 
 
+
+@pytest.mark.parametrize('grad_cache', [False, True])
+def test_a_backbone_regulariser_is_added_to_the_loss_and_its_gradient(base, monkeypatch,
+                                                                      grad_cache):
+  """The hook a decoder setting with its own training loss (SeqPE) goes through: the step adds
+  the regulariser's value and its gradient, on both paths; without one nothing changes."""
+  import embedjax.models.decoder as decoder
+  params = {'encoder': base}
+  batch = _batch(np.random.default_rng(0))
+  rng = jax.random.key(1)
+  cfg = StepConfig(spec=SPEC, chunk_size=2, grad_cache=grad_cache, dropout=False)
+  (l0, m0), g0 = jax.jit(lambda p: loss_and_grads(cfg, p, batch, rng))(params)
+  assert 'auxiliary_loss' not in m0
+
+  def regulariser(p, cfg_, key):
+    return 0.5 * jnp.sum(p['norm']['weight'] ** 2) * jax.random.uniform(key, (), minval=1, maxval=2)
+
+  monkeypatch.setattr(decoder, 'auxiliary_loss', regulariser)
+  (l1, m1), g1 = jax.jit(lambda p: loss_and_grads(cfg, p, batch, rng))(params)
+  factor = float(jax.random.uniform(jax.random.fold_in(rng, 0x61757820), (), minval=1, maxval=2))
+  weight = np.asarray(base['norm']['weight'], np.float64)
+  assert float(m1['auxiliary_loss']) == pytest.approx(0.5 * factor * np.sum(weight ** 2), rel=1e-5)
+  assert float(l1) == pytest.approx(float(l0) + float(m1['auxiliary_loss']), rel=1e-6)
+  np.testing.assert_allclose(g1['encoder']['norm']['weight'],
+                             g0['encoder']['norm']['weight'] + factor * weight, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(g1['encoder']['embed_tokens'], g0['encoder']['embed_tokens'])
+
 def test_lora_step_trains_only_the_adapter(base):
   batch = _batch(np.random.default_rng(1))
   rng = jax.random.key(2)
