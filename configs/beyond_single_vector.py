@@ -14,7 +14,7 @@ Every cell is evaluated on LIMIT-small (recall@2/@10/@20 over its 46 documents) 
                      state, queries padded to 32 tokens with [MASK], document punctuation left
                      out of MaxSim) trained on the same mixture with InfoNCE over MaxSim; searched
                      exactly over float32 token vectors, and PLAID-style over ColBERTv2 residual
-                     compression at 2 and 1 bits per coordinate.
+                     compression at 4, 2 and 1 bits per coordinate.
   sparse             a SPLADE from all-MiniLM-L6-v2 (a new MLM head tied to the word embeddings:
                      the model ships none) trained on the same mixture with InfoNCE over dot
                      products plus SPLADE's FLOPS regulariser; searched through an inverted index.
@@ -84,6 +84,6 @@ def get_config(cell='multi_vector'):
   c.bm25 = dict(k1=1.5, b=0.75, method='lucene')
   # multi_vector: the compressed variants (ColBERTv2 residual codes; PLAID-style search at its
   # defaults). k-means on a sample of the corpus' tokens, 4 Lloyd steps, as ColBERTv2.
-  c.plaid = dict(bits=(2, 1), kmeans_sample=262_144, kmeans_iters=4)
+  c.plaid = dict(bits=(4, 2, 1), kmeans_sample=262_144, kmeans_iters=4)
   c.lock()
   return c

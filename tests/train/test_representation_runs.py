@@ -149,3 +149,7 @@ def test_the_beyond_single_vector_study_scores_as_the_eval_runner(runs):
   assert mv['plaid_1bit']['bytes_per_doc'] < mv['plaid_2bit']['bytes_per_doc'] < (
       mv['exact']['bytes_per_doc'] / 4)
   assert 0 <= mv['plaid_2bit']['recall@10_of_exact'] <= 1
+  # every centroid probed on this small corpus: the search is the exhaustive one over its codes
+  assert mv['plaid_2bit']['recall@10_of_exhaustive_compressed'] == pytest.approx(1.0)
+  assert mv['plaid_2bit']['exhaustive_compressed_recall@10_of_exact'] == pytest.approx(
+      mv['plaid_2bit']['recall@10_of_exact'])
