@@ -2,14 +2,14 @@
 (nprobe, ndocs, centroid threshold) keep recall@10 >= 0.95 of exact search, at what speed, and how
 much of the loss is the 2-bit compression rather than the candidate generation.
 
-    .venv/bin/python benchmarks/multivector_sweep_cpu.py [--dim 128] [--k 10]
+    .venv/bin/python benchmarks/multivector_sweep_cpu.py [--dim 128] [--k 10] [--bits 2,4]
         [--out results/bench_multivector_sweep_cpu.json]
     .venv/bin/python benchmarks/multivector_sweep_cpu.py --quick   # smoke: synthetic tokens
 
 Token vectors, codec and index exactly as benchmarks/multivector_cpu.py builds them (its
 functions: all-MiniLM-L6-v2 token states of the corpus and the test queries through a fixed random
 orthogonal projection; k-means on every counted token, ColBERTv2's centroid count, random seeds, 4
-Lloyd steps; 2-bit residuals). Two references:
+Lloyd steps; residuals at each of ``--bits``, one codec and one sweep per width). Two references:
   exact               top-k MaxSim over the float token vectors (``multivector.topk_maxsim``);
   exact_decompressed  the same over the decompressed tokens, which is what PLAID's last stage
                       scores: the best its candidate generation can return.
@@ -48,9 +48,13 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--dim', type=int, default=128)
   p.add_argument('--k', type=int, default=10)
+  p.add_argument('--bits', default='2,4', help='residual widths, one codec and sweep each')
   p.add_argument('--quick', action='store_true', help='synthetic tokens, small: a smoke run')
   p.add_argument('--out', default=None)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if not args.bits or any(b.strip() not in ('1', '2', '4', '8') for b in args.bits.split(',')):
+    p.error(f'--bits {args.bits!r}: a comma-separated list of 1, 2, 4 or 8')
+  return args
 
 
 def main(argv=None) -> int:
@@ -69,37 +73,43 @@ def main(argv=None) -> int:
   k = min(args.k, len(d))
   tokens = d[dm != 0]
   n_centroids = min(int(2 ** np.floor(np.log2(16 * np.sqrt(len(tokens))))), len(tokens))
-  start = time.perf_counter()
-  codec = plaid.fit_codec(jax.random.key(0), tokens, n_centroids, bits=2, iters=4)
-  index = plaid.build_index(codec, d, dm)
-  build_s = time.perf_counter() - start
+  bits_list = [int(b) for b in args.bits.split(',')]
   reference = {'exact': np.asarray(topk_maxsim(q, qm, d, dm, k)[1])}
-  decompressed = np.array(plaid.decompress(codec, index.ids, index.residuals))
-  decompressed[dm == 0] = 0.0
-  reference['exact_decompressed'] = np.asarray(topk_maxsim(q, qm, decompressed, dm, k)[1])
-  del decompressed
-  compression = recall_vs(reference['exact_decompressed'], reference['exact'], k)
-  print(f'exact on decompressed tokens: recall@{k} of exact {compression:.4f}', flush=True)
-  rows = []
-  for nprobe, ndocs, threshold in SWEEP:
-    found = {}
+  codecs = []
+  for bits in bits_list:
+    start = time.perf_counter()
+    codec = plaid.fit_codec(jax.random.key(0), tokens, n_centroids, bits=bits, iters=4)
+    index = plaid.build_index(codec, d, dm)
+    build_s = time.perf_counter() - start
+    decompressed = np.array(plaid.decompress(codec, index.ids, index.residuals))
+    decompressed[dm == 0] = 0.0
+    reference['exact_decompressed'] = np.asarray(topk_maxsim(q, qm, decompressed, dm, k)[1])
+    del decompressed
+    compression = recall_vs(reference['exact_decompressed'], reference['exact'], k)
+    print(f'{bits} bits: exact on decompressed tokens: recall@{k} of exact {compression:.4f}',
+          flush=True)
+    rows = []
+    for nprobe, ndocs, threshold in SWEEP:
+      found = {}
 
-    def search():
-      found['ids'] = plaid.search(index, q, qm, k, nprobe=nprobe, ndocs=ndocs,
-                                  centroid_threshold=threshold)[1]
-    warm, times = mv.timed(search, 1)
-    rows.append({'nprobe': nprobe, 'ndocs': ndocs, 'centroid_threshold': threshold,
-                 'queries_per_second': round(len(q) / float(np.median(times)), 2),
-                 'seconds': [round(t, 4) for t in times], 'warmup_s': round(warm, 3),
-                 **{f'recall_at_k_vs_{name}': round(recall_vs(found['ids'], ref, k), 4)
-                    for name, ref in reference.items()}})
-    print(f'  {rows[-1]}', flush=True)
+      def search():
+        found['ids'] = plaid.search(index, q, qm, k, nprobe=nprobe, ndocs=ndocs,
+                                    centroid_threshold=threshold)[1]
+      warm, times = mv.timed(search, 1)
+      rows.append({'nprobe': nprobe, 'ndocs': ndocs, 'centroid_threshold': threshold,
+                   'queries_per_second': round(len(q) / float(np.median(times)), 2),
+                   'seconds': [round(t, 4) for t in times], 'warmup_s': round(warm, 3),
+                   **{f'recall_at_k_vs_{name}': round(recall_vs(found['ids'], ref, k), 4)
+                      for name, ref in reference.items()}})
+      print(f'  {rows[-1]}', flush=True)
+    codecs.append({'bits': bits, 'bytes_per_token': plaid.bytes_per_token(codec),
+                   'index_build_s': round(build_s, 1),
+                   'exact_decompressed_recall_at_k_vs_exact': round(compression, 4),
+                   'sweep': rows})
   record = {
       'benchmark': 'multivector_sweep_cpu', 'quick': args.quick, 'corpus': about['corpus'],
       'queries': len(q), 'documents': len(d), 'dim': args.dim, 'k': k,
-      'counted_doc_tokens': int(dm.sum()), 'centroids': n_centroids, 'bits': 2,
-      'index_build_s': round(build_s, 1),
-      'exact_decompressed_recall_at_k_vs_exact': round(compression, 4), 'sweep': rows,
+      'counted_doc_tokens': int(dm.sum()), 'centroids': n_centroids, 'codecs': codecs,
       'timing': 'per setting: one warm-up pass over all queries, then one timed pass',
       'loadavg_start': load_start, 'loadavg_end': os.getloadavg(), 'peak_rss_bytes': mv.peak_rss(),
       'command': run.command, 'provenance': run.finish().provenance()}

@@ -121,8 +121,8 @@ TARGETS = (
     Target('bench_multivector_sweep_cpu', 'results/bench_multivector_sweep_cpu.json',
            (PY, 'benchmarks/multivector_sweep_cpu.py'),
            code=('benchmarks/multivector_sweep_cpu.py', 'benchmarks/multivector_cpu.py', *CORE),
-           note='PLAID settings against exact search on the SciFact corpus\'s tokens: about 30 '
-                'min on 2 cores (timings: run on an otherwise idle machine)'),
+           note='PLAID settings against exact search on the SciFact corpus\'s tokens, 2- and '
+                '4-bit codes: about 45 min on 2 cores (timings: run on an otherwise idle machine)'),
     Target('bench_train_gpu', 'results/bench_train_gpu.json', (PY, 'benchmarks/train_gpu.py'),
            code=('benchmarks/train_gpu.py', 'benchmarks/train_common.py',
                  'benchmarks/gpu_common.py', 'embedjax/train', 'embedjax/losses', *CORE),

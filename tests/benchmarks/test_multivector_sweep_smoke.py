@@ -22,14 +22,25 @@ def test_quick_sweep_writes_recalls_against_both_references(tmp_path):
   rec = json.loads(out.read_text())
   sys.path.insert(0, str(REPO / 'benchmarks'))
   import multivector_sweep_cpu as sweep
-  assert [(r['nprobe'], r['ndocs'], r['centroid_threshold']) for r in rec['sweep']] == [
-      tuple(s) for s in sweep.SWEEP]
+  assert [c['bits'] for c in rec['codecs']] == [2, 4]
+  assert rec['codecs'][0]['bytes_per_token'] < rec['codecs'][1]['bytes_per_token']
   assert sweep.SWEEP[0] == (2, 1024, 0.45)  # plaid.search's defaults
-  for row in rec['sweep']:
-    assert 0 <= row['recall_at_k_vs_exact'] <= 1 and row['queries_per_second'] > 0
-    assert 0 <= row['recall_at_k_vs_exact_decompressed'] <= 1
-  assert 0 < rec['exact_decompressed_recall_at_k_vs_exact'] <= 1
+  for codec in rec['codecs']:
+    assert [(r['nprobe'], r['ndocs'], r['centroid_threshold']) for r in codec['sweep']] == [
+        tuple(s) for s in sweep.SWEEP]
+    for row in codec['sweep']:
+      assert 0 <= row['recall_at_k_vs_exact'] <= 1 and row['queries_per_second'] > 0
+      assert 0 <= row['recall_at_k_vs_exact_decompressed'] <= 1
+    assert 0 < codec['exact_decompressed_recall_at_k_vs_exact'] <= 1
   assert rec['provenance']['git_commit']
+
+
+def test_bad_bits_are_refused_in_one_line():
+  sys.path.insert(0, str(REPO / 'benchmarks'))
+  import pytest
+  import multivector_sweep_cpu
+  with pytest.raises(SystemExit):
+    multivector_sweep_cpu.parse_args(['--bits', '2,3'])
 
 
 def test_recall_by_hand():
