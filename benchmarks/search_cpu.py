@@ -57,6 +57,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used (the parent process stays light)
+  import numpy as np
 
 _REPO = Path(__file__).resolve().parents[1]
 DIM = 384
@@ -99,7 +103,7 @@ def _rss_now() -> int:
 # Data (prepared once by the parent, read by every worker)
 
 
-def synthetic(n: int, seed: int) -> 'np.ndarray':
+def synthetic(n: int, seed: int) -> np.ndarray:
   """(n, 384) float32 unit vectors: 1,000 clusters in a random 64-d subspace plus noise."""
   import numpy as np
   from embedjax.ops import l2_normalize
@@ -116,7 +120,7 @@ def synthetic(n: int, seed: int) -> 'np.ndarray':
   return out
 
 
-def scifact_embeddings() -> tuple['np.ndarray', 'np.ndarray']:
+def scifact_embeddings() -> tuple[np.ndarray, np.ndarray]:
   import numpy as np
   from embedjax.data.readers import read_beir
   from embedjax.embedding_cache import cached_encode
