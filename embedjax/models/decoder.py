@@ -5,7 +5,9 @@ One implementation covers the four families; they differ only in switches of
 head's queries and keys before the rotation (and may set ``head_dim`` apart from
 hidden / heads), Mistral may restrict causal attention to a sliding window, Llama may carry
 biases (``attention_bias``, ``mlp_bias``). Rotary scaling for longer inputs (linear, dynamic NTK,
-YaRN, Llama 3) is read from ``rope_scaling``: :mod:`embedjax.models.rope`.
+YaRN, Llama 3) is read from ``rope_scaling``: :mod:`embedjax.models.rope`; so is CLEX's learned
+continuous scaling (``rope_type`` 'clex', :mod:`embedjax.models.clex`, parameters under
+``rope_clex``): see :func:`clex_rotary`.
 
 Each layer is pre-norm: ``x + attn(rms(x))`` then ``x + mlp(rms(x))`` with grouped-query attention
 (``num_key_value_heads`` divides ``num_attention_heads``), rotary positions and a SwiGLU MLP
@@ -19,6 +21,10 @@ several texts (``segment_ids`` 1..S, 0 = padding, ``position_ids`` restarting at
 attention never crosses texts. Positions default to each token's index among its row's real
 tokens, so a left-padded text gets the positions it would have unpadded (rotary attention depends
 only on position differences, so this equals transformers' arange positions up to rounding).
+
+Long inputs in bounded memory (``attention_block`` > 0): attention runs over blocks of that many
+queries against every key, each block building its own (B, 1, block, L) mask, so no (L, L) array
+exists and memory grows linearly with L (the XLA path; SelfExtend keeps its full logits).
 
 Attention runs through ``jax.nn.dot_product_attention``. Which kernel a GPU gets
 (``attention_impl``): 'xla' always works; 'cudnn' (bfloat16/float16 on NVIDIA GPUs) is used for
@@ -44,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from embedjax.models.clex import clex_frequencies, init_clex
 from embedjax.models.remat import apply_layers, check_policy
 from embedjax.models.rope import ROPE_TYPES, apply_rope, dynamic_frequencies
 from embedjax.models.rope import rope_frequencies as _rope_table
@@ -53,6 +60,8 @@ from embedjax.models.self_extend import self_extend_attention
 DECODER_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 ATTENTION_MODES = ('causal', 'bidirectional')
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+# CLEX's rope_scaling fields (the reference's config.json names) and their defaults
+CLEX_DEFAULTS = {'param_factor': 1, 'time_dt': 0.01, 'act': 'tanh'}
 _ARCHITECTURES = {'llama': 'LlamaModel', 'mistral': 'MistralModel', 'qwen2': 'Qwen2Model',
                   'qwen3': 'Qwen3Model'}
 
@@ -93,6 +102,8 @@ class DecoderConfig:
   # attend with positions grouped by self_extend_group; 0 = off.
   self_extend_group: int = 0
   self_extend_window: int = 0
+  # Blocked attention: queries per block (0 = off); memory linear in the input's length.
+  attention_block: int = 0
 
   def __post_init__(self):
     if self.model_type not in DECODER_MODEL_TYPES:
@@ -113,10 +124,16 @@ class DecoderConfig:
                                  ('param_dtype', self.param_dtype, ('float32', 'bfloat16'))):
       if value not in allowed:
         raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
-    rope_type = dict(self.rope_scaling).get('rope_type', 'default')
-    if rope_type not in ROPE_TYPES:
+    rope = dict(self.rope_scaling)
+    rope_type = rope.get('rope_type', 'default')
+    if rope_type not in (*ROPE_TYPES, 'clex'):
       raise ValueError(f'rope_scaling type {rope_type!r} is not supported (supported: '
-                       f'{", ".join(ROPE_TYPES)})')
+                       f'{", ".join((*ROPE_TYPES, "clex"))})')
+    if rope_type == 'clex':
+      _check_clex(rope)
+    if self.attention_block < 0 or (self.attention_block and self.self_extend_group):
+      raise ValueError(f'attention_block {self.attention_block}: a non-negative block size, and '
+                       'not with SelfExtend (which builds its full (L, L) logits)')
     check_policy(self.remat)
     if bool(self.self_extend_group) != bool(self.self_extend_window) or (
         self.self_extend_group and (self.self_extend_group < 2
@@ -140,6 +157,8 @@ class DecoderConfig:
     rope = dict(self.rope_scaling)
     if rope.get('rope_type') == 'dynamic':
       return int(self.max_position_embeddings * float(rope['factor']))
+    if rope.get('rope_type') == 'clex':
+      return int(self.max_position_embeddings * int(rope['max_factor']))
     return self.max_position_embeddings
 
   @property
@@ -220,6 +239,23 @@ class DecoderConfig:
     return hf
 
 
+def _check_clex(rope: dict) -> None:
+  """CLEX's rope_scaling: ``max_factor`` (an integer >= 2: the largest scale, in multiples of
+  max_position_embeddings), and optionally param_factor, time_dt, act (CLEX_DEFAULTS)."""
+  factor = rope.get('max_factor')
+  if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
+    raise ValueError(f'rope_scaling clex: max_factor must be an integer >= 2, got {factor!r}')
+  unknown = sorted(set(rope) - {'rope_type', 'max_factor', *CLEX_DEFAULTS})
+  if unknown:
+    raise ValueError(f'rope_scaling clex: unknown fields {unknown} (known: max_factor, '
+                     f'{", ".join(CLEX_DEFAULTS)})')
+  settings = {**CLEX_DEFAULTS, **rope}
+  if settings['act'] not in ('tanh', 'silu') or float(settings['time_dt']) <= 0 or int(
+      settings['param_factor']) < 1:
+    raise ValueError(f'rope_scaling clex: act tanh or silu, time_dt > 0, param_factor >= 1; got '
+                     f'{settings}')
+
+
 # Random-init shapes by name (``model.init='random:NAME'``), after public configs of their class:
 # a tiny one that trains in minutes on a CPU, a 0.1B one for benchmarks, Qwen3-0.6B and
 # Llama-3-8B. A run builds them with its tokenizer (at least that tokenizer's vocabulary).
@@ -255,7 +291,8 @@ def rope_frequencies(cfg: DecoderConfig) -> tuple[np.ndarray, float]:
 
 def rotary_table(cfg: DecoderConfig, positions: jax.Array) -> tuple[Any, float]:
   """(inverse frequencies, scaling) for a batch at ``positions`` (B, L): dynamic NTK depends on the
-  batch's longest text (its largest position + 1), every other type is static."""
+  batch's longest text (its largest position + 1), every other type is static (CLEX's learned
+  table is :func:`clex_rotary`)."""
   rope = dict(cfg.rope_scaling)
   if rope.get('rope_type') == 'dynamic':
     return dynamic_frequencies(cfg.rope_theta, cfg.head_size, float(rope['factor']),
@@ -286,9 +323,9 @@ def attention_path(cfg: DecoderConfig, *, packed: bool, left_padded: bool) -> st
   """'cudnn' or 'xla': the kernel ``jax.nn.dot_product_attention`` gets for these rows.
 
   cuDNN applies to right-padded unpacked rows in bfloat16 on a GPU (padding as per-row lengths);
-  left padding and packed segments need a general mask and take XLA.
+  left padding, packed segments and blocked attention need a general mask and take XLA.
   """
-  if cfg.attention_impl == 'xla' or packed or left_padded:
+  if cfg.attention_impl == 'xla' or packed or left_padded or cfg.attention_block:
     return 'xla'
   if cfg.attention_impl == 'cudnn':
     return 'cudnn'
@@ -296,28 +333,90 @@ def attention_path(cfg: DecoderConfig, *, packed: bool, left_padded: bool) -> st
   return 'cudnn' if on_gpu and cfg.compute_dtype == jnp.bfloat16 else 'xla'
 
 
+def clex_rotary(cfg: DecoderConfig, params: dict, positions: jax.Array,
+                key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """CLEX's (inverse frequencies (D/2,), rotary positions (B, L)) for a batch.
+
+  Inference (``key`` None), as the reference: the scale t = ceil(n / L_train) for the batch's
+  longest text of n tokens (its largest position + 1), clipped to [1, max_factor]; positions
+  unchanged. Training (a step's key): t drawn uniformly from the integers 1..max_factor and each
+  text's positions spread over t times its length, as if it were a t-times longer text: position
+  p > 0 becomes p t + u with u uniform in 0..t-1 (so they stay distinct and increasing; the
+  reference draws a uniform sorted subset of the long range instead), position 0 stays 0.
+  """
+  rope = {**CLEX_DEFAULTS, **dict(cfg.rope_scaling)}
+  max_t, trained = int(rope['max_factor']), cfg.max_position_embeddings
+  if key is None:
+    n = jnp.max(positions) + 1
+    t = jnp.clip(-(-n // trained), 1, max_t)
+  else:
+    k_t, k_u = jax.random.split(key)
+    t = jax.random.randint(k_t, (), 1, max_t + 1)
+    jitter = jax.random.randint(k_u, positions.shape, 0, t)
+    positions = jnp.where(positions > 0, positions * t + jitter, 0)
+  inv_freq = clex_frequencies(params, t.astype(jnp.float32), theta=cfg.rope_theta,
+                              head_dim=cfg.head_size, max_t=float(max_t),
+                              time_dt=float(rope['time_dt']), act=rope['act'])
+  return inv_freq, positions
+
+
+def _mask_rows(segment_ids: jax.Array, query_segments: jax.Array, query_index: jax.Array,
+               causal: bool, window: int) -> jax.Array:
+  """(B, 1, Q, L) bool for Q queries (their segments (B, Q) and indices (Q,)) against all L keys:
+  :func:`attention_mask`'s rule, for the whole input or one block of queries."""
+  seg = segment_ids
+  kidx = jnp.arange(seg.shape[1])
+  qidx = query_index[None, :, None]
+  same = (query_segments[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+  if causal:
+    same &= qidx >= kidx[None, None, :]
+  if window:
+    same &= qidx - kidx[None, None, :] < window
+  pad_self = (query_segments[:, :, None] == 0) & (qidx == kidx[None, None, :])
+  return (same | pad_self)[:, None]
+
+
 def attention_mask(segment_ids: jax.Array, causal: bool, window: int = 0) -> jax.Array:
   """(B, 1, L, L) bool: query i may attend to key j (same text, not padding; j <= i when causal;
   i - j < window when a sliding window is set). A padding query attends to itself only, so no
   softmax is over an empty set (its output is ignored by pooling)."""
-  seg = segment_ids
-  same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-  idx = jnp.arange(seg.shape[1])
-  if causal:
-    same &= idx[None, :, None] >= idx[None, None, :]
-  if window:
-    same &= idx[None, :, None] - idx[None, None, :] < window
-  pad_self = (seg[:, :, None] == 0) & (idx[None, :, None] == idx[None, None, :])
-  return (same | pad_self)[:, None]
+  return _mask_rows(segment_ids, segment_ids, jnp.arange(segment_ids.shape[1]), causal, window)
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *,
+                      causal: bool, window: int, block: int) -> jax.Array:
+  """Attention over blocks of ``block`` queries: q (B, L, N, D) rotated, k / v (B, L, K, D) (K
+  divides N), segment_ids (B, L). Equals ``dot_product_attention`` with :func:`attention_mask`;
+  the largest temporary is one block's (B, N, block, L) logits. Returns (B, L, N, D)."""
+  b, l, n, d = q.shape
+  pad = -l % block
+  blocks = (l + pad) // block
+  qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  # padded queries (past L) take the last index and segment 0: they attend to key L-1 alone
+  # (a finite output, sliced away)
+  qseg = jnp.pad(segment_ids, ((0, 0), (0, pad)))
+  qidx = jnp.minimum(jnp.arange(l + pad), l - 1)
+  q_blocks = qp.reshape(b, blocks, block, n, d).transpose(1, 0, 2, 3, 4)
+  s_blocks = qseg.reshape(b, blocks, block).transpose(1, 0, 2)
+  i_blocks = qidx.reshape(blocks, block)
+
+  def one(args):
+    qb, sb, ib = args
+    mask = _mask_rows(segment_ids, sb, ib, causal, window)
+    return jax.nn.dot_product_attention(qb, k, v, mask=mask, implementation='xla')
+
+  out = jax.lax.map(one, (q_blocks, s_blocks, i_blocks))   # (blocks, B, block, N, D)
+  return out.transpose(1, 0, 2, 3, 4).reshape(b, l + pad, n, d)[:, :l]
 
 
 class DecoderAttention(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv_lengths, path: str):
+  def __call__(self, x, positions, mask, kv_lengths, path: str, rotary, segment_ids):
     """x: (B, L, H); positions (B, L); either mask (B, 1, L, L) bool, or kv_lengths (B,) for
-    right-padded rows; path: the kernel for the lengths form ('xla' or 'cudnn')."""
+    right-padded rows, or neither for blocked attention (over ``segment_ids`` (B, L)); path: the
+    kernel for the lengths form ('xla' or 'cudnn'); rotary: (inverse frequencies, scaling)."""
     cfg = self.cfg
     b, l, _ = x.shape
     d, heads, kv_heads = cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads
@@ -328,14 +427,17 @@ class DecoderAttention(nn.Module):
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='q_norm')(q)
       k = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='k_norm')(k)
-    inv_freq, scaling = rotary_table(cfg, positions)
+    inv_freq, scaling = rotary
     if cfg.self_extend_group:  # merged neighbour / grouped logits (always the mask form)
       out = self_extend_attention(q, k, v, positions, mask, inv_freq, scaling,
                                   group=cfg.self_extend_group, window=cfg.self_extend_window)
       return _dense(cfg.hidden_size, cfg, 'o_proj', cfg.attention_bias and cfg.model_type != 'qwen2')(
           out.reshape(b, l, heads * d))
     q, k = apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)
-    if mask is None:  # right-padded rows: padding as per-row lengths (the form cuDNN takes)
+    if cfg.attention_block:
+      out = blocked_attention(q, k, v, segment_ids, causal=cfg.attention == 'causal',
+                              window=cfg.sliding_window, block=cfg.attention_block)
+    elif mask is None:  # right-padded rows: padding as per-row lengths (the form cuDNN takes)
       window = (cfg.sliding_window - 1, 0) if cfg.sliding_window else None
       out = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.attention == 'causal',
                                          query_seq_lengths=kv_lengths,
@@ -351,10 +453,11 @@ class DecoderLayer(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv_lengths, path: str):
+  def __call__(self, x, positions, mask, kv_lengths, path: str, rotary, segment_ids):
     cfg = self.cfg
     h = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='input_layernorm')(x)
-    x = x + DecoderAttention(cfg, name='self_attn')(h, positions, mask, kv_lengths, path)
+    x = x + DecoderAttention(cfg, name='self_attn')(h, positions, mask, kv_lengths, path, rotary,
+                                                    segment_ids)
     h = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='post_attention_layernorm')(x)
     return x + DecoderMLP(cfg, name='mlp')(h)
 
@@ -407,7 +510,9 @@ class Decoder(nn.Module):
     if position_ids is None:
       position_ids = token_positions(segment_ids)
     path = attention_path(cfg, packed=packed, left_padded=left_padded)
-    if packed or left_padded or cfg.self_extend_group:
+    if cfg.attention_block:  # each block of queries builds its own mask
+      mask = kv_lengths = None
+    elif packed or left_padded or cfg.self_extend_group:
       mask = attention_mask(segment_ids, cfg.attention == 'causal', cfg.sliding_window)
       kv_lengths = None
     else:  # the same arguments on every backend, so CPU tests check what cuDNN receives
@@ -415,8 +520,18 @@ class Decoder(nn.Module):
     table = self.param('embed_tokens', nn.initializers.normal(0.02),
                        (cfg.vocab_size, cfg.hidden_size), cfg.params_dtype)
     x = jnp.take(table, input_ids, axis=0, mode='clip').astype(cfg.compute_dtype)
+    if dict(cfg.rope_scaling).get('rope_type') == 'clex':  # one learned table for every layer
+      rope = {**CLEX_DEFAULTS, **dict(cfg.rope_scaling)}
+      clex = self.param('rope_clex', lambda k: init_clex(k, cfg.head_size,
+                                                         int(rope['param_factor'])))
+      key = self.make_rng('positions') if self.has_rng('positions') else None
+      inv_freq, position_ids = clex_rotary(cfg, clex, position_ids, key)
+      rotary = (inv_freq, 1.0)
+    else:
+      rotary = rotary_table(cfg, position_ids)
     out = apply_layers(self, lambda **kw: DecoderLayer(cfg, **kw), cfg.num_hidden_layers,
-                       lambda i: f'layers_{i}', x, (position_ids, mask, kv_lengths, path),
+                       lambda i: f'layers_{i}', x,
+                       (position_ids, mask, kv_lengths, path, rotary, segment_ids),
                        policy=cfg.remat, keep_states=output_hidden_states)
     last = out[0] if output_hidden_states else out
     last_normed = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='norm')(last)
@@ -430,6 +545,9 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
   """(HF tensor name, flax param path, transpose?) of every parameter (``LlamaModel`` names)."""
   rows = [('embed_tokens.weight', ('embed_tokens',), False), ('norm.weight', ('norm', 'weight'),
                                                               False)]
+  if dict(cfg.rope_scaling).get('rope_type') == 'clex':  # the reference's CLEX model names
+    rows += [('clex_layer.proj_func.ode_up_proj', ('rope_clex', 'up'), False),
+             ('clex_layer.proj_func.ode_down_proj', ('rope_clex', 'down'), False)]
   qkv_bias = cfg.attention_bias or cfg.model_type == 'qwen2'
   o_bias = cfg.attention_bias and cfg.model_type != 'qwen2'
   for i in range(cfg.num_hidden_layers):

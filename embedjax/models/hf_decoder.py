@@ -108,6 +108,16 @@ def load_decoder_params(folder: Path, cfg: DecoderConfig, *, place=None) -> dict
           node = node.setdefault(key, {})
         node[path[-1]] = place(path, value) if place else value
         found.add(hf_name)
+  rope = dict(cfg.rope_scaling)
+  clex_names = [hf for hf, (path, _) in layout.items() if path[0] == 'rope_clex']
+  if clex_names and not any(hf in found for hf in clex_names):
+    # a model first given CLEX starts from the untrained dynamics, which are NTK-aware scaling
+    # at alpha = 2t - 1 whatever ``up`` is (``down`` is zero); the key only fixes ``up``
+    from embedjax.models.clex import init_clex
+    fresh = init_clex(jax.random.key(0), cfg.head_size, int(rope.get('param_factor', 1)))
+    params['rope_clex'] = {k: place(('rope_clex', k), np.asarray(v, dtype)) if place
+                           else np.asarray(v, dtype) for k, v in fresh.items()}
+    found.update(clex_names)
   missing = [hf for hf in layout if hf not in found]
   if missing:
     raise KeyError(f'{folder}: missing tensor {missing[0]!r} ({len(missing)} missing) for a '
