@@ -7,7 +7,10 @@ hidden / heads), Mistral may restrict causal attention to a sliding window, Llam
 biases (``attention_bias``, ``mlp_bias``). Rotary scaling for longer inputs (linear, dynamic NTK,
 YaRN, Llama 3) is read from ``rope_scaling``: :mod:`embedjax.models.rope`; so is CLEX's learned
 continuous scaling (``rope_type`` 'clex', :mod:`embedjax.models.clex`, parameters under
-``rope_clex``): see :func:`clex_rotary`.
+``rope_clex``): see :func:`clex_rotary`. ``position_encoding='seqpe'`` replaces the rotation by
+SeqPE's learned digit encoder (:mod:`embedjax.models.seqpe`, parameters under ``seqpe``): its
+vector for each token's position is added to the token embedding, and training adds its two
+regularisers (:func:`auxiliary_loss`).
 
 Each layer is pre-norm: ``x + attn(rms(x))`` then ``x + mlp(rms(x))`` with grouped-query attention
 (``num_key_value_heads`` divides ``num_attention_heads``), rotary positions and a SwiGLU MLP
@@ -52,6 +55,7 @@ import numpy as np
 
 from embedjax.models.clex import clex_frequencies, init_clex
 from embedjax.models.remat import apply_layers, check_policy
+from embedjax.models import seqpe as seqpe_lib
 from embedjax.models.rope import ROPE_TYPES, apply_rope, dynamic_frequencies
 from embedjax.models.rope import rope_frequencies as _rope_table
 from embedjax.models.self_extend import self_extend_attention
@@ -60,6 +64,14 @@ from embedjax.models.self_extend import self_extend_attention
 DECODER_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 ATTENTION_MODES = ('causal', 'bidirectional')
 ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+POSITION_ENCODINGS = ('rope', 'seqpe')
+# SeqPE's settings (``seqpe`` overrides them): the encoder's width / heads / layers / digits and
+# output temperature; the longest position it is trained for (max_factor x
+# max_position_embeddings) and its regularisers' weights and sample sizes per step.
+SEQPE_DEFAULTS = {'width': 64, 'heads': 4, 'layers': 2, 'max_digits': 5, 'temperature': 1.0,
+                  'max_factor': 16, 'contrastive_weight': 0.1, 'contrastive_pivots': 32,
+                  'contrastive_candidates': 16, 'transfer_weight': 0.1, 'transfer_groups': 8,
+                  'transfer_size': 8}
 # CLEX's rope_scaling fields (the reference's config.json names) and their defaults
 CLEX_DEFAULTS = {'param_factor': 1, 'time_dt': 0.01, 'act': 'tanh'}
 _ARCHITECTURES = {'llama': 'LlamaModel', 'mistral': 'MistralModel', 'qwen2': 'Qwen2Model',
@@ -104,6 +116,10 @@ class DecoderConfig:
   self_extend_window: int = 0
   # Blocked attention: queries per block (0 = off); memory linear in the input's length.
   attention_block: int = 0
+  # 'rope' (rotary positions) or 'seqpe' (SeqPE vectors added to the token embeddings instead);
+  # seqpe: sorted (key, value) overrides of SEQPE_DEFAULTS.
+  position_encoding: str = 'rope'
+  seqpe: tuple = ()
 
   def __post_init__(self):
     if self.model_type not in DECODER_MODEL_TYPES:
@@ -131,6 +147,15 @@ class DecoderConfig:
                        f'{", ".join((*ROPE_TYPES, "clex"))})')
     if rope_type == 'clex':
       _check_clex(rope)
+    if self.position_encoding not in POSITION_ENCODINGS:
+      raise ValueError(f'position_encoding must be one of {POSITION_ENCODINGS}, got '
+                       f'{self.position_encoding!r}')
+    unknown = sorted(set(dict(self.seqpe)) - set(SEQPE_DEFAULTS))
+    if unknown:
+      raise ValueError(f'seqpe: unknown settings {unknown} (known: {", ".join(SEQPE_DEFAULTS)})')
+    if self.position_encoding == 'seqpe' and (self.rope_scaling or self.self_extend_group):
+      raise ValueError('position_encoding seqpe has no rotation: rope_scaling and SelfExtend do '
+                       'not apply')
     if self.attention_block < 0 or (self.attention_block and self.self_extend_group):
       raise ValueError(f'attention_block {self.attention_block}: a non-negative block size, and '
                        'not with SelfExtend (which builds its full (L, L) logits)')
@@ -159,7 +184,13 @@ class DecoderConfig:
       return int(self.max_position_embeddings * float(rope['factor']))
     if rope.get('rope_type') == 'clex':
       return int(self.max_position_embeddings * int(rope['max_factor']))
+    if self.position_encoding == 'seqpe':  # any position with max_digits digits has a vector
+      return 10 ** int(self.seqpe_settings['max_digits'])
     return self.max_position_embeddings
+
+  @property
+  def seqpe_settings(self) -> dict:
+    return {**SEQPE_DEFAULTS, **dict(self.seqpe)}
 
   @property
   def compute_dtype(self):
@@ -212,6 +243,9 @@ class DecoderConfig:
         eos_token_id=eos[0] if isinstance(eos, list) and eos else eos)
     if kwargs['head_dim'] == kwargs['hidden_size'] // kwargs['num_attention_heads']:
       kwargs['head_dim'] = 0
+    if hf.get('position_encoding', 'rope') != 'rope':
+      kwargs.update(position_encoding=hf['position_encoding'],
+                    seqpe=tuple(sorted((hf.get('seqpe') or {}).items())))
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -228,6 +262,8 @@ class DecoderConfig:
               tie_word_embeddings=self.tie_word_embeddings, pad_token_id=self.pad_token_id,
               bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
               initializer_range=0.02, use_cache=False, torch_dtype='float32')
+    if self.position_encoding == 'seqpe':  # embedjax's own fields: transformers has no SeqPE
+      hf.update(position_encoding='seqpe', seqpe=dict(self.seqpe))  # overrides of SEQPE_DEFAULTS
     if self.model_type == 'llama':
       hf.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)
     if self.model_type == 'mistral':
@@ -360,6 +396,58 @@ def clex_rotary(cfg: DecoderConfig, params: dict, positions: jax.Array,
   return inv_freq, positions
 
 
+def seqpe_tree(params: dict) -> dict:
+  """SeqPE's params with its list of blocks as a dict (``block_0``...): a params tree of dicts."""
+  return {**{k: v for k, v in params.items() if k != 'blocks'},
+          'blocks': {f'block_{i}': b for i, b in enumerate(params['blocks'])}}
+
+
+def _seqpe_params(tree: dict) -> dict:
+  blocks = tree['blocks']
+  return {**tree, 'blocks': [blocks[f'block_{i}'] for i in range(len(blocks))]}
+
+
+def seqpe_vectors(cfg: DecoderConfig, tree: dict, positions: jax.Array) -> jax.Array:
+  """(B, L, H) SeqPE vectors of (B, L) positions (the digits computed in the graph)."""
+  st = cfg.seqpe_settings
+  k = int(st['max_digits'])
+  flat = positions.reshape(-1).astype(jnp.int32)
+  powers = 10 ** jnp.arange(k - 1, -1, -1, dtype=jnp.int32)
+  digits = (flat[:, None] // powers[None, :]) % 10
+  length = jnp.sum(flat[:, None] >= powers[None, :], axis=1)   # digits of the number (>= 1)
+  mask = jnp.arange(k)[None, :] >= (k - jnp.maximum(length, 1))[:, None]
+  out = seqpe_lib.encode_positions(_seqpe_params(tree), digits, mask, heads=int(st['heads']),
+                                   temperature=float(st['temperature']))
+  return out.reshape(positions.shape + (out.shape[-1],))
+
+
+def seqpe_regularisers(cfg: DecoderConfig, tree: dict, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """SeqPE's (contrastive, transfer) losses on positions drawn with ``key`` over the range it is
+  trained for, R = max_factor x max_position_embeddings (at most 10^max_digits):
+
+  - contrastive: ``contrastive_pivots`` pivots and ``contrastive_candidates`` candidates each,
+    uniform in [0, R); the candidate nearest its pivot must score highest;
+  - transfer: ``transfer_groups`` groups of ``transfer_size`` positions uniform in the trained
+    range [0, L), and the same groups moved by one offset each, uniform in [L, R - L), whose
+    similarity distributions must agree.
+  """
+  st = cfg.seqpe_settings
+  trained = cfg.max_position_embeddings
+  top = min(int(st['max_factor']) * trained, 10 ** int(st['max_digits']))
+  kp, kc, kt, ko = jax.random.split(key, 4)
+  pivots = jax.random.randint(kp, (int(st['contrastive_pivots']),), 0, top)
+  cands = jax.random.randint(kc, (int(st['contrastive_pivots']), int(st['contrastive_candidates'])),
+                             0, top)
+  labels = jnp.argmin(jnp.abs(cands - pivots[:, None]), axis=1)
+  enc = lambda pos: seqpe_vectors(cfg, tree, pos)
+  contrastive = seqpe_lib.contrastive_loss(enc(pivots[None])[0], enc(cands), labels)
+  groups, size = int(st['transfer_groups']), int(st['transfer_size'])
+  in_range = jax.random.randint(kt, (groups, size), 0, trained)
+  offset = jax.random.randint(ko, (groups, 1), trained, max(top - trained, trained + 1))
+  transfer = seqpe_lib.transfer_loss(enc(in_range), enc(in_range + offset))
+  return contrastive, transfer
+
+
 def _mask_rows(segment_ids: jax.Array, query_segments: jax.Array, query_index: jax.Array,
                causal: bool, window: int) -> jax.Array:
   """(B, 1, Q, L) bool for Q queries (their segments (B, Q) and indices (Q,)) against all L keys:
@@ -427,13 +515,15 @@ class DecoderAttention(nn.Module):
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='q_norm')(q)
       k = RMSNorm(cfg.rms_norm_eps, cfg.params_dtype, name='k_norm')(k)
-    inv_freq, scaling = rotary
+    if rotary is not None:
+      inv_freq, scaling = rotary
     if cfg.self_extend_group:  # merged neighbour / grouped logits (always the mask form)
       out = self_extend_attention(q, k, v, positions, mask, inv_freq, scaling,
                                   group=cfg.self_extend_group, window=cfg.self_extend_window)
       return _dense(cfg.hidden_size, cfg, 'o_proj', cfg.attention_bias and cfg.model_type != 'qwen2')(
           out.reshape(b, l, heads * d))
-    q, k = apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)
+    if rotary is not None:  # SeqPE's positions entered with the embeddings
+      q, k = apply_rope(q, positions, inv_freq, scaling), apply_rope(k, positions, inv_freq, scaling)
     if cfg.attention_block:
       out = blocked_attention(q, k, v, segment_ids, causal=cfg.attention == 'causal',
                               window=cfg.sliding_window, block=cfg.attention_block)
@@ -520,7 +610,14 @@ class Decoder(nn.Module):
     table = self.param('embed_tokens', nn.initializers.normal(0.02),
                        (cfg.vocab_size, cfg.hidden_size), cfg.params_dtype)
     x = jnp.take(table, input_ids, axis=0, mode='clip').astype(cfg.compute_dtype)
-    if dict(cfg.rope_scaling).get('rope_type') == 'clex':  # one learned table for every layer
+    if cfg.position_encoding == 'seqpe':
+      st = cfg.seqpe_settings
+      enc = self.param('seqpe', lambda k: seqpe_tree(seqpe_lib.init_seqpe(
+          k, width=st['width'], heads=st['heads'], layers=st['layers'],
+          max_digits=st['max_digits'], out_dim=cfg.hidden_size)))
+      x = x + seqpe_vectors(cfg, enc, position_ids).astype(x.dtype)
+      rotary = None
+    elif dict(cfg.rope_scaling).get('rope_type') == 'clex':  # one learned table for every layer
       rope = {**CLEX_DEFAULTS, **dict(cfg.rope_scaling)}
       clex = self.param('rope_clex', lambda k: init_clex(k, cfg.head_size,
                                                          int(rope['param_factor'])))
@@ -545,6 +642,14 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
   """(HF tensor name, flax param path, transpose?) of every parameter (``LlamaModel`` names)."""
   rows = [('embed_tokens.weight', ('embed_tokens',), False), ('norm.weight', ('norm', 'weight'),
                                                               False)]
+  if cfg.position_encoding == 'seqpe':  # embedjax's own names: seqpe.<path in its tree>
+    st = cfg.seqpe_settings
+    shapes = jax.eval_shape(lambda: seqpe_tree(seqpe_lib.init_seqpe(
+        jax.random.key(0), width=st['width'], heads=st['heads'], layers=st['layers'],
+        max_digits=st['max_digits'], out_dim=cfg.hidden_size)))
+    for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+      keys = ('seqpe', *(k.key for k in path))
+      rows.append(('.'.join(keys), keys, False))
   if dict(cfg.rope_scaling).get('rope_type') == 'clex':  # the reference's CLEX model names
     rows += [('clex_layer.proj_func.ode_up_proj', ('rope_clex', 'up'), False),
              ('clex_layer.proj_func.ode_down_proj', ('rope_clex', 'down'), False)]
@@ -577,7 +682,11 @@ def init_decoder_params(cfg: DecoderConfig, key: jax.Array):
 
 
 def auxiliary_loss(params, cfg: DecoderConfig, key: jax.Array):
-  """The decoder's training regulariser given its params and a step key, or None: no decoder
-  setting has one yet (the hook :func:`embedjax.models.embedder.auxiliary_loss` calls)."""
-  del params, cfg, key
-  return None
+  """The decoder's training regulariser given its params and a step key, or None (the hook
+  :func:`embedjax.models.embedder.auxiliary_loss` calls): SeqPE's weighted contrastive and
+  transfer losses (:func:`seqpe_regularisers`); nothing for every other setting."""
+  if cfg.position_encoding != 'seqpe':
+    return None
+  st = cfg.seqpe_settings
+  contrastive, transfer = seqpe_regularisers(cfg, params['seqpe'], key)
+  return st['contrastive_weight'] * contrastive + st['transfer_weight'] * transfer

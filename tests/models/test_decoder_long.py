@@ -183,3 +183,77 @@ def test_clex_weights_export_and_import(clex_params, tmp_path):
   save_file({k: np.ascontiguousarray(v) for k, v in plain.items()}, str(tmp_path / 'model.safetensors'))
   fresh = load_decoder_params(tmp_path, CLEX)
   assert not np.any(fresh['rope_clex']['down'])
+
+
+# --- SeqPE -----------------------------------------------------------------------------------
+
+SEQPE = dataclasses.replace(BASE, position_encoding='seqpe',
+                            seqpe=(('heads', 2), ('layers', 1), ('max_digits', 3), ('width', 16)))
+
+
+@pytest.fixture(scope='module')
+def seqpe_params():
+  return init_decoder_params(SEQPE, jax.random.key(1))
+
+
+def test_seqpe_adds_the_encoders_vectors_to_the_embeddings_and_skips_the_rotation(seqpe_params):
+  """The decoder with SeqPE equals the rotation-free decoder fed embeddings plus
+  ``seqpe.encode_positions`` of each token's digits (numpy digits, position_digits)."""
+  from embedjax.models import seqpe
+  from embedjax.models.decoder import _seqpe_params
+  ids, seg = _rows(np.random.default_rng(6), [9, 4], 9)
+  got = Decoder(SEQPE).apply({'params': seqpe_params}, ids, seg)
+  pos = np.asarray(token_positions(jnp.asarray(seg)))
+  digits, mask = seqpe.position_digits(pos.reshape(-1), 3)
+  vec = seqpe.encode_positions(_seqpe_params(seqpe_params['seqpe']), digits, mask, heads=2)
+  # a rotation-free decoder: rope with every frequency 0 (inv_freq = 0 rotates nothing)
+  cfg = dataclasses.replace(BASE, rope_scaling=(('factor', 1e30), ('rope_type', 'linear')),
+                            vocab_size=18)
+  p = {k: v for k, v in seqpe_params.items() if k != 'seqpe'}
+  embed = np.asarray(p['embed_tokens'])[ids] + np.asarray(vec).reshape(2, 9, -1)
+  want = Decoder(cfg).apply({'params': {**p, 'embed_tokens': embed.reshape(18, -1)}},
+                            np.arange(18).reshape(2, 9), seg)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  assert SEQPE.max_positions == 1000
+
+
+def test_seqpe_regularisers_are_the_papers_losses_on_drawn_positions(seqpe_params):
+  from embedjax.models import seqpe
+  from embedjax.models.decoder import _seqpe_params, auxiliary_loss, seqpe_regularisers
+  key = jax.random.key(3)
+  contrastive, transfer = seqpe_regularisers(SEQPE, seqpe_params['seqpe'], key)
+  # the same draws, by hand
+  kp, kc, kt, ko = jax.random.split(key, 4)
+  top = 16 * 16
+  pivots = np.asarray(jax.random.randint(kp, (32,), 0, top))
+  cands = np.asarray(jax.random.randint(kc, (32, 16), 0, top))
+  in_range = np.asarray(jax.random.randint(kt, (8, 8), 0, 16))
+  offset = np.asarray(jax.random.randint(ko, (8, 1), 16, top - 16))
+  params = _seqpe_params(seqpe_params['seqpe'])
+  enc = lambda pos: np.asarray(seqpe.encode_positions(
+      params, *seqpe.position_digits(pos.reshape(-1), 3), heads=2)).reshape(pos.shape + (-1,))
+  want_c = seqpe.contrastive_loss(enc(pivots), enc(cands), seqpe.nearest_labels(pivots, cands))
+  want_t = seqpe.transfer_loss(enc(in_range), enc(in_range + offset))
+  np.testing.assert_allclose(float(contrastive), float(want_c), rtol=1e-5)
+  np.testing.assert_allclose(float(transfer), float(want_t), rtol=1e-4, atol=1e-7)
+  total = auxiliary_loss(seqpe_params, SEQPE, key)
+  np.testing.assert_allclose(float(total), 0.1 * float(want_c) + 0.1 * float(want_t), rtol=1e-4)
+  assert auxiliary_loss(seqpe_params, BASE, key) is None
+
+
+def test_seqpe_config_round_trips_and_checks(seqpe_params, tmp_path):
+  from embedjax.models.hf_decoder import decoder_params_to_hf, load_decoder_params
+  from safetensors.numpy import save_file
+  import json
+  assert DecoderConfig.from_hf(SEQPE.to_hf()) == SEQPE
+  state = decoder_params_to_hf(jax.tree_util.tree_map(np.asarray, seqpe_params), SEQPE)
+  assert 'seqpe.blocks.block_0.qkv.kernel' in state
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / 'model.safetensors'))
+  (tmp_path / 'config.json').write_text(json.dumps(SEQPE.to_hf()))
+  back = load_decoder_params(tmp_path, SEQPE)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back,
+                         jax.tree_util.tree_map(np.asarray, seqpe_params))
+  with pytest.raises(ValueError, match='seqpe'):
+    dataclasses.replace(SEQPE, seqpe=(('speed', 1),))
+  with pytest.raises(ValueError, match='no rotation'):
+    dataclasses.replace(SEQPE, self_extend_group=2, self_extend_window=4)

@@ -65,7 +65,8 @@ def test_a_backbone_regulariser_is_added_to_the_loss_and_its_gradient(base, monk
 
   monkeypatch.setattr(decoder, 'auxiliary_loss', regulariser)
   (l1, m1), g1 = jax.jit(lambda p: loss_and_grads(cfg, p, batch, rng))(params)
-  factor = float(jax.random.uniform(jax.random.fold_in(rng, 0x61757820), (), minval=1, maxval=2))
+  from embedjax.train.step import AUX_KEY_FOLD
+  factor = float(jax.random.uniform(jax.random.fold_in(rng, AUX_KEY_FOLD), (), minval=1, maxval=2))
   weight = np.asarray(base['norm']['weight'], np.float64)
   assert float(m1['auxiliary_loss']) == pytest.approx(0.5 * factor * np.sum(weight ** 2), rel=1e-5)
   assert float(l1) == pytest.approx(float(l0) + float(m1['auxiliary_loss']), rel=1e-6)
@@ -117,3 +118,24 @@ def test_loop_builds_lora_and_decoder_from_a_config():
   moment_bytes = sum(x.size for x in jax.tree_util.tree_leaves(opt_state))
   lora_size = sum(x.size for x in jax.tree_util.tree_leaves(params['lora']))
   assert moment_bytes < 3 * lora_size + 100
+
+
+def test_a_seqpe_decoder_trains_its_encoder_with_the_regularisers():
+  """SeqPE through the real hook: the step's loss carries its regularisers (as the decoder's
+  auxiliary_loss computes them with the step's key) and every encoder tensor gets a gradient."""
+  import dataclasses
+  from embedjax.models.decoder import auxiliary_loss as decoder_aux
+  from embedjax.train.step import AUX_KEY_FOLD
+  cfg_dec = dataclasses.replace(DECODER, position_encoding='seqpe',
+                                seqpe=(('heads', 2), ('layers', 1), ('max_digits', 3),
+                                       ('width', 8)))
+  spec = EmbedderSpec(decoder=cfg_dec, pooling='mean', max_seq_length=32)
+  params = {'encoder': init_model_params(spec, jax.random.key(0))}
+  batch = _batch(np.random.default_rng(0))
+  rng = jax.random.key(1)
+  cfg = StepConfig(spec=spec, chunk_size=4, dropout=False)
+  (loss, metrics), grads = jax.jit(lambda p: loss_and_grads(cfg, p, batch, rng))(params)
+  want = decoder_aux(params['encoder'], cfg_dec, jax.random.fold_in(rng, AUX_KEY_FOLD))
+  assert float(metrics['auxiliary_loss']) == pytest.approx(float(want), rel=1e-5)
+  for path, g in jax.tree_util.tree_flatten_with_path(grads['encoder']['seqpe'])[0]:
+    assert float(jnp.abs(g).sum()) > 0, path
