@@ -13,7 +13,11 @@ nDCG@10). all-MiniLM-L6-v2 (learned absolute positions, 512 of them, ``max_seq_l
                     texts cut there; attention in query blocks of ``attention_block`` tokens
 The RoPE model (``rope_model``: a folder, e.g. the recipes study's distilled decoder student; empty
 = not run) gets: none, linear_Nx, dynamic_Nx, yarn_Nx (rope_scaling with factor N over its trained
-``rope_trained_length``), ntk_Nx (static NTK-aware base) and self_extend (group, window).
+``rope_trained_length``), ntk_Nx (static NTK-aware base), self_extend (group, window), and the
+learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or with SeqPE
+instead of its rotation (configs/long_context_train.py; checkpoints under ``runs_dir``), then
+scored like the others. RoPE cells attend in query blocks of ``attention_block`` too (not
+SelfExtend, which builds its full logits).
 Cells at 8,192 tokens of long SciFact take hours on 2 CPU cores for the full-attention methods
 (1,000 documents, quadratic attention): a GPU's work.
 """
@@ -30,9 +34,12 @@ def get_config(arg=None):
   c.attention_block = 512        # query block of long inputs (memory linear in the length)
   c.max_tokens = 8192            # chunk-and-pool reads at most this many tokens of a text
   c.rope_model = ''              # a RoPE decoder embedder's folder; '' = skip the RoPE methods
-  c.rope_methods = ('none', 'linear_4x', 'dynamic_4x', 'yarn_4x', 'ntk_4x', 'self_extend')  # rope
+  c.rope_methods = ('none', 'linear_4x', 'dynamic_4x', 'yarn_4x', 'ntk_4x',  # rope methods
+                    'self_extend', 'clex', 'seqpe')
   c.rope_trained_length = 512    # the length the RoPE model was trained at
   c.self_extend = dict(group=8, window=256)  # SelfExtend's group size and neighbour window
+  c.learned_max_factor = 16      # clex / seqpe: trained for positions to 16 x the trained length
+  c.runs_dir = ''                # where clex / seqpe train; '' = runs/long_context
   c.out_dir = ''                 # '' = results/long_context in the repository
   if arg == 'quick':
     c.methods = ('truncate', 'chunk', 'interpolate_2x')

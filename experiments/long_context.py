@@ -26,10 +26,18 @@ from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.provenance import Run, config_hash
 
 MODELS = ('minilm', 'rope')
+# RoPE methods that are trained first (configs/long_context_train.py), then evaluated like the rest
+LEARNED = ('clex', 'seqpe')
+TRAIN_CONFIG = 'configs/long_context_train.py'
 
 
 def out_dir(cfg) -> Path:
   return paths.repo_root() / (cfg.out_dir or 'results/long_context')
+
+
+def runs_dir(cfg) -> Path:
+  """Where the learned methods train (checkpoints and exports; not results)."""
+  return paths.repo_root() / (cfg.runs_dir or 'runs/long_context')
 
 
 def cell_path(root: Path, model: str, method: str, task: str, length: int) -> Path:
@@ -85,7 +93,60 @@ def cell_hash(cfg, model: str, method: str, task: str, length: int) -> str:
     settings['max_tokens'] = cfg.max_tokens
   if model == 'rope':
     settings.update(trained=cfg.rope_trained_length, self_extend=cfg.self_extend.to_dict())
+  if model == 'rope' and method in LEARNED:  # the trained model is part of what is scored
+    settings.update(learned_max_factor=cfg.learned_max_factor,
+                    train=config_hash(train_config(method, Path('BASE'))))
   return config_hash(settings)
+
+
+# --- learned position methods ----------------------------------------------------------------
+
+
+def train_config(kind: str, init_folder: Path, overrides=()):
+  """configs/long_context_train.py:KIND starting from ``init_folder`` (``overrides``: more
+  ``--config.x=y`` arguments)."""
+  from embedjax.config import load_config
+  return load_config(f'{paths.repo_root() / TRAIN_CONFIG}:{kind}',
+                     [f'--config.model.init=pretrained:{init_folder}', *overrides])
+
+
+def learned_init_folder(base: Path, kind: str, max_factor: int, dest: Path) -> Path:
+  """A copy of the RoPE model's folder whose backbone config.json has the learned position
+  method: CLEX's rope_scaling, or SeqPE instead of the rotation (both trained for positions up
+  to ``max_factor`` times the trained length). Their new parameters are initialised when the
+  folder is read (embedjax.models.hf_decoder). Written to a temporary folder, then renamed."""
+  import json as json_lib
+  import shutil
+  import tempfile
+  from embedjax.models.st_layout import read_layout
+  if dest.is_dir():
+    return dest
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp', dir=dest.parent))
+  shutil.copytree(base, tmp, dirs_exist_ok=True)
+  backbone = read_layout(tmp).backbone_dir
+  hf = json_lib.loads((backbone / 'config.json').read_text())
+  if kind == 'clex':
+    hf['rope_scaling'] = {'rope_type': 'clex', 'max_factor': int(max_factor)}
+  else:
+    hf.update(rope_scaling=None, position_encoding='seqpe', seqpe={'max_factor': int(max_factor)})
+  atomic_write_text(backbone / 'config.json', json_lib.dumps(hf, indent=2))
+  tmp.rename(dest)
+  return dest
+
+
+def learned_model(cfg, kind: str, runs: Path, progress: bool = True) -> Path:
+  """Trains (or resumes) the RoPE model with a learned position method; returns its export."""
+  from embedjax.train.loop import dry_build, train
+  # one folder per (base model, factor, training config): a changed setting trains afresh
+  key = config_hash({'base': str(cfg.rope_model), 'max_factor': cfg.learned_max_factor,
+                     'train': config_hash(train_config(kind, Path('BASE')))})[:12]
+  init = learned_init_folder(Path(cfg.rope_model), kind, cfg.learned_max_factor,
+                             runs / kind / key / 'init')
+  tcfg = train_config(kind, init)
+  dry_build(tcfg)
+  summary = train(tcfg, runs / kind / key / 'train', progress=progress)
+  return Path(summary['export'])
 
 
 # --- methods ----------------------------------------------------------------------------------
@@ -114,7 +175,7 @@ def minilm_encoder(model, method: str, cfg, length: int):
 def rope_config(decoder, method: str, cfg):
   """The decoder config of a RoPE method (``decoder``: the model's DecoderConfig)."""
   trained = cfg.rope_trained_length
-  if method == 'none':
+  if method == 'none' or method in LEARNED:  # a learned method's model carries its own config
     return decoder
   if method == 'self_extend':
     return dataclasses.replace(decoder, self_extend_group=cfg.self_extend.group,
@@ -145,6 +206,8 @@ def rope_encoder(model, method: str, cfg, length: int):
     decoder = dataclasses.replace(decoder, max_position_embeddings=max(
         n, decoder.max_position_embeddings))
   n = min(n, decoder.max_positions)
+  if method != 'self_extend':  # SelfExtend keeps its full (L, L) logits
+    decoder = dataclasses.replace(decoder, attention_block=cfg.attention_block)
   variant = dataclasses.replace(model, tokenizer=model.tokenizer.with_max_length(n),
                                 spec=dataclasses.replace(model.spec, decoder=decoder,
                                                          max_seq_length=n))
@@ -177,7 +240,13 @@ def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int,
   data_dir = paths.shared_data_dir()
   run = Run(config={'model': model, 'method': method, 'task': task, 'length': length},
             seeds=0).start()
-  encoder = (minilm_encoder if model == 'minilm' else rope_encoder)(loaded[model], method, cfg,
+  source = model
+  if model == 'rope' and method in LEARNED:  # trained once, then scored at every length
+    source = f'rope_{method}'
+    if source not in loaded:
+      from embedjax.models.pretrained import load_pretrained
+      loaded[source] = load_pretrained(str(learned_model(cfg, method, runs_dir(cfg))))
+  encoder = (minilm_encoder if model == 'minilm' else rope_encoder)(loaded[source], method, cfg,
                                                                       length)
   result = run_task(name, encoder, data_dir)
   run.add_inputs(*task_inputs([name], data_dir))

@@ -50,6 +50,8 @@ RUNS = {
     'beyond_single_vector.py': ([None, 'bm25', 'single_pretrained', 'single_finetuned', 'sparse'],
                                 'beyond_single_vector'),
     'long_context.py': ([None, 'quick'], 'long_context'),
+    # needs a RoPE model's folder: dry-built by tests/experiments/test_long_context_study.py
+    'long_context_train.py': ([], TRAIN),
     'merging.py': (['uniform_soup', 'self_positioning'], 'merging'),
     'merging_specialists.py': (['mrpc', 'sick'], TRAIN),
 }

@@ -108,21 +108,36 @@ def load_decoder_params(folder: Path, cfg: DecoderConfig, *, place=None) -> dict
           node = node.setdefault(key, {})
         node[path[-1]] = place(path, value) if place else value
         found.add(hf_name)
-  rope = dict(cfg.rope_scaling)
-  clex_names = [hf for hf, (path, _) in layout.items() if path[0] == 'rope_clex']
-  if clex_names and not any(hf in found for hf in clex_names):
-    # a model first given CLEX starts from the untrained dynamics, which are NTK-aware scaling
-    # at alpha = 2t - 1 whatever ``up`` is (``down`` is zero); the key only fixes ``up``
-    from embedjax.models.clex import init_clex
-    fresh = init_clex(jax.random.key(0), cfg.head_size, int(rope.get('param_factor', 1)))
-    params['rope_clex'] = {k: place(('rope_clex', k), np.asarray(v, dtype)) if place
-                           else np.asarray(v, dtype) for k, v in fresh.items()}
-    found.update(clex_names)
+  # A model first given a learned position module (its folder has none of the module's tensors)
+  # starts from the module's init with a fixed key: CLEX from its untrained dynamics (NTK-aware
+  # scaling at alpha = 2t - 1 whatever ``up`` is, since ``down`` is zero), SeqPE from GPT-2's init.
+  for module in ('rope_clex', 'seqpe'):
+    names = [hf for hf, (path, _) in layout.items() if path[0] == module]
+    if names and not any(hf in found for hf in names):
+      init = _init_position_module(cfg, module)
+      params[module] = jax.tree_util.tree_map_with_path(
+          lambda path, v, m=module: place((m, *(k.key for k in path)), np.asarray(v, dtype))
+          if place else np.asarray(v, dtype), init)
+      found.update(names)
   missing = [hf for hf in layout if hf not in found]
   if missing:
     raise KeyError(f'{folder}: missing tensor {missing[0]!r} ({len(missing)} missing) for a '
                    f'{cfg.num_hidden_layers}-layer {cfg.model_type}')
   return params
+
+
+def _init_position_module(cfg: DecoderConfig, module: str):
+  """The fresh params of a learned position module ('rope_clex' or 'seqpe'), key 0."""
+  if module == 'rope_clex':
+    from embedjax.models.clex import init_clex
+    return init_clex(jax.random.key(0), cfg.head_size,
+                     int(dict(cfg.rope_scaling).get('param_factor', 1)))
+  from embedjax.models import seqpe
+  from embedjax.models.decoder import seqpe_tree
+  st = cfg.seqpe_settings
+  return seqpe_tree(seqpe.init_seqpe(jax.random.key(0), width=st['width'], heads=st['heads'],
+                                     layers=st['layers'], max_digits=st['max_digits'],
+                                     out_dim=cfg.hidden_size))
 
 
 def _leaf(tree, path):

@@ -71,3 +71,51 @@ def test_make_results_sees_the_grid_shortest_inputs_first(cfg, tmp_path):
   assert study.config_is_current(cell, 0, tmp_path)
   path.write_text('{"config_hash": "other"}')
   assert not study.config_is_current(cell, 0, tmp_path)
+
+
+@pytest.mark.parametrize('kind', ['clex', 'seqpe'])
+def test_a_learned_method_starts_from_a_changed_copy_of_the_rope_model(minilm, cfg, kind,
+                                                                       tmp_path):
+  """The first step of the clex / seqpe cells: the RoPE model's folder copied with the method in
+  its config.json; it loads with the new module at its init, encodes, and its training config
+  points at it."""
+  import dataclasses
+  import jax
+  from embedjax.encoding import encode
+  from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
+                                          init_model_params, load_pretrained)
+  from embedjax.models.spec import DenseSpec, EmbedderSpec
+  decoder = DecoderConfig(model_type='qwen3', vocab_size=minilm.tokenizer.vocab_size,
+                          hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, qk_norm=True,
+                          max_position_embeddings=64, attention='bidirectional')
+  # a linear head to MiniLM's width, as the distilled student has
+  spec = EmbedderSpec(decoder=decoder, pooling='mean', max_seq_length=64,
+                      dense=(DenseSpec(32, 384, bias=False, activation='identity'),))
+  base = Pretrained(spec=spec, params=init_model_params(spec, jax.random.key(0)),
+                    tokenizer=minilm.tokenizer.with_max_length(64), source='tiny')
+  export_sentence_transformers(tmp_path / 'base', base)
+  dest = study.learned_init_folder(tmp_path / 'base', kind, 4, tmp_path / 'init')
+  assert study.learned_init_folder(tmp_path / 'base', kind, 4, tmp_path / 'init') == dest
+  changed = load_pretrained(dest)
+  if kind == 'clex':
+    assert dict(changed.spec.decoder.rope_scaling) == {'rope_type': 'clex', 'max_factor': 4}
+    assert changed.spec.decoder.max_positions == 256
+    assert not np.any(np.asarray(changed.params['rope_clex']['down']))
+  else:
+    assert changed.spec.decoder.position_encoding == 'seqpe'
+    assert changed.spec.decoder.seqpe_settings['max_factor'] == 4
+  np.testing.assert_array_equal(changed.params['embed_tokens'], np.asarray(base.params['embed_tokens']))
+  long = dataclasses.replace(changed, tokenizer=changed.tokenizer.with_max_length(200),
+                             spec=dataclasses.replace(changed.spec, max_seq_length=200))
+  out = encode(long, [' '.join(['the sky is blue .'] * 40)], progress=False)
+  assert out.shape == (1, 384) and np.isfinite(out).all()
+  tcfg = study.train_config(kind, dest)
+  assert tcfg.model.init == f'pretrained:{dest}' and tcfg.steps > 0
+  if kind == 'clex':  # the training config builds on it (one batch, the loss, the step)
+    from embedjax.cli import training_sources
+    from embedjax.train.loop import dry_build
+    tiny = study.train_config(kind, dest, ['--config.model.max_seq_length=64',
+                                           '--config.data.query_len=64'])
+    out = dry_build(tiny, training_sources())
+    assert out['param_count'] > 0 and out['batch']['target'].shape[0] == tcfg.data.batch_size

@@ -253,6 +253,12 @@ def test_seqpe_config_round_trips_and_checks(seqpe_params, tmp_path):
   back = load_decoder_params(tmp_path, SEQPE)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back,
                          jax.tree_util.tree_map(np.asarray, seqpe_params))
+  # a RoPE model's folder read as SeqPE (the study's first step) gets GPT-2's init for the encoder
+  plain = {k: v for k, v in state.items() if not k.startswith('seqpe.')}
+  save_file({k: np.ascontiguousarray(v) for k, v in plain.items()}, str(tmp_path / 'model.safetensors'))
+  fresh = load_decoder_params(tmp_path, SEQPE)
+  assert fresh['seqpe']['blocks']['block_0']['qkv']['kernel'].shape == (16, 48)
+  np.testing.assert_array_equal(fresh['seqpe']['out']['bias'], 0)
   with pytest.raises(ValueError, match='seqpe'):
     dataclasses.replace(SEQPE, seqpe=(('speed', 1),))
   with pytest.raises(ValueError, match='no rotation'):
