@@ -170,7 +170,7 @@ def train_params(cfg: ml_collections.ConfigDict, encoder_params, key=None) -> di
   if representation.kind(cfg) != 'single':  # the token projection or the MLM head
     params['head'] = representation.init_head(
         cfg, model_spec(cfg.model)[0], jax.random.fold_in(
-            jax.random.key(0) if key is None else key, 2))
+            jax.random.key(0) if key is None else key, 2), encoder_params)
   return params
 
 

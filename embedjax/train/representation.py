@@ -88,8 +88,10 @@ def _pretrained_mlm_head(cfg: ml_collections.ConfigDict, spec: EmbedderSpec):
   return mlm_head_from_hf(state, spec.bert, source)
 
 
-def init_head(cfg: ml_collections.ConfigDict, spec: EmbedderSpec, key: jax.Array):
-  """The head's initial params, or None for 'single'."""
+def init_head(cfg: ml_collections.ConfigDict, spec: EmbedderSpec, key: jax.Array,
+              encoder_params=None):
+  """The head's initial params, or None for 'single'. A new MLM head starts sparse from the
+  encoder's word embeddings (``encoder_params``; :func:`embedjax.models.splade.init_mlm_head`)."""
   k = kind(cfg)
   if k == 'multi_vector':
     from embedjax.models.late_interaction import init_head as init_projection
@@ -99,7 +101,10 @@ def init_head(cfg: ml_collections.ConfigDict, spec: EmbedderSpec, key: jax.Array
       raise ConfigError("model.representation 'sparse' needs a BERT-family encoder (an MLM head)")
     from embedjax.models.splade import init_mlm_head
     head = _pretrained_mlm_head(cfg, spec)
-    return head if head is not None else init_mlm_head(key, spec.bert)
+    if head is not None:
+      return head
+    embeddings = None if encoder_params is None else encoder_params['word_embeddings']['embedding']
+    return init_mlm_head(key, spec.bert, embeddings)
   return None
 
 

@@ -52,6 +52,33 @@ def test_a_checkpoint_without_a_head_and_a_fresh_head():
   assert head['dense']['kernel'].shape == (8, 8) and head['bias'].shape == (30,)
 
 
+def test_a_fresh_head_given_the_embeddings_starts_at_its_firing_rate():
+  """Bias -z ||E_j|| with z the normal's upper 1e-3 quantile (3.090). LayerNorm puts each token's
+  vector on the sphere of radius sqrt(H), so a term's logit / ||E_j|| is sqrt(H) times a uniform
+  unit vector's coordinate, whose tail at z is a Beta tail: 0.741e-3 at H = 64 (the normal's
+  1e-3 is its large-H limit). Counted over 4,000 random tokens x 2,000 terms."""
+  from scipy.stats import beta
+  from embedjax.models.splade import mlm_logits
+  cfg = BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=16)
+  rng = np.random.default_rng(0)
+  e = rng.standard_normal((2000, 64)) * rng.uniform(0.02, 0.2, size=(2000, 1))
+  head = init_mlm_head(jax.random.key(0), cfg, e, firing_rate=1e-3)
+  np.testing.assert_allclose(np.asarray(head['bias']), -3.0902323 * np.linalg.norm(e, axis=1),
+                             rtol=1e-5)
+  hidden = jnp.asarray(rng.standard_normal((1, 4000, 64)), jnp.float32)
+  logits = np.asarray(mlm_logits({'word_embeddings': {'embedding': jnp.asarray(e, jnp.float32)}},
+                                 head, cfg, hidden))
+  expected = 8e6 * 0.5 * beta.sf(3.0902323 ** 2 / 64, 0.5, 63 / 2)   # 5,928
+  assert abs((logits > 0).sum() - expected) < 4 * np.sqrt(expected), ((logits > 0).sum(), expected)
+  # BERT's zero bias without the embeddings: half of the logits are positive
+  zero = np.asarray(mlm_logits({'word_embeddings': {'embedding': jnp.asarray(e, jnp.float32)}},
+                               init_mlm_head(jax.random.key(0), cfg), cfg, hidden))
+  assert 0.45 < (zero > 0).mean() < 0.55
+  with pytest.raises(ValueError, match='firing_rate'):
+    init_mlm_head(jax.random.key(0), cfg, e, firing_rate=0.7)
+
+
 def test_flops_by_hand():
   w = jnp.array([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
   # column means 2, 0, 1 -> 4 + 0 + 1
