@@ -439,12 +439,18 @@ def seqpe_regularisers(cfg: DecoderConfig, tree: dict, key: jax.Array) -> tuple[
   cands = jax.random.randint(kc, (int(st['contrastive_pivots']), int(st['contrastive_candidates'])),
                              0, top)
   labels = jnp.argmin(jnp.abs(cands - pivots[:, None]), axis=1)
-  enc = lambda pos: seqpe_vectors(cfg, tree, pos)
-  contrastive = seqpe_lib.contrastive_loss(enc(pivots[None])[0], enc(cands), labels)
   groups, size = int(st['transfer_groups']), int(st['transfer_size'])
   in_range = jax.random.randint(kt, (groups, size), 0, trained)
   offset = jax.random.randint(ko, (groups, 1), trained, max(top - trained, trained + 1))
-  transfer = seqpe_lib.transfer_loss(enc(in_range), enc(in_range + offset))
+  # every drawn position through the encoder at once (one encoder in the compiled step, not four)
+  parts = (pivots, cands, in_range, in_range + offset)
+  flat = seqpe_vectors(cfg, tree, jnp.concatenate([x.reshape(-1) for x in parts])[None])[0]
+  sizes = [x.size for x in parts]
+  ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+  v_piv, v_cand, v_in, v_moved = (flat[e - n:e].reshape(x.shape + (-1,))
+                                  for x, n, e in zip(parts, sizes, ends))
+  contrastive = seqpe_lib.contrastive_loss(v_piv, v_cand, labels)
+  transfer = seqpe_lib.transfer_loss(v_in, v_moved)
   return contrastive, transfer
 
 
