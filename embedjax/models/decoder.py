@@ -193,6 +193,11 @@ class DecoderConfig:
     return {**SEQPE_DEFAULTS, **dict(self.seqpe)}
 
   @property
+  def clex_settings(self) -> dict:
+    """CLEX's rope_scaling over CLEX_DEFAULTS (only for rope_type 'clex')."""
+    return {**CLEX_DEFAULTS, **dict(self.rope_scaling)}
+
+  @property
   def compute_dtype(self):
     return jnp.bfloat16 if self.dtype == 'bfloat16' else jnp.float32
 
@@ -380,7 +385,7 @@ def clex_rotary(cfg: DecoderConfig, params: dict, positions: jax.Array,
   p > 0 becomes p t + u with u uniform in 0..t-1 (so they stay distinct and increasing; the
   reference draws a uniform sorted subset of the long range instead), position 0 stays 0.
   """
-  rope = {**CLEX_DEFAULTS, **dict(cfg.rope_scaling)}
+  rope = cfg.clex_settings
   max_t, trained = int(rope['max_factor']), cfg.max_position_embeddings
   if key is None:
     n = jnp.max(positions) + 1
@@ -407,15 +412,21 @@ def _seqpe_params(tree: dict) -> dict:
   return {**tree, 'blocks': [blocks[f'block_{i}'] for i in range(len(blocks))]}
 
 
+def init_position_module(cfg: DecoderConfig, module: str, key: jax.Array) -> dict:
+  """Fresh params of a learned position module: 'rope_clex' (CLEX's dynamics, untrained) or
+  'seqpe' (SeqPE's encoder as a tree of dicts, :func:`seqpe_tree`)."""
+  if module == 'rope_clex':
+    return init_clex(key, cfg.head_size, int(cfg.clex_settings['param_factor']))
+  st = cfg.seqpe_settings
+  return seqpe_tree(seqpe_lib.init_seqpe(key, width=st['width'], heads=st['heads'],
+                                         layers=st['layers'], max_digits=st['max_digits'],
+                                         out_dim=cfg.hidden_size))
+
+
 def seqpe_vectors(cfg: DecoderConfig, tree: dict, positions: jax.Array) -> jax.Array:
   """(B, L, H) SeqPE vectors of (B, L) positions (the digits computed in the graph)."""
   st = cfg.seqpe_settings
-  k = int(st['max_digits'])
-  flat = positions.reshape(-1).astype(jnp.int32)
-  powers = 10 ** jnp.arange(k - 1, -1, -1, dtype=jnp.int32)
-  digits = (flat[:, None] // powers[None, :]) % 10
-  length = jnp.sum(flat[:, None] >= powers[None, :], axis=1)   # digits of the number (>= 1)
-  mask = jnp.arange(k)[None, :] >= (k - jnp.maximum(length, 1))[:, None]
+  digits, mask = seqpe_lib.traced_digits(positions.reshape(-1), int(st['max_digits']))
   out = seqpe_lib.encode_positions(_seqpe_params(tree), digits, mask, heads=int(st['heads']),
                                    temperature=float(st['temperature']))
   return out.reshape(positions.shape + (out.shape[-1],))
@@ -617,16 +628,11 @@ class Decoder(nn.Module):
                        (cfg.vocab_size, cfg.hidden_size), cfg.params_dtype)
     x = jnp.take(table, input_ids, axis=0, mode='clip').astype(cfg.compute_dtype)
     if cfg.position_encoding == 'seqpe':
-      st = cfg.seqpe_settings
-      enc = self.param('seqpe', lambda k: seqpe_tree(seqpe_lib.init_seqpe(
-          k, width=st['width'], heads=st['heads'], layers=st['layers'],
-          max_digits=st['max_digits'], out_dim=cfg.hidden_size)))
+      enc = self.param('seqpe', lambda k: init_position_module(cfg, 'seqpe', k))
       x = x + seqpe_vectors(cfg, enc, position_ids).astype(x.dtype)
       rotary = None
     elif dict(cfg.rope_scaling).get('rope_type') == 'clex':  # one learned table for every layer
-      rope = {**CLEX_DEFAULTS, **dict(cfg.rope_scaling)}
-      clex = self.param('rope_clex', lambda k: init_clex(k, cfg.head_size,
-                                                         int(rope['param_factor'])))
+      clex = self.param('rope_clex', lambda k: init_position_module(cfg, 'rope_clex', k))
       key = self.make_rng('positions') if self.has_rng('positions') else None
       inv_freq, position_ids = clex_rotary(cfg, clex, position_ids, key)
       rotary = (inv_freq, 1.0)
@@ -649,10 +655,7 @@ def hf_layout(cfg: DecoderConfig) -> list[tuple[str, tuple[str, ...], bool]]:
   rows = [('embed_tokens.weight', ('embed_tokens',), False), ('norm.weight', ('norm', 'weight'),
                                                               False)]
   if cfg.position_encoding == 'seqpe':  # embedjax's own names: seqpe.<path in its tree>
-    st = cfg.seqpe_settings
-    shapes = jax.eval_shape(lambda: seqpe_tree(seqpe_lib.init_seqpe(
-        jax.random.key(0), width=st['width'], heads=st['heads'], layers=st['layers'],
-        max_digits=st['max_digits'], out_dim=cfg.hidden_size)))
+    shapes = jax.eval_shape(lambda: init_position_module(cfg, 'seqpe', jax.random.key(0)))
     for path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
       keys = ('seqpe', *(k.key for k in path))
       rows.append(('.'.join(keys), keys, False))

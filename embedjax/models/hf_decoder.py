@@ -21,7 +21,7 @@ import numpy as np
 
 from embedjax.models.checkpoint_files import read_json
 from embedjax.models.decoder import (DECODER_MODEL_TYPES, DecoderConfig, hf_layout,
-                                     init_decoder_params)
+                                     init_decoder_params, init_position_module)
 
 _ANCHOR = 'embed_tokens.weight'
 _HEADS = ('lm_head.weight', 'score.weight')
@@ -114,7 +114,7 @@ def load_decoder_params(folder: Path, cfg: DecoderConfig, *, place=None) -> dict
   for module in ('rope_clex', 'seqpe'):
     names = [hf for hf, (path, _) in layout.items() if path[0] == module]
     if names and not any(hf in found for hf in names):
-      init = _init_position_module(cfg, module)
+      init = init_position_module(cfg, module, jax.random.key(0))
       params[module] = jax.tree_util.tree_map_with_path(
           lambda path, v, m=module: place((m, *(k.key for k in path)), np.asarray(v, dtype))
           if place else np.asarray(v, dtype), init)
@@ -124,20 +124,6 @@ def load_decoder_params(folder: Path, cfg: DecoderConfig, *, place=None) -> dict
     raise KeyError(f'{folder}: missing tensor {missing[0]!r} ({len(missing)} missing) for a '
                    f'{cfg.num_hidden_layers}-layer {cfg.model_type}')
   return params
-
-
-def _init_position_module(cfg: DecoderConfig, module: str):
-  """The fresh params of a learned position module ('rope_clex' or 'seqpe'), key 0."""
-  if module == 'rope_clex':
-    from embedjax.models.clex import init_clex
-    return init_clex(jax.random.key(0), cfg.head_size,
-                     int(dict(cfg.rope_scaling).get('param_factor', 1)))
-  from embedjax.models import seqpe
-  from embedjax.models.decoder import seqpe_tree
-  st = cfg.seqpe_settings
-  return seqpe_tree(seqpe.init_seqpe(jax.random.key(0), width=st['width'], heads=st['heads'],
-                                     layers=st['layers'], max_digits=st['max_digits'],
-                                     out_dim=cfg.hidden_size))
 
 
 def _leaf(tree, path):

@@ -47,6 +47,17 @@ def position_digits(positions, max_digits: int) -> tuple[np.ndarray, np.ndarray]
   return digits.astype(np.int32), mask
 
 
+def traced_digits(positions: jax.Array, max_digits: int) -> tuple[jax.Array, jax.Array]:
+  """:func:`position_digits` inside a traced computation: (N,) int positions -> ((N, max_digits)
+  int32 digits, (N, max_digits) bool mask). No check of the digit count: a caller bounds its
+  positions (the decoder's ``max_positions`` is ``10 ** max_digits``)."""
+  flat = positions.astype(jnp.int32)
+  powers = 10 ** jnp.arange(max_digits - 1, -1, -1, dtype=jnp.int32)
+  digits = (flat[:, None] // powers[None, :]) % 10
+  length = jnp.maximum(jnp.sum(flat[:, None] >= powers[None, :], axis=1), 1)
+  return digits, jnp.arange(max_digits)[None, :] >= (max_digits - length)[:, None]
+
+
 def init_seqpe(key: jax.Array, *, width: int, heads: int, layers: int, max_digits: int,
                out_dim: int, std: float = 0.02) -> dict:
   """The encoder's parameters (GPT-2's init: N(0, std) matrices and embeddings, zero biases,

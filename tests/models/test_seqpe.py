@@ -28,6 +28,14 @@ def test_digits_by_hand():
     seqpe.position_digits([-1], K)
 
 
+def test_traced_digits_equal_the_numpy_ones():
+  positions = np.array([0, 1, 7, 9, 10, 99, 100, 123, 1000, 9999])
+  want = seqpe.position_digits(positions, K)
+  got = jax.jit(seqpe.traced_digits, static_argnums=1)(jnp.asarray(positions), K)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
 @pytest.fixture(scope='module')
 def params():
   p = seqpe.init_seqpe(jax.random.key(0), width=WIDTH, heads=HEADS, layers=LAYERS, max_digits=K,
