@@ -14,6 +14,10 @@ documents are left out of MaxSim as ColBERT does. ``--quick``: random clustered 
 
 Systems (``embedjax.search``):
   exact   ``multivector.topk_maxsim`` over float32 token vectors (padded (N, Td, dim)).
+  int8, binary
+          ``multivector_codes.topk_maxsim_codes``: every token stored as an ``embedjax.quant``
+          code (int8: per-dimension ranges fitted on the counted tokens, dim bytes a token;
+          binary: sign bits, dim / 8 bytes), float queries scored against the codes, exhaustive.
   plaid   ``plaid.fit_codec`` (k-means on all counted tokens, 2^floor(log2(16 sqrt(tokens)))
           centroids, ColBERTv2's rule, seeded by random rows with 4 Lloyd steps, ColBERTv2's
           ``kmeans_niters`` default; 2-bit residuals) and ``plaid.build_index``, then
@@ -21,7 +25,7 @@ Systems (``embedjax.search``):
 Timing: one warm-up pass over all queries (compilation), then the median of ``--reps`` passes;
 queries/s = queries / median. Index build times are reported once. Memory: bytes of the stored
 representation (float32 token vectors; codes + packed residuals) and the process's peak resident
-set (VmHWM) after each phase. Recall: recall@k of PLAID's ids against exact search's ids
+set (VmHWM) after each phase. Recall: recall@k of each compressed system's ids against exact search's ids
 (mean over queries), the issue's ">= 0.95 of exact" criterion.
 
 Writes ``--out`` atomically with ``embedjax.provenance.Run`` provenance.
@@ -112,6 +116,8 @@ def main(argv=None) -> int:
   from embedjax.io import atomic_write_json
   from embedjax.provenance import Run
   from embedjax.search import plaid
+  from embedjax import quant
+  from embedjax.search import multivector_codes
   from embedjax.search.multivector import topk_maxsim
   out = Path(args.out or ('results/bench_multivector_cpu' + ('.quick' if args.quick else '')
                           + '.json'))
@@ -139,7 +145,36 @@ def main(argv=None) -> int:
                        / len(d), 'peak_rss_bytes_after': rss_exact}}
   print(f'exact: {results["exact"]["queries_per_second"]} q/s', flush=True)
 
+  def recall_vs_exact(ids) -> float:
+    return float(np.mean([len(set(np.asarray(a).tolist()) & set(b.tolist())) / k
+                          for a, b in zip(ids, exact_ids['ids'])]))
+
   tokens = d[dm != 0]
+  for name in ('int8', 'binary'):
+    qz = quant.get(name)
+    start = time.perf_counter()
+    params = qz.fit(tokens)
+    codes = multivector_codes.encode_tokens(qz, params, d)
+    jax.block_until_ready(codes)
+    build_s = time.perf_counter() - start
+    coded_ids = {}
+
+    def coded_search():
+      _, i = multivector_codes.topk_maxsim_codes(qz, params, q, qm, codes, dm, k)
+      coded_ids['ids'] = np.asarray(i)
+    warm, times = timed(coded_search, args.reps)
+    results[name] = {
+        'build_s': round(build_s, 2), 'warmup_s': round(warm, 3),
+        'seconds': [round(t, 4) for t in times],
+        'queries_per_second': round(len(q) / float(np.median(times)), 2),
+        'stored_bytes_padded': int(np.asarray(codes).nbytes),
+        'bytes_per_doc': multivector_codes.bytes_per_doc(qz, params, dm),
+        'recall_at_k_vs_exact': round(recall_vs_exact(coded_ids['ids']), 4),
+        'peak_rss_bytes_after': peak_rss(),
+        'settings': f'quant.get({name!r}) fitted on the counted tokens; exhaustive MaxSim'}
+    print(f'{name}: {results[name]["queries_per_second"]} q/s, recall@{k} vs exact '
+          f'{results[name]["recall_at_k_vs_exact"]:.4f}', flush=True)
+
   n_centroids = int(2 ** np.floor(np.log2(16 * np.sqrt(len(tokens)))))
   n_centroids = min(n_centroids, len(tokens))
   start = time.perf_counter()
@@ -155,8 +190,7 @@ def main(argv=None) -> int:
     _, i = plaid.search(index, q, qm, k)
     plaid_ids['ids'] = i
   warm, times = timed(search, args.reps)
-  recall = float(np.mean([len(set(a) & set(b)) / k
-                          for a, b in zip(plaid_ids['ids'], exact_ids['ids'])]))
+  recall = recall_vs_exact(plaid_ids['ids'])
   stored = int(np.asarray(index.ids).nbytes + np.asarray(index.residuals).nbytes)
   results['plaid'] = {
       'centroids': n_centroids, 'bits': 2, 'kmeans': 'random seeds, 4 Lloyd steps', 'fit_s': round(fit_s, 2), 'build_s': round(build_s, 2),
