@@ -784,6 +784,12 @@ def multivector_doc_block() -> str:
            f'{plaid["bytes_per_doc"]:,.0f} | {plaid["peak_rss_bytes_after"] / gib:.2f} GiB | '
            f'{plaid["recall_at_k_vs_exact"]:.4f} | k-means {plaid["fit_s"]:.0f} s ({plaid["kmeans"]}), '
            f'index {plaid["build_s"]:.0f} s |']
+  for name in ('int8', 'binary'):  # exhaustive MaxSim over embedjax.quant codes (records since f2dbd49)
+    if name in record['results']:
+      r = record['results'][name]
+      lines.append(f'| exact MaxSim over {name} tokens (float queries) | {r["queries_per_second"]:.2f} | '
+                   f'{r["bytes_per_doc"]:,.0f} | {r["peak_rss_bytes_after"] / gib:.2f} GiB | '
+                   f'{r["recall_at_k_vs_exact"]:.4f} | codes {r["build_s"]:.0f} s |')
   return '\n'.join([*lines, '', README_END])
 
 
