@@ -101,7 +101,7 @@ def topk_maxsim_codes(quantizer: Quantizer, params, queries, query_mask, codes, 
   if query_mask.shape != queries.shape[:2] or doc_mask.shape != codes.shape[:2]:
     raise ValueError(f'masks {query_mask.shape}, {doc_mask.shape} do not match the queries '
                      f'{queries.shape[:2]} and codes {codes.shape[:2]}')
-  dim = quantizer.decode(params, jnp.asarray(codes)[:1, 0]).shape[-1]
+  dim = quantizer.decode(params, jnp.asarray(codes[:1, 0])).shape[-1]  # one token, not the corpus
   if queries.shape[2] != dim:
     raise ValueError(f'query tokens have dimension {queries.shape[2]} but the coded tokens {dim}')
   check_corpus(doc_mask)
