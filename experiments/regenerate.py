@@ -144,6 +144,14 @@ TARGETS = (
            study='recipes',
            note='the training-recipes study: about 20 min per (cell, seed) on 2 cores, '
                 'each a resumable run with its own record'),
+    Target('elastic_retention', 'results/elastic_retention/summary.json',
+           (PY, '-m', 'experiments.elastic_retention'),
+           code=('experiments/elastic_retention.py', 'configs/elastic_retention.py',
+                 'experiments/recipes.py', 'configs/recipes.py', 'experiments/cells.py',
+                 'embedjax/train', 'embedjax/losses', *CORE),
+           study='elastic_retention',
+           note='levers for the 64-dim retention of the recipes study\'s elastic_mrl cell: about '
+                '10 min per 56-step (cell, seed) on 2 cores, 30 min for the 168-step cell'),
     Target('beyond_single_vector', 'results/beyond_single_vector/summary.json',
            (PY, '-m', 'experiments.beyond_single_vector'),
            code=('experiments/beyond_single_vector.py', 'configs/beyond_single_vector.py',

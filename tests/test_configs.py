@@ -45,6 +45,7 @@ RUNS = {
     'two_stage_stage2.py': ([], TRAIN),
     # the mined cells read a file the study mines first: not dry-built here
     'recipes.py': (['stsb_cosent', 'scifact_hardness'], TRAIN),
+    'elastic_retention.py': (['long_lr_5x_small_dims_3x'], TRAIN),
     'pruning.py': ([None, 'gaprune_50_recovered', 'structured_heads_50'], 'pruning'),
     'adapters.py': ([None, 'adr_both', 'qdc'], 'adapters'),
     'beyond_single_vector.py': ([None, 'bm25', 'single_pretrained', 'single_finetuned', 'sparse'],

@@ -145,6 +145,20 @@ def test_recipes_summary_and_table_follow_from_the_run_records():
       assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
 
 
+def test_elastic_retention_summary_and_table_follow_from_the_run_records():
+  root = RESULTS / 'elastic_retention'
+  if not (root / 'summary.json').exists():
+    pytest.skip('the elastic-retention study has no records yet')
+  exp = _load('experiments/elastic_retention.py')
+  again = json.loads(json.dumps(exp.summarize(*exp.load_records(root, RESULTS / 'recipes'))))
+  assert again == json.loads((root / 'summary.json').read_text()), \
+      'run: python -m experiments.elastic_retention --summarize'
+  assert exp.markdown(again) == (root / 'elastic_retention.md').read_text()
+  for cell, seeds in exp.load_records(root, RESULTS / 'recipes')[0].items():
+    for seed, rec in seeds.items():
+      assert rec['git_commit'] and rec['config_hash'], (cell, seed)  # a program wrote it
+
+
 def test_adapters_summary_and_table_follow_from_the_run_records():
   root = RESULTS / 'adapters'
   if not (root / 'summary.json').exists():
