@@ -6,12 +6,16 @@ python -m experiments.elastic_retention --summarize                 # summary fr
 
 The recipes study's elastic cells (56 steps at lr 2e-5, every Matryoshka dim weighted 1) keep
 0.80-0.81 at 64 dims, with 1D Matryoshka, 2DMSE and multi-task data alike. Each cell here is the
-recipes study's ``elastic_mrl`` config (configs/recipes.py) with one lever changed, and the last
-with all of them, so that each lever's effect is read against the same base:
+recipes study's ``elastic_mrl`` config (configs/recipes.py) with one lever changed, or all of
+them, so that each lever's effect is read against the same base; one control has no Matryoshka
+loss:
   lr_5x            learning rate 1e-4 instead of 2e-5 (the model moves further in 56 steps)
   small_dims_3x    Matryoshka weights (1, 1, 1, 3, 3) for dims (384, 256, 128, 64, 32): the 64-
                    and 32-dim losses count three times
   long_lr_5x_small_dims_3x   both, over 168 steps (~6 epochs of the 919 SciFact train pairs)
+  in_batch_lr_5x   the control: the recipes study's ``scifact_in_batch`` (no Matryoshka loss) at
+                   lr 1e-4, evaluated the same way, so that what the learning rate does alone is
+                   told apart from what the Matryoshka loss adds at that rate
 Evaluation is the recipes study's elastic one (SciFact test, every layer x dim); nothing is
 selected on it: every cell is reported.
 """
@@ -57,6 +61,7 @@ CELLS = {
     'lr_5x': lambda: _lr_5x(_recipes_cell(BASE_CELL)),
     'small_dims_3x': lambda: _small_dims(_recipes_cell(BASE_CELL)),
     'long_lr_5x_small_dims_3x': lambda: _long(_small_dims(_lr_5x(_recipes_cell(BASE_CELL)))),
+    'in_batch_lr_5x': lambda: _lr_5x(_recipes_cell('scifact_in_batch')),
 }
 
 

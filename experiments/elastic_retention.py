@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from embedjax import paths
 from embedjax.config import ConfigError
 from embedjax.io import atomic_write_json, atomic_write_text
@@ -36,6 +38,8 @@ CONFIG = 'configs/elastic_retention.py'
 GOAL_RETENTION = 0.90  # issue 18's goal at 64 dims
 BASE_CELL = 'elastic_mrl'       # the recipes study's cell every variant changes one lever of
 BASELINE = 'scifact_in_batch'   # the recipes study's 384-dim baseline
+CONTROL = 'in_batch_lr_5x'      # this study's cell without Matryoshka loss, at the raised rate
+AGAINST_CONTROL = ('lr_5x', 'long_lr_5x_small_dims_3x')  # the cells at the control's rate
 
 
 def results_dir() -> Path:
@@ -155,6 +159,13 @@ def summarize(records: dict[str, dict[int, dict]], recipes: dict[str, dict[int, 
       if ids_a != ids_b:
         raise ValueError(f'{name} and {BASELINE} were evaluated on different queries')
       bootstrap[f'{name} - {BASELINE}'] = paired_bootstrap(a, b)
+  against_control = {}
+  for name in AGAINST_CONTROL:
+    if name in records and CONTROL in records:
+      for dims, key in (('384', 'per_query_ndcg@10'), ('64', 'per_query_ndcg@10_at_64')):
+        a = np.mean([records[name][s]['test'][key] for s in sorted(records[name])], axis=0)
+        b = np.mean([records[CONTROL][s]['test'][key] for s in sorted(records[CONTROL])], axis=0)
+        against_control[f'{name} - {CONTROL} at {dims}'] = paired_bootstrap(a, b)
   baseline = (statistics.fmean(recipes[BASELINE][s]['test']['ndcg@10'] for s in recipes[BASELINE])
               if BASELINE in recipes else None)
   meets = {name: (r['retention_at_64']['mean'] >= GOAL_RETENTION and baseline is not None
@@ -163,6 +174,7 @@ def summarize(records: dict[str, dict[int, dict]], recipes: dict[str, dict[int, 
   return {'goal': {'retention_at_64': GOAL_RETENTION, 'ndcg@10_at_384_at_least': baseline,
                    'baseline_cell': f'recipes/{BASELINE}'},
           'cells': rows, 'meets_goal': meets, 'paired_bootstrap_384': bootstrap,
+          'paired_bootstrap_against_control': against_control,
           'missing': sorted({c for c, _ in expected_runs()} - set(records))}
 
 
@@ -200,6 +212,13 @@ def markdown(summary: dict) -> str:
               'test queries:', '', '| comparison | diff | 95% interval | P(diff <= 0) |',
               '|---|---|---|---|']
     for name, b in summary['paired_bootstrap_384'].items():
+      lines.append(f"| {name} | {b['diff']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] | "
+                   f"{b['p_not_better']:.3f} |")
+  if summary['paired_bootstrap_against_control']:
+    lines += ['', f'Matryoshka cells at lr 1e-4 against the control `{CONTROL}` (the same rate, '
+              'no Matryoshka loss), at 384 and at 64 dims, paired bootstrap over the test queries:',
+              '', '| comparison | diff | 95% interval | P(diff <= 0) |', '|---|---|---|---|']
+    for name, b in summary['paired_bootstrap_against_control'].items():
       lines.append(f"| {name} | {b['diff']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] | "
                    f"{b['p_not_better']:.3f} |")
   if summary['missing']:
