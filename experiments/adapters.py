@@ -10,7 +10,8 @@ model's embeddings of the SciFact corpus and queries are cached in ``runs/cache`
 and texts); a fine-tuned model is always encoded afresh. Every cell evaluates SciFact test nDCG@10
 (exact inner-product search over L2-normalised embeddings, the recipes study's scorer, per query
 kept for paired comparisons). Records: ``results/adapters/runs/CELL/seedN.json``; the summary
-(``summary.json``, ``adapters.md``) is recomputed from them, also by tests/test_result_summaries.py.
+(``summary.json``, ``adapters.md``, ``adapters.png``) is recomputed from them, also by
+tests/test_result_summaries.py.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def _mean(recs, get) -> float:
 def summarize(records: dict[str, dict[int, dict]]) -> dict:
   """summary.json: SciFact test nDCG@10 per row, means over seeds (with their number and spread):
   ``adr`` rows (frozen, adr_query, adr_both, full_finetune) and ``qdc`` rows (old_model,
-  no_compensation, qdc, reindex)."""
+  no_compensation, qdc, reindex), and paired bootstraps over the test queries (COMPARISONS)."""
   def row(recs, get):
     values = [get(r) for r in recs]
     return {'ndcg@10': statistics.fmean(values), 'n_seeds': len(values),
@@ -211,7 +212,44 @@ def summarize(records: dict[str, dict[int, dict]]) -> dict:
     out['adr']['full_finetune'] = row(by['qdc'], lambda r: r['test']['reindex']['ndcg@10'])
     for key in ('no_compensation', 'qdc', 'reindex'):
       out['qdc'][key] = row(by['qdc'], lambda r, k=key: r['test'][k]['ndcg@10'])
+  out['paired_bootstrap'] = _paired(by)
   out['missing'] = [f'{c}/seed{s}' for c, s in expected_runs() if s not in records.get(c, {})]
+  return out
+
+
+# (name, (cell, test key), (cell, test key)): the differences the reading rests on, each over the
+# same 300 test queries (per-query nDCG@10 averaged over the seeds of each side)
+COMPARISONS = (
+    ('adr_query - frozen', ('adr_query', 'scifact'), ('frozen', 'scifact')),
+    ('adr_query - full_finetune', ('adr_query', 'scifact'), ('qdc', 'reindex')),
+    ('adr_query - adr_both', ('adr_query', 'scifact'), ('adr_both', 'scifact')),
+    ('adr_both - full_finetune', ('adr_both', 'scifact'), ('qdc', 'reindex')),
+    ('qdc - no_compensation', ('qdc', 'qdc'), ('qdc', 'no_compensation')),
+    ('reindex - qdc', ('qdc', 'reindex'), ('qdc', 'qdc')),
+)
+
+
+def _per_query(recs: list[dict], key: str) -> tuple[list[str], np.ndarray]:
+  """(query ids, per-query nDCG@10 averaged over the seeds of ``recs``); the seeds must have
+  scored the same queries."""
+  ids = recs[0]['test'][key]['query_ids']
+  if any(r['test'][key]['query_ids'] != ids for r in recs):
+    raise ValueError(f"cell {recs[0]['cell']}: seeds evaluated different queries")
+  return ids, np.mean([r['test'][key]['per_query_ndcg@10'] for r in recs], axis=0)
+
+
+def _paired(by: dict[str, list[dict]]) -> dict:
+  """Paired bootstraps over the test queries of COMPARISONS whose records exist."""
+  from experiments.recipes import paired_bootstrap
+  out = {}
+  for name, (cell_a, key_a), (cell_b, key_b) in COMPARISONS:
+    if cell_a not in by or cell_b not in by:
+      continue
+    ids_a, a = _per_query(by[cell_a], key_a)
+    ids_b, b = _per_query(by[cell_b], key_b)
+    if ids_a != ids_b:
+      raise ValueError(f'{name}: the two sides were evaluated on different queries')
+    out[name] = paired_bootstrap(a, b)
   return out
 
 
@@ -231,6 +269,14 @@ def markdown(summary: dict) -> str:
             '| QDC row | nDCG@10 | seeds |', '|---|---|---|']
   for name, r in summary['qdc'].items():
     lines.append(f'| {name} | {fmt(r)} |')
+  if summary['paired_bootstrap']:
+    lines += ['', 'Differences in nDCG@10, paired bootstrap over the test queries (per-query '
+              'scores averaged over each side\'s seeds; full_finetune and reindex are the same '
+              'fine-tuned model re-embedding the corpus):', '',
+              '| difference | mean | 95% interval | P(not better) |', '|---|---|---|---|']
+    for name, b in summary['paired_bootstrap'].items():
+      lines.append(f"| {name} | {b['diff']:+.4f} | [{b['ci95'][0]:+.4f}, {b['ci95'][1]:+.4f}] "
+                   f"| {b['p_not_better']:.3f} |")
   if summary['missing']:
     lines += ['', f"Not yet run: {', '.join(summary['missing'])}."]
   return '\n'.join(lines) + '\n'
@@ -241,7 +287,32 @@ def write_summary(root: Path | None = None) -> dict:
   summary = summarize(load_records(root))
   atomic_write_json(root / 'summary.json', summary)
   atomic_write_text(root / 'adapters.md', markdown(summary))
+  if summary['adr']:
+    plot(summary, root / 'adapters.png')
   return summary
+
+
+def plot(summary: dict, path: Path) -> None:
+  """SciFact test nDCG@10 per row (ADR rows, then QDC rows) as points with the seed spread (the
+  axis does not start at 0, so points, not bars)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = [(f'ADR: {k}', r) for k, r in summary['adr'].items()]
+  rows += [(f'QDC: {k}', r) for k, r in summary['qdc'].items() if k != 'old_model']
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
+  y = np.arange(len(rows))[::-1]
+  for yi, (name, r) in zip(y, rows):
+    ax.errorbar(r['ndcg@10'], yi, xerr=r['std'] or 0.0, fmt='o', capsize=3,
+                color='tab:blue' if name.startswith('ADR') else 'tab:orange')
+  ax.grid(axis='x', alpha=0.3)
+  ax.set_yticks(y, [n for n, _ in rows])
+  lo = min(r['ndcg@10'] for _, r in rows)
+  ax.set_xlim(lo - 0.03, max(r['ndcg@10'] for _, r in rows) + 0.02)
+  ax.set_xlabel('SciFact test nDCG@10 (mean over seeds)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ TIES), Self Positioning, and SLERP for each pair. Greedy soup, the scaling of ta
 TIES / DARE, and Self Positioning's coefficients are chosen on a validation set carved from the
 train splits (never the test splits). Every model is evaluated on the four test tasks through the
 eval runner. Records: ``results/merging/runs/CELL/seedN.json``; ``summary.json`` (each task's
-score per cell, means over seeds) and ``merging.md`` are recomputed from them, also in CI.
+score per cell, means over seeds, and the goal check), ``merging.md`` and ``merging.png`` are
+recomputed from them, also in CI.
 """
 
 from __future__ import annotations
@@ -282,17 +283,49 @@ def load_records(root: Path | None = None) -> dict[str, dict[int, dict]]:
   return cells.load_records(root or results_dir())
 
 
+GOAL_POINTS = 0.01  # "within 1 point": one hundredth of nDCG@10, Spearman or AP
+
+
 def summarize(records: dict[str, dict[int, dict]]) -> dict:
-  """summary.json: {task: {cell: mean test score over seeds}}, the seeds per cell, and what is
-  missing."""
+  """summary.json: {task: {cell: mean test score over seeds}}, their sample spread (``std``, None
+  for one seed), the seeds per cell, the goal check of every merged or jointly trained cell
+  (``goal``) and what is missing.
+
+  The goal: within GOAL_POINTS of each specialist on its own task and ahead of the pretrained
+  model on every task, read on the means over seeds (a merge of seed s merges the specialists of
+  seed s)."""
   out: dict = {t: {} for t in TEST_TASKS}
+  out['std'] = {t: {} for t in TEST_TASKS}
   out['n_seeds'] = {}
   for cell, by_seed in records.items():
     recs = [by_seed[s] for s in sorted(by_seed)]
     out['n_seeds'][cell] = len(recs)
     for task in TEST_TASKS:
-      out[task][cell] = statistics.fmean(r['test'][task] for r in recs)
+      values = [r['test'][task] for r in recs]
+      out[task][cell] = statistics.fmean(values)
+      out['std'][task][cell] = statistics.stdev(values) if len(values) > 1 else None
+  out['goal'] = _goal(out)
+  out['goal_met_by'] = [c for c, g in out['goal'].items() if g['meets_goal']]
   out['missing'] = [f'{c}/seed{s}' for c, s in expected_runs() if s not in records.get(c, {})]
+  return out
+
+
+def _goal(means: dict) -> dict:
+  """Per merged (or multi-task) cell: its score minus each task's specialist and minus the
+  pretrained model, and whether it meets the goal; empty until the pretrained model and every
+  specialist have records."""
+  ref = ['pretrained', *(f'specialist_{t}' for t in TEST_TASKS)]
+  if not all(c in means['scifact'] for c in ref):
+    return {}
+  out = {}
+  for cell in (c for c in _configs().CELLS if c in means['scifact'] and c not in ref):
+    gap = {t: means[t][cell] - means[t][f'specialist_{t}'] for t in TEST_TASKS}
+    over = {t: means[t][cell] - means[t]['pretrained'] for t in TEST_TASKS}
+    within = all(g >= -GOAL_POINTS for g in gap.values())
+    ahead = all(o > 0 for o in over.values())
+    out[cell] = {'minus_specialist': gap, 'minus_pretrained': over,
+                 'within_1_point_of_specialists': within, 'ahead_of_pretrained': ahead,
+                 'meets_goal': within and ahead}
   return out
 
 
@@ -305,9 +338,43 @@ def markdown(summary: dict) -> str:
   for c in order:
     lines.append(f'| {c} | ' + ' | '.join(f'{summary[t][c]:.4f}' for t in TEST_TASKS) +
                  f" | {summary['n_seeds'][c]} |")
+  if summary['goal']:
+    lines += ['', 'Against the goal (within 1 point of each specialist on its own task, ahead of '
+              'the pretrained model on all): score minus the task\'s specialist, in points '
+              '(x100), and whether the goal holds.', '',
+              '| cell | SciFact | STS-B | MRPC | SICK-R | ahead of pretrained on all | goal |',
+              '|---|---|---|---|---|---|---|']
+    for c, g in summary['goal'].items():
+      lines.append(f'| {c} | ' + ' | '.join(f"{100 * g['minus_specialist'][t]:+.2f}"
+                                            for t in TEST_TASKS) +
+                   f" | {'yes' if g['ahead_of_pretrained'] else 'no'} | "
+                   f"{'met' if g['meets_goal'] else 'not met'} |")
+    met = summary['goal_met_by']
+    lines += ['', f"Goal met by: {', '.join(met)}." if met else 'Goal met by no cell.']
   if summary['missing']:
     lines += ['', f"Not yet run: {', '.join(summary['missing'])}."]
   return '\n'.join(lines) + '\n'
+
+
+def plot(summary: dict, path: Path) -> None:
+  """Heat map of each cell's test score minus the pretrained model's, per task (in points)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  order = [c for c in _configs().CELLS if c in summary['n_seeds'] and c != 'pretrained']
+  delta = np.array([[100 * (summary[t][c] - summary[t]['pretrained']) for t in TEST_TASKS]
+                    for c in order])
+  fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(order) + 1.5))
+  lim = max(float(np.abs(delta).max()), 0.5)
+  im = ax.imshow(delta, cmap='RdBu', vmin=-lim, vmax=lim, aspect='auto')
+  for (i, j), v in np.ndenumerate(delta):
+    ax.text(j, i, f'{v:+.1f}', ha='center', va='center', fontsize=7)
+  ax.set_xticks(range(len(TEST_TASKS)), ['SciFact nDCG@10', 'STS-B', 'MRPC AP', 'SICK-R'])
+  ax.set_yticks(range(len(order)), order)
+  fig.colorbar(im, ax=ax, label='minus pretrained (points)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def write_summary(root: Path | None = None) -> dict:
@@ -315,6 +382,8 @@ def write_summary(root: Path | None = None) -> dict:
   summary = summarize(load_records(root))
   atomic_write_json(root / 'summary.json', summary)
   atomic_write_text(root / 'merging.md', markdown(summary))
+  if 'pretrained' in summary['n_seeds'] and len(summary['n_seeds']) > 1:
+    plot(summary, root / 'merging.png')
   return summary
 
 

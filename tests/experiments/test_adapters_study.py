@@ -49,12 +49,16 @@ def test_adr_through_the_study_improves_distorted_queries():
 def test_summary_follows_the_records():
   def rec(cell, seed, **test):
     return {'cell': cell, 'seed': seed, 'test': test}
+
+  def scores(*per_query):  # an evaluation of two queries
+    return {'ndcg@10': float(np.mean(per_query)), 'query_ids': ['q1', 'q2'],
+            'per_query_ndcg@10': list(per_query)}
   records = {
-      'frozen': {0: rec('frozen', 0, scifact={'ndcg@10': 0.645})},
-      'adr_query': {0: rec('adr_query', 0, scifact={'ndcg@10': 0.66}, adapter_params=12288),
-                    1: rec('adr_query', 1, scifact={'ndcg@10': 0.67}, adapter_params=12288)},
-      'qdc': {0: rec('qdc', 0, no_compensation={'ndcg@10': 0.2}, qdc={'ndcg@10': 0.6},
-                     reindex={'ndcg@10': 0.69})},
+      'frozen': {0: rec('frozen', 0, scifact=scores(0.6, 0.69))},
+      'adr_query': {0: rec('adr_query', 0, scifact=scores(0.62, 0.70), adapter_params=12288),
+                    1: rec('adr_query', 1, scifact=scores(0.64, 0.70), adapter_params=12288)},
+      'qdc': {0: rec('qdc', 0, no_compensation=scores(0.1, 0.3), qdc=scores(0.5, 0.7),
+                     reindex=scores(0.68, 0.7))},
   }
   s = study.summarize(records)
   assert s['adr']['frozen']['ndcg@10'] == 0.645 and s['qdc']['old_model']['n_seeds'] == 1
@@ -62,6 +66,14 @@ def test_summary_follows_the_records():
   assert s['adr']['adr_query']['std'] == pytest.approx(np.std([0.66, 0.67], ddof=1))
   assert s['adr']['full_finetune']['ndcg@10'] == 0.69 and s['qdc']['qdc']['ndcg@10'] == 0.6
   assert 'adr_both/seed0' in s['missing'] and 'qdc/seed1' in s['missing']
+  # paired over the two queries, each side averaged over its seeds: adr_query (0.63, 0.70)
+  b = s['paired_bootstrap']
+  assert b['adr_query - frozen']['diff'] == pytest.approx(0.02)
+  assert b['adr_query - full_finetune']['diff'] == pytest.approx(-0.025)
+  assert b['qdc - no_compensation']['diff'] == pytest.approx(0.4)
+  assert b['qdc - no_compensation']['p_not_better'] == 0.0
+  assert 'adr_query - adr_both' not in b  # adr_both has no record
   table = study.markdown(s)
+  assert '| qdc - no_compensation | +0.4000 | [+0.4000, +0.4000] | 0.000 |' in table
   assert '| adr_query | 0.6650 ± 0.0071 | 2 | 12288 |' in table
   assert '| no_compensation | 0.2000 | 1 |' in table

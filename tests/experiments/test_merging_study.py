@@ -60,8 +60,46 @@ def test_summary_follows_the_records():
   assert s['scifact']['ties'] == pytest.approx(0.665) and s['n_seeds'] == {'pretrained': 1,
                                                                            'ties': 2}
   assert 'uniform_soup/seed0' in s['missing']
+  assert s['std']['scifact']['ties'] == pytest.approx(np.std([0.66, 0.67], ddof=1))
+  assert s['std']['scifact']['pretrained'] is None
+  assert s['goal'] == {} and s['goal_met_by'] == []  # no specialist has a record yet
   table = study.markdown(s)
   assert '| ties | 0.6650 | 0.8000 | 0.8500 | 0.7800 | 2 |' in table
+  assert 'goal' not in table
+
+
+def test_the_goal_is_checked_against_each_specialist_and_the_pretrained_model(tmp_path):
+  def rec(cell, **test):
+    return {0: {'cell': cell, 'seed': 0, 'test': test}}
+  base = dict(scifact=0.60, stsb=0.80, mrpc=0.80, sick=0.75)
+  records = {'pretrained': rec('pretrained', **base)}
+  for task in base:  # each specialist 5 points up on its own task, 1 point down elsewhere
+    records[f'specialist_{task}'] = rec(f'specialist_{task}', **{
+        t: v + (0.05 if t == task else -0.01) for t, v in base.items()})
+  # 0.9 points under each specialist: within one point, and ahead of pretrained on all
+  records['ties'] = rec('ties', **{t: v + 0.041 for t, v in base.items()})
+  # 1.1 points under the SciFact specialist: misses the goal there alone
+  records['uniform_soup'] = rec('uniform_soup', **{t: v + (0.039 if t == 'scifact' else 0.045)
+                                                   for t, v in base.items()})
+  # a hair under pretrained on SICK-R: not ahead of it on all
+  records['slerp_stsb_mrpc'] = rec('slerp_stsb_mrpc', **{
+      t: v + (-0.001 if t == 'sick' else 0.045) for t, v in base.items()})
+  s = study.summarize(records)
+  g = s['goal']
+  assert set(g) == {'uniform_soup', 'ties', 'slerp_stsb_mrpc'}
+  assert g['ties']['minus_specialist']['scifact'] == pytest.approx(-0.009)
+  assert g['ties']['meets_goal'] and g['ties']['ahead_of_pretrained']
+  assert not g['uniform_soup']['within_1_point_of_specialists']
+  assert g['uniform_soup']['ahead_of_pretrained'] and not g['uniform_soup']['meets_goal']
+  assert g['slerp_stsb_mrpc']['minus_pretrained']['sick'] == pytest.approx(-0.001)
+  assert not g['slerp_stsb_mrpc']['ahead_of_pretrained']
+  assert s['goal_met_by'] == ['ties']
+  table = study.markdown(s)
+  assert '| ties | -0.90 | -0.90 | -0.90 | -0.90 | yes | met |' in table
+  assert '| uniform_soup | -1.10 | -0.50 | -0.50 | -0.50 | yes | not met |' in table
+  assert 'Goal met by: ties.' in table
+  study.plot(s, tmp_path / 'merging.png')
+  assert (tmp_path / 'merging.png').stat().st_size > 0
 
 
 def test_the_probe_loss_is_a_finite_positive_number(minilm):
