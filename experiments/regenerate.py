@@ -169,23 +169,23 @@ TARGETS = (
                 'long SciFact at 8k tokens on 2 cores (a GPU\'s work)'),
     Target('adapters', 'results/adapters/summary.json', (PY, '-m', 'experiments.adapters'),
            code=('experiments/adapters.py', 'configs/adapters.py', 'experiments/recipes.py',
-                 'configs/recipes.py', 'embedjax/posthoc.py', 'embedjax/train', 'embedjax/losses',
-                 *CORE),
+                 'configs/recipes.py', 'experiments/cells.py', 'embedjax/posthoc.py',
+                 'embedjax/train', 'embedjax/losses', *CORE),
            study='adapters',
            note='ADR and QDC on SciFact: minutes per ADR run once the frozen embeddings are '
                 'cached; a qdc run trains the recipes study\'s in-batch model (or resumes it)'),
     Target('merging', 'results/merging/summary.json', (PY, '-m', 'experiments.merging'),
            code=('experiments/merging.py', 'configs/merging.py', 'configs/merging_specialists.py',
-                 'experiments/recipes.py', 'configs/recipes.py', 'embedjax/merging.py',
-                 'embedjax/train', 'embedjax/losses', *CORE),
+                 'experiments/recipes.py', 'configs/recipes.py', 'experiments/cells.py',
+                 'embedjax/merging.py', 'embedjax/train', 'embedjax/losses', *CORE),
            study='merging',
            note='the merging study: specialists (~15 min each per seed on 2 cores, SciFact and '
                 'STS-B shared with the recipes study), then ~5 min of test evaluation per cell '
                 'and up to ~20 min of validation for the selecting merges'),
     Target('pruning', 'results/pruning/summary.json', (PY, '-m', 'experiments.pruning'),
            code=('experiments/pruning.py', 'configs/pruning.py', 'experiments/recipes.py',
-                 'configs/recipes.py', 'embedjax/pruning.py', 'embedjax/train', 'embedjax/losses',
-                 *CORE),
+                 'configs/recipes.py', 'experiments/cells.py', 'embedjax/pruning.py',
+                 'embedjax/train', 'embedjax/losses', *CORE),
            study='pruning',
            note='the pruning study: about 8 min per one-shot cell (SciFact and STS-B evaluation), '
                 '+15 min of fine-tuning per recovered (cell, seed) on 2 cores; structured cells '
