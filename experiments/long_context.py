@@ -8,7 +8,9 @@ Methods and tasks: configs/long_context.py. A cell's record,
 ``<out>/runs/<model>/<method>/<task>_<length>.json``, holds the task's metrics (main metric:
 nDCG@1 for passkey / needle, nDCG@10 for long SciFact), the config hash and the provenance of the
 call; a cell whose record has the current config hash is skipped, so the grid fills in over
-several sessions. ``summary.json`` is ``{"minilm": {METHOD: {TASK: {LENGTH: score}}}, "rope":
+several sessions. Inside a cell, embeddings are kept in shards of 32 texts under
+``<runs_dir>/cache`` until its record is written, so even an hours-long cell (long SciFact at 8k
+tokens) resumes where it stopped. ``summary.json`` is ``{"minilm": {METHOD: {TASK: {LENGTH: score}}}, "rope":
 {...}}``; ``long_context.md`` the tables and ``long_context.png`` score against length per
 method, one panel per task (tests/test_result_summaries.py recomputes them from the records).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -214,6 +217,48 @@ def rope_encoder(model, method: str, cfg, length: int):
   return lambda texts: encode(variant, list(texts), progress=False)
 
 
+# --- resuming inside a cell --------------------------------------------------------------------
+
+SHARD_TEXTS = 32  # texts per cached shard: at 8k tokens on 2 cores, about 12 minutes of encoding
+
+
+def resumable(encode_fn, cache: Path, label: str, shard: int = SHARD_TEXTS):
+  """``encode_fn`` with its embeddings kept in shards of ``shard`` texts under ``cache`` (one
+  ``.npy`` per shard, written atomically, named by the hash of the shard's texts), so that an
+  interrupted cell resumes at its last finished shard: long SciFact at 8k tokens is hours of
+  encoding on 2 cores, more than one sitting. The texts are always encoded in the same shards,
+  cached or not, so a resumed cell computes what an uninterrupted one does. The returned function
+  counts the texts it read from the cache in its ``.cached`` attribute and prints progress."""
+  import hashlib
+  import io
+  import numpy as np
+  from embedjax.io import atomic_write_bytes
+
+  def fn(texts):
+    texts = list(texts)
+    if not texts:
+      return encode_fn(texts)
+    parts = []
+    for i in range(0, len(texts), shard):
+      part = texts[i:i + shard]
+      key = hashlib.sha256('\x00'.join(part).encode()).hexdigest()[:24]
+      path = cache / f'{key}.npy'
+      if path.is_file():
+        parts.append(np.load(path))
+        fn.cached += len(part)
+        continue
+      emb = np.asarray(encode_fn(part))
+      buf = io.BytesIO()
+      np.save(buf, emb)
+      atomic_write_bytes(path, buf.getvalue())
+      parts.append(emb)
+      if len(texts) > shard:
+        print(f'  {label}: {min(i + shard, len(texts))}/{len(texts)} texts', flush=True)
+    return np.concatenate(parts)
+  fn.cached = 0
+  return fn
+
+
 # --- cells ------------------------------------------------------------------------------------
 
 
@@ -248,12 +293,17 @@ def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int,
       loaded[source] = load_pretrained(str(learned_model(cfg, method, runs_dir(cfg))))
   encoder = (minilm_encoder if model == 'minilm' else rope_encoder)(loaded[source], method, cfg,
                                                                       length)
+  cache = runs_dir(cfg) / 'cache' / model / method / f'{name}-{chash[:16]}'
+  encoder = resumable(encoder, cache, _cell_name(model, method, task, length))
   result = run_task(name, encoder, data_dir)
   run.add_inputs(*task_inputs([name], data_dir))
   record = {'model': model, 'method': method, 'task': task, 'length': length, 'result': result,
-            'score': result[result['main_metric']], **run.finish().provenance(),
-            'config_hash': chash}
+            'score': result[result['main_metric']],
+            # texts whose embeddings an interrupted earlier call of this cell had made: result's
+            # 'seconds' then covers only the rest
+            'texts_resumed': encoder.cached, **run.finish().provenance(), 'config_hash': chash}
   atomic_write_json(path, record)
+  shutil.rmtree(cache, ignore_errors=True)
   print(f'{model} {method:16s} {task:13s} {length:5d}  {result["main_metric"]} '
         f'{record["score"]:.4f}  ({result["seconds"]:.0f} s)', flush=True)
   return record

@@ -56,6 +56,41 @@ def test_summary_follows_the_records():
   assert '| truncate | 0.700 | 0.300 |' in table and '| chunk | 0.200 | - |' in table
 
 
+def test_an_interrupted_cell_resumes_from_its_cached_shards(tmp_path):
+  calls, interrupt = [], [True]
+
+  def encode(texts):  # a deterministic stand-in for a model: the text's length, twice
+    calls.append(list(texts))
+    if texts and texts[0].startswith('t4') and interrupt:
+      raise KeyboardInterrupt  # the sitting ends inside the third shard
+    return np.array([[len(t), 2.0 * len(t)] for t in texts], np.float32).reshape(-1, 2)
+
+  texts = [f't{i}' + 'x' * i for i in range(7)]
+  want = np.array([[len(t), 2.0 * len(t)] for t in texts], np.float32)
+  first = study.resumable(encode, tmp_path / 'cache', 'cell', shard=2)
+  with pytest.raises(KeyboardInterrupt):
+    first(texts)
+  assert len(list((tmp_path / 'cache').glob('*.npy'))) == 2  # the two finished shards
+  calls.clear()
+  interrupt.clear()
+  again = study.resumable(encode, tmp_path / 'cache', 'cell', shard=2)
+  np.testing.assert_array_equal(again(texts), want)
+  assert calls == [texts[4:6], texts[6:]] and again.cached == 4  # only what was left
+  assert study.resumable(encode, tmp_path / 'other', 'cell', shard=2)([]).shape == (0, 2)
+
+
+def test_a_cell_writes_its_record_once_and_leaves_no_cache(minilm, tmp_path):
+  cfg = load_config(str(repo_root() / 'configs' / 'long_context.py'),
+                    [f'--config.runs_dir={tmp_path / "runs"}'])
+  rec = study.run_cell(cfg, {'minilm': minilm}, 'minilm', 'truncate', 'passkey', 256, tmp_path)
+  assert rec['texts_resumed'] == 0 and 0.0 <= rec['score'] <= 1.0
+  assert rec['score'] == rec['result']['ndcg@1']
+  assert study.cell_path(tmp_path, 'minilm', 'truncate', 'passkey', 256).is_file()
+  assert not list((tmp_path / 'runs').rglob('*.npy'))  # the cell's cache goes once it is done
+  assert study.run_cell(cfg, {'minilm': minilm}, 'minilm', 'truncate', 'passkey', 256,
+                        tmp_path) is None  # current: skipped
+
+
 def test_make_results_sees_the_grid_shortest_inputs_first(cfg, tmp_path):
   runs = study.expected_runs()
   assert len(runs) == len(cfg.methods) * len(cfg.tasks) * len(cfg.lengths)  # no RoPE model set
