@@ -169,8 +169,10 @@ def prune(model, cfg, data_dir: Path, cache: dict | None = None):
                                                 head_ratio=cfg.head_ratio,
                                                 neuron_ratio=cfg.neuron_ratio)
     spec = dataclasses.replace(model.spec, bert=backbone)
+    # head_size: the width each head has (attention_head_size is 0 where it is hidden / heads)
     facts['backbone'] = {k: getattr(backbone, k) for k in (
-        'num_hidden_layers', 'num_attention_heads', 'attention_head_size', 'intermediate_size')}
+        'num_hidden_layers', 'num_attention_heads', 'attention_head_size', 'head_size',
+        'intermediate_size')}
     return dataclasses.replace(model, params=params, spec=spec), facts
   raise ConfigError(f'method {cfg.method!r}: one of none, magnitude, gaprune, structured')
 
@@ -304,7 +306,7 @@ def markdown(summary: dict) -> str:
               'STS-B Spearman | encode speedup |', '|---|---|---|---|---|---|---|']
     for cell, s in sorted(summary['structured'].items()):
       b = s['backbone']
-      lines.append(f"| {cell} | {b['num_attention_heads']} x {b['attention_head_size']} | "
+      lines.append(f"| {cell} | {b['num_attention_heads']} x {b['head_size']} | "
                    f"{b['intermediate_size']} | {s['params_fraction']:.2f} | "
                    f"{s['scifact_ndcg@10']:.4f} | {s['stsb_spearman']:.4f} | "
                    f"{s['encode_speedup']:.2f}x |")

@@ -55,8 +55,13 @@ def test_each_method_prunes_what_it_says(minilm, monkeypatch, tmp_path):
   cfg, _ = study.cell_config('structured_heads_25_neurons_25')
   smaller, facts = study.prune(minilm, cfg, tmp_path)
   assert facts['backbone'] == {'num_hidden_layers': 6, 'num_attention_heads': 9,
-                               'attention_head_size': 32, 'intermediate_size': 1152}
+                               'attention_head_size': 32, 'head_size': 32,
+                               'intermediate_size': 1152}
   assert smaller.spec.bert.intermediate_size == 1152
+  # neurons alone: the heads keep the default width, stated as 0 in the config, 32 in head_size
+  cfg, _ = study.cell_config('structured_neurons_50')
+  _, facts = study.prune(minilm, cfg, tmp_path)
+  assert facts['backbone']['attention_head_size'] == 0 and facts['backbone']['head_size'] == 32
   speed = study.encode_speed(smaller, minilm, ['a short text', 'another one'], repeats=1)
   assert speed['speedup'] == speed['median_dense_s'] / speed['median_pruned_s']
 
@@ -78,8 +83,17 @@ def test_summary_follows_the_records():
           dense_params=22_713_216, pruning={'backbone': {'num_hidden_layers': 6,
                                                          'num_attention_heads': 6,
                                                          'attention_head_size': 32,
+                                                         'head_size': 32,
                                                          'intermediate_size': 1536}},
           encode_speed={'speedup': 1.3})},
+      'structured_neurons_50': {0: rec(
+          'structured_neurons_50', 'structured', 0.0, 0.5, 0.7, params=19_000_000,
+          dense_params=22_713_216, pruning={'backbone': {'num_hidden_layers': 6,
+                                                         'num_attention_heads': 12,
+                                                         'attention_head_size': 0,
+                                                         'head_size': 32,
+                                                         'intermediate_size': 768}},
+          encode_speed={'speedup': 1.4})},
   }
   s = study.summarize(records)
   assert s['scores']['none']['0'] == {'scifact_ndcg@10': 0.645, 'stsb_spearman': 0.82,
@@ -94,4 +108,5 @@ def test_summary_follows_the_records():
   table = study.markdown(s)
   assert '| gaprune | 50 | 0.4500 | 0.6000 | 1 |' in table and '1.30x' in table
   assert '| gaprune+recovery | 50 | 0.6100 | 0.7200 | 2 |' in table
+  assert '| structured_neurons_50 | 12 x 32 | 768 | 0.84 |' in table
 
