@@ -306,7 +306,8 @@ def markdown(summary: dict) -> str:
               'STS-B Spearman | encode speedup |', '|---|---|---|---|---|---|---|']
     for cell, s in sorted(summary['structured'].items()):
       b = s['backbone']
-      lines.append(f"| {cell} | {b['num_attention_heads']} x {b['head_size']} | "
+      # '?': a record made before head_size was recorded (its attention_head_size may be 0)
+      lines.append(f"| {cell} | {b['num_attention_heads']} x {b.get('head_size', '?')} | "
                    f"{b['intermediate_size']} | {s['params_fraction']:.2f} | "
                    f"{s['scifact_ndcg@10']:.4f} | {s['stsb_spearman']:.4f} | "
                    f"{s['encode_speedup']:.2f}x |")
