@@ -70,6 +70,13 @@ def test_summary_follows_the_records():
   def rec(cell, method, sparsity, sci, sts, **extra):
     return {'cell': cell, 'method': method, 'config': {'sparsity': sparsity},
             'test': {'scifact': {'ndcg@10': sci}, 'stsb': {'spearman': sts}}, **extra}
+
+  def structured(cell, heads, attention_head_size, ffn, params, speedup):  # 32-wide heads
+    backbone = {'num_hidden_layers': 6, 'num_attention_heads': heads,
+                'attention_head_size': attention_head_size, 'head_size': 32,
+                'intermediate_size': ffn}
+    return rec(cell, 'structured', 0.0, 0.5, 0.7, params=params, dense_params=22_713_216,
+               pruning={'backbone': backbone}, encode_speed={'speedup': speedup})
   records = {
       'dense': {0: rec('dense', 'none', 0.0, 0.645, 0.82)},
       'magnitude_50': {0: rec('magnitude_50', 'magnitude', 0.5, 0.40, 0.61)},
@@ -78,22 +85,9 @@ def test_summary_follows_the_records():
                                       recovered=True),
                                1: rec('gaprune_50_recovered', 'gaprune', 0.5, 0.62, 0.74,
                                       recovered=True)},
-      'structured_heads_50': {0: rec(
-          'structured_heads_50', 'structured', 0.0, 0.5, 0.7, params=15_000_000,
-          dense_params=22_713_216, pruning={'backbone': {'num_hidden_layers': 6,
-                                                         'num_attention_heads': 6,
-                                                         'attention_head_size': 32,
-                                                         'head_size': 32,
-                                                         'intermediate_size': 1536}},
-          encode_speed={'speedup': 1.3})},
-      'structured_neurons_50': {0: rec(
-          'structured_neurons_50', 'structured', 0.0, 0.5, 0.7, params=19_000_000,
-          dense_params=22_713_216, pruning={'backbone': {'num_hidden_layers': 6,
-                                                         'num_attention_heads': 12,
-                                                         'attention_head_size': 0,
-                                                         'head_size': 32,
-                                                         'intermediate_size': 768}},
-          encode_speed={'speedup': 1.4})},
+      'structured_heads_50': {0: structured('structured_heads_50', 6, 32, 1536, 15_000_000, 1.3)},
+      'structured_neurons_50': {0: structured('structured_neurons_50', 12, 0, 768, 19_000_000,
+                                              1.4)},
   }
   s = study.summarize(records)
   assert s['scores']['none']['0'] == {'scifact_ndcg@10': 0.645, 'stsb_spearman': 0.82,
