@@ -43,6 +43,11 @@ def runs_dir(cfg) -> Path:
   return paths.repo_root() / (cfg.runs_dir or 'runs/long_context')
 
 
+def rope_model_path(cfg) -> Path:
+  """The RoPE model's folder: ``cfg.rope_model``, relative to the repository unless absolute."""
+  return paths.repo_root() / cfg.rope_model
+
+
 def cell_path(root: Path, model: str, method: str, task: str, length: int) -> Path:
   return root / 'runs' / model / method / f'{task}_{length}.json'
 
@@ -144,7 +149,7 @@ def learned_model(cfg, kind: str, runs: Path, progress: bool = True) -> Path:
   # one folder per (base model, factor, training config): a changed setting trains afresh
   key = config_hash({'base': str(cfg.rope_model), 'max_factor': cfg.learned_max_factor,
                      'train': config_hash(train_config(kind, Path('BASE')))})[:12]
-  init = learned_init_folder(Path(cfg.rope_model), kind, cfg.learned_max_factor,
+  init = learned_init_folder(rope_model_path(cfg), kind, cfg.learned_max_factor,
                              runs / kind / key / 'init')
   tcfg = train_config(kind, init)
   dry_build(tcfg)
@@ -297,6 +302,8 @@ def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int,
   encoder = resumable(encoder, cache, _cell_name(model, method, task, length))
   result = run_task(name, encoder, data_dir)
   run.add_inputs(*task_inputs([name], data_dir))
+  if model == 'rope':  # the scored weights, hashed: the config names only a folder
+    run.add_inputs(*sorted(Path(loaded[source].source).rglob('*.safetensors')))
   record = {'model': model, 'method': method, 'task': task, 'length': length, 'result': result,
             'score': result[result['main_metric']],
             # texts whose embeddings an interrupted earlier call of this cell had made: result's
@@ -402,7 +409,13 @@ def main(cfg, fv) -> int:
     if 'minilm' in models:
       loaded['minilm'] = load_pretrained(cfg.model)
     if 'rope' in models and cfg.rope_model:
-      loaded['rope'] = load_pretrained(cfg.rope_model)
+      folder = rope_model_path(cfg)
+      if folder.is_dir():
+        loaded['rope'] = load_pretrained(str(folder))
+      else:  # the MiniLM cells need nothing trained: they run, the RoPE cells wait
+        print(f'skipping the RoPE cells: no model at {folder} (train it: python -m '
+              'experiments.recipes --cells distill_leaf_decoder --seeds 0)', flush=True)
+        models = [m for m in models if m != 'rope']
     for cell in cells(cfg, models):
       run_cell(cfg, loaded, *cell, root)
       write_summary(root)

@@ -167,7 +167,8 @@ TARGETS = (
            note='score against input length, one record per (model, method, task, length), '
                 'shortest inputs first: seconds to minutes per cell up to 2k tokens, hours for '
                 'long SciFact at 8k tokens on 2 cores (a GPU\'s work; resumable inside a cell by '
-                'shards of 32 texts)'),
+                'shards of 32 texts); the RoPE cells need the recipes study\'s '
+                'distill_leaf_decoder seed 0 in runs/recipes/'),
     Target('adapters', 'results/adapters/summary.json', (PY, '-m', 'experiments.adapters'),
            code=('experiments/adapters.py', 'configs/adapters.py', 'experiments/recipes.py',
                  'configs/recipes.py', 'experiments/cells.py', 'embedjax/posthoc.py',

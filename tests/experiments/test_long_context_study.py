@@ -91,11 +91,29 @@ def test_a_cell_writes_its_record_once_and_leaves_no_cache(minilm, tmp_path):
                         tmp_path) is None  # current: skipped
 
 
+def test_the_rope_cells_wait_for_their_model_in_one_line(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.long_context', '--config', 'configs/long_context.py',
+       f'--config.rope_model={tmp_path / "not_trained"}', f'--config.out_dir={tmp_path / "out"}',
+       '--only-models', 'rope'], cwd=repo_root(), capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f'skipping the RoPE cells: no model at {tmp_path / "not_trained"}' in out.stdout
+  assert 'Traceback' not in out.stderr and not (tmp_path / 'out' / 'runs').exists()
+
+
 def test_make_results_sees_the_grid_shortest_inputs_first(cfg, tmp_path):
   runs = study.expected_runs()
-  assert len(runs) == len(cfg.methods) * len(cfg.tasks) * len(cfg.lengths)  # no RoPE model set
-  lengths = [int(c.rsplit('_', 1)[1]) for c, _ in runs]
-  assert lengths == sorted(lengths) and {s for _, s in runs} == {0}
+  grid = len(cfg.tasks) * len(cfg.lengths)
+  assert len(runs) == (len(cfg.methods) + len(cfg.rope_methods)) * grid
+  for model in ('minilm', 'rope'):  # each model's cells shortest inputs first
+    lengths = [int(c.rsplit('_', 1)[1]) for c, _ in runs if c.startswith(model + '/')]
+    assert lengths == sorted(lengths)
+  assert {s for _, s in runs} == {0}
+  # the RoPE model is the recipes study's decoder student, found in the repository's runs/
+  assert study.rope_model_path(cfg) == repo_root() / cfg.rope_model
+  assert cfg.rope_model == 'runs/recipes/distill_leaf_decoder/seed0/export'
   cell = 'minilm/interpolate_2x/long_scifact_1024'
   path = study.record_path(cell, 0, tmp_path)
   assert path == study.cell_path(tmp_path, 'minilm', 'interpolate_2x', 'long_scifact', 1024)
