@@ -84,20 +84,38 @@ def test_the_goal_is_checked_against_each_specialist_and_the_pretrained_model(tm
   # a hair under pretrained on SICK-R: not ahead of it on all
   records['slerp_stsb_mrpc'] = rec('slerp_stsb_mrpc', **{
       t: v + (-0.001 if t == 'sick' else 0.045) for t, v in base.items()})
+  # a second seed whose SciFact specialist is 2 points stronger, and a merge of it 1.5 points
+  # under it: -0.9 and -1.5 against each seed's own specialist, a mean of -1.2: not within
+  records['specialist_scifact'][1] = {'cell': 'specialist_scifact', 'seed': 1, 'test': {
+      t: v + (0.07 if t == 'scifact' else -0.01) for t, v in base.items()}}
+  for task in ('stsb', 'mrpc', 'sick'):
+    records[f'specialist_{task}'][1] = records[f'specialist_{task}'][0]
+  records['dare_ties'] = {s: {'cell': 'dare_ties', 'seed': s, 'test': {
+      t: v + 0.041 + (0.014 if s and t == 'scifact' else 0.0) for t, v in base.items()}}
+      for s in (0, 1)}
+  # a cell with seed 1 alone is set against seed 1's specialists, not their mean over seeds:
+  # -0.8 points, where the mean (0.66) would give +0.2
+  records['task_arithmetic'] = {1: {'cell': 'task_arithmetic', 'seed': 1, 'test': {
+      t: v + (0.062 if t == 'scifact' else 0.041) for t, v in base.items()}}}
+  # a cell whose seed has no specialists yet is not compared
+  records['greedy_soup'] = {2: {'cell': 'greedy_soup', 'seed': 2, 'test': dict(base)}}
   s = study.summarize(records)
   g = s['goal']
-  assert set(g) == {'uniform_soup', 'ties', 'slerp_stsb_mrpc'}
+  assert set(g) == {'uniform_soup', 'ties', 'task_arithmetic', 'dare_ties', 'slerp_stsb_mrpc'}
+  assert g['task_arithmetic']['minus_specialist']['scifact'] == pytest.approx(-0.008)
+  assert g['dare_ties']['minus_specialist']['scifact'] == pytest.approx((-0.009 - 0.015) / 2)
+  assert g['dare_ties']['seeds'] == [0, 1] and not g['dare_ties']['meets_goal']
   assert g['ties']['minus_specialist']['scifact'] == pytest.approx(-0.009)
   assert g['ties']['meets_goal'] and g['ties']['ahead_of_pretrained']
   assert not g['uniform_soup']['within_1_point_of_specialists']
   assert g['uniform_soup']['ahead_of_pretrained'] and not g['uniform_soup']['meets_goal']
   assert g['slerp_stsb_mrpc']['minus_pretrained']['sick'] == pytest.approx(-0.001)
   assert not g['slerp_stsb_mrpc']['ahead_of_pretrained']
-  assert s['goal_met_by'] == ['ties']
+  assert s['goal_met_by'] == ['task_arithmetic', 'ties']  # in the study's cell order
   table = study.markdown(s)
   assert '| ties | -0.90 | -0.90 | -0.90 | -0.90 | yes | met |' in table
   assert '| uniform_soup | -1.10 | -0.50 | -0.50 | -0.50 | yes | not met |' in table
-  assert 'Goal met by: ties.' in table
+  assert 'Goal met by: task_arithmetic, ties.' in table
   study.plot(s, tmp_path / 'merging.png')
   assert (tmp_path / 'merging.png').stat().st_size > 0
 
