@@ -13,9 +13,9 @@ nDCG@10). all-MiniLM-L6-v2 (learned absolute positions, 512 of them, ``max_seq_l
                     texts cut there; attention in query blocks of ``attention_block`` tokens
 The RoPE model (``rope_model``: a folder, relative to the repository unless absolute; by default
 the recipes study's distilled decoder student, seed 0, whose cells wait until it is trained; empty
-= no RoPE cells) gets: none, linear_Nx, dynamic_Nx, yarn_Nx (rope_scaling with factor N over its trained
-``rope_trained_length``), ntk_Nx (static NTK-aware base), self_extend (group, window), and the
-learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or with SeqPE
+= no RoPE cells) gets: none, linear_Nx, dynamic_Nx, yarn_Nx (rope_scaling with factor N over its
+trained ``rope_trained_length``), ntk_Nx (static NTK-aware base), self_extend (group, window),
+and the learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or with SeqPE
 instead of its rotation (configs/long_context_train.py; checkpoints under ``runs_dir``), then
 scored like the others. RoPE cells attend in query blocks of ``attention_block`` too (not
 SelfExtend, which builds its full logits).
@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.attention_block = 512        # query block of long inputs (memory linear in the length)
   c.max_tokens = 8192            # chunk-and-pool reads at most this many tokens of a text
   # a RoPE decoder embedder's folder (the recipes study's distill_leaf_decoder run, trained at 512
-  # tokens: python -m experiments.recipes --cells distill_leaf_decoder --seeds 0); '' = no RoPE cells
+  # tokens: python -m experiments.recipes --cells distill_leaf_decoder --seeds 0); '' = none
   c.rope_model = 'runs/recipes/distill_leaf_decoder/seed0/export'
   c.rope_methods = ('none', 'linear_4x', 'dynamic_4x', 'yarn_4x', 'ntk_4x',  # rope methods
                     'self_extend', 'clex', 'seqpe')
