@@ -15,9 +15,9 @@ The RoPE model (``rope_model``: a folder, relative to the repository unless abso
 the recipes study's distilled decoder student, seed 0, whose cells wait until it is trained; empty
 = no RoPE cells) gets: none, linear_Nx, dynamic_Nx, yarn_Nx (rope_scaling with factor N over its
 trained ``rope_trained_length``), ntk_Nx (static NTK-aware base), self_extend (group, window),
-and the learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or with SeqPE
-instead of its rotation (configs/long_context_train.py; checkpoints under ``runs_dir``), then
-scored like the others. RoPE cells attend in query blocks of ``attention_block`` too (not
+and the learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or
+with SeqPE instead of its rotation (configs/long_context_train.py; checkpoints under ``runs_dir``),
+then scored like the others. RoPE cells attend in query blocks of ``attention_block`` too (not
 SelfExtend, which builds its full logits).
 Cells at 8,192 tokens of long SciFact take hours on 2 CPU cores for the full-attention methods
 (1,000 documents, quadratic attention): a GPU's work.

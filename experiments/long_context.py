@@ -11,8 +11,9 @@ call; a cell whose record has the current config hash is skipped, so the grid fi
 several sessions. Inside a cell, embeddings are kept in shards of 32 texts under
 ``<runs_dir>/cache`` until its record is written, so even an hours-long cell (long SciFact at 8k
 tokens) resumes where it stopped. ``summary.json`` is
-``{"minilm": {METHOD: {TASK: {LENGTH: score}}}, "rope": {...}}``; ``long_context.md`` the tables and ``long_context.png`` score against length per
-method, one panel per task (tests/test_result_summaries.py recomputes them from the records).
+``{"minilm": {METHOD: {TASK: {LENGTH: score}}}, "rope": {...}}``; ``long_context.md`` the
+tables and ``long_context.png`` score against length per method, one panel per task
+(tests/test_result_summaries.py recomputes them from the records).
 """
 
 from __future__ import annotations
