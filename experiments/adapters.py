@@ -230,12 +230,12 @@ COMPARISONS = (
 
 
 def _per_query(recs: list[dict], key: str) -> tuple[list[str], np.ndarray]:
-  """(query ids, per-query nDCG@10 averaged over the seeds of ``recs``); the seeds must have
-  scored the same queries."""
-  ids = recs[0]['test'][key]['query_ids']
-  if any(r['test'][key]['query_ids'] != ids for r in recs):
-    raise ValueError(f"cell {recs[0]['cell']}: seeds evaluated different queries")
-  return ids, np.mean([r['test'][key]['per_query_ndcg@10'] for r in recs], axis=0)
+  """(query ids, per-query nDCG@10 averaged over the seeds of ``recs``) of the evaluation under
+  ``test[key]``: the recipes study's helper, which also checks that the seeds scored the same
+  queries."""
+  from experiments.recipes import _mean_per_query
+  return _mean_per_query({i: {'cell': r['cell'], 'test': r['test'][key]}
+                          for i, r in enumerate(recs)})
 
 
 def _paired(by: dict[str, list[dict]]) -> dict:
