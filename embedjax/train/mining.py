@@ -4,17 +4,19 @@
   mine_to_file(pairs, encode_fn, out_path, ...)              (anchor, positive) pairs -> a JSONL
                                                              training file with mined negatives
 
-Both follow ``sentence_transformers.util.mine_hard_negatives`` (6.2) with
-``sampling_strategy='top'``, ``use_faiss=False`` and no cross-encoder, step for step:
+Both follow ``sentence_transformers.util.mine_hard_negatives`` (6.3) with
+``sampling_strategy='top'``, ``use_faiss=False``, ``include_positives=False`` and no
+cross-encoder, step for step:
 
-1. Candidates: the top ``range_max + max_positives`` corpus rows of every query by similarity
-   (``embedjax.search.exact.topk_blocked``, one jitted blocked scan), where ``max_positives`` is
-   the largest number of positives of any query (so that a query's own positives cannot crowd out
-   its negatives; sentence-transformers counts an anchor's dataset rows, so a repeated
-   (anchor, positive) pair widens it: ``mine_to_file`` does the same). Fewer when the corpus is
-   smaller.
-2. Masks, on those candidates: the query's own positives (every positive of the same query text),
-   then the positive-aware margins of NV-Retriever (arXiv:2407.15831) against the query's
+1. Candidates: the top ``range_max + max_positives + 1`` corpus rows of every query by
+   similarity (``embedjax.search.exact.topk_blocked``, one jitted blocked scan), where
+   ``max_positives`` is the largest number of positives of any query and the 1 is room for the
+   query's own text (so that neither its positives nor itself can crowd out its negatives;
+   sentence-transformers counts an anchor's dataset rows, so a repeated (anchor, positive) pair
+   widens it: ``mine_to_file`` does the same). Fewer when the corpus is smaller.
+2. Masks, on those candidates: the query's own text where the corpus holds it (``self_index``;
+   ``mine_to_file`` finds it by exact text: an anchor is never its own negative), the query's
+   own positives (every positive of the same query text), then the positive-aware margins of NV-Retriever (arXiv:2407.15831) against the query's
    *smallest* positive score p: ``absolute_margin`` drops a candidate scoring s with
    ``s + absolute_margin > p``; ``relative_margin`` drops it when ``s > p - |p| * relative_margin``
    (NV-Retriever's TopK-PercPos; sentence-transformers subtracts ``|p| * margin`` rather than
@@ -91,7 +93,8 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
                         absolute_margin: float | None = None,
                         relative_margin: float | None = None, similarity: str = 'cosine',
                         batch_size: int | None = None,
-                        max_positives: int | None = None) -> np.ndarray:
+                        max_positives: int | None = None,
+                        self_index: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
   """The hardest negatives of every query that pass sentence-transformers' filters.
 
   Args:
@@ -103,7 +106,7 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
     num_negatives: negatives per query (>= 1).
     range_min: survivors of the filters skipped first (the hardest ones; see the module
       docstring, step 3).
-    range_max: candidates = the top ``range_max + max_positives`` rows; None: see
+    range_max: candidates = the top ``range_max + max_positives + 1`` rows; None: see
       ``default_range_max``. Must leave ``num_negatives`` after ``range_min``.
     max_score, min_score: drop candidates scoring above / below.
     absolute_margin, relative_margin: drop candidates within the margin of the query's smallest
@@ -114,6 +117,8 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
     max_positives: the room left for positives in the candidate list (and in the default
       ``range_max``); None: the most positives of any query. ``mine_to_file`` passes
       sentence-transformers' count, an anchor's rows with repeated pairs included.
+    self_index: (Q,) per query, the corpus index of the query's own text, never its negative;
+      -1 (or None for all) where the corpus does not hold it.
 
   Returns:
     (Q, num_negatives) int32 corpus indices, hardest first; -1 where fewer candidates pass.
@@ -149,6 +154,12 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
     raise ValueError(f'cannot mine {num_negatives} negatives per query: only '
                      f'{range_max - range_min} candidates remain after skipping '
                      f'range_min={range_min} of range_max={range_max}')
+  own = np.full(q_rows, -2, np.int64) if self_index is None else np.asarray(self_index, np.int64)
+  if own.shape != (q_rows,):
+    raise ValueError(f'self_index must have one entry per query ({q_rows}), got shape {own.shape}')
+  if (own >= n).any():
+    raise ValueError(f'self_index holds {int(own.max())}, outside the corpus of {n}')
+  own = np.where(own < 0, -2, own)  # -2: never a corpus index, nor topk's -1
   if margins and any(not p for p in pos_lists):
     raise ValueError('a margin needs every query to have a positive; query '
                      f'{next(q for q, p in enumerate(pos_lists) if not p)} has none')
@@ -158,7 +169,7 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
 
   if similarity == 'cosine':
     query_emb, corpus_emb = _normalize(query_emb), _normalize(corpus_emb)
-  k = min(range_max + max_positives, n)
+  k = min(range_max + max_positives + 1, n)
   scores, idx = topk_blocked(query_emb, corpus_emb, k, query_block=batch_size)
   scores, idx = np.asarray(scores, np.float32), np.asarray(idx, np.int32)
 
@@ -166,7 +177,7 @@ def mine_hard_negatives(query_emb, corpus_emb, positives: Sequence[Iterable[int]
   pos = np.full((q_rows, max(max_positives, 1)), -2, np.int64)
   for q, p in enumerate(pos_lists):
     pos[q, :len(p)] = p
-  keep = (idx >= 0) & ~(idx[:, :, None] == pos[:, None, :]).any(axis=2)
+  keep = (idx >= 0) & (idx != own[:, None]) & ~(idx[:, :, None] == pos[:, None, :]).any(axis=2)
   if margins:
     pos_scores = np.einsum('qd,qpd->qp', query_emb, corpus_emb[np.maximum(pos, 0)])
     # The smallest (hardest) positive, as sentence-transformers uses for several positives.
@@ -246,7 +257,8 @@ def mine_to_file(pairs: Sequence[Any], encode_fn: Callable[[list[str]], Any],
   The rows are those of sentence-transformers' ``mine_hard_negatives(...,
   output_format='n-tuple')``, in its order: anchors deduplicated (first occurrence), the corpus
   is ``dict.fromkeys(corpus + positives)`` (the extra corpus first, duplicates dropped), every
-  positive of an anchor is excluded from that anchor's negatives, and one row is written per
+  positive of an anchor, and the anchor's own text where the corpus holds it, is excluded from
+  that anchor's negatives, and one row is written per
   distinct (anchor, positive) pair, grouped by anchor in order of first occurrence. Like
   sentence-transformers' 'n-tuple', a pair with fewer than ``num_negatives`` negatives is
   dropped (a training file needs the same number on every row); how many were dropped, and how
@@ -295,7 +307,8 @@ def mine_to_file(pairs: Sequence[Any], encode_fn: Callable[[list[str]], Any],
       query_emb, corpus_emb, pos_lists, num_negatives=num_negatives, range_min=range_min,
       range_max=range_max, max_score=max_score, min_score=min_score,
       absolute_margin=absolute_margin, relative_margin=relative_margin, similarity=similarity,
-      batch_size=batch_size, max_positives=max(rows_per_anchor.values()))
+      batch_size=batch_size, max_positives=max(rows_per_anchor.values()),
+      self_index=[corpus_idx.get(a, -1) for a in anchors])
 
   lines = []
   for q, p in enumerate(pos_lists):

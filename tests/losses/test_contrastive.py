@@ -27,6 +27,9 @@ class FakeModel(torch.nn.Module):
   def get_embedding_dimension(self):
     return self.dim
 
+  def _get_untruncated_embedding_dimension(self):  # read by MatryoshkaLoss from sentence-transformers 6.3
+    return self.dim
+
 
 def _columns(rng, b=6, d=16, h=0):
   q = rng.normal(size=(b, d)).astype(np.float32)

@@ -104,8 +104,12 @@ def test_gist_step_equals_the_loss_on_outside_embeddings(setup, grad_cache):
   (ref_loss, _), ref_grads = jax.jit(jax.value_and_grad(
       _reference('gist', CASES['gist'], student, g), has_aux=True))(params)
   assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5, abs=1e-6)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                         grads, ref_grads)
+  # float32 gradients of two differently fused programs (and, with grad_cache, a chunked
+  # recompute): an absolute tolerance relative to the gradient's scale, not to each element.
+  scale = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(ref_grads))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+      grads, ref_grads)
   assert set(grads) == {'encoder'}  # the guide is not a trained parameter
   assert optax.tree_utils.tree_norm(grads) > 0
   # The guide's bar masks some candidates and keeps others: the guide really decides.

@@ -1,4 +1,4 @@
-"""Hard-negative mining against sentence-transformers' ``mine_hard_negatives`` (6.2).
+"""Hard-negative mining against sentence-transformers' ``mine_hard_negatives`` (6.3).
 
 sentence-transformers is fed fixed embeddings through a stand-in model that looks vectors up by
 text ('q0', 'd17', ...); it calls ``encode_query`` / ``encode_document`` (normalize_embeddings=
@@ -257,3 +257,42 @@ def test_mine_to_file_reads_back_with_prepare(data, tmp_path):
   from_dicts = mine_to_file(as_dicts, encode, tmp_path / 'b.jsonl', corpus=corpus, num_negatives=3)
   assert from_source._replace(path=None) == from_dicts._replace(path=None)
   assert (tmp_path / 'a.jsonl').read_text() == (tmp_path / 'b.jsonl').read_text()
+
+
+def test_an_anchor_in_the_corpus_is_not_its_own_negative(data, tmp_path):
+  """Where the corpus holds an anchor's own text, it is never that anchor's negative (it would be
+  its hardest), while other anchors' texts still are mined: the rows equal ST's 'n-tuple'."""
+  queries, docs, pos, vectors = data
+  pairs = [{'anchor': f'q{q}', 'positive': f'd{i}'} for q in range(Q) for i in pos[q]]
+  corpus = [f'q{q}' for q in range(0, Q, 2)] + [f'd{i}' for i in range(N)]
+  vec = np.stack([vectors[t] for t in corpus])
+  _assert_clear(_cosines(queries, vec), [[corpus.index(f'd{i}') for i in p] for p in pos], {})
+  st = _st_mine(vectors, [(r['anchor'], r['positive']) for r in pairs], corpus,
+                output_format='n-tuple')
+  expected = [(r['anchor'], r['positive'], [r[f'negative_{j}'] for j in (1, 2, 3)]) for r in st]
+  mine_to_file(pairs, _encoder(vectors), tmp_path / 'mined.jsonl', corpus=corpus)
+  rows = [json.loads(line) for line in (tmp_path / 'mined.jsonl').read_text().splitlines()]
+  assert [(r['anchor'], r['positive'], r['negatives']) for r in rows] == expected
+  assert all(r['anchor'] not in r['negatives'] for r in rows)
+  assert any(n.startswith('q') for r in rows for n in r['negatives'])
+
+
+def test_self_index_excludes_the_query_itself(data):
+  """``self_index`` masks one corpus row per query: the result equals mining with that row also
+  given as a positive (and the same candidate room), checked on every query's hardest row."""
+  queries, docs, pos, _ = data
+  own = np.argmax(_cosines(queries, docs), axis=1)   # each query's hardest corpus row
+  plain = mine_hard_negatives(queries, docs, pos, num_negatives=3, range_max=8, max_positives=3)
+  masked = mine_hard_negatives(queries, docs, pos, num_negatives=3, range_max=8, max_positives=2,
+                               self_index=own)
+  # The same candidate room, range_max + max_positives + 1 = 11, with the row as one more positive.
+  as_positive = mine_hard_negatives(queries, docs, [sorted(set(p) | {int(o)}) for p, o in
+                                                    zip(pos, own)], num_negatives=3, range_max=7,
+                                    max_positives=3)
+  np.testing.assert_array_equal(masked, as_positive)
+  assert not (masked == own[:, None]).any()
+  assert (plain != masked).any()
+  with pytest.raises(ValueError, match='self_index must have one entry per query'):
+    mine_hard_negatives(queries, docs, pos, self_index=own[:3])
+  with pytest.raises(ValueError, match='outside the corpus'):
+    mine_hard_negatives(queries, docs, pos, self_index=np.full(Q, N))
