@@ -9,9 +9,9 @@ depends on, and the device it needs. A result is *current* when its recorded com
 tree was clean in the target's code paths when it ran, no file of those paths changed between
 that commit and HEAD (config files are among those paths; files added since do not count, and
 where the record lists the repository files the run imported, ``code_files``, those replace the
-library-wide ``CORE`` paths), and (for a target that runs one config
-with overrides) its recorded config hash equals the hash of the config the command would run now. Anything else is stale; a file without those records is
-stale. Targets run one after the other, each as its own resumable command (a rerun of this script
+library-wide ``CORE`` paths, and for a study's records every library path), and (for a target
+that runs one config with overrides) its recorded config hash equals the hash of the config the
+command would run now. Anything else is stale; a file without those records is stale. Targets run one after the other, each as its own resumable command (a rerun of this script
 after an interruption skips what has become current, and each experiment skips its finished
 cells). GPU targets are never run here: they are listed with the date each was last measured
 (BENCHMARKS.md names them too).
@@ -231,14 +231,23 @@ def _entry_provenances(node, where: str = ''):
 
 def _code_paths(target: Target, prov: dict) -> tuple[str, ...]:
   """The paths whose change makes this record stale: the target's own paths, with the library
-  layers (``CORE``) narrowed to the files the run imported where its provenance lists them
-  (``code_files``). Such a record also carries the versions it ran with, so of ``pyproject.toml``
+  layers (``CORE``; for a study, every path under ``embedjax/``) narrowed to the files the run
+  imported where its provenance lists them (``code_files``). Such a record also carries the versions it ran with, so of ``pyproject.toml``
   only the runtime dependencies count then (:func:`_dependencies_changed`), not the test extras."""
   recorded = prov.get('code_files')
   if not isinstance(recorded, list):
     return target.code
-  own = tuple(p for p in target.code if p not in CORE)
+  own = tuple(p for p in target.code if p not in CORE and not (target.study and _is_library(p)))
   return (*own, *recorded)
+
+
+def _is_library(path: str) -> bool:
+  """A path inside the library package. A study's cells run in the process that writes their
+  records, and the library reaches a run only by import, so such a record's ``code_files`` already
+  names every library file the cell could have run (a module imported lazily by other cells, such
+  as embedjax/train/mining.py, is absent). Other targets keep their own library paths whole: the
+  benchmarks and the table memory check start child processes whose imports the record omits."""
+  return path == 'embedjax' or path.startswith('embedjax/')
 
 
 def _runtime_dependencies(commit: str) -> tuple | None:

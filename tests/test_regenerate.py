@@ -91,6 +91,25 @@ def test_recorded_code_files_replace_the_library_paths(regen, tmp_path):
   assert regen.status(t)[0] == 'stale'
 
 
+def test_a_study_record_is_stale_only_for_library_files_its_run_imported(regen, tmp_path):
+  # embedjax/train is a study target's own path; a lazily imported module of it (mining) counts
+  # only for the records whose run imported it, while a benchmark keeps the whole folder (child
+  # processes import what its record does not list)
+  commit = _before_last_change('embedjax/train/mining.py')
+  study = _target(regen, tmp_path, code=('experiments/regenerate.py', 'embedjax/train', *regen.CORE),
+                  study='recipes')
+  bench = _target(regen, tmp_path, code=study.code)
+
+  def changed(t, files):
+    return regen._changed_since(commit, regen._code_paths(t, {'code_files': files}))
+
+  assert 'embedjax/train/mining.py' not in changed(study, ['embedjax/train/step.py'])
+  assert 'embedjax/train/mining.py' in changed(study, ['embedjax/train/mining.py'])
+  assert 'embedjax/train/mining.py' in changed(bench, [])
+  assert regen._code_paths(study, {'code_files': []}) == ('experiments/regenerate.py',)
+  assert regen._code_paths(study, {}) == study.code  # no record of imports: every path counts
+
+
 def test_only_runtime_dependencies_of_pyproject_count_with_code_files(regen):
   first = subprocess.run(['git', 'log', '--diff-filter=A', '--format=%H', '--', 'pyproject.toml'],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.split()[-1]
