@@ -26,7 +26,10 @@ def get_config(arg=None):
   criteo = arg == 'criteo'
   c.mode = 'memory' if arg == 'memory' else 'benchmark'  # which study the run makes
   c.dataset = 'criteo_synthetic' if criteo else 'movielens'  # the benchmark's data
-  c.workdir = 'runs/table_compression' + ('_criteo' if criteo else '')  # per-run JSONL lines here; a rerun skips what is present
+  # Per-run JSONL lines go here; a rerun skips what is present. The Criteo-shaped study takes
+  # many sessions on 2 cores, each on a fresh machine, so its lines are committed under results/
+  # (runs/ is not in git); MovieLens finishes in one sitting.
+  c.workdir = 'results/table_compression_criteo_runs' if criteo else 'runs/table_compression'
   c.results = 'results/table_compression' + ('_criteo' if criteo else '')  # writes .json, .md, .png (memory mode: _memory.json/.md)
 
   c.criteo = mlc.ConfigDict()  # the synthetic Criteo-shaped data (dataset 'criteo_synthetic')

@@ -229,15 +229,22 @@ def _entry_provenances(node, where: str = ''):
       yield from _entry_provenances(v, f'{where}[{i}]')
 
 
-def _code_paths(target: Target, prov: dict) -> tuple[str, ...]:
+def _code_paths(target: Target, prov: dict, config_hash_now: str | None = None) -> tuple[str, ...]:
   """The paths whose change makes this record stale: the target's own paths, with the library
   layers (``CORE``; for a study, every path under ``embedjax/``) narrowed to the files the run
   imported where its provenance lists them (``code_files``). Such a record also carries the versions it ran with, so of ``pyproject.toml``
-  only the runtime dependencies count then (:func:`_dependencies_changed`), not the test extras."""
+  only the runtime dependencies count then (:func:`_dependencies_changed`), not the test extras.
+
+  The target's config file does not count when the record's config hash equals
+  ``config_hash_now``, the hash of the config its command builds today: the file reaches the run
+  only as that config, so an edit to another variant's fields or a comment leaves it current."""
+  code = target.code
+  if config_hash_now is not None and prov.get('config_hash') == config_hash_now:
+    code = tuple(p for p in code if p != target.config.split(':')[0])
   recorded = prov.get('code_files')
   if not isinstance(recorded, list):
-    return target.code
-  own = tuple(p for p in target.code if p not in CORE and not (target.study and _is_library(p)))
+    return code
+  own = tuple(p for p in code if p not in CORE and not (target.study and _is_library(p)))
   return (*own, *recorded)
 
 
@@ -268,17 +275,20 @@ def _changed_since(commit: str, code: tuple[str, ...]) -> list[str]:
   """Files of ``code`` that differ between ``commit`` and HEAD, not counting files added since:
   a file that did not exist when the result was made cannot have shaped it (the library finds
   its modules by import only, so a new file matters only through an existing file's change)."""
+  if not code:  # (git diff without paths would name every file)
+    return []
   out = _git('diff', '--name-status', '--no-renames', commit, 'HEAD', '--', *code).stdout
   return [line.split('\t', 1)[1] for line in out.splitlines() if line and line[0] != 'A']
 
 
-def _provenance_status(target: Target, prov: dict, what: str = '') -> tuple[str, str]:
+def _provenance_status(target: Target, prov: dict, what: str = '',
+                       config_hash_now: str | None = None) -> tuple[str, str]:
   git = prov.get('git')
   if not isinstance(git, dict) or not git.get('commit'):
     if prov.get('inherited_from_file'):
       return 'stale', f'{what}measured before entries carried their own provenance'
     return 'stale', f'{what}no recorded git state (written before provenance records)'
-  code = _code_paths(target, prov)
+  code = _code_paths(target, prov, config_hash_now)
   # (git lists an untracked folder once, as 'folder/')
   dirty = [p for p in git.get('dirty_paths', [])
            if any(p.startswith(c) or (p.endswith('/') and c.startswith(p)) for c in code)]
@@ -345,17 +355,19 @@ def status(target: Target) -> tuple[str, str]:
   if record.get('hand_assembled'):
     return 'stale', 'hand-assembled (its hand_assembled field says what was done by hand)'
   prov = _record_provenance(record)
-  state = _provenance_status(target, prov)
-  if state[0] != 'current':
-    return state
-  for where, entry_prov in _entry_provenances(record):
-    entry_state = _provenance_status(target, entry_prov, f'entry {where}: ')
-    if entry_state[0] != 'current':
-      return entry_state
+  want = None
   if target.config:
     from embedjax.provenance import config_hash
     cfg = load_config(str(paths.repo_root() / target.config), target.overrides)
     want = config_hash(cfg[target.config_block] if target.config_block else cfg)
+  state = _provenance_status(target, prov, config_hash_now=want)
+  if state[0] != 'current':
+    return state
+  for where, entry_prov in _entry_provenances(record):
+    entry_state = _provenance_status(target, entry_prov, f'entry {where}: ', want)
+    if entry_state[0] != 'current':
+      return entry_state
+  if target.config:
     if prov.get('config_hash') != want:
       return 'stale', 'its config changed (or was not recorded)'
   return state

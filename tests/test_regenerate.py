@@ -146,6 +146,18 @@ def test_status_compares_the_config_hash(regen, tmp_path):
   assert regen.status(t) == ('stale', 'its config changed (or was not recorded)')
 
 
+def test_a_config_file_edit_counts_only_through_the_config_hash(regen, tmp_path):
+  path = 'configs/table_compression.py'
+  t = _target(regen, tmp_path, config=path, code=(path,))
+  cfg = load_config(str(REPO / path))
+  git = {'commit': _before_last_change(path), 'dirty': False, 'dirty_paths': []}
+  _write(tmp_path, git, config_hash=config_hash(cfg))  # the config it builds is unchanged
+  assert regen.status(t)[0] == 'current'
+  cfg.lr = cfg.lr * 2  # a record of another config: the file's change counts, then the hash
+  _write(tmp_path, git, config_hash=config_hash(cfg))
+  assert regen.status(t) == ('stale', f'its code changed since {git["commit"][:10]} ({path})')
+
+
 def test_targets_are_unique_and_name_existing_code(regen):
   names = [t.name for t in regen.TARGETS]
   assert len(names) == len(set(names))
