@@ -239,13 +239,13 @@ def _code_paths(target: Target, prov: dict, config_hash_now: str | None = None) 
   ``config_hash_now``, the hash of the config its command builds today: the file reaches the run
   only as that config, so an edit to another variant's fields or a comment leaves it current."""
   code = target.code
+  recorded = prov.get('code_files')
+  if isinstance(recorded, list):
+    own = tuple(p for p in code if p not in CORE and not (target.study and _is_library(p)))
+    code = (*own, *recorded)
   if config_hash_now is not None and prov.get('config_hash') == config_hash_now:
     code = tuple(p for p in code if p != target.config.split(':')[0])
-  recorded = prov.get('code_files')
-  if not isinstance(recorded, list):
-    return code
-  own = tuple(p for p in code if p not in CORE and not (target.study and _is_library(p)))
-  return (*own, *recorded)
+  return code
 
 
 def _is_library(path: str) -> bool:

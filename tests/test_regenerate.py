@@ -153,6 +153,8 @@ def test_a_config_file_edit_counts_only_through_the_config_hash(regen, tmp_path)
   git = {'commit': _before_last_change(path), 'dirty': False, 'dirty_paths': []}
   _write(tmp_path, git, config_hash=config_hash(cfg))  # the config it builds is unchanged
   assert regen.status(t)[0] == 'current'
+  _write(tmp_path, git, config_hash=config_hash(cfg), code_files=[path])  # (imported, as configs are)
+  assert regen.status(t)[0] == 'current'
   cfg.lr = cfg.lr * 2  # a record of another config: the file's change counts, then the hash
   _write(tmp_path, git, config_hash=config_hash(cfg))
   assert regen.status(t) == ('stale', f'its code changed since {git["commit"][:10]} ({path})')
