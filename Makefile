@@ -15,10 +15,9 @@ eval: $(VENV)/.core
 
 # Two pytest workers (pytest-xdist), one test file each at a time so module fixtures are built once:
 # most of the suite is single-threaded XLA compilation, so two workers use both cores of a CI runner.
-# Files go out longest first (tests/conftest.py orders them; xdist must not reorder by test count).
 TEST_WORKERS ?= 2
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 results: $(VENV)/.dev
 	$(PY) -m experiments.regenerate $(ARGS)

@@ -50,26 +50,3 @@ def st_minilm(minilm):
   """The same packaged weights loaded by sentence-transformers (torch CPU), as the reference."""
   st = pytest.importorskip('sentence_transformers')
   return st.SentenceTransformer(minilm.source, device='cpu')
-
-
-# The two xdist workers take one test file at a time, in collection order (`make test` passes
-# --dist loadfile --no-loadscope-reorder). Collected alphabetically, the slowest files could come
-# last and leave one worker running a long file alone at the end; longest first (the greedy rule for
-# two machines) keeps both busy to the end. The seconds per file are a CI run's measurement
-# (tests/file_seconds.json, written by tests/file_seconds.py from `--durations=0` output); a file
-# it does not list counts as 0 s. The order changes only when tests run, never whether they pass.
-_FILE_SECONDS = os.path.join(os.path.dirname(__file__), 'file_seconds.json')
-
-
-def pytest_collection_modifyitems(session, config, items):
-  import json
-  try:
-    with open(_FILE_SECONDS) as f:
-      seconds = json.load(f)['seconds']
-  except (OSError, ValueError, KeyError):
-    return
-  first_index = {}
-  for i, item in enumerate(items):
-    first_index.setdefault(item.nodeid.split('::', 1)[0], i)
-  items.sort(key=lambda item: (-seconds.get(item.nodeid.split('::', 1)[0], 0.0),
-                               first_index[item.nodeid.split('::', 1)[0]]))
