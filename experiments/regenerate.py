@@ -11,9 +11,9 @@ that commit and HEAD (config files are among those paths; files added since do n
 where the record lists the repository files the run imported, ``code_files``, those replace the
 library-wide ``CORE`` paths, and for a study's records every library path), and (for a target
 that runs one config with overrides) its recorded config hash equals the hash of the config the
-command would run now. Anything else is stale; a file without those records is stale. Targets run one after the other, each as its own resumable command (a rerun of this script
-after an interruption skips what has become current, and each experiment skips its finished
-cells). GPU targets are never run here: they are listed with the date each was last measured
+command would run now. Anything else is stale; a file without those records is stale. Targets
+run one after the other, each as its own resumable command (a rerun of this script after an
+interruption skips what has become current, and each experiment skips its finished cells). GPU targets are never run here: they are listed with the date each was last measured
 (BENCHMARKS.md names them too).
 """
 
@@ -232,8 +232,9 @@ def _entry_provenances(node, where: str = ''):
 def _code_paths(target: Target, prov: dict, config_hash_now: str | None = None) -> tuple[str, ...]:
   """The paths whose change makes this record stale: the target's own paths, with the library
   layers (``CORE``; for a study, every path under ``embedjax/``) narrowed to the files the run
-  imported where its provenance lists them (``code_files``). Such a record also carries the versions it ran with, so of ``pyproject.toml``
-  only the runtime dependencies count then (:func:`_dependencies_changed`), not the test extras.
+  imported where its provenance lists them (``code_files``). Such a record also carries the
+  versions it ran with, so of ``pyproject.toml`` only the runtime dependencies count then
+  (:func:`_dependencies_changed`), not the test extras.
 
   The target's config file does not count when the record's config hash equals
   ``config_hash_now``, the hash of the config its command builds today: the file reaches the run
