@@ -7,14 +7,15 @@ python -m experiments.regenerate --only eval,storage_tradeoff
 One target per result file (``TARGETS``): the command that writes it, the code and config it
 depends on, and the device it needs. A result is *current* when its recorded commit is known, the
 tree was clean in the target's code paths when it ran, no file of those paths changed between
-that commit and HEAD (config files are among those paths; files added since do not count, and
-where the record lists the repository files the run imported, ``code_files``, those replace the
-library-wide ``CORE`` paths, and for a study's records every library path), and (for a target
-that runs one config with overrides) its recorded config hash equals the hash of the config the
-command would run now. Anything else is stale; a file without those records is stale. Targets
-run one after the other, each as its own resumable command (a rerun of this script after an
-interruption skips what has become current, and each experiment skips its finished cells). GPU targets are never run here: they are listed with the date each was last measured
-(BENCHMARKS.md names them too).
+that commit and HEAD (files added since do not count; where the record lists the repository files
+the run imported, ``code_files``, those replace the library-wide ``CORE`` paths, and for a study's
+records every library path; a target's own config file counts only when the recorded config hash
+differs from today's), and (for a target that runs one config with overrides) its recorded config
+hash equals the hash of the config the command would run now. Anything else is stale; a file
+without those records is stale. Targets run one after the other, each as its own resumable
+command (a rerun of this script after an interruption skips what has become current, and each
+experiment skips its finished cells). GPU targets are never run here: they are listed with the
+date each was last measured (BENCHMARKS.md names them too).
 """
 
 from __future__ import annotations
