@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,8 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+from embedjax.train.checkpoint import restore_params
+from embedjax.train.optim import param_paths
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, str(REPO / 'tests' / 'train' / 'run_train.py'),
@@ -26,13 +31,14 @@ pytestmark = pytest.mark.slow
 def _env(tmp):
   env = dict(os.environ)
   env['EMBEDJAX_CACHE'] = str(tmp / 'cache')
-  env.pop('XLA_FLAGS', None)
+  # run_train adds its device count; keep only the suite's optimisation level (conftest)
+  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
   return env
 
 
 def _cmd(workdir, out, *extra):
   return RUNNER + ['--workdir', str(workdir), '--out', str(out), f'--config.steps={STEPS}',
-                   '--config.ckpt_every=1'] + list(extra)
+                   '--config.ckpt_every=1', f'--config.ckpt_keep={STEPS}'] + list(extra)
 
 
 def _run(cmd, env, timeout=600):
@@ -63,15 +69,23 @@ def baseline(tmp):
   return tmp / 'base'
 
 
-@pytest.fixture(scope='module')
-def baseline_one_step(tmp):
-  _run(_cmd(tmp / 'base1', tmp / 'base1.npz', '--stop-after', '1'), _env(tmp))
-  return tmp / 'base1.npz'
+def _params_at_step(workdir, step):
+  """The params of ``workdir``'s checkpoint at ``step``, flattened like run_train's --out
+  (restore_params reads a folder's latest checkpoint: give it a folder holding only that one)."""
+  only = workdir.parent / f'{workdir.name}_step{step}'
+  if not only.exists():
+    shutil.copytree(workdir / 'checkpoints' / str(step), only / str(step))
+  saved_step, params = restore_params(only)
+  assert saved_step == step
+  names = jax.tree_util.tree_leaves(param_paths(params))
+  return dict(zip(names, (np.asarray(x) for x in jax.tree_util.tree_leaves(params))))
 
 
-def test_eight_devices_equal_one_device(tmp, baseline_one_step):
+def test_eight_devices_equal_one_device(tmp, baseline):
+  # The one-device side is the uninterrupted baseline's step-1 checkpoint (every step is kept),
+  # which saves a whole one-step run.
   _run(_cmd(tmp / 'dev8', tmp / 'dev8.npz', '--devices', '8', '--stop-after', '1'), _env(tmp))
-  one, eight = _params(baseline_one_step), _params(tmp / 'dev8.npz')
+  one, eight = _params_at_step(baseline, 1), _params(tmp / 'dev8.npz')
   assert one.keys() == eight.keys()
   for k in one:
     np.testing.assert_allclose(eight[k], one[k], atol=1e-6, rtol=0, err_msg=k)
