@@ -86,6 +86,11 @@ def get_config(arg=None):
   c.method_kw.update({'unified': {'probes': 2},
                       'dhe': {'num_hashes': 64, 'layers': 2, 'max_hidden': 96},
                       'qr': {'max_parts': 4}})
+  if criteo:
+    # TT's rank is capped at 64 (the 10% budget's rank is 111): per step a TT lookup contracts
+    # cores 1 and 2 over the whole (n1 n2) grid, n1 n2 d1 d2 r^2 FLOPs, ~0.4 s per step forward
+    # and backward at rank 64 and 1.7 s at 256 on 2 CPU cores (1,980 steps per epoch).
+    c.method_kw.update({'tt': {'max_rank': 64}})
 
   c.memory = mlc.ConfigDict()  # the 10M-id peak-memory check (mode 'memory')
   # 10,000,000 ids over 8 fields, 64 dims: the full float32 table alone is 2.56 GB.

@@ -225,6 +225,7 @@ PIPELINES = {'optembed': _run_optembed, 'dedup': _run_dedup, 'pep': _run_pep,
 
 
 def run_benchmark(cfg) -> None:
+  import jax
   import numpy as np
   from embedjax.data import ctr
   from embedjax.paths import shared_data_dir
@@ -289,12 +290,32 @@ def run_benchmark(cfg) -> None:
     cache: dict = {}
     for k in todo:
       bar.set_postfix_str(f'{method} {budget:g} seed {k[2]}')
+      twin = _same_table_run(done, method, name, k[2], table)
+      if twin is not None:
+        # The table this budget gets was already trained with this seed at a larger budget (a
+        # capped size: DHE's width, TT's rank, int8 at >= its bytes): training is deterministic
+        # on CPU (identical records in results/table_compression.json), so that run is this
+        # cell's result. Its provenance stays that of the run that made the numbers.
+        rec = {**twin, 'budget': budget, 'budget_bytes': int(budget * full_bytes),
+               'same_run_as_budget': twin['budget']}
+        _append(runs_path, rec)
+        done[k] = rec
+        bar.update(1)
+        continue
       t0 = time.perf_counter()
       try:
         out = PIPELINES.get(name, _run_default)(table, model, cfg, train, valid, test, k[2], cache)
       except base.Infeasible as e:  # found out while running (dedup: too few duplicate blocks)
         rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': False,
                'reason': str(e), 'seconds': time.perf_counter() - t0, 'provenance': run.provenance()}
+      except jax.errors.JaxRuntimeError as e:
+        if 'RESOURCE_EXHAUSTED' not in str(e):
+          raise
+        # A cell this machine cannot hold is a result of the method at this size here, not a
+        # reason to lose the study's remaining cells.
+        rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': False,
+               'reason': 'out of memory on this machine: ' + str(e).strip().splitlines()[0],
+               'seconds': time.perf_counter() - t0, 'provenance': run.provenance()}
       else:
         rec = {'method': method, 'budget': budget, 'seed': k[2], 'feasible': True,
                'model': model_name, 'budget_bytes': int(budget * full_bytes), **out,
@@ -305,6 +326,20 @@ def run_benchmark(cfg) -> None:
   bar.close()
   write_benchmark_results(cfg, [done[k] for k in plan], full_bytes, train, valid, test,
                           run.finish().provenance())
+
+
+def _same_table_run(done: dict, method: str, name: str, seed: int, table) -> dict | None:
+  """The feasible record of ``method`` with this seed whose table had exactly ``table``'s config
+  (made at another budget), or None. Only for single-stage methods, whose record's config is the
+  table's own; the multi-stage ones (PIPELINES) record more and hold their budget in it."""
+  if name in PIPELINES or method.startswith('model:'):
+    return None
+  config = json.loads(json.dumps(dict(table.config)))  # tuples as lists, as the records hold them
+  for (m, _, s), r in done.items():
+    if (m == method and s == seed and r.get('feasible') and 'same_run_as_budget' not in r
+        and r.get('config') == config):
+      return r
+  return None
 
 
 def _summarise(records: list[dict]) -> list[dict]:
@@ -330,6 +365,9 @@ def _summarise(records: list[dict]) -> list[dict]:
                 'test_logloss_mean': ll_m, 'test_logloss_std': ll_s,
                 'steps_per_s_mean': stat('steps_per_s')[0], 'best_epochs': [r['best_epoch'] for r in rs],
                 'config': rs[0]['config']})
+    same = {r.get('same_run_as_budget') for r in rs}
+    if len(same) == 1 and None not in same:  # every seed is the run of an identical larger table
+      out[-1]['same_run_as_budget'] = same.pop()
   return out
 
 
@@ -416,9 +454,15 @@ def _benchmark_markdown(cfg, main, sweep, full_bytes, result) -> str:
       elif not s['feasible']:
         cells.append('—')
       else:
-        cells.append(f"{s['test_auc_mean']:.4f} ± {s['test_auc_std']:.4f}")
+        same = s.get('same_run_as_budget')
+        cells.append(f"{s['test_auc_mean']:.4f} ± {s['test_auc_std']:.4f}"
+                     + (f' (= {same:g}x)' if same is not None else ''))
     lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
-  lines += ['', '— = the method cannot be sized to that budget (see the JSON for the reason).', '',
+  lines += ['', '— = the method cannot be sized to that budget, or its run did not fit in this '
+            'machine\'s memory (the JSON gives the reason).'
+            + (' (= Bx): the table sized for this budget is the one of budget B (a capped size), so '
+               'its runs are those of B, not repeated.'
+               if any('same_run_as_budget' in s for s in main) else ''), '',
             '## All feasible runs', '',
             '| method | budget | bytes (served) | % of full | test AUC | test log-loss | train steps/s | best epochs | configuration |',
             '|---|---|---|---|---|---|---|---|---|']

@@ -50,3 +50,44 @@ def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_pat
   lines = (tmp_path / 'run' / 'runs.jsonl').read_text().splitlines()
   experiment.run_benchmark(cfg)  # everything is recorded: nothing runs again
   assert (tmp_path / 'run' / 'runs.jsonl').read_text().splitlines() == lines
+
+
+def test_identical_tables_share_runs_and_out_of_memory_is_recorded(experiment, tmp_path,
+                                                                   monkeypatch):
+  """int8 sized for 100% and 50% is the same table (its bytes are below both): the 50% cell is
+  the 100% run, not repeated. A run XLA cannot allocate is recorded with its reason and the
+  study goes on."""
+  import jax
+  cfg = load_config(str(REPO / 'configs' / 'table_compression.py:criteo'))
+  cfg.criteo.rows, cfg.criteo.total_ids = 3000, 20_000
+  cfg.methods = ('int8', 'tt')
+  cfg.method_kw = mlc.ConfigDict({m: {} for m in cfg.methods})
+  cfg.budgets, cfg.seeds, cfg.batch_size, cfg.dim = (1.0, 0.5), (0,), 256, 4
+  cfg.workdir, cfg.results = str(tmp_path / 'run'), str(tmp_path / 'out' / 'tc')
+
+  def out_of_memory(*args):
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 56338043012 '
+                                     'bytes.')
+  monkeypatch.setitem(experiment.PIPELINES, 'tt', out_of_memory)
+  experiment.run_benchmark(cfg)
+  runs = [json.loads(line) for line in (tmp_path / 'run' / 'runs.jsonl').read_text().splitlines()]
+  by = {(r['method'], r['budget']): r for r in runs}
+  full, half = by['int8', 1.0], by['int8', 0.5]
+  assert half['same_run_as_budget'] == 1.0 and 'same_run_as_budget' not in full
+  assert half['test_auc'] == full['test_auc'] and half['provenance'] == full['provenance']
+  assert half['budget_bytes'] == full['budget_bytes'] // 2
+  for b in (1.0, 0.5):
+    assert not by['tt', b]['feasible']
+    assert by['tt', b]['reason'] == ('out of memory on this machine: RESOURCE_EXHAUSTED: Out of '
+                                     'memory allocating 56338043012 bytes.')
+  result = json.loads((tmp_path / 'out' / 'tc.json').read_text())
+  summary = {(s['method'], s['budget']): s for s in result['summary']}
+  assert summary['int8', 0.5]['same_run_as_budget'] == 1.0
+  assert '(= 1x)' in (tmp_path / 'out' / 'tc.md').read_text()
+
+  def not_memory(*args):
+    raise jax.errors.JaxRuntimeError('INTERNAL: something else')
+  monkeypatch.setitem(experiment.PIPELINES, 'tt', not_memory)
+  cfg.budgets = (0.1,)
+  with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
+    experiment.run_benchmark(cfg)  # other runtime errors are not results

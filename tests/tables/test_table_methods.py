@@ -192,6 +192,25 @@ def test_tt_reconstruction_equals_dense_matrix():
   per_id = tt.tt(VOCAB, DIM, rank=3, materialize=False)
   assert not per_id.config['materialize']
   np.testing.assert_allclose(np.asarray(jax.jit(per_id.lookup)(params, ids)), dense[g], rtol=1e-5, atol=1e-8)
+  # Few ids take the per-id contraction, many the paired one (n1 n2 = 64 here): same rows, and
+  # the same gradients reach the cores.
+  assert np.prod(table.config['vocab_factors'][:2]) < ids.size
+  few = ids[:4]
+  np.testing.assert_allclose(np.asarray(jax.jit(per_id.lookup)(params, few)),
+                             dense[g[:4]], rtol=1e-5, atol=1e-8)
+  weights = jax.random.normal(jax.random.key(1), (*ids.shape, DIM))
+  def loss(p, ids, lookup):
+    return jnp.sum(lookup(p, ids) * weights[:ids.shape[0]])
+  grad_paired = jax.grad(loss)(params, ids, per_id.lookup)
+  grad_dense = jax.grad(loss)(params, ids, table.lookup)
+  for k in grad_dense:
+    np.testing.assert_allclose(np.asarray(grad_paired[k]), np.asarray(grad_dense[k]), rtol=1e-4,
+                               atol=1e-9)
+  grad_few = jax.grad(loss)(params, few, per_id.lookup)
+  grad_few_dense = jax.grad(loss)(params, few, table.lookup)
+  for k in grad_few_dense:
+    np.testing.assert_allclose(np.asarray(grad_few[k]), np.asarray(grad_few_dense[k]), rtol=1e-4,
+                               atol=1e-9)
 
 
 def test_tt_helpers():
