@@ -60,7 +60,7 @@ def get_config(arg=None):
 
   c.optembed = mlc.ConfigDict()  # OptEmbed's pruning and evolutionary width search
   c.optembed.alpha = 1e-2  # weight of sum_f exp(-threshold_f): larger prunes more rows (1e-2 keeps ~83%)
-  c.optembed.supernet_epochs = 8  # epochs of the supernet that the search samples from
+  c.optembed.supernet_epochs = 1 if criteo else 8  # epochs of the supernet the search samples from
   c.optembed.population = 12  # evolutionary search over per-field widths, scored on validation
   c.optembed.generations = 4  # rounds of that search
 
