@@ -91,3 +91,17 @@ def test_identical_tables_share_runs_and_out_of_memory_is_recorded(experiment, t
   cfg.budgets = (0.1,)
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
     experiment.run_benchmark(cfg)  # other runtime errors are not results
+
+
+def test_a_subset_of_methods_keeps_the_other_entries_and_a_typo_is_named(experiment):
+  cfg = load_config(str(REPO / 'configs' / 'table_compression.py:criteo'))
+  cfg.methods = ('full', 'qr')  # as `--config.methods="('full','qr')"` gives it
+  vocab = (40, 7, 300)
+  assert set(experiment.dry_run(cfg, vocab)) == {(m, b) for m in cfg.methods for b in cfg.budgets}
+  kw = cfg.method_kw.to_dict()
+  cfg.method_kw = mlc.ConfigDict({**kw, 'hashnig': {}})
+  with pytest.raises(ValueError, match=r"not a family: \['hashnig'\], missing: \[\]"):
+    experiment.dry_run(cfg, vocab)
+  cfg.method_kw = mlc.ConfigDict({m: v for m, v in kw.items() if m != 'qr'})
+  with pytest.raises(ValueError, match=r"missing: \['qr'\]"):
+    experiment.dry_run(cfg, vocab)
