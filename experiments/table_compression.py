@@ -294,8 +294,9 @@ def run_benchmark(cfg) -> None:
       if twin is not None:
         # The table this budget gets was already trained with this seed at a larger budget (a
         # capped size: DHE's width, TT's rank, int8 at >= its bytes): training is deterministic
-        # on CPU (identical records in results/table_compression.json), so that run is this
-        # cell's result. Its provenance stays that of the run that made the numbers.
+        # on one machine (identical records in results/table_compression.json; across CPUs runs
+        # differ by up to ~1e-3 AUC), so that run is this cell's result. Its provenance stays
+        # that of the run that made the numbers.
         rec = {**twin, 'budget': budget, 'budget_bytes': int(budget * full_bytes),
                'same_run_as_budget': twin['budget']}
         _append(runs_path, rec)
