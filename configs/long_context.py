@@ -13,12 +13,15 @@ nDCG@10). all-MiniLM-L6-v2 (learned absolute positions, 512 of them, ``max_seq_l
                     texts cut there; attention in query blocks of ``attention_block`` tokens
 The RoPE model (``rope_model``: a folder, relative to the repository unless absolute; by default
 the recipes study's distilled decoder student, seed 0, whose cells wait until it is trained; empty
-= no RoPE cells) gets: none, linear_Nx, dynamic_Nx, yarn_Nx (rope_scaling with factor N over its
-trained ``rope_trained_length``), ntk_Nx (static NTK-aware base), self_extend (group, window),
-and the learned methods clex and seqpe: the model first trained briefly with CLEX's scaling or
-with SeqPE instead of its rotation (configs/long_context_train.py; checkpoints under ``runs_dir``),
-then scored like the others. RoPE cells attend in query blocks of ``attention_block`` too (not
-SelfExtend, which builds its full logits).
+= no RoPE cells) gets: none; linear, dynamic, yarn (rope_scaling) and ntk (static NTK-aware
+base), each with the factor s = length / ``rope_trained_length`` at each input length
+(LongEmbed's choice; a name ending in _Nx fixes the factor at N instead); self_extend (neighbour
+window ``self_extend.window``, group ``self_extend.group``, 0 = the smallest group that folds
+each length into the trained one); each of these is the model as trained at lengths within its
+trained length; and the learned methods clex and seqpe: the model first trained briefly with
+CLEX's scaling or with SeqPE instead of its rotation (configs/long_context_train.py;
+checkpoints under ``runs_dir``), then scored like the others. RoPE cells attend in query blocks
+of ``attention_block`` too (not SelfExtend, which builds its full logits).
 Cells at 8,192 tokens of long SciFact take hours on 2 CPU cores for the full-attention methods
 (1,000 documents, quadratic attention): a GPU's work.
 """
@@ -37,10 +40,10 @@ def get_config(arg=None):
   # a RoPE decoder embedder's folder (the recipes study's distill_leaf_decoder run, trained at 512
   # tokens: python -m experiments.recipes --cells distill_leaf_decoder --seeds 0); '' = none
   c.rope_model = 'runs/recipes/distill_leaf_decoder/seed0/export'
-  c.rope_methods = ('none', 'linear_4x', 'dynamic_4x', 'yarn_4x', 'ntk_4x',  # rope methods
+  c.rope_methods = ('none', 'linear', 'dynamic', 'yarn', 'ntk',  # rope methods
                     'self_extend', 'clex', 'seqpe')
   c.rope_trained_length = 512    # the length the RoPE model was trained at
-  c.self_extend = dict(group=8, window=256)  # SelfExtend's group size and neighbour window
+  c.self_extend = dict(group=0, window=256)  # SelfExtend's group (0: per length) and window
   c.learned_max_factor = 16      # clex / seqpe: trained for positions to 16 x the trained length
   c.runs_dir = ''                # where clex / seqpe train; '' = runs/long_context
   c.out_dir = ''                 # '' = results/long_context in the repository

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -181,15 +182,53 @@ def minilm_encoder(model, method: str, cfg, length: int):
   raise ConfigError(f'minilm method {method!r}: truncate, chunk or interpolate_<N>x')
 
 
-def rope_config(decoder, method: str, cfg):
-  """The decoder config of a RoPE method (``decoder``: the model's DecoderConfig)."""
+def rope_factor(method: str, cfg, length: int) -> float:
+  """The scale factor of a training-free RoPE method at an input length: the ``_<N>x`` of its
+  name, or for a name without one (``linear``, ``dynamic``, ``yarn``, ``ntk``) the input length
+  over the trained length, at least 1: LongEmbed's s for each target length, so that every length
+  is read whole and no position falls outside the stretched range."""
+  if method.endswith('x') and '_' in method:
+    try:
+      return _factor(method)
+    except ValueError:
+      raise ConfigError(f'rope method {method!r}: the N of NAME_<N>x must be a number') from None
+  return max(1.0, length / cfg.rope_trained_length)
+
+
+def self_extend_group(cfg, length: int) -> int:
+  """SelfExtend's group size at an input length: ``cfg.self_extend.group``, or when that is 0 the
+  smallest group whose grouped positions reach ``length`` inside the trained length (the paper's
+  (trained - window) x group + window >= length); 1 (plain attention) within the trained length."""
+  if cfg.self_extend.group:
+    return int(cfg.self_extend.group)
+  trained, window = cfg.rope_trained_length, cfg.self_extend.window
+  return max(1, math.ceil((length - window) / (trained - window)))
+
+
+def rope_config(decoder, method: str, cfg, length: int):
+  """The decoder config of a RoPE method for inputs of ``length`` tokens (``decoder``: the model's
+  DecoderConfig). A method whose factor or group comes to 1 at that length is the model as
+  trained."""
   trained = cfg.rope_trained_length
   if method == 'none' or method in LEARNED:  # a learned method's model carries its own config
     return decoder
   if method == 'self_extend':
-    return dataclasses.replace(decoder, self_extend_group=cfg.self_extend.group,
+    if not 0 < cfg.self_extend.window < trained:
+      raise ConfigError(f'self_extend.window {cfg.self_extend.window}: between 0 and the trained '
+                        f'length {trained}')
+    group = self_extend_group(cfg, length)
+    if group < 2:
+      return decoder
+    return dataclasses.replace(decoder, self_extend_group=group,
                                self_extend_window=cfg.self_extend.window)
-  kind, f = method.rsplit('_', 1)[0], _factor(method)
+  kind = method.rsplit('_', 1)[0] if method.endswith('x') and '_' in method else method
+  if kind not in ('linear', 'dynamic', 'yarn', 'ntk'):
+    raise ConfigError(f'rope method {method!r}: none, self_extend, or linear / dynamic / yarn / '
+                      'ntk, each with an optional _<N>x (a fixed factor; without: the length over '
+                      'the trained length)')
+  f = rope_factor(method, cfg, length)
+  if f <= 1:
+    return decoder
   if kind == 'ntk':
     from embedjax.models.rope import ntk_aware_theta
     return dataclasses.replace(decoder, rope_theta=ntk_aware_theta(decoder.rope_theta, f,
@@ -198,28 +237,32 @@ def rope_config(decoder, method: str, cfg):
   scaling = {'linear': {'rope_type': 'linear', 'factor': f},
              'dynamic': {'rope_type': 'dynamic', 'factor': f},
              'yarn': {'rope_type': 'yarn', 'factor': f, 'original_max_position_embeddings': trained}}
-  if kind not in scaling:
-    raise ConfigError(f'rope method {method!r}: none, self_extend, or linear / dynamic / yarn / '
-                      'ntk _<N>x')
   # dynamic NTK keeps the trained length as its threshold; the others state the extended length
   max_pos = trained if kind == 'dynamic' else int(trained * f)
   return dataclasses.replace(decoder, rope_scaling=tuple(sorted(scaling[kind].items())),
                              max_position_embeddings=max_pos)
 
 
-def rope_encoder(model, method: str, cfg, length: int):
-  from embedjax.encoding import encode
-  decoder = rope_config(model.spec.decoder, method, cfg)
+def rope_variant(model, method: str, cfg, length: int):
+  """The RoPE model as a method reads inputs of ``length`` tokens: its decoder config and the
+  number of tokens it reads: the length, or less where the range of a fixed linear / dynamic /
+  yarn factor ends (plain rotary tables, NTK's included, read any length)."""
+  decoder = rope_config(model.spec.decoder, method, cfg, length)
   n = max(length, model.spec.max_seq_length)
-  if method in ('none', 'self_extend'):  # plain rotary tables: the stated maximum is only a label
+  if not decoder.rope_scaling:  # plain rotary tables: the stated maximum is only a label
     decoder = dataclasses.replace(decoder, max_position_embeddings=max(
         n, decoder.max_position_embeddings))
   n = min(n, decoder.max_positions)
-  if method != 'self_extend':  # SelfExtend keeps its full (L, L) logits
+  if not decoder.self_extend_group:  # SelfExtend keeps its full (L, L) logits
     decoder = dataclasses.replace(decoder, attention_block=cfg.attention_block)
-  variant = dataclasses.replace(model, tokenizer=model.tokenizer.with_max_length(n),
-                                spec=dataclasses.replace(model.spec, decoder=decoder,
-                                                         max_seq_length=n))
+  return dataclasses.replace(model, tokenizer=model.tokenizer.with_max_length(n),
+                             spec=dataclasses.replace(model.spec, decoder=decoder,
+                                                      max_seq_length=n))
+
+
+def rope_encoder(model, method: str, cfg, length: int):
+  from embedjax.encoding import encode
+  variant = rope_variant(model, method, cfg, length)
   return lambda texts: encode(variant, list(texts), progress=False)
 
 
@@ -281,11 +324,16 @@ def cells(cfg, models=MODELS):
           yield model, method, task, int(length)
 
 
-def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int, root: Path):
+def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int, root: Path,
+             force: bool = False):
+  """Scores one cell and writes its record; None when its record is current (same config
+  hash), unless ``force`` (made again all the same: ``--redo``, for a record whose code
+  changed)."""
   from embedjax.evals.tasks import run_task, task_inputs
   path = cell_path(root, model, method, task, length)
   chash = cell_hash(cfg, model, method, task, length)
-  if path.is_file() and json.loads(path.read_text()).get('config_hash') == chash:
+  if (not force and path.is_file()
+      and json.loads(path.read_text()).get('config_hash') == chash):
     return None
   name = f'{task}_{length}'
   data_dir = paths.shared_data_dir()
@@ -397,7 +445,8 @@ def dry_run(cfg) -> dict:
       _factor(method)
   from embedjax.models.decoder import DecoderConfig
   for method in cfg.rope_methods:
-    rope_config(DecoderConfig(), method, cfg)
+    for length in cfg.lengths:
+      rope_config(DecoderConfig(), method, cfg, int(length))
   return {'cells': sum(1 for _ in cells(cfg, ('minilm',)))}
 
 
@@ -417,16 +466,33 @@ def main(cfg, fv) -> int:
         print(f'skipping the RoPE cells: no model at {folder} (train it: python -m '
               'experiments.recipes --cells distill_leaf_decoder --seeds 0)', flush=True)
         models = [m for m in models if m != 'rope']
+    redo = redo_cells(cfg, fv['redo'].value)
     for cell in cells(cfg, models):
-      run_cell(cfg, loaded, *cell, root)
+      run_cell(cfg, loaded, *cell, root, force=_cell_name(*cell) in redo)
       write_summary(root)
   print(markdown(write_summary(root)))
   return 0
 
 
+def redo_cells(cfg, names) -> set[str]:
+  """The cells ``--redo`` names, as 'model/method/task_length' (a trailing '/seed0', as `make
+  results` names a study's runs, is allowed); a name that is no cell of the grid is an error."""
+  grid = {_cell_name(*cell) for cell in cells(cfg)}
+  out = set()
+  for name in names:
+    cell = name[:-len('/seed0')] if name.endswith('/seed0') else name
+    if cell not in grid:
+      raise ConfigError(f'--redo {name!r}: not a cell of the grid (model/method/task_length)')
+    out.add(cell)
+  return out
+
+
 def _flags(fv) -> None:
   from absl import flags
   flags.DEFINE_list('only-models', [], 'minilm and/or rope (default: both)', flag_values=fv)
+  flags.DEFINE_list('redo', [], 'cells (model/method/task_length) to make again although their '
+                    'record has the current config (make results names those whose code changed)',
+                    flag_values=fv)
   flags.DEFINE_bool('summarize', False, 'only recompute the summary from the records',
                     flag_values=fv)
 

@@ -3,6 +3,8 @@ past its trained length, and the summary from records."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,20 +22,68 @@ def cfg():
 def test_rope_methods_set_the_decoder_config(cfg):
   base = DecoderConfig(max_position_embeddings=512, rope_theta=1e4, hidden_size=128,
                        num_attention_heads=2, num_key_value_heads=1)
-  assert study.rope_config(base, 'none', cfg) == base
-  linear = study.rope_config(base, 'linear_4x', cfg)
-  assert dict(linear.rope_scaling) == {'rope_type': 'linear', 'factor': 4.0}
-  assert linear.max_positions == 2048
-  dynamic = study.rope_config(base, 'dynamic_4x', cfg)
+  assert study.rope_config(base, 'none', cfg, 4096) == base
+  # a fixed factor: the same config at every length
+  for length in (256, 8192):
+    linear = study.rope_config(base, 'linear_4x', cfg, length)
+    assert dict(linear.rope_scaling) == {'rope_type': 'linear', 'factor': 4.0}
+    assert linear.max_positions == 2048
+  dynamic = study.rope_config(base, 'dynamic_4x', cfg, 1024)
   assert dynamic.max_position_embeddings == 512 and dynamic.max_positions == 2048
-  yarn = dict(study.rope_config(base, 'yarn_2x', cfg).rope_scaling)
+  yarn = dict(study.rope_config(base, 'yarn_2x', cfg, 256).rope_scaling)
   assert yarn == {'rope_type': 'yarn', 'factor': 2.0, 'original_max_position_embeddings': 512}
-  ntk = study.rope_config(base, 'ntk_4x', cfg)
+  ntk = study.rope_config(base, 'ntk_4x', cfg, 512)
   assert ntk.rope_theta == pytest.approx(1e4 * 4 ** (64 / 62)) and not ntk.rope_scaling
-  se = study.rope_config(base, 'self_extend', cfg)
+  # no factor in the name: s = length / 512 (the trained length), the trained model up to 512
+  for method in ('linear', 'dynamic', 'yarn', 'ntk', 'self_extend'):
+    for length in (256, 512):
+      assert study.rope_config(base, method, cfg, length) == base, (method, length)
+  linear = study.rope_config(base, 'linear', cfg, 4096)
+  assert dict(linear.rope_scaling) == {'rope_type': 'linear', 'factor': 8.0}
+  assert linear.max_positions == 4096
+  dynamic = study.rope_config(base, 'dynamic', cfg, 8192)
+  assert dict(dynamic.rope_scaling) == {'rope_type': 'dynamic', 'factor': 16.0}
+  assert dynamic.max_position_embeddings == 512 and dynamic.max_positions == 8192
+  yarn = dict(study.rope_config(base, 'yarn', cfg, 1024).rope_scaling)
+  assert yarn == {'rope_type': 'yarn', 'factor': 2.0, 'original_max_position_embeddings': 512}
+  ntk = study.rope_config(base, 'ntk', cfg, 2048)
+  assert ntk.rope_theta == pytest.approx(1e4 * 4 ** (64 / 62)) and ntk.max_positions == 2048
+  # SelfExtend, window 256: the smallest group g with (512 - 256) g + 256 >= length
+  for length, group in ((1024, 3), (2048, 7), (4096, 15), (8192, 31)):
+    se = study.rope_config(base, 'self_extend', cfg, length)
+    assert (se.self_extend_group, se.self_extend_window) == (group, 256)
+  fixed = load_config(str(repo_root() / 'configs' / 'long_context.py'),
+                      ['--config.self_extend.group=8'])
+  se = study.rope_config(base, 'self_extend', fixed, 256)
   assert (se.self_extend_group, se.self_extend_window) == (8, 256)
   with pytest.raises(Exception, match='rope method'):
-    study.rope_config(base, 'longrope_2x', cfg)
+    study.rope_config(base, 'longrope_2x', cfg, 1024)
+  with pytest.raises(Exception, match='the N of'):
+    study.rope_config(base, 'linear_fourx', cfg, 1024)
+
+
+def test_a_rope_method_reads_each_length_whole(minilm, cfg):
+  """With the factor of each length, every method reads the whole input (blocked attention but
+  SelfExtend); a fixed factor stops at its range, a plain rotary table (none, NTK) does not."""
+  import jax
+  from embedjax.models.pretrained import Pretrained, init_model_params
+  from embedjax.models.spec import EmbedderSpec
+  decoder = DecoderConfig(model_type='qwen3', vocab_size=minilm.tokenizer.vocab_size,
+                          hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1,
+                          max_position_embeddings=512, attention='bidirectional')
+  spec = EmbedderSpec(decoder=decoder, pooling='mean', max_seq_length=512)
+  model = Pretrained(spec=spec, params=init_model_params(spec, jax.random.key(0)),
+                     tokenizer=minilm.tokenizer.with_max_length(512), source='tiny')
+  for method in ('none', 'linear', 'dynamic', 'yarn', 'ntk', 'self_extend', 'ntk_4x'):
+    variant = study.rope_variant(model, method, cfg, 4096)
+    assert variant.spec.max_seq_length == 4096, method
+    assert variant.tokenizer.max_length == 4096, method
+    blocked = variant.spec.decoder.attention_block
+    assert blocked == (0 if method == 'self_extend' else cfg.attention_block), method
+  assert study.rope_variant(model, 'linear_4x', cfg, 4096).spec.max_seq_length == 2048
+  assert study.rope_variant(model, 'linear', cfg, 256).spec.decoder == dataclasses.replace(
+      decoder, attention_block=cfg.attention_block)
 
 
 def test_interpolated_minilm_reads_past_its_trained_length(minilm, cfg):
@@ -89,6 +139,14 @@ def test_a_cell_writes_its_record_once_and_leaves_no_cache(minilm, tmp_path):
   assert not list((tmp_path / 'runs').rglob('*.npy'))  # the cell's cache goes once it is done
   assert study.run_cell(cfg, {'minilm': minilm}, 'minilm', 'truncate', 'passkey', 256,
                         tmp_path) is None  # current: skipped
+  again = study.run_cell(cfg, {'minilm': minilm}, 'minilm', 'truncate', 'passkey', 256,
+                         tmp_path, force=True)  # --redo: made again, the same score
+  assert again['score'] == rec['score'] and again['finished_at'] >= rec['finished_at']
+  # --redo names cells as make results does ('.../seed0' allowed); others are errors
+  assert study.redo_cells(cfg, ['minilm/truncate/passkey_256/seed0', 'rope/yarn/needle_1024']) == {
+      'minilm/truncate/passkey_256', 'rope/yarn/needle_1024'}
+  with pytest.raises(Exception, match='not a cell of the grid'):
+    study.redo_cells(cfg, ['minilm/truncate/passkey_300'])
 
 
 def test_the_rope_cells_wait_for_their_model_in_one_line(tmp_path):
