@@ -190,7 +190,6 @@ def test_a_learned_method_starts_from_a_changed_copy_of_the_rope_model(minilm, c
   """The first step of the clex / seqpe cells: the RoPE model's folder copied with the method in
   its config.json; it loads with the new module at its init, encodes, and its training config
   points at it."""
-  import dataclasses
   import jax
   from embedjax.encoding import encode
   from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
