@@ -248,6 +248,8 @@ class DecoderConfig:
         eos_token_id=eos[0] if isinstance(eos, list) and eos else eos)
     if kwargs['head_dim'] == kwargs['hidden_size'] // kwargs['num_attention_heads']:
       kwargs['head_dim'] = 0
+    if hf.get('attention', 'causal') != 'causal':  # embedjax's own field (see to_hf)
+      kwargs['attention'] = hf['attention']
     if hf.get('position_encoding', 'rope') != 'rope':
       kwargs.update(position_encoding=hf['position_encoding'],
                     seqpe=tuple(sorted((hf.get('seqpe') or {}).items())))
@@ -267,7 +269,11 @@ class DecoderConfig:
               tie_word_embeddings=self.tie_word_embeddings, pad_token_id=self.pad_token_id,
               bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
               initializer_range=0.02, use_cache=False, torch_dtype='float32')
-    if self.position_encoding == 'seqpe':  # embedjax's own fields: transformers has no SeqPE
+    # embedjax's own fields. A bidirectional embedder keeps its attention when embedjax reads the
+    # folder again; transformers' classes of these model types ignore the field and run causal.
+    if self.attention != 'causal':
+      hf['attention'] = self.attention
+    if self.position_encoding == 'seqpe':  # transformers has no SeqPE
       hf.update(position_encoding='seqpe', seqpe=dict(self.seqpe))  # overrides of SEQPE_DEFAULTS
     if self.model_type == 'llama':
       hf.update(attention_bias=self.attention_bias, mlp_bias=self.mlp_bias)

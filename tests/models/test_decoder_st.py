@@ -122,3 +122,22 @@ def test_bad_folders_fail_with_one_line_naming_the_file(case, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"index\.json: weight_map names shard "
                                               r"'model-00002-of-00002\.safetensors'"):
     embedjax.load(bad)
+
+
+def test_a_bidirectional_embedder_reloads_bidirectional(case, tmp_path):
+  """The attention mode is embedjax's own field of config.json: a bidirectional embedder saved
+  and read again embeds as before, not as the causal model its transformers class would run."""
+  import dataclasses
+  _, _, model, _ = case
+  bidir = model.replace(spec=dataclasses.replace(
+      model.spec, decoder=dataclasses.replace(model.spec.decoder, attention='bidirectional')))
+  want = bidir.encode(TEXTS)
+  assert not np.allclose(want, model.encode(TEXTS), atol=1e-3)  # the mode changes embeddings
+  bidir.save(tmp_path / 'bidir')
+  assert json.loads((tmp_path / 'bidir' / 'config.json').read_text())['attention'] == \
+      'bidirectional'
+  again = embedjax.load(tmp_path / 'bidir')
+  assert again.spec.decoder.attention == 'bidirectional'
+  np.testing.assert_allclose(again.encode(TEXTS), want, atol=1e-6)
+  model.save(tmp_path / 'causal')  # a causal model's config.json stays transformers' own
+  assert 'attention' not in json.loads((tmp_path / 'causal' / 'config.json').read_text())
