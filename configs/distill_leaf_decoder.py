@@ -8,7 +8,9 @@ all-MiniLM-L6-v2's tokenizer and vocabulary, bidirectional attention and mean po
 decoder embedders fine-tuned for embeddings use), and a linear head to MiniLM's 384 dims: 7.2M
 parameters, under a third of MiniLM's 22.57M. It is trained like configs/distill_leaf.py (the
 teacher's embeddings of the training texts, LEAF's squared L2 loss), but at 512 tokens, so the
-long-context work has a rotary-position model trained at that length. Its word embeddings start
+long-context work has a rotary-position model trained at that length. The teacher embeds only the
+first 256 tokens of a text (all-MiniLM-L6-v2's max_seq_length), so for the 13% of training texts
+longer than that the target says nothing of their tail. Its word embeddings start
 at random (the PCA start of the BERT student reads a BERT table layout).
 Every field and its default: embedjax/train/base_config.py.
 """
@@ -29,7 +31,8 @@ def get_config(arg=None):
   c.data.train = PREFIX + 'all'  # training texts only (embedjax/train/distillation.py)
   use_loss(c, 'embedding_mse')
   c.data.batch_size = 32
-  c.data.query_len = 512         # tokens per training text (the teacher's targets see the same)
+  c.data.query_len = 512         # tokens per training text; the teacher's targets embed the first
+                                 # 256 of them (MiniLM's own limit: embedjax/train/distillation.py)
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 100
   c.optim.decay = 'cosine'

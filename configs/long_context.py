@@ -14,13 +14,16 @@ nDCG@10). all-MiniLM-L6-v2 (learned absolute positions, 512 of them, ``max_seq_l
 The RoPE model (``rope_model``: a folder, relative to the repository unless absolute; by default
 the recipes study's distilled decoder student, seed 0, whose cells wait until it is trained; empty
 = no RoPE cells) gets: none; linear, dynamic, yarn (rope_scaling) and ntk (static NTK-aware
-base), each with the factor s = length / ``rope_trained_length`` at each input length
-(LongEmbed's choice; a name ending in _Nx fixes the factor at N instead); self_extend (neighbour
-window ``self_extend.window``, group ``self_extend.group``, 0 = the smallest group that folds
-each length into the trained one); each of these is the model as trained at lengths within its
-trained length; and the learned methods clex and seqpe: the model first trained briefly with
-CLEX's scaling or with SeqPE instead of its rotation (configs/long_context_train.py;
-checkpoints under ``runs_dir``), then scored like the others. RoPE cells attend in query blocks
+base), each with the factor s = n / ``rope_trained_length`` for a cell whose longest text is n
+tokens (LongEmbed's s = target length / trained length; the tasks count words, so n is a little
+above the task's length, and every token is read; a name ending in _Nx fixes the factor at N
+instead); self_extend (neighbour window ``self_extend.window``, group ``self_extend.group``, 0 =
+the smallest group that folds n tokens into the trained length); each of these is the model as
+trained where n is within its trained length; and the learned methods clex and seqpe: the model
+first trained briefly with CLEX's scaling or with SeqPE instead of its rotation
+(configs/long_context_train.py; checkpoints under ``runs_dir``), then scored like the others,
+beside none_trained, the same training with the rotation unchanged (their control). The
+student's exported config.json keeps its bidirectional attention. RoPE cells attend in query blocks
 of ``attention_block`` too (not SelfExtend, which builds its full logits).
 Cells at 8,192 tokens of long SciFact take hours on 2 CPU cores for the full-attention methods
 (1,000 documents, quadratic attention): a GPU's work.
@@ -36,15 +39,17 @@ def get_config(arg=None):
   c.tasks = ('passkey', 'needle', 'long_scifact')  # eval-runner tasks, one per length
   c.lengths = (256, 512, 1024, 2048, 4096, 8192)   # input lengths in tokens
   c.attention_block = 512        # query block of long inputs (memory linear in the length)
-  c.max_tokens = 8192            # chunk-and-pool reads at most this many tokens of a text
+  c.max_tokens = 16384           # chunk-and-pool reads at most this many tokens of a text
+                                 # (the longest text of any task here: 10,597)
   # a RoPE decoder embedder's folder (the recipes study's distill_leaf_decoder run, trained at 512
   # tokens: python -m experiments.recipes --cells distill_leaf_decoder --seeds 0); '' = none
   c.rope_model = 'runs/recipes/distill_leaf_decoder/seed0/export'
   c.rope_methods = ('none', 'linear', 'dynamic', 'yarn', 'ntk',  # rope methods
-                    'self_extend', 'clex', 'seqpe')
+                    'self_extend', 'clex', 'seqpe', 'none_trained')
   c.rope_trained_length = 512    # the length the RoPE model was trained at
   c.self_extend = dict(group=0, window=256)  # SelfExtend's group (0: per length) and window
-  c.learned_max_factor = 16      # clex / seqpe: trained for positions to 16 x the trained length
+  c.learned_max_factor = 24      # clex / seqpe: trained for positions to 24 x the trained length
+                                 # (12,288 tokens: the longest text, 10,597, is 20.7 x 512)
   c.runs_dir = ''                # where clex / seqpe train; '' = runs/long_context
   c.out_dir = ''                 # '' = results/long_context in the repository
   if arg == 'quick':

@@ -4,14 +4,16 @@ The RoPE student (configs/distill_leaf_decoder.py's export, trained at 512 token
 own objective, LEAF distillation from all-MiniLM-L6-v2 on the same texts at 512 tokens, after its
 positions were changed (the study writes the changed folder and sets ``model.init`` to it):
 
-(``max_factor`` is the study's ``learned_max_factor``, 16: positions to 16 x 512 = 8,192 tokens.)
-  clex   rope_scaling {'rope_type': 'clex', 'max_factor': 16}: CLEX's dynamics (zero-initialised
+(``max_factor`` is the study's ``learned_max_factor``, 24: positions to 24 x 512 = 12,288 tokens.)
+  clex   rope_scaling {'rope_type': 'clex', 'max_factor': 24}: CLEX's dynamics (zero-initialised
          ``down``: training starts from NTK-aware scaling at alpha = 2t - 1); every step draws a
-         scale t in 1..16 and spreads each text's positions over t times its length
+         scale t in 1..24 and spreads each text's positions over t times its length
          (embedjax/models/decoder.py, clex_rotary), as CLEX trains on its pretraining objective;
-  seqpe  position_encoding 'seqpe' (max_factor 16): the rotation is replaced by SeqPE's digit
+  seqpe  position_encoding 'seqpe' (max_factor 24): the rotation is replaced by SeqPE's digit
          encoder, whose vectors are added to the token embeddings; its contrastive and transfer
          regularisers join the loss. The student must learn positions anew from them, in few steps.
+  none_trained  the student unchanged, trained the same steps: the control that tells the
+         method's effect from that of more training.
 
 python -m embedjax.cli train --config configs/long_context_train.py:clex \
     --config.model.init=pretrained:FOLDER --workdir runs/long_context/clex
@@ -20,7 +22,7 @@ python -m embedjax.cli train --config configs/long_context_train.py:clex \
 import importlib.util
 from pathlib import Path
 
-KINDS = ('clex', 'seqpe')
+KINDS = ('clex', 'seqpe', 'none_trained')
 
 
 def distill_config():

@@ -31,8 +31,9 @@ from embedjax.io import atomic_write_json, atomic_write_text
 from embedjax.provenance import Run, config_hash
 
 MODELS = ('minilm', 'rope')
-# RoPE methods that are trained first (configs/long_context_train.py), then evaluated like the rest
-LEARNED = ('clex', 'seqpe')
+# RoPE methods that are trained first (configs/long_context_train.py), then evaluated like the
+# rest; none_trained (plain RoPE, the same training) is their control
+LEARNED = ('clex', 'seqpe', 'none_trained')
 TRAIN_CONFIG = 'configs/long_context_train.py'
 
 
@@ -97,6 +98,8 @@ def cell_hash(cfg, model: str, method: str, task: str, length: int) -> str:
   """What a cell's result depends on: its coordinates and the settings its method reads."""
   settings = {'model': cfg.model if model == 'minilm' else cfg.rope_model,
               'method': method, 'task': task, 'length': length}
+  if model == 'rope':  # the folder's contents, not only its name: a retrained model is another
+    settings['model_sha256'] = rope_model_sha256(cfg)
   if method.startswith('interpolate') or model == 'rope':
     settings['attention_block'] = cfg.attention_block
   if method == 'chunk':
@@ -107,6 +110,13 @@ def cell_hash(cfg, model: str, method: str, task: str, length: int) -> str:
     settings.update(learned_max_factor=cfg.learned_max_factor,
                     train=config_hash(train_config(method, Path('BASE'))))
   return config_hash(settings)
+
+
+def rope_model_sha256(cfg) -> str:
+  """sha256 of the RoPE model's folder (every file), or 'absent' before it exists."""
+  from embedjax.provenance import tree_sha256
+  folder = rope_model_path(cfg)
+  return tree_sha256(folder) if folder.is_dir() else 'absent'
 
 
 # --- learned position methods ----------------------------------------------------------------
@@ -123,8 +133,9 @@ def train_config(kind: str, init_folder: Path, overrides=()):
 def learned_init_folder(base: Path, kind: str, max_factor: int, dest: Path) -> Path:
   """A copy of the RoPE model's folder whose backbone config.json has the learned position
   method: CLEX's rope_scaling, or SeqPE instead of the rotation (both trained for positions up
-  to ``max_factor`` times the trained length). Their new parameters are initialised when the
-  folder is read (embedjax.models.hf_decoder). Written to a temporary folder, then renamed."""
+  to ``max_factor`` times the trained length), or for ``none_trained`` nothing changed. Their
+  new parameters are initialised when the folder is read (embedjax.models.hf_decoder). Written
+  to a temporary folder, then renamed."""
   import json as json_lib
   import shutil
   import tempfile
@@ -138,7 +149,7 @@ def learned_init_folder(base: Path, kind: str, max_factor: int, dest: Path) -> P
   hf = json_lib.loads((backbone / 'config.json').read_text())
   if kind == 'clex':
     hf['rope_scaling'] = {'rope_type': 'clex', 'max_factor': int(max_factor)}
-  else:
+  elif kind == 'seqpe':
     hf.update(rope_scaling=None, position_encoding='seqpe', seqpe={'max_factor': int(max_factor)})
   atomic_write_text(backbone / 'config.json', json_lib.dumps(hf, indent=2))
   tmp.rename(dest)
@@ -149,7 +160,8 @@ def learned_model(cfg, kind: str, runs: Path, progress: bool = True) -> Path:
   """Trains (or resumes) the RoPE model with a learned position method; returns its export."""
   from embedjax.train.loop import dry_build, train
   # one folder per (base model, factor, training config): a changed setting trains afresh
-  key = config_hash({'base': str(cfg.rope_model), 'max_factor': cfg.learned_max_factor,
+  key = config_hash({'base': str(cfg.rope_model), 'base_sha256': rope_model_sha256(cfg),
+                     'max_factor': cfg.learned_max_factor,
                      'train': config_hash(train_config(kind, Path('BASE')))})[:12]
   init = learned_init_folder(rope_model_path(cfg), kind, cfg.learned_max_factor,
                              runs / kind / key / 'init')
@@ -183,10 +195,11 @@ def minilm_encoder(model, method: str, cfg, length: int):
 
 
 def rope_factor(method: str, cfg, length: int) -> float:
-  """The scale factor of a training-free RoPE method at an input length: the ``_<N>x`` of its
-  name, or for a name without one (``linear``, ``dynamic``, ``yarn``, ``ntk``) the input length
-  over the trained length, at least 1: LongEmbed's s for each target length, so that every length
-  is read whole and no position falls outside the stretched range."""
+  """The scale factor of a training-free RoPE method for inputs of ``length`` tokens (a cell
+  passes its longest text's): the ``_<N>x`` of its name, or for a name without one (``linear``,
+  ``dynamic``, ``yarn``, ``ntk``) the length over the trained length, at least 1: LongEmbed's s
+  for each target length, so that every token is read and no position falls outside the
+  stretched range."""
   if method.endswith('x') and '_' in method:
     try:
       return _factor(method)
@@ -233,12 +246,12 @@ def rope_config(decoder, method: str, cfg, length: int):
     from embedjax.models.rope import ntk_aware_theta
     return dataclasses.replace(decoder, rope_theta=ntk_aware_theta(decoder.rope_theta, f,
                                                                    decoder.head_size),
-                               max_position_embeddings=int(trained * f))
+                               max_position_embeddings=round(trained * f))
   scaling = {'linear': {'rope_type': 'linear', 'factor': f},
              'dynamic': {'rope_type': 'dynamic', 'factor': f},
              'yarn': {'rope_type': 'yarn', 'factor': f, 'original_max_position_embeddings': trained}}
   # dynamic NTK keeps the trained length as its threshold; the others state the extended length
-  max_pos = trained if kind == 'dynamic' else int(trained * f)
+  max_pos = trained if kind == 'dynamic' else round(trained * f)
   return dataclasses.replace(decoder, rope_scaling=tuple(sorted(scaling[kind].items())),
                              max_position_embeddings=max_pos)
 
@@ -258,6 +271,28 @@ def rope_variant(model, method: str, cfg, length: int):
   return dataclasses.replace(model, tokenizer=model.tokenizer.with_max_length(n),
                              spec=dataclasses.replace(model.spec, decoder=decoder,
                                                       max_seq_length=n))
+
+
+def longest_text(model, data) -> int:
+  """Tokens (special tokens included) of the longest query or document of a retrieval task's
+  data under the model's tokenizer. The tasks count words and punctuation marks, not tokens:
+  in WordPiece their texts are longer (passkey and needle up to 15%, long SciFact's documents
+  about 25% on average), so a method that reads only the task's nominal length would cut their
+  ends, where one in five passkeys and needles lies."""
+  tok = model.tokenizer.with_max_length(1 << 30)
+  texts = [*data.query_texts, *data.corpus_texts]
+  return max(len(ids) for ids in tok.encode(texts))
+
+
+def _tokens_read(model, method: str, cfg, read: int) -> int:
+  """How many tokens of the cell's longest text (``read`` tokens) the method reads."""
+  if method == 'truncate':
+    return min(read, model.spec.max_seq_length)
+  if method == 'chunk':
+    return min(read, cfg.max_tokens)
+  if method.startswith('interpolate_'):
+    return min(read, int(model.spec.bert.max_positions * _factor(method)))
+  return min(read, rope_variant(model, method, cfg, read).spec.max_seq_length)
 
 
 def rope_encoder(model, method: str, cfg, length: int):
@@ -345,8 +380,17 @@ def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int,
     if source not in loaded:
       from embedjax.models.pretrained import load_pretrained
       loaded[source] = load_pretrained(str(learned_model(cfg, method, runs_dir(cfg))))
-  encoder = (minilm_encoder if model == 'minilm' else rope_encoder)(loaded[source], method, cfg,
-                                                                      length)
+  from embedjax.evals.tasks import TASKS
+  longest = longest_text(loaded[source], TASKS[name].load(data_dir))
+  # A RoPE method reads every token: its factor (or SelfExtend's group) is set by the tokens it
+  # reads, the longest text's, not by the task's nominal length. MiniLM's methods keep their
+  # ranges (truncation 256 tokens, interpolate_Nx 512 N, chunk-and-pool ``max_tokens``).
+  read = max(length, longest)
+  if model == 'minilm':
+    encoder = minilm_encoder(loaded[source], method, cfg, length)
+  else:
+    encoder = rope_encoder(loaded[source], method, cfg, read)
+  reads = _tokens_read(loaded[source], method, cfg, read)
   cache = runs_dir(cfg) / 'cache' / model / method / f'{name}-{chash[:16]}'
   encoder = resumable(encoder, cache, _cell_name(model, method, task, length))
   result = run_task(name, encoder, data_dir)
@@ -355,6 +399,8 @@ def run_cell(cfg, loaded: dict, model: str, method: str, task: str, length: int,
     run.add_inputs(*sorted(Path(loaded[source].source).rglob('*.safetensors')))
   record = {'model': model, 'method': method, 'task': task, 'length': length, 'result': result,
             'score': result[result['main_metric']],
+            # the task's longest text in the model's tokens, and how many of them the method read
+            'longest_text_tokens': longest, 'tokens_read': reads,
             # texts whose embeddings an interrupted earlier call of this cell had made: result's
             # 'seconds' then covers only the rest
             'texts_resumed': encoder.cached, **run.finish().provenance(), 'config_hash': chash}

@@ -184,7 +184,7 @@ def test_make_results_sees_the_grid_shortest_inputs_first(cfg, tmp_path):
   assert not study.config_is_current(cell, 0, tmp_path)
 
 
-@pytest.mark.parametrize('kind', ['clex', 'seqpe'])
+@pytest.mark.parametrize('kind', ['clex', 'seqpe', 'none_trained'])
 def test_a_learned_method_starts_from_a_changed_copy_of_the_rope_model(minilm, cfg, kind,
                                                                        tmp_path):
   """The first step of the clex / seqpe cells: the RoPE model's folder copied with the method in
@@ -212,12 +212,15 @@ def test_a_learned_method_starts_from_a_changed_copy_of_the_rope_model(minilm, c
     assert dict(changed.spec.decoder.rope_scaling) == {'rope_type': 'clex', 'max_factor': 4}
     assert changed.spec.decoder.max_positions == 256
     assert not np.any(np.asarray(changed.params['rope_clex']['down']))
-  else:
+  elif kind == 'seqpe':
     assert changed.spec.decoder.position_encoding == 'seqpe'
     assert changed.spec.decoder.seqpe_settings['max_factor'] == 4
+  else:  # the control: the model as it was, to be trained the same steps
+    assert changed.spec.decoder == base.spec.decoder
+    assert changed.spec.decoder.attention == 'bidirectional'
   np.testing.assert_array_equal(changed.params['embed_tokens'], np.asarray(base.params['embed_tokens']))
-  long = dataclasses.replace(changed, tokenizer=changed.tokenizer.with_max_length(200),
-                             spec=dataclasses.replace(changed.spec, max_seq_length=200))
+  long = study.rope_variant(changed, kind, cfg, 200)  # as the study reads 200 tokens
+  assert long.spec.max_seq_length == 200
   out = encode(long, [' '.join(['the sky is blue .'] * 40)], progress=False)
   assert out.shape == (1, 384) and np.isfinite(out).all()
   tcfg = study.train_config(kind, dest)
@@ -229,3 +232,56 @@ def test_a_learned_method_starts_from_a_changed_copy_of_the_rope_model(minilm, c
                                            '--config.data.query_len=64'])
     out = dry_build(tiny, training_sources())
     assert out['param_count'] > 0 and out['batch']['target'].shape[0] == tcfg.data.batch_size
+
+
+def test_the_longest_text_is_counted_in_the_models_tokens(minilm, cfg):
+  """The tasks count words and punctuation; a cell reads by its longest text in tokens. Each of
+  'the sky is blue .' is one WordPiece token: 100 copies are 500 tokens plus [CLS] and [SEP]."""
+  data = dataclasses.make_dataclass('Data', ['query_texts', 'corpus_texts'])(
+      ['the sky'], ['the sky is blue .', ' '.join(['the sky is blue .'] * 100)])
+  assert study.longest_text(minilm, data) == 502
+  assert study._tokens_read(minilm, 'truncate', cfg, 502) == 256
+  assert study._tokens_read(minilm, 'interpolate_2x', cfg, 2000) == 1024
+  assert study._tokens_read(minilm, 'interpolate_8x', cfg, 2000) == 2000
+  assert study._tokens_read(minilm, 'chunk', cfg, 10_597) == 10_597  # the longest text here
+
+
+def _tiny_rope_folder(minilm, folder, max_positions=64):
+  import jax
+  from embedjax.models.pretrained import (Pretrained, export_sentence_transformers,
+                                          init_model_params)
+  from embedjax.models.spec import EmbedderSpec
+  decoder = DecoderConfig(model_type='qwen3', vocab_size=minilm.tokenizer.vocab_size,
+                          hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, qk_norm=True,
+                          max_position_embeddings=max_positions, attention='bidirectional')
+  spec = EmbedderSpec(decoder=decoder, pooling='mean', max_seq_length=max_positions)
+  export_sentence_transformers(folder, Pretrained(
+      spec=spec, params=init_model_params(spec, jax.random.key(0)),
+      tokenizer=minilm.tokenizer.with_max_length(max_positions), source='tiny'))
+  return folder
+
+
+def test_a_rope_cell_reads_its_longest_text_and_names_its_model_by_content(minilm, tmp_path):
+  """A RoPE cell (a tiny decoder trained, say, at 64 tokens) scales by its longest text in
+  tokens, 290 on passkey_256, and reads all of it; its hash covers the model folder's files,
+  so a model trained again at the same path makes its records stale."""
+  from embedjax.models.pretrained import load_pretrained
+  folder = _tiny_rope_folder(minilm, tmp_path / 'rope')
+  cfg = load_config(str(repo_root() / 'configs' / 'long_context.py'),
+                    [f'--config.rope_model={folder}', '--config.rope_trained_length=64',
+                     f'--config.runs_dir={tmp_path / "runs"}'])
+  model = load_pretrained(folder)
+  assert model.spec.decoder.attention == 'bidirectional'
+  rec = study.run_cell(cfg, {'rope': model}, 'rope', 'linear', 'passkey', 256, tmp_path)
+  assert rec['longest_text_tokens'] == rec['tokens_read'] > 256
+  assert dict(study.rope_config(model.spec.decoder, 'linear', cfg, rec['tokens_read'])
+              .rope_scaling)['factor'] == rec['tokens_read'] / 64
+  before = study.cell_hash(cfg, 'rope', 'linear', 'passkey', 256)
+  assert rec['config_hash'] == before
+  weights = folder / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes() + b' ')  # another model at the same path
+  assert study.cell_hash(cfg, 'rope', 'linear', 'passkey', 256) != before
+  absent = load_config(str(repo_root() / 'configs' / 'long_context.py'),
+                       [f'--config.rope_model={tmp_path / "none"}'])
+  assert study.rope_model_sha256(absent) == 'absent'
