@@ -7,8 +7,11 @@ the vector read, so an id without a row -- whose vector reads as 0 -- is scored 
 ``period`` steps the R ids of highest importance hold the rows: ids that stay keep their row and
 its optimizer state, evicted ids give theirs up (their vector reads 0 from then on), and newly
 admitted ids get a freed row, freshly initialised with its optimizer moments reset. Importance is
-then multiplied by ``decay`` so that recent steps weigh more. Until the first re-allocation no id
-holds a row.
+then multiplied by ``decay`` so that recent steps weigh more. With ``warmup`` (the default) the
+pool is also re-allocated at steps 1, 2, 4, 8, ... below ``period``, so that ids hold rows from the
+first step on (the paper admits ids into free rows as they arrive); without it no id holds a row,
+and every vector reads 0, until step ``period`` (600 of 1,977 steps of an epoch of the
+Criteo-shaped data).
 
 Training state beyond the table's parameters: ``slot`` (N,) float32 holding each id's row or -1
 (a parameter leaf, held by ``stop_gradient``, so the optimizer leaves it alone: float32 is exact
@@ -34,7 +37,7 @@ from embedjax.train.state import TrainState
 
 
 def adaembed(vocab_sizes: Sequence[int], dim: int, *, rows: int, period: int = 100,
-             decay: float = 0.5, init_std: float = 0.01) -> base.Table:
+             decay: float = 0.5, init_std: float = 0.01, warmup: bool = True) -> base.Table:
   vocab_sizes = tuple(int(v) for v in vocab_sizes)
   n = sum(vocab_sizes)
   if not 1 <= rows <= n:
@@ -66,7 +69,8 @@ def adaembed(vocab_sizes: Sequence[int], dim: int, *, rows: int, period: int = 1
             'rows': jnp.asarray(np.asarray(params['rows'])[slot[held]])}
 
   return base.Table('adaembed', vocab_sizes, dim, init, lookup, finalize=finalize,
-                    config={'rows': rows, 'period': period, 'decay': decay, 'init_std': init_std})
+                    config={'rows': rows, 'period': period, 'decay': decay, 'init_std': init_std,
+                            'warmup': bool(warmup)})
 
 
 def reallocate(slot: jax.Array, importance: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
@@ -109,7 +113,8 @@ def _reset_rows(tree, fresh):
 
 def make_train_step(table: base.Table, model, optimizer: optax.GradientTransformation):
   """``jit(step)(state, ids, labels, key) -> (state, metrics)``: BCE on the table's lookups,
-  importance accumulated per id, re-allocation every ``period`` steps."""
+  importance accumulated per id, re-allocation every ``period`` steps (and, with ``warmup``, at
+  the powers of two below it)."""
   cfg = table.config
   n, rows, dim = table.total_vocab, cfg['rows'], table.dim
 
@@ -140,8 +145,10 @@ def make_train_step(table: base.Table, model, optimizer: optax.GradientTransform
                       'slot': slots.astype(jnp.float32)}
       return {**params, 'table': table_params}, _reset_rows(opt, fresh), importance * cfg['decay']
 
-    params, opt, importance = jax.lax.cond(step_no % cfg['period'] == 0, realloc, lambda a: a,
-                                           (params, opt, importance))
+    due = step_no % cfg['period'] == 0
+    if cfg.get('warmup'):
+      due |= (step_no < cfg['period']) & ((step_no & (step_no - 1)) == 0)  # 1, 2, 4, ...
+    params, opt, importance = jax.lax.cond(due, realloc, lambda a: a, (params, opt, importance))
     return TrainState(step=step_no, params=params,
                       opt_state={'optax': opt, 'importance': importance}), aux
 

@@ -13,7 +13,9 @@ get more capacity, rare ids fewer bits. Without ``counts`` every id is in the fi
 
 Served (:meth:`finalize`): each id's code per subspace (its tier's ``log2(tier_codes[t])`` bits)
 and the codebooks. Bytes: ``sum_t ids_t * ceil(subspaces * bits_t / 8)`` (codes bit-packed per id)
-``+ codes * D * 4``; the codes are held one byte each in memory here and counted packed.
+``+ codes * D * 4``, and where the tiers' codes differ in width, the map that finds an id's codes:
+each id's tier (``ceil(log2 T)`` bits) and an int32 running byte offset every 64 ids (as OptEmbed's
+rank index). The codes are held one byte each in memory here and counted packed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from embedjax.tables import base
+
+FINALIZE_CHUNK = 1 << 16  # ids per nearest-centroid pass when serving: the (ids, M, K) distances
+                          # of 2M ids at once would take 15 GiB (8 subspaces, 256 codes)
+BLOCK = 64  # ids per running offset in the served tier map
 
 
 def tiers_of(counts: np.ndarray | None, n: int, tiers: Sequence[float]) -> np.ndarray:
@@ -44,9 +50,16 @@ def tiers_of(counts: np.ndarray | None, n: int, tiers: Sequence[float]) -> np.nd
 
 
 def code_bytes(tier: np.ndarray, subspaces: int, tier_codes: Sequence[int]) -> int:
+  """Bytes of the bit-packed codes, plus the tier map where ids' code widths differ."""
   bits = [math.ceil(math.log2(k)) for k in tier_codes]
   sizes = np.bincount(tier, minlength=len(tier_codes))
-  return int(sum(int(s) * base.ceil_div(subspaces * b, 8) for s, b in zip(sizes, bits)))
+  width = [base.ceil_div(subspaces * b, 8) for b in bits]
+  codes = int(sum(int(s) * w for s, w in zip(sizes, width)))
+  if len({w for s, w in zip(sizes, width) if s}) <= 1:  # one width: id i's codes at i * width
+    return codes
+  n = len(tier)
+  tier_bits = math.ceil(math.log2(len(tier_codes)))
+  return codes + base.ceil_div(n * tier_bits, 8) + 4 * base.ceil_div(n, BLOCK)
 
 
 def mgqe(vocab_sizes: Sequence[int], dim: int, *, subspaces: int, tier_codes: Sequence[int] = (256, 16),
@@ -90,10 +103,16 @@ def mgqe(vocab_sizes: Sequence[int], dim: int, *, subspaces: int, tier_codes: Se
     q = decode(params['codebooks'], jax.lax.stop_gradient(nearest(e, g, params['codebooks'])))
     return q + e - jax.lax.stop_gradient(e)
 
+  @jax.jit
+  def nearest_of(embedding, codebooks, g):
+    return nearest(jnp.take(embedding, g, axis=0), g, codebooks).astype(jnp.uint8)
+
   def finalize(params):
-    g = jnp.arange(n)
-    codes = jax.jit(nearest)(params['embedding'], g, params['codebooks'])
-    return {'codes': codes.astype(jnp.uint8), 'codebooks': params['codebooks']}
+    chunk = min(n, FINALIZE_CHUNK)
+    g = np.arange(base.ceil_div(n, chunk) * chunk) % n  # the last chunk padded with ids 0, 1, ...
+    codes = [nearest_of(params['embedding'], params['codebooks'], jnp.asarray(g[i:i + chunk]))
+             for i in range(0, len(g), chunk)]
+    return {'codes': jnp.concatenate(codes)[:n], 'codebooks': params['codebooks']}
 
   def param_bytes(served):
     return code_bytes(tier, subspaces, tier_codes) + base.tree_bytes(served['codebooks'])

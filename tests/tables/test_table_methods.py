@@ -321,7 +321,8 @@ def test_bad_ids_shape_is_rejected():
 
 def test_robe_reads_wrapping_blocks_at_hashed_offsets_as_numpy_does():
   """ROBE's lookup against a host reference written from the paper's description: block j of
-  global id g starts at hash(g, seed + j) % size and runs ``block`` entries, wrapping around."""
+  global id g starts at hash(g, seed + j) % size and runs ``block`` entries, wrapping around;
+  entry d is multiplied by 1 - 2 x bit (d mod 32) of hash(g, seed + 2**20 + d // 32)."""
   size, block, seed = 41, 3, 5
   table = robe.robe(VOCAB, DIM, size=size, block=block, seed=seed)
   params = table.init(jax.random.key(0))
@@ -334,8 +335,14 @@ def test_robe_reads_wrapping_blocks_at_hashed_offsets_as_numpy_does():
     for j in range(-(-DIM // block)):
       start = int(base.hash_u32(np.asarray([gid[b, f]]), seed + j, np)[0]) % size
       vec += [array[(start + t) % size] for t in range(block)]
-    want[b, f] = vec[:DIM]
-  np.testing.assert_array_equal(np.asarray(jax.jit(table.lookup)(params, jnp.asarray(ids))), want)
+    word = int(base.hash_u32(np.asarray([gid[b, f]]), seed + 2 ** 20, np)[0])  # DIM <= 32
+    want[b, f] = [v * (1 - 2 * ((word >> d) & 1)) for d, v in enumerate(vec[:DIM])]
+  got = np.asarray(jax.jit(table.lookup)(params, jnp.asarray(ids)))
+  np.testing.assert_array_equal(got, want)
+  unsigned = np.asarray(robe.robe(VOCAB, DIM, size=size, block=block, seed=seed,
+                                  signed=False).lookup(params, jnp.asarray(ids)))
+  np.testing.assert_array_equal(np.abs(unsigned), np.abs(want))
+  assert (unsigned != want).any() and (unsigned == want).any()  # some entries negated, not all
   # Every read position wraps inside the array, and some vector does wrap at this size.
   pos = robe.read_positions(ids, VOCAB, DIM, size, block, seed, np)
   assert pos.min() >= 0 and pos.max() < size
@@ -347,7 +354,9 @@ def test_robe_gradient_reaches_exactly_the_entries_read():
   ids = _ids(3, seed=9)
   g = np.asarray(jax.grad(lambda p: jnp.sum(table.lookup(p, ids)))(params)['array'])
   pos = robe.read_positions(np.asarray(ids), VOCAB, DIM, 997, 4, 1, np)
-  np.testing.assert_array_equal(g, np.bincount(pos.ravel(), minlength=997).astype(np.float32))
+  sign = robe.read_signs(np.asarray(ids), VOCAB, DIM, 1, np)
+  np.testing.assert_array_equal(g, np.bincount(pos.ravel(), sign.ravel(), minlength=997)
+                                .astype(np.float32))
 
 
 def test_fair_hashing_rows_keep_small_fields_whole():

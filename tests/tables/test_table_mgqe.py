@@ -81,8 +81,24 @@ def test_served_codes_read_back_the_training_forward_and_bytes(trained):
   codes = np.asarray(served['codes'])
   assert (codes[tier == 1] < 4).all()
   frequent = int((tier == 0).sum())
-  # tier 0: 4 codes x 4 bits = 2 bytes per id; tier 1: 4 x 2 bits = 1 byte; codebooks 16 x 8 x 4.
-  assert table.param_bytes(served) == frequent * 2 + (N - frequent) * 1 + 16 * 8 * 4
+  # tier 0: 4 codes x 4 bits = 2 bytes per id; tier 1: 4 x 2 bits = 1 byte; codebooks 16 x 8 x 4;
+  # the tier map: 1 bit per id (372 ids: 47 bytes) and an int32 offset per 64 ids (6 of them).
+  assert table.param_bytes(served) == frequent * 2 + (N - frequent) * 1 + 16 * 8 * 4 + 47 + 24
+  one_tier = mgqe.mgqe(VOCAB, DIM, subspaces=4, tier_codes=(16,), tiers=(1.0,))
+  assert one_tier.param_bytes(served) == N * 2 + 16 * 8 * 4  # one width: no map
+
+
+def test_served_codes_are_computed_in_chunks_as_in_one_pass(trained, monkeypatch):
+  """Serving assigns codes in chunks of ids (memory); every id's code is its nearest allowed
+  centroid, float64 numpy, whatever the chunk (here 50: 372 ids, the last chunk padded)."""
+  table, params, tier = trained
+  monkeypatch.setattr(mgqe, 'FINALIZE_CHUNK', 50)
+  codes = np.asarray(table.finalize(params)['codes'])
+  e = np.asarray(params['embedding'], np.float64).reshape(N, 4, 2)
+  books = np.asarray(params['codebooks'], np.float64)
+  d = ((e[:, :, None, :] - books[None]) ** 2).sum(-1)  # (N, 4, 16)
+  d[tier == 1, :, 4:] = np.inf
+  np.testing.assert_array_equal(codes, d.argmin(-1))
 
 
 def test_for_budget_and_refusals():
