@@ -99,16 +99,19 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   from embedjax.tables import train as tr
   budget = table.config['budget_bytes']
   vocab, dim = table.vocab_sizes, table.dim
-  if 'step' not in cache:
-    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
-    cache['step'] = tr.make_train_step(table, model, opt)
-    cache['predict'] = tr.make_predict(table, model)
+  if 'masked' not in cache:
     cache['masked'] = jax.jit(lambda p, ids, keep, dmask: model.apply(
         p['model'], optembed.masked_lookup(p['table']['embedding'], ids, vocab, keep, dmask)))
-  params, slog = tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
-                        epochs=cfg.optembed.supernet_epochs, batch_size=cfg.batch_size,
-                        optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
-                        predict=cache['predict'])
+
+  def supernet():
+    if 'step' not in cache:  # compiled only where the supernet is trained, not where reused
+      cache['step'] = tr.make_train_step(table, model, tr.OPTIMIZERS[cfg.optimizer](cfg.lr))
+      cache['predict'] = tr.make_predict(table, model)
+    return tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
+                  epochs=cfg.optembed.supernet_epochs, batch_size=cfg.batch_size,
+                  optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
+                  predict=cache['predict'])
+  params, slog = _stage_one(table, seed, cfg.optembed.supernet_epochs, cache, supernet)
   keep, norms = optembed.learned_keep(params['table'], vocab)
   choices = table.config['dim_choices']
 
@@ -119,10 +122,9 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
     k = candidate(dims)
     if k is None:
       return -1.0
-    logits = tr.predict_batched(
-        lambda p, ids: cache['masked'](p, ids, jnp.asarray(k, jnp.float32),
-                                       jnp.asarray(optembed.dims_mask(dims, dim))),
-        params, valid.ids, cfg.eval_batch_size)
+    keep_j, dmask_j = jnp.asarray(k, jnp.float32), jnp.asarray(optembed.dims_mask(dims, dim))
+    logits = tr.predict_batched(lambda p, ids: cache['masked'](p, ids, keep_j, dmask_j),
+                                params, valid.ids, cfg.eval_batch_size)
     return ctr_metrics.auc(valid.labels, logits)
 
   dims, search_auc, history = optembed.evolutionary_search(
@@ -136,21 +138,48 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   out['config'] = {**dict(table.config), 'dims': list(dims), 'learned_kept_rows': int(keep.sum()),
                    'budget_kept_rows': int(final_keep.sum()), 'rows': int(sum(vocab)),
                    'search_valid_auc': search_auc, 'search_candidates': len(history),
-                   'supernet_valid_auc': max(h['valid_auc'] for h in slog['history'])}
+                   'supernet_valid_auc': max(h['valid_auc'] for h in slog['history']),
+                   'stage_one_reused': slog['stage_one_reused']}
   return out
+
+
+# Config fields of a two-stage method's table that only its second stage reads: its first stage
+# (dedup's pre-training, PEP's and AutoDim's search, OptEmbed's supernet) is the same at every budget.
+BUDGET_FIELDS = ('budget_bytes', 'max_blocks')
+
+
+def _stage_one(table, seed: int, epochs: int, cache: dict, train_fn):
+  """``train_fn()`` -> (params, log) of a method's first stage, trained once per (seed, epochs,
+  table config but its budget) and then reused by the other budgets (``cache['stage_one']``, shared
+  by one method's budgets): training is deterministic, so a reused stage is the one that would be
+  trained again. Returns copies (the caller may change them) and the log with ``stage_one_reused``."""
+  import jax
+  import numpy as np
+  from embedjax.provenance import config_hash
+  store = cache.setdefault('stage_one', {})
+  key = (seed, epochs, config_hash({k: v for k, v in table.config.items()
+                                    if k not in BUDGET_FIELDS}))
+  reused = key in store
+  if not reused:
+    store[key] = train_fn()
+  params, log = store[key]
+  return jax.tree_util.tree_map(np.array, params), {**log, 'stage_one_reused': reused}
 
 
 def _first_stage(table, model, cfg, train, valid, seed, cache, epochs):
   """The stage-1 table trained for ``epochs`` (dedup's pre-training, PEP's and AutoDim's search):
-  (params of the best validation epoch, log); compiled once per (method, budget) in ``cache``."""
+  (params of the best validation epoch, log); compiled once per (method, budget) in ``cache``,
+  trained once per (method, seed) (:func:`_stage_one`)."""
   from embedjax.tables import train as tr
-  if 'step' not in cache:
-    opt = tr.OPTIMIZERS[cfg.optimizer](cfg.lr)
-    cache['step'] = tr.make_train_step(table, model, opt)
-    cache['predict'] = tr.make_predict(table, model)
-  return tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels), epochs=epochs,
-                batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, seed=seed,
-                step_fn=cache['step'], predict=cache['predict'])
+
+  def stage():
+    if 'step' not in cache:  # compiled only where the stage is trained, not where reused
+      cache['step'] = tr.make_train_step(table, model, tr.OPTIMIZERS[cfg.optimizer](cfg.lr))
+      cache['predict'] = tr.make_predict(table, model)
+    return tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
+                  epochs=epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
+                  seed=seed, step_fn=cache['step'], predict=cache['predict'])
+  return _stage_one(table, seed, epochs, cache, stage)
 
 
 def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
@@ -174,7 +203,8 @@ def _run_dedup(table, model, cfg, train, valid, test, seed, cache):
   out = _run_default(shared, _warm(model, params['model']), cfg, train, valid, test, seed, {})
   out['config'] = {**dict(table.config), **dict(shared.config), 'dedup_seconds': round(dedup_s, 2),
                    'tolerance_used': tolerance,
-                   'pretrain_valid_auc': max(h['valid_auc'] for h in plog['history'])}
+                   'pretrain_valid_auc': max(h['valid_auc'] for h in plog['history']),
+                   'stage_one_reused': plog['stage_one_reused']}
   return out
 
 
@@ -190,7 +220,8 @@ def _run_pep(table, model, cfg, train, valid, test, seed, cache):
   out = _run_default(retrain, model, cfg, train, valid, test, seed, {})  # same seed: same init
   out['config'] = {**dict(table.config), **dict(retrain.config),
                    'learned_kept_entries': int((values != 0).sum()),
-                   'search_valid_auc': max(h['valid_auc'] for h in slog['history'])}
+                   'search_valid_auc': max(h['valid_auc'] for h in slog['history']),
+                   'stage_one_reused': slog['stage_one_reused']}
   return out
 
 
@@ -206,7 +237,8 @@ def _run_autodim(table, model, cfg, train, valid, test, seed, cache):
   retrain = mixed_dim.mixed_dim(table.vocab_sizes, table.dim, dims=dims)
   out = _run_default(retrain, model, cfg, train, valid, test, seed, {})
   out['config'] = {**dict(table.config), 'dims': dims, 'alpha': alpha.round(4).tolist(),
-                   'search_valid_auc': max(h['valid_auc'] for h in slog['history'])}
+                   'search_valid_auc': max(h['valid_auc'] for h in slog['history']),
+                   'stage_one_reused': slog['stage_one_reused']}
   return out
 
 
@@ -262,6 +294,7 @@ def run_benchmark(cfg) -> None:
   pairs = {}
   for key in plan:
     pairs.setdefault(key[:2], []).append(key)
+  stage_one: dict = {}  # method -> its first stages, shared by its budgets (_stage_one)
   for (method, budget), keys in pairs.items():
     todo = [k for k in keys if k not in done]
     if not todo:
@@ -287,7 +320,10 @@ def run_benchmark(cfg) -> None:
         done[k] = rec
         bar.update(1)
       continue
-    cache: dict = {}
+    if method not in stage_one:  # a new method: the previous one's first stages are let go
+      stage_one.clear()
+      stage_one[method] = {}
+    cache: dict = {'stage_one': stage_one[method]}
     for k in todo:
       bar.set_postfix_str(f'{method} {budget:g} seed {k[2]}')
       twin = _same_table_run(done, method, name, k[2], table)

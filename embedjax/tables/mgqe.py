@@ -110,8 +110,8 @@ def mgqe(vocab_sizes: Sequence[int], dim: int, *, subspaces: int, tier_codes: Se
   def finalize(params):
     chunk = min(n, FINALIZE_CHUNK)
     g = np.arange(base.ceil_div(n, chunk) * chunk) % n  # the last chunk padded with ids 0, 1, ...
-    codes = [nearest_of(params['embedding'], params['codebooks'], jnp.asarray(g[i:i + chunk]))
-             for i in range(0, len(g), chunk)]
+    emb, books = jnp.asarray(params['embedding']), jnp.asarray(params['codebooks'])  # copied once
+    codes = [nearest_of(emb, books, jnp.asarray(g[i:i + chunk])) for i in range(0, len(g), chunk)]
     return {'codes': jnp.concatenate(codes)[:n], 'codebooks': params['codebooks']}
 
   def param_bytes(served):

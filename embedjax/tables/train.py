@@ -131,6 +131,7 @@ def predict_batched(predict: Callable, params: dict, ids: np.ndarray, batch_size
   """Logits for all rows of ``ids`` (N, F); the last batch is padded so shapes stay static."""
   n = ids.shape[0]
   out = np.empty((n,), np.float64)
+  params = jax.device_put(params)  # once: numpy params would be copied again at every batch
   for start in range(0, n, batch_size):
     chunk = ids[start:start + batch_size]
     m = chunk.shape[0]

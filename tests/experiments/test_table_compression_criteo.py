@@ -43,6 +43,12 @@ def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_pat
   assert by['dedup', 1.0]['feasible'] and by['dedup', 1.0]['config']['distinct_blocks'] > 0
   # one attempt at the fixed tolerance: one epoch leaves most rows farther apart than it
   assert not by['dedup', 0.1]['feasible'] and 'near-duplicate blocks found' in by['dedup', 0.1]['reason']
+  # the first stages (PEP's search, dedup's pre-training) are trained at the first budget and
+  # reused at the next: the same search, not a second one
+  for m, auc in (('pep', 'search_valid_auc'), ('dedup', 'pretrain_valid_auc')):
+    assert by[m, 1.0]['config']['stage_one_reused'] is False, m
+  assert by['pep', 0.1]['config']['stage_one_reused'] is True
+  assert by['pep', 0.1]['config']['search_valid_auc'] == by['pep', 1.0]['config']['search_valid_auc']
   assert result['data']['name'] == 'criteo_synthetic' and len(result['data']['vocab_sizes']) == 26
   assert experiment._summarise(result['runs']) == result['summary']
   md = (tmp_path / 'out' / 'tc.md').read_text()
@@ -105,3 +111,31 @@ def test_a_subset_of_methods_keeps_the_other_entries_and_a_typo_is_named(experim
   cfg.method_kw = mlc.ConfigDict({m: v for m, v in kw.items() if m != 'qr'})
   with pytest.raises(ValueError, match=r"missing: \['qr'\]"):
     experiment.dry_run(cfg, vocab)
+
+
+def test_a_first_stage_is_trained_once_per_seed_and_handed_out_as_copies(experiment):
+  """Two budgets of one two-stage method share its first stage (same seed, same config but the
+  budget); another seed or another setting trains its own. Each caller gets its own copy."""
+  import numpy as np
+  from embedjax.tables import base
+  calls = []
+
+  def table(budget, blocks=3, std=0.01):
+    return base.Table('dedup', (4,), 2, None, None, config={
+        'init_std': std, 'budget_bytes': budget, 'max_blocks': blocks})
+
+  def train(seed):
+    def fn():
+      calls.append(seed)
+      return {'table': {'embedding': np.full((4, 2), float(seed))}}, {'history': []}
+    return fn
+  cache: dict = {}
+  a, log_a = experiment._stage_one(table(100), 0, 1, cache, train(0))
+  b, log_b = experiment._stage_one(table(10, blocks=1), 0, 1, cache, train(0))
+  assert calls == [0] and not log_a['stage_one_reused'] and log_b['stage_one_reused']
+  a['table']['embedding'][:] = 7.0  # a caller changing its copy changes nobody else's
+  np.testing.assert_array_equal(b['table']['embedding'], 0.0)
+  experiment._stage_one(table(10), 1, 1, cache, train(1))  # another seed
+  experiment._stage_one(table(10, std=0.1), 0, 1, cache, train(0))  # another setting
+  experiment._stage_one(table(10), 0, 2, cache, train(0))  # another number of epochs
+  assert calls == [0, 1, 0, 0]
