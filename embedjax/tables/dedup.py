@@ -75,6 +75,68 @@ class _L2LSH:
     return sorted(found)
 
 
+def _blocks(embedding, rows_per_block: int):
+  """(N, D) -> ((num_blocks, R * D) blocks, the last zero-padded; (R * D,) bool: the entries of
+  the last block that are not padding; ``padded(i, cands)``: whether a comparison of block i with
+  its candidates involves the padded block)."""
+  emb = np.asarray(embedding, np.float32)
+  n, d = emb.shape
+  pad = -n % rows_per_block
+  blocks = np.concatenate([emb, np.zeros((pad, d), np.float32)]).reshape(-1, rows_per_block * d)
+  real = np.ones(blocks.shape[1], bool)
+  real[blocks.shape[1] - pad * d:] = False
+  last = len(blocks) - 1
+  return blocks, real, lambda i, cands: bool(pad) and (i == last or bool((cands == last).any()))
+
+
+def _candidates(blocks: np.ndarray, num_tables: int, width: float, max_candidates: int, seed: int):
+  """Yields (block, its candidates (C,) int64) in visiting order (ascending 75th percentile):
+  the blocks visited before it that share an LSH bucket, at most ``max_candidates``, the ones
+  visited last. Each block is inserted when visited; the candidates do not depend on the
+  tolerance."""
+  lsh = _L2LSH(blocks.shape[1], num_tables, width, seed)
+  keys = lsh.keys(blocks)
+  order = np.argsort(np.percentile(blocks, 75, axis=1), kind='stable')
+  visit = np.empty(len(blocks), np.int64)
+  visit[order] = np.arange(len(blocks))
+  for i in order:
+    cands = np.asarray(lsh.query_insert(keys[i], int(i), max_candidates), np.int64)
+    if cands.size > max_candidates:
+      cands = cands[np.argsort(-visit[cands], kind='stable')[:max_candidates]]
+    yield int(i), cands
+
+
+def merge_tolerances(embedding, rows_per_block: int, *, similarity: float = 0.7,
+                     num_tables: int = 90, width: float = 0.09, max_candidates: int = 256,
+                     seed: int = 0) -> np.ndarray:
+  """(num_blocks,) the smallest tolerance at which :func:`deduplicate` (same settings) would make
+  each block a reference, inf where no candidate can be: the smallest, over its candidates, of
+  the ``q``-th smallest entry distance, q the fewest entries within tolerance that reach
+  ``similarity``. One pass over the blocks answers every tolerance: at tolerance t, deduplicate
+  makes references of exactly the blocks with ``merge_tolerances <= t`` (until it has enough)."""
+  blocks, real, padded = _blocks(embedding, rows_per_block)
+  out = np.full(len(blocks), np.inf)
+  for i, cands in _candidates(blocks, num_tables, width, max_candidates, seed):
+    if cands.size == 0:
+      continue
+    diff = np.abs(blocks[cands] - blocks[i])
+    if padded(i, cands):
+      diff = diff[:, real]
+    m = diff.shape[1]
+    q = math.ceil(similarity * m)  # the fewest entries c with c / m >= similarity, as compared
+    while q > 0 and (q - 1) / m >= similarity:
+      q -= 1
+    while q <= m and q / m < similarity:
+      q += 1
+    if q > m:
+      continue
+    if q == 0:
+      out[i] = 0.0
+      continue
+    out[i] = float(np.partition(diff, q - 1, axis=1)[:, q - 1].min())
+  return out
+
+
 def deduplicate(embedding, rows_per_block: int, max_blocks: int, *, tolerance: float = 0.01,
                 similarity: float = 0.7, num_tables: int = 90, width: float = 0.09,
                 max_candidates: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -86,33 +148,18 @@ def deduplicate(embedding, rows_per_block: int, max_blocks: int, *, tolerance: f
   visited last (closest in the visiting order); the reference compares with every candidate,
   which is quadratic when many rows sit near their initial values in the same buckets.
   """
-  emb = np.asarray(embedding, np.float32)
-  n, d = emb.shape
-  pad = -n % rows_per_block
-  blocks = np.concatenate([emb, np.zeros((pad, d), np.float32)]).reshape(-1, rows_per_block * d)
-  num_blocks = len(blocks)
-  real = np.ones(blocks.shape[1], bool)  # entries of the last block that are not padding
-  real[blocks.shape[1] - pad * d:] = False
+  blocks, real, padded = _blocks(embedding, rows_per_block)
+  num_blocks, d = len(blocks), np.asarray(embedding).shape[1]
   want = max(0, num_blocks - max_blocks)  # references needed
   ref = np.arange(num_blocks)
   if want:
-    lsh = _L2LSH(rows_per_block * d, num_tables, width, seed)
-    keys = lsh.keys(blocks)
-    order = np.argsort(np.percentile(blocks, 75, axis=1), kind='stable')
-    visit = np.empty(num_blocks, np.int64)
-    visit[order] = np.arange(num_blocks)
     made = 0
-    for i in order:
-      cands = np.asarray(lsh.query_insert(keys[i], int(i), max_candidates), np.int64)
+    for i, cands in _candidates(blocks, num_tables, width, max_candidates, seed):
       if cands.size == 0:
         continue
-      if cands.size > max_candidates:
-        cands = cands[np.argsort(-visit[cands], kind='stable')[:max_candidates]]
-      close = np.abs(blocks[cands] - blocks[i]) <= tolerance  # (C, R * D)
-      if pad and (i == num_blocks - 1 or (cands == num_blocks - 1).any()):
-        share = close[:, real].mean(axis=1)  # the padded block compares its real rows only
-      else:
-        share = close.mean(axis=1)
+      entries = real if padded(i, cands) else slice(None)  # a padded block: its real rows only
+      close = np.abs(blocks[cands] - blocks[i]) <= np.float32(tolerance)  # float32, as the table
+      share = close[:, entries].mean(axis=1)
       share = np.where(share >= similarity, share, -1.0)
       if share.max() >= 0:
         # the most similar; ties to the lowest block id (the reference's first found)
@@ -135,12 +182,20 @@ def deduplicate_to_budget(embedding, rows_per_block: int, max_blocks: int, *,
   (trained tables whose every id was seen rarely have any); raising the tolerance until the budget
   is met gives dedup a point at every budget, at the stated cost of merging less similar blocks.
   The last attempt's result is returned even when it does not fit (the caller checks).
+
+  The tolerance is chosen from one pass (:func:`merge_tolerances`: the first of the series at
+  which enough blocks would become references), then :func:`deduplicate` runs once at it: the
+  result of trying each tolerance in turn, at the cost of two passes instead of up to
+  ``attempts`` (each a pass over every block when it fails: minutes at 2M rows).
   """
-  for attempt in range(attempts):
-    tol = tolerance * growth ** attempt
-    blocks, block_map = deduplicate(embedding, rows_per_block, max_blocks, tolerance=tol, **kw)
-    if len(blocks) <= max_blocks:
-      break
+  num_blocks = math.ceil(np.asarray(embedding).shape[0] / rows_per_block)
+  want = max(0, num_blocks - max_blocks)
+  series = [tolerance * growth ** attempt for attempt in range(attempts)]
+  tol = series[0]
+  if want:
+    merge = np.sort(merge_tolerances(embedding, rows_per_block, **kw))
+    tol = next((t for t in series if merge[want - 1] <= np.float32(t)), series[-1])
+  blocks, block_map = deduplicate(embedding, rows_per_block, max_blocks, tolerance=tol, **kw)
   return blocks, block_map, tol
 
 

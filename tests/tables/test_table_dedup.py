@@ -95,3 +95,34 @@ def test_deduplicate_to_budget_raises_the_tolerance_until_the_blocks_fit():
   assert len(blocks) == 90 and tol == pytest.approx(0.08)  # 0.01, 0.02, 0.04 too tight
   _, _, tol = dedup.deduplicate_to_budget(emb, 4, 93 - 3, tolerance=0.01, attempts=1)
   assert tol == 0.01  # one attempt: the fixed tolerance, and the caller sees it does not fit
+
+
+def _one_tolerance_after_another(emb, rows, most, tolerance, attempts, **kw):
+  """The budget search as first written: deduplicate at each tolerance of the series in turn."""
+  for attempt in range(attempts):
+    tol = tolerance * 2.0 ** attempt
+    blocks, block_map = dedup.deduplicate(emb, rows, most, tolerance=tol, **kw)
+    if len(blocks) <= most:
+      break
+  return blocks, block_map, tol
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_the_one_pass_budget_search_equals_trying_each_tolerance(seed):
+  """Choosing the tolerance from each block's merge tolerance (one pass) gives what trying the
+  series in turn gives: blocks, map and tolerance, at every budget, a padded last block
+  included (211 rows in blocks of 4)."""
+  rng = np.random.default_rng(seed)
+  emb = rng.normal(0, 0.02, (211, 3)).astype(np.float32)
+  emb[100:140] = emb[60:100] + rng.normal(0, 0.003, (40, 3)).astype(np.float32)  # near-copies
+  kw = dict(num_tables=8, width=0.2, similarity=0.7, seed=seed)
+  merge = dedup.merge_tolerances(emb, 4, **kw)
+  assert np.isfinite(merge).sum() > 20 and np.isinf(merge).any()
+  # tolerances 0.001 to 0.032 chosen; with 3 attempts the last budgets are not met (the last
+  # attempt's blocks come back, as before)
+  for most, attempts in ((53, 8), (50, 8), (45, 8), (35, 8), (20, 8), (5, 8), (20, 3), (5, 3)):
+    want = _one_tolerance_after_another(emb, 4, most, 0.001, attempts, **kw)
+    got = dedup.deduplicate_to_budget(emb, 4, most, tolerance=0.001, attempts=attempts, **kw)
+    assert got[2] == want[2], most
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
