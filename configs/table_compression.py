@@ -73,7 +73,7 @@ def get_config(arg=None):
   c.dedup = mlc.ConfigDict()  # deduplication: pre-train full, deduplicate to the budget, fine-tune
   c.dedup.pretrain_epochs = 1 if criteo else 4  # epochs of the full table before deduplicating
   c.dedup.tolerance = 0.01  # entries closer than this count as equal (the benchmark's fp) ...
-  c.dedup.attempts = 12  # ... doubled up to this many times until the budget is met (1: fixed)
+  c.dedup.attempts = 12  # ... tried at this many tolerances, doubling, until the budget is met (1: fixed)
   c.dedup.similarity = 0.7  # share of equal entries that makes a block a duplicate (its sim)
 
   c.pep = mlc.ConfigDict()  # PEP: threshold search, mask cut to the budget, retrain

@@ -120,6 +120,7 @@ def merge_tolerances(embedding, rows_per_block: int, *, similarity: float = 0.7,
     if cands.size == 0:
       continue
     diff = np.abs(blocks[cands] - blocks[i])
+    diff[np.isnan(diff)] = np.inf  # never within a tolerance, as in deduplicate's comparison
     if padded(i, cands):
       diff = diff[:, real]
     m = diff.shape[1]
