@@ -277,7 +277,7 @@ def longest_text(model, data) -> int:
   """Tokens (special tokens included) of the longest query or document of a retrieval task's
   data under the model's tokenizer. The tasks count words and punctuation marks, not tokens:
   in WordPiece their texts are longer (passkey and needle up to 15%, long SciFact's documents
-  about 25% on average), so a method that reads only the task's nominal length would cut their
+  about 22% on average), so a method that reads only the task's nominal length would cut their
   ends, where one in five passkeys and needles lies."""
   tok = model.tokenizer.with_max_length(1 << 30)
   texts = [*data.query_texts, *data.corpus_texts]
