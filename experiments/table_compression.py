@@ -102,16 +102,8 @@ def _run_optembed(table, model, cfg, train, valid, test, seed, cache):
   if 'masked' not in cache:
     cache['masked'] = jax.jit(lambda p, ids, keep, dmask: model.apply(
         p['model'], optembed.masked_lookup(p['table']['embedding'], ids, vocab, keep, dmask)))
-
-  def supernet():
-    if 'step' not in cache:  # compiled only where the supernet is trained, not where reused
-      cache['step'] = tr.make_train_step(table, model, tr.OPTIMIZERS[cfg.optimizer](cfg.lr))
-      cache['predict'] = tr.make_predict(table, model)
-    return tr.fit(table, model, (train.ids, train.labels), (valid.ids, valid.labels),
-                  epochs=cfg.optembed.supernet_epochs, batch_size=cfg.batch_size,
-                  optimizer=cfg.optimizer, lr=cfg.lr, seed=seed, step_fn=cache['step'],
-                  predict=cache['predict'])
-  params, slog = _stage_one(table, seed, cfg.optembed.supernet_epochs, cache, supernet)
+  params, slog = _first_stage(table, model, cfg, train, valid, seed, cache,
+                              cfg.optembed.supernet_epochs)
   keep, norms = optembed.learned_keep(params['table'], vocab)
   choices = table.config['dim_choices']
 
@@ -167,7 +159,8 @@ def _stage_one(table, seed: int, epochs: int, cache: dict, train_fn):
 
 
 def _first_stage(table, model, cfg, train, valid, seed, cache, epochs):
-  """The stage-1 table trained for ``epochs`` (dedup's pre-training, PEP's and AutoDim's search):
+  """The stage-1 table trained for ``epochs`` (dedup's pre-training, PEP's and AutoDim's search,
+  OptEmbed's supernet):
   (params of the best validation epoch, log); compiled once per (method, budget) in ``cache``,
   trained once per (method, seed) (:func:`_stage_one`)."""
   from embedjax.tables import train as tr

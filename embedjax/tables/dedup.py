@@ -186,8 +186,8 @@ def deduplicate_to_budget(embedding, rows_per_block: int, max_blocks: int, *,
 
   The tolerance is chosen from one pass (:func:`merge_tolerances`: the first of the series at
   which enough blocks would become references), then :func:`deduplicate` runs once at it: the
-  result of trying each tolerance in turn, at the cost of two passes instead of up to
-  ``attempts`` (each a pass over every block when it fails: minutes at 2M rows).
+  result of trying each tolerance in turn, in two passes over the blocks instead of up to
+  ``attempts`` (a failed attempt is a pass over every block).
   """
   num_blocks = math.ceil(np.asarray(embedding).shape[0] / rows_per_block)
   want = max(0, num_blocks - max_blocks)

@@ -11,10 +11,9 @@ rows are dequantized after the gather.
   optimizer step :meth:`post_update` requantizes each row with *stochastic* rounding (round up with
   probability equal to the fractional part, so the rounding is unbiased and small updates survive
   in expectation; a row's largest entry rounds to nearest, so that the row keeps its scale). Its
-  uniforms come from a counter hash (:func:`hashed_uniform`: MurmurHash3's
-  finaliser of each entry's index under a seed drawn from the step's key), not from threefry,
-  which for a 2M x 16 table cost 1.1-1.4 s a step against 0.13 s. Bytes: ``ceil(N D bits / 8)
-  + 2 N`` (codes bit-packed).
+  uniforms come from a counter hash (:func:`hashed_uniform`: MurmurHash3's finaliser of each
+  entry's index under a seed drawn from the step's key) rather than threefry, since the whole
+  table is requantized every step. Bytes: ``ceil(N D bits / 8) + 2 N`` (codes bit-packed).
 
 Note: in this implementation the float32 master copy during training is kept on the grid but is
 still float32 (and the optimizer state is float32), so *training* memory equals the full table's;
@@ -53,7 +52,7 @@ def row_scale(x: jax.Array, bits: int) -> jax.Array:
 def hashed_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Uniforms in [0, 1) of ``shape`` (24 bits each): MurmurHash3's finaliser, twice, of each
   entry's flat index mixed with one 32-bit word drawn from ``key``. Counter-based, as threefry is,
-  at a tenth of its cost per entry; for stochastic rounding, not for cryptography."""
+  with fewer rounds; for stochastic rounding, not for cryptography."""
   word = jax.random.bits(key, (), jnp.uint32)
   index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
   h = base._fmix32(base._fmix32(index ^ word, jnp) + word, jnp)

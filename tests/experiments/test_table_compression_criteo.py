@@ -24,8 +24,10 @@ def experiment():
 def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_path):
   cfg = load_config(str(REPO / 'configs' / 'table_compression.py:criteo'))
   cfg.criteo.rows, cfg.criteo.total_ids = 6000, 20_000
-  cfg.methods = ('robe', 'dedup', 'pep', 'adaembed', 'mgqe', 'autodim')
+  cfg.methods = ('robe', 'dedup', 'pep', 'adaembed', 'mgqe', 'autodim', 'optembed')
   cfg.method_kw = mlc.ConfigDict({m: {} for m in cfg.methods})
+  cfg.method_kw.optembed = {'dim_choices': (2, 8)}
+  cfg.optembed.population, cfg.optembed.generations = 4, 1
   cfg.method_kw.adaembed = {'period': 5}
   cfg.method_kw.autodim = {'choices': (2, 8)}  # two widths: a short compile
   cfg.dedup.attempts = 1  # the tolerance is not raised: the infeasible path is recorded
@@ -48,6 +50,8 @@ def test_shrunk_criteo_benchmark_runs_resumes_and_summarises(experiment, tmp_pat
   for m in ('pep', 'dedup'):
     assert by[m, 1.0]['config']['stage_one_reused'] is False, m
   assert by['pep', 0.1]['config']['stage_one_reused'] is True
+  assert by['optembed', 1.0]['config']['stage_one_reused'] is False
+  assert by['optembed', 0.1]['config']['stage_one_reused'] is True  # its supernet
   assert by['pep', 0.1]['config']['search_valid_auc'] == by['pep', 1.0]['config']['search_valid_auc']
   assert result['data']['name'] == 'criteo_synthetic' and len(result['data']['vocab_sizes']) == 26
   assert experiment._summarise(result['runs']) == result['summary']
