@@ -242,7 +242,9 @@ def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
          '--systems', system, '--child-out', str(out)]
   for flag in ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
                'compile_backend', 'compile_mode'):
-    cmd += [f'--{flag.replace("_", "-")}', str(getattr(args, flag))]
+    value = getattr(args, flag)
+    if value is not None:  # str(None) would reach torch.compile as mode='None'
+      cmd += [f'--{flag.replace("_", "-")}', str(value)]
   if args.smoke:
     cmd.append('--smoke')
   return cmd

@@ -78,6 +78,32 @@ def test_every_suite_command_line_is_accepted_by_its_script(name):
   assert sum(s for *_, s in suite.SUITES[name]) <= suite.SUITE_SECONDS + 60
 
 
+def _child_args(name: str):
+  """(parent's args, the args its child command parses to) for one GPU benchmark at its
+  defaults (torch.compile's mode unset, as on the device)."""
+  module = _load(name)
+  parser = module.build_parser()
+  args = parser.parse_args(['--out', '/tmp/x.json'])
+  if name == 'train_gpu':
+    cmd = module._child_cmd(args, 'minilm_l6', 'torch_compile', Path('/tmp/c.json'))
+  elif name == 'decoder_gpu':
+    cmd = module._child_cmd(args, 'full', 'torch_compile', Path('/tmp/c.json'))
+  else:
+    cmd = module._child_cmd(parser, args, ('fixed', 'minilm_l6', 'torch_compile'),
+                            Path('/tmp/c.json'))
+  return args, parser.parse_args(cmd[2:])
+
+
+@pytest.mark.parametrize('name', ['train_gpu', 'encode_gpu', 'decoder_gpu'])
+def test_a_child_gets_the_parents_settings(name):
+  # The first GPU window lost torch.compile to this: an unset mode reached the child as 'None'.
+  parent, child = _child_args(name)
+  assert child.compile_mode is None and parent.compile_mode is None
+  for key in ('batch', 'warmup', 'blocks', 'dtype', 'compile_backend', 'compile_mode'):
+    if hasattr(parent, key):
+      assert getattr(child, key) == getattr(parent, key), key
+
+
 @pytest.mark.slow  # two small critical-n searches (d = 4) in subprocesses: ~25 s of CPU
 def test_suite_c_smoke_searches_twice_and_compares(tmp_path):
   suite.main(['run', 'C', '--smoke', '--out', str(tmp_path)])
