@@ -591,9 +591,14 @@ def run_job(job: tuple[str, str, str], args) -> dict:
       np.save(Path(args.work_dir) / f'text.{name}.npy', emb)
     return raw
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
-  if system == 'embedjax':
-    return run_fixed_embedjax(shapes[model_name], args, vocab)
-  return run_fixed_torch(shapes[model_name], args, vocab, compiled=system == 'torch_compile')
+  t = time.perf_counter()
+  raw = (run_fixed_embedjax(shapes[model_name], args, vocab) if system == 'embedjax' else
+         run_fixed_torch(shapes[model_name], args, vocab, compiled=system == 'torch_compile'))
+  # Where a run's wall time goes besides warm-up and timed calls (imports, weights, programs
+  # built ahead of the warm-up); run_wall_s - run_s is the process's start.
+  raw['run_s'] = round(time.perf_counter() - t, 3)
+  raw['setup_s'] = round(raw['run_s'] - raw['warmup_s'] - sum(raw['block_s']), 3)
+  return raw
 
 
 # Flags a child does not get from the parent (it gets its own job instead).

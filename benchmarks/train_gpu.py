@@ -232,9 +232,14 @@ def run_torch(shape: dict, args, vocab: int, compiled: bool) -> dict:
 def run_one(model_name: str, system: str, args) -> dict:
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   shape = shapes[model_name]
-  if system == 'embedjax':
-    return run_embedjax(shape, args, vocab)
-  return run_torch(shape, args, vocab, compiled=system == 'torch_compile')
+  t = time.perf_counter()
+  raw = (run_embedjax(shape, args, vocab) if system == 'embedjax' else
+         run_torch(shape, args, vocab, compiled=system == 'torch_compile'))
+  # Where a run's wall time goes besides warm-up and timed steps (imports, weights, programs
+  # built ahead of the warm-up); run_wall_s - run_s is the process's start.
+  raw['run_s'] = round(time.perf_counter() - t, 3)
+  raw['setup_s'] = round(raw['run_s'] - raw['warmup_s'] - sum(raw['block_s']), 3)
+  return raw
 
 
 def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:

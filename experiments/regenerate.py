@@ -132,7 +132,7 @@ TARGETS = (
     Target('bench_encode_gpu', 'results/bench_encode_gpu.json', (PY, 'benchmarks/encode_gpu.py'),
            code=('benchmarks/encode_gpu.py', 'benchmarks/train_common.py',
                  'benchmarks/train_gpu.py', 'benchmarks/gpu_common.py', *CORE), device='gpu',
-           note='GPU suite A: benchmarks/gpu_suite.py run A'),
+           note='GPU suite E: benchmarks/gpu_suite.py run E'),
     Target('bench_decoder_gpu', 'results/bench_decoder_gpu.json',
            (PY, 'benchmarks/decoder_gpu.py'),
            code=('benchmarks/decoder_gpu.py', 'benchmarks/train_common.py',

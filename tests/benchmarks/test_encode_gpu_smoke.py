@@ -90,6 +90,7 @@ def test_smoke_writes_the_result_keys(tmp_path):
     assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile'}
     for r in runs.values():
       assert r['seqs_per_s'] > 0 and r['call_ms'] > 0 and r['achieved_tflops'] > 0
+      assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['out_shape'] == [4, 32] and abs(r['norm_mean'] - 1) < 1e-3
     flops = record['flops_per_call'][model]

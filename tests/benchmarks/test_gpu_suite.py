@@ -4,6 +4,7 @@ accepted by its script (so a window is not lost to a typo)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -108,11 +109,41 @@ def test_a_child_gets_the_parents_settings(name):
 def test_suite_c_smoke_searches_twice_and_compares(tmp_path):
   suite.main(['run', 'C', '--smoke', '--out', str(tmp_path)])
   rec = json.loads((tmp_path / 'suite_C.json').read_text())
+  assert 'why_not_compared' not in rec, rec
   log = (tmp_path / 'critical_n_first.log').read_text()
   assert [r['rc'] for r in rec['runs'].values()] == [0, 0], log[-2000:]
   assert rec['deterministic'] is True and rec['critical_n'][0] == rec['critical_n'][1] >= 5
   first = json.loads((tmp_path / 'limit' / 'critical_n.json').read_text())
   assert list(first['critical_n']) == ['4'] and (tmp_path / 'limit' / 'critical_n.md').is_file()
+
+
+def test_suite_c_checks_nothing_when_its_run_does_not_finish(tmp_path, monkeypatch):
+  # The first window's two runs both hit their time limit, and the suite then compared the
+  # unchanged committed record with itself and called the search deterministic.
+  limit = tmp_path / 'repo' / 'results' / 'limit'
+  limit.mkdir(parents=True)
+  committed = json.dumps({'critical_n': {'32': 295}, 'runs': {'32': {'device': 'X'}}})
+  (limit / 'critical_n.json').write_text(committed)
+  monkeypatch.setattr(suite, 'REPO', tmp_path / 'repo')
+  monkeypatch.setattr(suite, 'CRITICAL_N', ('-c', 'import sys; sys.exit(3)'))
+  args = argparse.Namespace(smoke=False)
+  rec = suite.run_critical_n(args, tmp_path / 'out', {}, None, None)
+  assert rec['runs']['first']['rc'] == 3 and list(rec['runs']) == ['first']
+  assert rec['deterministic'] is None and rec['critical_n'] == []
+  assert 'did not finish' in rec['why_not_compared']
+  assert (limit / 'critical_n.json').read_text() == committed
+  assert not (tmp_path / 'out' / 'limit' / 'critical_n.json').exists()
+
+
+def test_a_search_is_compared_only_with_one_the_program_wrote_on_that_device():
+  mine = {'runs': {'32': {'device': 'H200', 'provenance': {}, 'attempts': {}}}}
+  why = suite._why_not_comparable
+  assert why({}, mine, '32') == 'no earlier search of d = 32'
+  by_hand = {'runs': {'32': {'device': 'H200', 'note': 'assembled by hand', 'attempts': {}}}}
+  assert 'by hand' in why(by_hand, mine, '32')
+  other = {'runs': {'32': {'device': 'H100', 'provenance': {}, 'attempts': {}}}}
+  assert 'H100' in why(other, mine, '32')
+  assert why(mine, mine, '32') is None
 
 
 def test_collect_copies_results_but_not_smoke_runs(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ def test_smoke_writes_the_result_keys(tmp_path):
       assert r['pairs_per_s'] > 0 and r['step_ms'] > 0 and r['achieved_tflops'] > 0
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['loss'] > 0
+      assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
     flops = record['flops_per_step'][model]
     assert flops['total'] == flops['dense'] + flops['attention'] > 0
   assert {'command', 'versions', 'machine'} <= set(record['provenance'])
