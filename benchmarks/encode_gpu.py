@@ -129,7 +129,7 @@ if importlib.util.find_spec('embedjax') is None:  # a copy of the tree without a
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports too)
 
 import train_common as tc  # noqa: E402  (this folder)
-from gpu_common import run_child, set_backends  # noqa: E402  (this folder)
+from gpu_common import run_child, set_backends, top_kernels  # noqa: E402  (this folder)
 import train_gpu as tg  # noqa: E402  (the shapes, smoke flags and peaks of the training suite)
 
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
@@ -352,7 +352,13 @@ def run_fixed_embedjax(shape: dict, args, vocab: int) -> dict:
   warm, blocks = _timed_blocks(run, args.warmup, args.blocks, args.steps)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  return {'warmup_s': round(warm, 3), 'block_s': blocks,
+  profile = None
+  if args.profile_calls:  # after the timed blocks, so the trace costs them nothing
+    import tempfile
+    with tempfile.TemporaryDirectory() as trace_dir:
+      profile = top_kernels(lambda: run(args.profile_calls), trace_dir)
+    profile['calls'] = args.profile_calls
+  return {'warmup_s': round(warm, 3), 'block_s': blocks, 'profile': profile,
           'norm_mean': float(np.linalg.norm(np.asarray(last, np.float64), axis=1).mean()),
           'out_shape': list(last.shape), 'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device': dev.device_kind, 'backend': jax.default_backend(),
@@ -646,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--warmup', type=int, default=3, help='part 1: untimed calls (compilation)')
   p.add_argument('--steps', type=int, default=20, help='part 1: calls per timed block')
   p.add_argument('--blocks', type=int, default=5, help='part 1: timed blocks (median reported)')
+  p.add_argument('--profile-calls', type=int, default=5,
+                 help="part 1: embedjax's calls traced after the timed blocks, summed by kernel "
+                      "into the result's profile (0 = none)")
   p.add_argument('--texts', default=None,
                  help='part 2: gzip\'d BEIR corpus JSON lines (see --prepare-texts); '
                       'part 2 is skipped (and noted under errors) without it')

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
-from gpu_common import run_child, set_backends  # this folder
+from gpu_common import run_child, set_backends, top_kernels  # this folder
 
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports)
 RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
@@ -136,7 +136,14 @@ def run_embedjax(shape: dict, args, vocab: int) -> dict:
     blocks.append(time.perf_counter() - t)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
+  profile = None
+  if args.profile_steps:  # after the timed blocks, so the trace costs them nothing
+    import tempfile
+    with tempfile.TemporaryDirectory() as trace_dir:
+      profile = top_kernels(lambda: run(args.profile_steps), trace_dir)
+    profile['steps'] = args.profile_steps
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(metrics['loss']),
+          'profile': profile,
           'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device': dev.device_kind, 'backend': jax.default_backend(),
           'versions': {'jax': jax.__version__}}
@@ -246,7 +253,7 @@ def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
   cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--models', model_name,
          '--systems', system, '--child-out', str(out)]
   for flag in ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
-               'compile_backend', 'compile_mode'):
+               'compile_backend', 'compile_mode', 'profile_steps'):
     value = getattr(args, flag)
     if value is not None:  # str(None) would reach torch.compile as mode='None'
       cmd += [f'--{flag.replace("_", "-")}', str(value)]
@@ -284,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="torch.compile backend (default inductor; aot_eager with --smoke)")
   p.add_argument('--compile-mode', default=None, help='torch.compile mode (default: its default)')
   p.add_argument('--peak-tflops', type=float, default=None, help='device peak for MFU (TFLOP/s)')
+  p.add_argument('--profile-steps', type=int, default=3,
+                 help="embedjax's steps traced after the timed blocks, summed by kernel into the "
+                      "result's profile (0 = none)")
   p.add_argument('--in-process', action='store_true', help='all runs in this process')
   p.add_argument('--time-budget', type=float, default=0.0,
                  help='seconds for the whole run (0 = none): a run is not started with less than '

@@ -100,7 +100,8 @@ def test_a_child_gets_the_parents_settings(name):
   # The first GPU window lost torch.compile to this: an unset mode reached the child as 'None'.
   parent, child = _child_args(name)
   assert child.compile_mode is None and parent.compile_mode is None
-  for key in ('batch', 'warmup', 'blocks', 'dtype', 'compile_backend', 'compile_mode'):
+  for key in ('batch', 'warmup', 'blocks', 'dtype', 'compile_backend', 'compile_mode',
+              'profile_steps', 'profile_calls'):
     if hasattr(parent, key):
       assert getattr(child, key) == getattr(parent, key), key
 
@@ -144,6 +145,13 @@ def test_a_search_is_compared_only_with_one_the_program_wrote_on_that_device():
   other = {'runs': {'32': {'device': 'H100', 'provenance': {}, 'attempts': {}}}}
   assert 'H100' in why(other, mine, '32')
   assert why(mine, mine, '32') is None
+
+
+def test_a_failed_profile_is_recorded_not_raised(tmp_path):
+  common = _load('gpu_common')
+  def boom():
+    raise RuntimeError('no CUPTI')
+  assert common.top_kernels(boom, str(tmp_path)) == {'error': 'RuntimeError: no CUPTI'}
 
 
 def test_collect_copies_results_but_not_smoke_runs(tmp_path, monkeypatch):

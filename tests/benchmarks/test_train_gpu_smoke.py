@@ -43,6 +43,10 @@ def test_smoke_writes_the_result_keys(tmp_path):
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['loss'] > 0
       assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
+    prof = runs['embedjax']['profile']  # the smoke run's host ops, summed
+    assert prof['rows'] == 'host' and prof['total_ms'] > 0 and prof['steps'] >= 1
+    assert prof['top'] and 0 < sum(t['share'] for t in prof['top']) <= 1 + 1e-9
+    assert all(t['ms'] > 0 for t in prof['top'])
     flops = record['flops_per_step'][model]
     assert flops['total'] == flops['dense'] + flops['attention'] > 0
   assert {'command', 'versions', 'machine'} <= set(record['provenance'])
