@@ -105,7 +105,7 @@ for _p in (str(_HERE.parent), str(_HERE)):  # runnable as a script, or through r
     sys.path.insert(0, _p)
 
 import train_common as tc  # noqa: E402  (this folder, put on sys.path above)
-from gpu_common import run_child, set_backends  # noqa: E402  (this folder)
+from gpu_common import run_child, set_backends, top_kernels  # noqa: E402  (this folder)
 
 KINDS = ('full', 'lora')
 SYSTEMS = ('embedjax', 'embedjax_xla', 'torch_eager', 'torch_compile')
@@ -285,8 +285,14 @@ def run_embedjax(kind: str, system: str, shape: dict, args) -> dict:
   warm, blocks = _timed(run, args)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
+  profile = None
+  if args.profile_steps:  # after the timed blocks, so the trace costs them nothing
+    import tempfile
+    with tempfile.TemporaryDirectory() as trace_dir:
+      profile = top_kernels(lambda: run(args.profile_steps), trace_dir)
+    profile['steps'] = args.profile_steps
   return {'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3), 'warmup_s': round(warm, 3),
-          'block_s': blocks, 'loss': float(metrics['loss']),
+          'block_s': blocks, 'loss': float(metrics['loss']), 'profile': profile,
           'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device_bytes_limit': stats.get('bytes_limit'),
           'compiled_memory': memory, 'param_count': n_params, 'trainable_params': n_trainable,
@@ -422,7 +428,7 @@ def run_one(kind: str, system: str, args) -> dict:
 # driver
 _CHILD_FLAGS = ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
                 'remat', 'lora_rank', 'lora_alpha', 'lora_targets', 'torch_mask',
-                'compile_backend', 'compile_mode')
+                'compile_backend', 'compile_mode', 'profile_steps')
 
 
 def _child_cmd(args, kind: str, system: str, out: Path) -> list[str]:
@@ -482,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--warmup', type=int, default=2, help='untimed steps per run')
   p.add_argument('--steps', type=int, default=5, help='steps per timed block')
   p.add_argument('--blocks', type=int, default=3, help='timed blocks per run (median reported)')
+  p.add_argument('--profile-steps', type=int, default=2,
+                 help="embedjax's steps traced after the timed blocks, summed by kernel into the "
+                      "result's profile (0 = none)")
   p.add_argument('--dtype', choices=('bfloat16', 'float32'), default='bfloat16')
   # Without remat, 32 pairs at L=512 do not fit in 80 GB for embedjax (about 90 KB of residuals
   # per token and layer, plus 90 MB per text pair and layer of materialised scores with XLA

@@ -71,6 +71,9 @@ def test_smoke_writes_the_result_keys(tmp_path):
       assert (r['lora'] is not None) == (kind == 'lora')
     assert runs['embedjax']['attention_impl'] == 'auto'
     assert runs['embedjax_xla']['attention_impl'] == 'xla'
+    prof = runs['embedjax']['profile']  # the smoke run's host ops, summed
+    assert prof['rows'] == 'host' and prof['total_ms'] > 0 and prof['steps'] >= 1
+    assert prof['top'] and all(t['ms'] > 0 for t in prof['top'])
     for system in ('embedjax', 'embedjax_xla'):  # a CPU has no cuDNN: both take XLA's path
       assert runs[system]['attention_path'] == 'xla'
       assert runs[system]['hlo_calls_cudnn_fmha'] is False
