@@ -132,7 +132,9 @@ import train_common as tc  # noqa: E402  (this folder)
 from gpu_common import run_child, set_backends, top_kernels  # noqa: E402  (this folder)
 import train_gpu as tg  # noqa: E402  (the shapes, smoke flags and peaks of the training suite)
 
-SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
+# embedjax: BERT's attention_impl 'auto' (cuDNN's fused attention on a GPU where it applies);
+# embedjax_xla: the einsum path everywhere, to measure what the fused path gives.
+SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla')
 TEXT_SYSTEMS = ('embedjax', 'torch_eager')  # frameworks; their variants come from the flags
 MODELS, SMOKE_MODELS = tg.MODELS, tg.SMOKE_MODELS
 VOCAB, SMOKE_VOCAB = tg.VOCAB, tg.SMOKE_VOCAB
@@ -292,12 +294,12 @@ def hf_random_state(shape: dict, vocab: int, seed: int = 0) -> dict:
   return state
 
 
-def _bert_config(shape: dict, vocab: int, dtype: str):
+def _bert_config(shape: dict, vocab: int, dtype: str, attention_impl: str = 'auto'):
   from embedjax.models.bert import BertConfig
   return BertConfig(vocab_size=vocab, hidden_size=shape['hidden'],
                     num_hidden_layers=shape['layers'], num_attention_heads=shape['heads'],
                     intermediate_size=shape['intermediate'], max_position_embeddings=512,
-                    dtype=dtype)
+                    dtype=dtype, attention_impl=attention_impl)
 
 
 def _hf_config(shape: dict, vocab: int):
@@ -325,15 +327,16 @@ def _timed_blocks(run, warmup: int, blocks: int, steps: int) -> tuple[float, lis
 _EMBEDJAX_PROGRAMS: dict = {}  # spec -> (jitted init, jitted forward), reused within a process
 
 
-def run_fixed_embedjax(shape: dict, args, vocab: int) -> dict:
+def run_fixed_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') -> dict:
   import jax
   import numpy as np
 
+  from embedjax.models.bert import attention_path
   from embedjax.models.embedder import embed
   from embedjax.models.pretrained import init_params
   from embedjax.models.spec import EmbedderSpec
 
-  bert = _bert_config(shape, vocab, args.dtype)
+  bert = _bert_config(shape, vocab, args.dtype, attention_impl)
   spec = EmbedderSpec(bert=bert, pooling='mean', normalize=True, max_seq_length=args.length)
   if spec not in _EMBEDJAX_PROGRAMS:
     _EMBEDJAX_PROGRAMS[spec] = (jax.jit(init_params, static_argnums=0),
@@ -362,7 +365,9 @@ def run_fixed_embedjax(shape: dict, args, vocab: int) -> dict:
           'norm_mean': float(np.linalg.norm(np.asarray(last, np.float64), axis=1).mean()),
           'out_shape': list(last.shape), 'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device': dev.device_kind, 'backend': jax.default_backend(),
-          'attention': 'einsum softmax with a (B, L, L) additive bias (embedjax.models.bert)',
+          'attention_impl': attention_impl,
+          'attention_path': attention_path(bert, packed=False, dropout=False, blocked=False),
+          'hlo_calls_cudnn_fmha': '__cudnn$fmha' in fn.lower(params, ids, mask).as_text(),
           'versions': {'jax': jax.__version__}}
 
 
@@ -598,8 +603,11 @@ def run_job(job: tuple[str, str, str], args) -> dict:
     return raw
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   t = time.perf_counter()
-  raw = (run_fixed_embedjax(shapes[model_name], args, vocab) if system == 'embedjax' else
-         run_fixed_torch(shapes[model_name], args, vocab, compiled=system == 'torch_compile'))
+  if system.startswith('embedjax'):
+    raw = run_fixed_embedjax(shapes[model_name], args, vocab,
+                             'xla' if system == 'embedjax_xla' else 'auto')
+  else:
+    raw = run_fixed_torch(shapes[model_name], args, vocab, compiled=system == 'torch_compile')
   # Where a run's wall time goes besides warm-up and timed calls (imports, weights, programs
   # built ahead of the warm-up); run_wall_s - run_s is the process's start.
   raw['run_s'] = round(time.perf_counter() - t, 3)
@@ -757,11 +765,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   errors: dict = {}
   started = _T0
   deadline = started + args.time_budget - RESERVE_S if args.time_budget > 0 else float('inf')
-  # The headline comparisons first; torch.compile (the longest compilations) last, so a run cut
-  # short by the time budget loses the least.
-  jobs = [('fixed', m, s) for m in models for s in systems if s != 'torch_compile']
+  # The headline comparisons first; torch.compile (the longest compilations) and embedjax's
+  # einsum-path variant last, so a run cut short by the time budget loses the least.
+  late = ('torch_compile', 'embedjax_xla')
+  jobs = [('fixed', m, s) for m in models for s in systems if s not in late]
   text_jobs = [('text', TEXT_MODEL, s) for s in text_systems]
-  compile_jobs = [('fixed', m, s) for m in models for s in systems if s == 'torch_compile']
+  compile_jobs = [('fixed', m, s) for s in late for m in models if s in systems]
   text_info: dict | None = None
   work = Path(tempfile.mkdtemp(prefix='encode_gpu.'))
   args.work_dir = str(work)
@@ -860,6 +869,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
       'benchmark': 'encode_gpu', 'smoke': args.smoke,
       'ratio_vs_torch_eager': {m: ratio(m, 'torch_eager') for m in models},
       'ratio_vs_torch_compile': {m: ratio(m, 'torch_compile') for m in models},
+      # what embedjax's attention path gives: 'auto' over the einsum path
+      'ratio_vs_embedjax_xla': {m: ratio(m, 'embedjax_xla') for m in models},
       'device': ', '.join(devices),
       'results': results, 'text': text, 'errors': errors,
       'flops_per_call': {m: forward_flops(shapes[m], args.batch, args.length) for m in models},

@@ -52,7 +52,10 @@ from gpu_common import run_child, set_backends, top_kernels  # this folder
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports)
 RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
 
-SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile')
+# embedjax: BERT's attention_impl 'auto' (cuDNN's fused attention on a GPU where it applies);
+# embedjax_xla: the einsum path everywhere, to measure what the fused path gives.
+SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla')
+RATIO_SYSTEMS = ('embedjax', 'torch_compile')  # run first: the ratio's two sides
 MODELS = {
     'minilm_l6': dict(hidden=384, layers=6, heads=12, intermediate=1536),
     'bert_base': dict(hidden=768, layers=12, heads=12, intermediate=3072),
@@ -96,9 +99,9 @@ def random_batch(batch: int, query_len: int, doc_len: int, vocab: int):
 # ---------------------------------------------------------------------------------------------
 # embedjax
 _EMBEDJAX_PROGRAMS: dict = {}  # spec -> (jitted init, jitted step, tx), reused within a process
-def run_embedjax(shape: dict, args, vocab: int) -> dict:
+def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') -> dict:
   import jax
-  from embedjax.models.bert import BertConfig
+  from embedjax.models.bert import BertConfig, attention_path
   from embedjax.models.pretrained import init_params
   from embedjax.models.spec import EmbedderSpec
   from embedjax.train.state import create_state
@@ -106,7 +109,8 @@ def run_embedjax(shape: dict, args, vocab: int) -> dict:
   bert = BertConfig(vocab_size=vocab, hidden_size=shape['hidden'],
                     num_hidden_layers=shape['layers'], num_attention_heads=shape['heads'],
                     intermediate_size=shape['intermediate'], max_position_embeddings=512,
-                    dtype=args.dtype)
+                    dtype=args.dtype, attention_probs_dropout_prob=args.attention_dropout,
+                    attention_impl=attention_impl)
   spec = EmbedderSpec(bert=bert, pooling='mean', normalize=True,
                       max_seq_length=max(args.query_len, args.doc_len))
   if spec not in _EMBEDJAX_PROGRAMS:
@@ -142,8 +146,15 @@ def run_embedjax(shape: dict, args, vocab: int) -> dict:
     with tempfile.TemporaryDirectory() as trace_dir:
       profile = top_kernels(lambda: run(args.profile_steps), trace_dir)
     profile['steps'] = args.profile_steps
+  try:  # whether the step calls cuDNN's fused attention (lowered only: no second compile)
+    fmha = '__cudnn$fmha' in step.lower(state, batch, rng).as_text()
+  except Exception:  # noqa: BLE001 - a diagnostic only
+    fmha = None
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(metrics['loss']),
-          'profile': profile,
+          'profile': profile, 'attention_impl': attention_impl,
+          'attention_path': attention_path(bert, packed=False, blocked=False,
+                                           dropout=args.attention_dropout > 0),
+          'hlo_calls_cudnn_fmha': fmha,
           'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device': dev.device_kind, 'backend': jax.default_backend(),
           'versions': {'jax': jax.__version__}}
@@ -174,6 +185,7 @@ def run_torch(shape: dict, args, vocab: int, compiled: bool) -> dict:
   cfg = BertConfig(vocab_size=vocab, hidden_size=shape['hidden'],
                    num_hidden_layers=shape['layers'], num_attention_heads=shape['heads'],
                    intermediate_size=shape['intermediate'], max_position_embeddings=512,
+                   attention_probs_dropout_prob=args.attention_dropout,
                    attn_implementation='sdpa')
   # Within one process (--in-process, --smoke) a second run of the same shape reuses the model
   # and so the compiled function (a new module would make torch.compile trace again).
@@ -240,8 +252,10 @@ def run_one(model_name: str, system: str, args) -> dict:
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   shape = shapes[model_name]
   t = time.perf_counter()
-  raw = (run_embedjax(shape, args, vocab) if system == 'embedjax' else
-         run_torch(shape, args, vocab, compiled=system == 'torch_compile'))
+  if system.startswith('embedjax'):
+    raw = run_embedjax(shape, args, vocab, 'xla' if system == 'embedjax_xla' else 'auto')
+  else:
+    raw = run_torch(shape, args, vocab, compiled=system == 'torch_compile')
   # Where a run's wall time goes besides warm-up and timed steps (imports, weights, programs
   # built ahead of the warm-up); run_wall_s - run_s is the process's start.
   raw['run_s'] = round(time.perf_counter() - t, 3)
@@ -253,7 +267,7 @@ def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
   cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--models', model_name,
          '--systems', system, '--child-out', str(out)]
   for flag in ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
-               'compile_backend', 'compile_mode', 'profile_steps'):
+               'compile_backend', 'compile_mode', 'profile_steps', 'attention_dropout'):
     value = getattr(args, flag)
     if value is not None:  # str(None) would reach torch.compile as mode='None'
       cmd += [f'--{flag.replace("_", "-")}', str(value)]
@@ -286,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--steps', type=int, default=10, help='steps per timed block')
   p.add_argument('--blocks', type=int, default=5, help='timed blocks per run (median reported)')
   p.add_argument('--dtype', choices=('bfloat16', 'float32'), default='bfloat16')
+  p.add_argument('--attention-dropout', type=float, default=0.1,
+                 help="dropout on the attention probabilities in both systems (BERT's 0.1; at 0 "
+                      "embedjax can take cuDNN's fused attention, which has none)")
   p.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='torch CPU threads')
   p.add_argument('--compile-backend', default=None,
                  help="torch.compile backend (default inductor; aot_eager with --smoke)")
@@ -341,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   # The ratio's two sides first, for every model, so that a run cut short by the time budget
   # loses the least: embedjax and torch.compile, then torch eager.
   order = [(m, s) for first in (True, False) for m in models for s in systems
-           if (s != 'torch_eager') == first]
+           if (s in RATIO_SYSTEMS) == first]
   for done, (m, s) in enumerate(order):
     left = deadline - time.perf_counter()
     if left < MIN_RUN_S:
@@ -392,6 +409,8 @@ def _record(args, models, shapes, vocab, results, errors, run, finished: bool) -
       'benchmark': 'train_gpu', 'smoke': args.smoke, 'finished': finished,
       'ratio_vs_torch_compile': {m: ratio(m, 'torch_compile') for m in models},
       'ratio_vs_torch_eager': {m: ratio(m, 'torch_eager') for m in models},
+      # what embedjax's attention path gives: 'auto' over the einsum path
+      'ratio_vs_embedjax_xla': {m: ratio(m, 'embedjax_xla') for m in models},
       'device': ', '.join(devices),
       'results': results, 'errors': errors,
       'flops_per_step': {m: flops_per_step(shapes[m], args.batch, args.query_len, args.doc_len, vocab)
@@ -403,7 +422,8 @@ def _record(args, models, shapes, vocab, results, errors, run, finished: bool) -
           'vocab': vocab, 'inputs': 'random valid ids, full length, same device-resident batch',
           'loss': 'in-batch InfoNCE (MNRL), mean pooling, cosine, scale 20',
           'optimizer': f'AdamW lr {tc.LR} wd {tc.WEIGHT_DECAY} (torch: fused on CUDA)',
-          'dropout': True, 'warmup_steps': args.warmup, 'steps_per_block': args.steps,
+          'dropout': True, 'attention_dropout': args.attention_dropout,
+          'warmup_steps': args.warmup, 'steps_per_block': args.steps,
           'blocks': args.blocks, 'isolation': 'one process' if args.in_process else
           'one subprocess per (model, system)',
           'torch_compile': {'backend': args.compile_backend, 'mode': args.compile_mode},

@@ -11,6 +11,15 @@ Packed rows: several texts may share one row (``segment_ids`` 1..S for each text
 ``position_ids`` restarting at 0 for each text). Attention is then restricted to tokens of the same
 segment, which makes a packed row compute exactly what separate padded rows would, without the
 padding work.
+
+Attention kernel (``attention_impl``): 'xla' is the einsum path below (any mask, packing, dropout
+on the probabilities); 'cudnn' runs rows that are right-padded and unpacked, with no dropout on the
+attention probabilities, through ``jax.nn.dot_product_attention`` with the padding as per-row
+lengths (cuDNN's fused kernel on a GPU, XLA's implementation of the same form elsewhere, which is
+what CPU tests compare); 'auto' (the default) is 'cudnn' on a GPU in bfloat16 and 'xla' otherwise.
+Whether a batch is right-padded is checked on the device once per forward, and a batch that is not
+takes the einsum path (``jax.lax.cond``), so no mask is ever misread. Outputs at padding positions
+differ between the paths (nothing reads them: pooling and the next layers ignore them).
 """
 
 from __future__ import annotations
@@ -59,6 +68,9 @@ _DISTILBERT_KEYS = {
 }
 
 
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """Architecture of a BERT-family encoder (field names follow HF ``config.json``)."""
@@ -92,6 +104,8 @@ class BertConfig:
   # Queries attended in blocks of this many tokens when a text is longer (memory linear in the
   # length: no (L, L) array), at inference; 0 = one block. Not in HF configs.
   attention_block: int = 0
+  # Attention kernel: 'auto', 'xla' or 'cudnn' (module docstring). Not in HF configs.
+  attention_impl: str = 'auto'
 
   def __post_init__(self):
     if not self.attention_head_size and self.hidden_size % self.num_attention_heads:
@@ -108,6 +122,8 @@ class BertConfig:
     check_policy(self.remat)
     if self.attention_block < 0:
       raise ValueError(f'attention_block must be >= 0, got {self.attention_block}')
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f'attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}')
 
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> 'BertConfig':
@@ -133,7 +149,7 @@ class BertConfig:
     # 'dtype' in a HF config is the storage dtype of its weights, not our compute dtype.
     kwargs = {k: v for k, v in hf.items()
               if k in names and k not in ('model_type', 'position_offset', 'dtype', 'remat',
-                                          'attention_block')}
+                                          'attention_block', 'attention_impl')}
     kwargs['model_type'] = model_type
     if model_type in _OFFSET_POSITIONS:
       kwargs['position_offset'] = int(hf.get('pad_token_id', 1)) + 1
@@ -146,7 +162,7 @@ class BertConfig:
     """The Hugging Face ``config.json`` dict for this architecture (in its family's own keys)."""
     hf = dataclasses.asdict(self)
     for key in ('dtype', 'position_offset', 'embedding_size', 'model_type', 'remat',
-                'attention_block'):
+                'attention_block', 'attention_impl'):
       hf.pop(key)
     if not self.attention_head_size:
       hf.pop('attention_head_size')
@@ -231,18 +247,68 @@ def _attend_blocked(q, k, v, segments, block: int):
   return out.transpose(1, 2, 0, 3, 4).reshape(b, h, l + pad, d)[:, :, :l]
 
 
+def attention_path(cfg: BertConfig, *, packed: bool, dropout: bool, blocked: bool) -> str:
+  """'cudnn' or 'xla': the attention path a forward takes (module docstring). ``packed``: segment
+  ids given; ``dropout``: dropout on the attention probabilities is active; ``blocked``: the
+  query-blocked long-input path. cuDNN also needs a head width that is a multiple of 8, <= 128."""
+  if cfg.attention_impl == 'xla' or packed or dropout or blocked:
+    return 'xla'
+  if cfg.attention_impl == 'cudnn':
+    return 'cudnn'
+  fits = cfg.head_size % 8 == 0 and cfg.head_size <= 128
+  on_gpu = jax.default_backend() == 'gpu'
+  return 'cudnn' if on_gpu and fits and cfg.compute_dtype == jnp.bfloat16 else 'xla'
+
+
+def padding_lengths(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(lengths (B,) int32 tokens per row, right_padded () bool: every row is its first ``length``
+  tokens then padding) for a (B, L) 0/1 mask."""
+  mask = attention_mask.astype(bool)
+  lengths = mask.sum(-1).astype(jnp.int32)
+  prefix = jnp.arange(mask.shape[1])[None, :] < lengths[:, None]
+  return lengths, jnp.all(mask == prefix)
+
+
+def _attend_fused(q, k, v, attention_mask, lengths, right_padded):
+  """Attention of right-padded rows as per-row lengths: q, k, v (B, L, heads, D) unscaled,
+  attention_mask (B, L), lengths (B,), right_padded () bool. Returns (B, L, heads, D).
+
+  ``jax.nn.dot_product_attention`` gets cuDNN's kernel on a GPU and XLA's elsewhere. A batch that
+  is not right-padded takes the einsum path with the mask as a bias instead (on the device: the
+  predicate is data), so the result is right for any mask."""
+  impl = 'cudnn' if jax.default_backend() == 'gpu' else 'xla'
+  scale = jnp.asarray(1.0 / q.shape[-1] ** 0.5, q.dtype)
+
+  def fused(_):
+    return jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                        key_value_seq_lengths=lengths, implementation=impl)
+
+  def general(_):
+    heads_first = lambda t: t.transpose(0, 2, 1, 3)
+    out = _attend(heads_first(q) * scale, heads_first(k), heads_first(v),
+                  attention_bias(attention_mask))
+    return heads_first(out)
+
+  return jax.lax.cond(right_padded, fused, general, None)
+
+
 class SelfAttention(nn.Module):
   cfg: BertConfig
 
   @nn.compact
   def __call__(self, x, bias, deterministic: bool):
     """x: (B, L, H); bias: (B, L, L) additive mask (0 or a large negative), shared by the heads,
-    or (B, L) attention groups for blocked attention (``attention_block``)."""
+    or (B, L) attention groups for blocked attention (``attention_block``), or the fused path's
+    (attention_mask (B, L), lengths (B,), right_padded ()) tuple."""
     cfg = self.cfg
     b, l, _ = x.shape
     heads = cfg.num_attention_heads
     head_dim = cfg.head_size
     h = heads * head_dim  # the attention width (hidden_size unless heads were pruned)
+    if isinstance(bias, tuple):  # the fused path: (B, L, heads, D), the layout it takes
+      per_head = lambda t: t.reshape(b, l, heads, head_dim)
+      q, k, v = (per_head(_dense(h, cfg, name)(x)) for name in ('query', 'key', 'value'))
+      return _attend_fused(q, k, v, *bias).reshape(b, l, h)
     # (B, heads, L, D): heads as a batch dimension, so both attention matmuls are plain batched
     # matmuls. (One fused QKV matmul was measured no faster on XLA CPU, and concatenating the three
     # kernels costs a copy per call; the HF per-projection layout stays.)
@@ -347,9 +413,14 @@ class BertEncoder(nn.Module):
     if width != cfg.hidden_size:
       x = _dense(cfg.hidden_size, cfg, 'embeddings_project')(x)
 
-    if cfg.attention_block and l > cfg.attention_block and deterministic:
+    blocked = bool(cfg.attention_block and l > cfg.attention_block and deterministic)
+    path = attention_path(cfg, packed=segment_ids is not None, blocked=blocked,
+                          dropout=not deterministic and cfg.attention_probs_dropout_prob > 0)
+    if blocked:
       # (B, L) groups instead of the (B, L, L) bias: each query block builds its own
       bias = jnp.where(attention_mask.astype(bool), 1 if segment_ids is None else segment_ids, 0)
+    elif path == 'cudnn':  # padding as per-row lengths, checked once here for every layer
+      bias = (attention_mask, *padding_lengths(attention_mask))
     else:
       bias = attention_bias(attention_mask, segment_ids)
     out = apply_layers(self, lambda **kw: Layer(cfg, **kw), cfg.num_hidden_layers,

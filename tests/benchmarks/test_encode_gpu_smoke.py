@@ -82,17 +82,22 @@ def test_smoke_writes_the_result_keys(tmp_path):
   assert record['benchmark'] == 'encode_gpu'
   assert record['smoke'] is True and record['errors'] == {}, record['errors']
   assert record['device'] == 'cpu'
-  for key in ('ratio_vs_torch_eager', 'ratio_vs_torch_compile'):
+  for key in ('ratio_vs_torch_eager', 'ratio_vs_torch_compile', 'ratio_vs_embedjax_xla'):
     assert set(record[key]) == {'minilm_l6', 'bert_base'}
     assert all(isinstance(v, float) and v > 0 for v in record[key].values())
   for model in ('minilm_l6', 'bert_base'):
     runs = record['results'][model]
-    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile'}
+    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla'}
     for r in runs.values():
       assert r['seqs_per_s'] > 0 and r['call_ms'] > 0 and r['achieved_tflops'] > 0
       assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['out_shape'] == [4, 32] and abs(r['norm_mean'] - 1) < 1e-3
+    assert runs['embedjax']['attention_impl'] == 'auto'  # on a CPU: the einsum path
+    assert runs['embedjax_xla']['attention_impl'] == 'xla'
+    for system in ('embedjax', 'embedjax_xla'):
+      assert runs[system]['attention_path'] == 'xla'
+      assert runs[system]['hlo_calls_cudnn_fmha'] is False
     prof = runs['embedjax']['profile']  # the smoke run's host ops, summed
     assert prof['rows'] == 'host' and prof['total_ms'] > 0 and prof['calls'] >= 1
     assert prof['top'] and 0 < sum(t['share'] for t in prof['top']) <= 1 + 1e-9

@@ -32,17 +32,22 @@ def test_smoke_writes_the_result_keys(tmp_path):
   record = json.loads(out.read_text())
   assert record['smoke'] is True and record['errors'] == {}
   assert record['device'] == 'cpu'
-  for key in ('ratio_vs_torch_compile', 'ratio_vs_torch_eager'):
+  for key in ('ratio_vs_torch_compile', 'ratio_vs_torch_eager', 'ratio_vs_embedjax_xla'):
     assert set(record[key]) == {'minilm_l6', 'bert_base'}
     assert all(isinstance(v, float) and v > 0 for v in record[key].values())
   for model in ('minilm_l6', 'bert_base'):
     runs = record['results'][model]
-    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile'}
+    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla'}
     for r in runs.values():
       assert r['pairs_per_s'] > 0 and r['step_ms'] > 0 and r['achieved_tflops'] > 0
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['loss'] > 0
       assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
+    assert runs['embedjax']['attention_impl'] == 'auto'  # on a CPU: the einsum path
+    assert runs['embedjax_xla']['attention_impl'] == 'xla'
+    for system in ('embedjax', 'embedjax_xla'):
+      assert runs[system]['attention_path'] == 'xla'
+      assert runs[system]['hlo_calls_cudnn_fmha'] is False
     prof = runs['embedjax']['profile']  # the smoke run's host ops, summed
     assert prof['rows'] == 'host' and prof['total_ms'] > 0 and prof['steps'] >= 1
     assert prof['top'] and 0 < sum(t['share'] for t in prof['top']) <= 1 + 1e-9
@@ -76,5 +81,5 @@ def test_a_spent_time_budget_skips_runs_and_still_writes_the_file(tmp_path):
   record = json.loads(out.read_text())
   assert record['finished'] is True and record['results'] == {'minilm_l6': {}, 'bert_base': {}}
   assert set(record['errors']) == {f'{m}/{s}' for m in ('minilm_l6', 'bert_base')
-                                   for s in ('embedjax', 'torch_eager', 'torch_compile')}
+                                   for s in ('embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla')}
   assert all(e.startswith('skipped: time budget') for e in record['errors'].values())
