@@ -61,8 +61,15 @@ class Checkpointer:
     """Restores onto ``abstract_state`` (e.g. ``jax.eval_shape`` output carrying shardings).
 
     A checkpoint whose arrays do not fit ``abstract_state`` (the run's model or optimizer changed)
-    raises CheckpointMismatch with one line, instead of Orbax's multi-line traceback.
+    raises CheckpointMismatch with one line, instead of Orbax's multi-line traceback. Shapes are
+    compared with the checkpoint's metadata first: Orbax reads arrays concurrently, and when one
+    does not fit, the reads still in flight print tracebacks of their own after the error.
     """
+    where = self._manager.directory / str(step)
+    mismatch = _first_mismatch(_stored_shapes(where / 'state'), _shapes(abstract_state))
+    if mismatch:
+      raise CheckpointMismatch(f'checkpoint {where} does not fit this config\'s train state '
+                               f'(changed model or optimizer?): {mismatch}')
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -79,6 +86,46 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{path of names: shape} of a tree's array leaves (dict keys, attribute names and sequence
+  indices as strings: how Orbax names a saved tree)."""
+  def name(key) -> str:
+    for attr in ('name', 'key', 'idx'):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {tuple(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, 'shape')}
+
+
+def _stored_shapes(path) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """The shapes a saved state item holds, from its metadata (no array is read)."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return _shapes(handler.metadata(path).tree)
+  except (OSError, ValueError, KeyError):  # no readable metadata: Orbax's restore will say
+    return {}
+  finally:
+    handler.close()
+
+
+def _first_mismatch(stored: dict, wanted: dict) -> str | None:
+  """The first array of ``wanted`` missing from ``stored`` or shaped differently (one line), or
+  of ``stored`` that ``wanted`` lacks; None when they agree or share no path at all (layouts that
+  cannot be compared are left to Orbax)."""
+  if not stored.keys() & wanted.keys():
+    return None
+  for path in sorted(wanted, key=lambda p: (p[0] != 'params', p)):  # a parameter names it best
+    if path not in stored:
+      return f'{"/".join(path)} is not in the checkpoint'
+    if stored[path] != wanted[path]:
+      return (f'{"/".join(path)} has shape {stored[path]} in the checkpoint, '
+              f'{wanted[path]} in this config')
+  extra = sorted(stored.keys() - wanted.keys())
+  return f'{"/".join(extra[0])} is in the checkpoint, not in this config' if extra else None
 
 
 def abstract_like(state, sharding) -> Any:
