@@ -262,11 +262,12 @@ def attention_path(cfg: BertConfig, *, packed: bool, dropout: bool, blocked: boo
 
 def padding_lengths(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(lengths (B,) int32 tokens per row, right_padded () bool: every row is its first ``length``
-  tokens then padding) for a (B, L) 0/1 mask."""
+  tokens then padding, and no row is empty) for a (B, L) 0/1 mask. An empty row has no key to
+  attend to, which a fused kernel may answer with NaN: such a batch takes the einsum path."""
   mask = attention_mask.astype(bool)
   lengths = mask.sum(-1).astype(jnp.int32)
   prefix = jnp.arange(mask.shape[1])[None, :] < lengths[:, None]
-  return lengths, jnp.all(mask == prefix)
+  return lengths, jnp.all(mask == prefix) & jnp.all(lengths > 0)
 
 
 def _attend_fused(q, k, v, attention_mask, lengths, right_padded):
@@ -280,8 +281,12 @@ def _attend_fused(q, k, v, attention_mask, lengths, right_padded):
   scale = jnp.asarray(1.0 / q.shape[-1] ** 0.5, q.dtype)
 
   def fused(_):
-    return jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
-                                        key_value_seq_lengths=lengths, implementation=impl)
+    out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths, implementation=impl)
+    # Padding queries come out as zeros on every backend: pooling multiplies them by 0, which
+    # would turn anything non-finite there into NaN.
+    real = jnp.arange(q.shape[1])[None, :] < lengths[:, None]
+    return jnp.where(real[:, :, None, None], out, 0).astype(out.dtype)
 
   def general(_):
     heads_first = lambda t: t.transpose(0, 2, 1, 3)

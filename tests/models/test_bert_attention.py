@@ -59,6 +59,17 @@ def test_padding_lengths_by_hand():
   assert lengths.tolist() == [10, 6, 3] and bool(ok)
   lengths, ok = bert.padding_lengths(jnp.asarray(HOLES))
   assert lengths.tolist() == [8, 8, 8] and not bool(ok)
+  empty = RIGHT.copy()
+  empty[2] = 0  # a row without a token takes the einsum path
+  lengths, ok = bert.padding_lengths(jnp.asarray(empty))
+  assert lengths.tolist() == [10, 6, 0] and not bool(ok)
+
+
+def test_fused_path_zeroes_padding_queries():
+  q, k, v = (jax.random.normal(key, (3, 10, 4, 8)) for key in jax.random.split(jax.random.key(3), 3))
+  lengths, ok = bert.padding_lengths(jnp.asarray(RIGHT))
+  got = np.asarray(bert._attend_fused(q, k, v, jnp.asarray(RIGHT), lengths, ok))
+  assert (got[~RIGHT.astype(bool)] == 0).all()
 
 
 @pytest.fixture(scope='module')
