@@ -213,3 +213,18 @@ def test_set_fields_checks_python_values_as_a_command_line_override_would():
   for name, (value, message) in cases.items():
     with pytest.raises(ConfigError, match=re.escape(message)):
       set_fields(base_config(), {name: value}, where='fit overrides')
+
+
+def test_attention_kernel_and_dropout_reach_the_model():
+  from embedjax.train.loop import dry_build, model_spec
+  tiny = str(REPO / 'configs' / 'tiny_synthetic.py')
+  spec, _ = model_spec(load_config(tiny, []).model)
+  own = spec.bert.attention_probs_dropout_prob
+  assert spec.bert.attention_impl == 'auto' and own == 0.1  # the model's own dropout
+  spec, _ = model_spec(load_config(tiny, ['--config.model.attention_impl=xla',
+                                          '--config.model.attention_dropout=0']).model)
+  assert spec.bert.attention_impl == 'xla' and spec.bert.attention_probs_dropout_prob == 0.0
+  with pytest.raises(ConfigError, match=r"model.attention_impl 'flash': not one of"):
+    dry_build(load_config(tiny, ['--config.model.attention_impl=flash']))
+  with pytest.raises(ConfigError, match=r'model.attention_dropout 1.5: -1'):
+    dry_build(load_config(tiny, ['--config.model.attention_dropout=1.5']))

@@ -136,6 +136,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bert = {k: 0 for k in BERT_OVERRIDES}  # random init only: architecture changes (0 = keep)
   c.model.attention = ''         # decoders: '' = causal (as pre-trained) | causal | bidirectional
   c.model.remat = 'none'         # per-layer rematerialisation: none | full | dots | dots_no_batch
+  c.model.attention_impl = 'auto'  # attention kernel: auto (cuDNN's fused attention on a GPU in
+                                 # bfloat16 where it applies) | xla | cudnn (docs/training.md)
+  c.model.attention_dropout = -1.0  # BERT family: dropout on the attention probabilities (-1 =
+                                 # the model's own, 0.1 for MiniLM; 0 lets training take cuDNN's
+                                 # fused attention, which has none)
   c.model.lora = ml_collections.ConfigDict()  # train a LoRA adapter only (rank 0 = off)
   c.model.lora.rank = 0          # r
   c.model.lora.alpha = 16.0      # the update is (alpha / r) A B
@@ -329,6 +334,7 @@ def _check_values(fields: dict) -> None:
              'model.dtype': ('float32', 'bfloat16'),
              'model.attention': ('', 'causal', 'bidirectional'),
              'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
+             'model.attention_impl': ('auto', 'xla', 'cudnn'),
              'optim.decay': ('cosine', 'linear', 'constant'),
              'model.representation': ('single', 'multi_vector', 'sparse')}
   for path, allowed in choices.items():
@@ -341,6 +347,9 @@ def _check_values(fields: dict) -> None:
   for path in ('data.batch_size', 'data.query_len', 'data.doc_len'):
     if fields[path] < 1:
       raise ConfigError(f'{path} {fields[path]!r}: must be positive')
+  dropout = fields.get('model.attention_dropout', -1.0)
+  if dropout != -1.0 and not 0.0 <= dropout < 1.0:
+    raise ConfigError(f'model.attention_dropout {dropout!r}: -1 (the model\'s own) or in [0, 1)')
   hidden, heads = fields.get('model.bert.hidden_size'), fields.get('model.bert.num_attention_heads')
   if hidden and heads and hidden % heads:
     raise ConfigError(f'model.bert.hidden_size {hidden}: not divisible by '

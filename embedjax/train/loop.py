@@ -60,7 +60,8 @@ def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokeni
   by the non-zero ``cfg.model.bert`` fields) and tokenizer, to be initialised afresh;
   'random:SHAPE' for a named decoder shape (``embedjax.models.decoder.NAMED_SHAPES``) builds it
   with ``cfg.model.tokenizer``'s vocabulary and tokenizer. ``remat`` and (decoders) ``attention``
-  apply to every backbone.
+  apply to every backbone, as does ``attention_impl``; ``attention_dropout`` (BERT family) when
+  it is not -1.
   """
   kind, _, name = cfg.init.partition(':')
   if kind not in ('pretrained', 'random'):
@@ -91,13 +92,19 @@ def model_spec(cfg: ml_collections.ConfigDict) -> tuple[EmbedderSpec, TextTokeni
     if changes and spec.bert is None:
       raise ConfigError(f'model.bert {changes}: {name} is not a BERT-family model')
   if spec.decoder is not None:
+    if cfg.attention_dropout != -1.0:
+      raise ConfigError(f'model.attention_dropout {cfg.attention_dropout}: only BERT-family '
+                        'models have dropout on the attention probabilities')
     spec = dataclasses.replace(spec, decoder=dataclasses.replace(
-        spec.decoder, remat=cfg.remat, attention=cfg.attention or spec.decoder.attention))
+        spec.decoder, remat=cfg.remat, attention=cfg.attention or spec.decoder.attention,
+        attention_impl=cfg.attention_impl))
   else:
     if cfg.attention:
       raise ConfigError(f'model.attention {cfg.attention!r}: only decoders have an attention mode')
-    spec = dataclasses.replace(spec, bert=dataclasses.replace(spec.bert, remat=cfg.remat,
-                                                              **changes))
+    if cfg.attention_dropout != -1.0:
+      changes['attention_probs_dropout_prob'] = float(cfg.attention_dropout)
+    spec = dataclasses.replace(spec, bert=dataclasses.replace(
+        spec.bert, remat=cfg.remat, attention_impl=cfg.attention_impl, **changes))
   if cfg.projection:  # a distillation student's linear head to the teacher's width (LEAF)
     if kind != 'random':
       raise ConfigError(f'model.projection {cfg.projection}: only for random:NAME inits')

@@ -33,6 +33,7 @@ RESUMABLE_FIELDS = (
     'data.cache_dir',  # prepared data is cached by a content hash: any folder gives the same rows
     'mesh',         # a checkpoint restores onto any mesh (the values do not depend on it)
     'model.remat',  # rematerialisation recomputes the same values
+    'model.attention_impl',  # the same attention through another kernel
 )
 
 
