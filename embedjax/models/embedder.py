@@ -99,9 +99,12 @@ def hidden_states(params, spec: EmbedderSpec, input_ids: jax.Array, segment_ids:
     return Decoder(spec.decoder).apply({'params': encoder_params}, input_ids, segment_ids,
                                        position_ids, packed=num_segments > 1, rngs=rngs)
   rngs = None if deterministic else {'dropout': dropout_key}
+  # One text per row: its segment ids are the attention mask, and without them the encoder may
+  # take the fused attention kernel (embedjax.models.bert.attention_path) for right-padded rows.
   return BertEncoder(spec.bert).apply(
       {'params': encoder_params}, input_ids, (segment_ids > 0).astype(jnp.int32),
-      position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic, rngs=rngs)
+      position_ids=position_ids, segment_ids=segment_ids if num_segments > 1 else None,
+      deterministic=deterministic, rngs=rngs)
 
 
 def embedding_head(params, spec: EmbedderSpec, hidden: jax.Array, segment_ids: jax.Array,

@@ -153,3 +153,21 @@ def test_fused_path_under_remat_equals_without(encoders):
   for a, b in zip(jax.tree.leaves(jax.grad(loss(fused))(params)),
                   jax.tree.leaves(jax.grad(loss(scanned))(params))):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5)
+
+
+def test_embed_reaches_the_fused_path_with_one_text_per_row(encoders):
+  # embed() hands the encoder one text per row: no segment ids, so the fused path applies
+  from embedjax.models.embedder import embed, embed_packed
+  from embedjax.models.spec import EmbedderSpec
+  ids, params, models = encoders
+  einsum, fused = models['float32']
+  mask = jnp.asarray(RIGHT)
+  outs = {}
+  for name, model in (('einsum', einsum), ('fused', fused)):
+    spec = EmbedderSpec(bert=model.cfg, pooling='mean', normalize=True, max_seq_length=10)
+    run = lambda p, spec=spec: embed(p, spec, ids, mask)
+    outs[name] = np.asarray(run(params['params']))
+    assert ('cond[' in str(jax.make_jaxpr(run)(params['params']))) == (name == 'fused')
+    packed = lambda p, spec=spec: embed_packed(p, spec, ids, mask, jnp.zeros_like(ids), 2)
+    assert 'cond[' not in str(jax.make_jaxpr(packed)(params['params']))  # several texts per row
+  np.testing.assert_allclose(outs['fused'], outs['einsum'], atol=2e-6)
