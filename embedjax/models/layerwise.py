@@ -74,7 +74,7 @@ def embed_layers(params, spec: EmbedderSpec, input_ids: jax.Array, attention_mas
     rngs = None if deterministic else {'dropout': dropout_key}
     _, states = BertEncoder(spec.bert).apply(
         {'params': encoder_params}, input_ids, segment_ids, position_ids=positions,
-        segment_ids=segment_ids, deterministic=deterministic, rngs=rngs, output_hidden_states=True)
+        deterministic=deterministic, rngs=rngs, output_hidden_states=True)  # one text per row
   pool_mask = None
   if prompt_length and not spec.include_prompt:
     pool_mask = positions >= prompt_length
