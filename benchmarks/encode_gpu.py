@@ -56,7 +56,9 @@ compared (``min_cosine`` / ``mean_cosine`` against the first torch system).
                  list, length classes + best-fit packing into rows of 64/128/256 tokens, jitted
                  packed forward, output overlapped with the next dispatch; system ``embedjax``
                  with the library default T (``TOKENS_PER_BATCH``), ``embedjax_tpb{T}`` for each
-                 other T of ``--text-tokens-per-batch``.
+                 other T of ``--text-tokens-per-batch``; ``T:1`` there (``embedjax_tpb{T}_s1``)
+                 puts one text per row (``max_segments=1``: right-padded rows in length classes,
+                 which BERT can run through cuDNN's fused attention; packed rows cannot).
   torch_eager    sentence-transformers' ``encode`` loop written out with transformers'
                  ``BertModel`` (no SentenceTransformer object is built): sort texts by character
                  length, longest first; per batch of ``bs`` texts tokenize, pad to the batch's
@@ -139,6 +141,7 @@ TEXT_SYSTEMS = ('embedjax', 'torch_eager')  # frameworks; their variants come fr
 MODELS, SMOKE_MODELS = tg.MODELS, tg.SMOKE_MODELS
 VOCAB, SMOKE_VOCAB = tg.VOCAB, tg.SMOKE_VOCAB
 TEXT_MODEL = 'minilm_l6'
+MAX_SEGMENTS = 32  # encode()'s default: texts per packed row
 RESERVE_S, MIN_JOB_S = 20.0, 10.0  # --time-budget: kept for the parent's end; least worth a start
 TEXT_MAX_LENGTH, SMOKE_TEXT_MAX_LENGTH = 256, 32
 TOKENIZER_MODEL = 'all-MiniLM-L6-v2'  # the packaged model whose tokenizer.json is used
@@ -479,10 +482,16 @@ def _text_entry(n_texts: int, warm, runs, pre_runs, device_tokens: int) -> dict:
 def _text_system_names(args, framework: str) -> list[tuple[str, object]]:
   if framework == 'embedjax':
     out = []
-    for t in args.text_tokens_per_batch.split(','):
-      t = t.strip()
-      if t:
-        out.append(('embedjax', None) if t == 'default' else (f'embedjax_tpb{int(t)}', int(t)))
+    for entry in args.text_tokens_per_batch.split(','):
+      t, _, segments = entry.strip().partition(':')
+      if not t:
+        continue
+      name = 'embedjax' if t == 'default' else f'embedjax_tpb{int(t)}'
+      tpb = None if t == 'default' else int(t)
+      if segments:
+        out.append((f'{name}_s{int(segments)}', (tpb, int(segments))))
+      else:
+        out.append((name, (tpb, MAX_SEGMENTS)))
     return out
   return [(f'torch_eager_bs{int(b)}', int(b)) for b in args.text_batch_sizes.split(',') if b.strip()]
 
@@ -508,18 +517,21 @@ def run_text_embedjax(args) -> dict:
   ids = tok.encode(texts)
   ladder = row_length_ladder(spec.max_seq_length, min(64, spec.max_seq_length))
   results, outputs = {}, {}
-  for name, tpb in _text_system_names(args, 'embedjax'):
+  for name, (tpb, segments) in _text_system_names(args, 'embedjax'):
     tpb = tpb or TOKENS_PER_BATCH
     warm, runs, emb = _timed_runs(
-        lambda t: encode(model, t, tokens_per_batch=tpb, progress=False), texts,
-        args.text_warmup, args.text_runs)
-    _, pre_runs, _ = _timed_runs(lambda x: encode_ids(model, x, tokens_per_batch=tpb), ids,
-                                 0, args.text_runs)
+        lambda t, tpb=tpb, s=segments: encode(model, t, tokens_per_batch=tpb, max_segments=s,
+                                              progress=False),
+        texts, args.text_warmup, args.text_runs)
+    _, pre_runs, _ = _timed_runs(
+        lambda x, tpb=tpb, s=segments: encode_ids(model, x, tokens_per_batch=tpb, max_segments=s),
+        ids, 0, args.text_runs)
     # The token slots encode() computes, planned as it plans them (padding of rows included).
-    plan = plan_batches([len(x) for x in ids], ladder, lambda rl: max(1, tpb // rl), 32)
+    plan = plan_batches([len(x) for x in ids], ladder, lambda rl, tpb=tpb: max(1, tpb // rl),
+                        segments)
     results[name] = _text_entry(len(texts), warm, runs, pre_runs,
                                 sum(rl * rows for rl, rows, _ in plan))
-    results[name].update(tokens_per_batch=tpb, device_calls=len(plan),
+    results[name].update(tokens_per_batch=tpb, max_segments=segments, device_calls=len(plan),
                          row_lengths=sorted({rl for rl, _, _ in plan}))
     outputs[name] = np.asarray(emb, np.float32)
   dev = jax.devices()[0]
@@ -672,8 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--text-systems', default=','.join(TEXT_SYSTEMS), help='part 2 frameworks')
   p.add_argument('--text-tokens-per-batch', default=None,
                  help="part 2: embedjax encode tokens_per_batch values, comma-separated "
-                      "('default': the library's; default 'default,32768', 'default,256' with "
-                      "--smoke)")
+                      "('default': the library's; T:1 one text per row; default "
+                      "'default,32768,32768:1', 'default,256,256:1' with --smoke)")
   p.add_argument('--text-batch-sizes', default=None,
                  help="part 2: torch batch sizes (default '32,128'; '2,4' with --smoke)")
   p.add_argument('--text-max-length', type=int, default=None,
@@ -729,14 +741,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.batch, args.length = 4, 16
     args.warmup, args.steps, args.blocks = 1, 1, 1
     args.text_warmup, args.text_runs = 1, 1
-    args.text_tokens_per_batch = args.text_tokens_per_batch or 'default,256'
+    args.text_tokens_per_batch = args.text_tokens_per_batch or 'default,256,256:1'
     args.text_batch_sizes = args.text_batch_sizes or '2,4'
     args.in_process = not args.isolate
     # One thread: on a shared 2-core machine torch's second thread waits on the other work.
     args.threads = args.threads or 1
   set_backends(args, tc.xla_flags())
   args.threads = args.threads or os.cpu_count() or 1
-  args.text_tokens_per_batch = args.text_tokens_per_batch or 'default,32768'
+  args.text_tokens_per_batch = args.text_tokens_per_batch or 'default,32768,32768:1'
   args.text_batch_sizes = args.text_batch_sizes or '32,128'
   if args.text_max_length is None:
     args.text_max_length = SMOKE_TEXT_MAX_LENGTH if args.smoke else TEXT_MAX_LENGTH
@@ -884,7 +896,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           'text': {'max_length': args.text_max_length, 'limit': args.text_limit,
                    'warmup_runs': args.text_warmup, 'timed_runs': args.text_runs,
                    'embedjax_tokens_per_batch': args.text_tokens_per_batch,
-                   'embedjax_max_segments': 32, 'torch_batch_sizes': args.text_batch_sizes,
+                   'embedjax_max_segments': f'{MAX_SEGMENTS} unless a system name ends _s1',
+                   'torch_batch_sizes': args.text_batch_sizes,
                    'torch_loop': 'sentence-transformers encode() order and padding, written '
                                  'out with transformers BertModel',
                    'weights': 'shared by both systems: numpy N(0, 0.02), seed 0'},

@@ -102,14 +102,15 @@ def test_smoke_writes_the_result_keys(tmp_path):
   assert text['token_stats']['count'] == len(ROWS)
   assert text['token_stats']['at_limit'] == 1  # the long text, cut at the smoke limit of 32
   assert text['tokenizer'] == str((texts.parent / 'tokenizer.json').resolve())
-  systems = {'embedjax', 'embedjax_tpb256', 'torch_eager_bs2', 'torch_eager_bs4'}
-  assert set(text['systems']) == systems
+  ours = ('embedjax', 'embedjax_tpb256', 'embedjax_tpb256_s1')
+  assert set(text['systems']) == {*ours, 'torch_eager_bs2', 'torch_eager_bs4'}
   for r in text['systems'].values():
     assert r['texts_per_s'] > 0 and r['pretokenized_texts_per_s'] > 0
     assert r['device_tokens'] >= text['token_stats']['tokens']
+  assert text['systems']['embedjax_tpb256_s1']['max_segments'] == 1  # one text per row
+  assert text['systems']['embedjax_tpb256']['max_segments'] == 32
   assert set(text['ratio_vs_torch_eager']) == {
-      f'{a}/{b}' for a in ('embedjax', 'embedjax_tpb256') for b in ('torch_eager_bs2',
-                                                                  'torch_eager_bs4')}
+      f'{a}/{b}' for a in ours for b in ('torch_eager_bs2', 'torch_eager_bs4')}
   assert all(v > 0 for v in text['pretokenized_ratio_vs_torch_eager'].values())
   # The same weights on both sides: the two systems' embeddings agree (bf16 compute).
   for name, agreement in text['agreement'].items():
