@@ -13,13 +13,15 @@ segment, which makes a packed row compute exactly what separate padded rows woul
 padding work.
 
 Attention kernel (``attention_impl``): 'xla' is the einsum path below (any mask, packing, dropout
-on the probabilities); 'cudnn' runs rows that are right-padded and unpacked, with no dropout on the
-attention probabilities, through ``jax.nn.dot_product_attention`` with the padding as per-row
-lengths (cuDNN's fused kernel on a GPU, XLA's implementation of the same form elsewhere, which is
-what CPU tests compare); 'auto' (the default) is 'cudnn' on a GPU in bfloat16 and 'xla' otherwise.
-Whether a batch is right-padded is checked on the device once per forward, and a batch that is not
-takes the einsum path (``jax.lax.cond``), so no mask is ever misread. Outputs at padding positions
-differ between the paths (nothing reads them: pooling and the next layers ignore them).
+on the probabilities); 'cudnn' runs unpacked rows with no dropout on the attention probabilities
+through ``jax.nn.dot_product_attention`` with the padding as per-row lengths (cuDNN's fused kernel
+on a GPU, XLA's implementation of the same form elsewhere, which is what CPU tests compare); 'auto'
+(the default) is 'cudnn' on a GPU in bfloat16 and 'xla' otherwise. Lengths describe right-padded
+rows, so the fused path first moves each row's real tokens to its front (in their order; a no-op
+for right-padded rows) and moves the states back after the last layer: positions are already in
+the embeddings and attention is the only place tokens meet, so any padding mask gives the same
+states. Padding positions come out as zeros there and differ from the einsum path's (nothing
+reads them: pooling and the next layers ignore them).
 """
 
 from __future__ import annotations
@@ -260,41 +262,29 @@ def attention_path(cfg: BertConfig, *, packed: bool, dropout: bool, blocked: boo
   return 'cudnn' if on_gpu and fits and cfg.compute_dtype == jnp.bfloat16 else 'xla'
 
 
-def padding_lengths(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(lengths (B,) int32 tokens per row, right_padded () bool: every row is its first ``length``
-  tokens then padding, and no row is empty) for a (B, L) 0/1 mask. An empty row has no key to
-  attend to, which a fused kernel may answer with NaN: such a batch takes the einsum path."""
+def real_tokens_first(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(order (B, L): each row's real tokens first, in their order, then its padding; lengths (B,)
+  int32 real tokens per row) for a (B, L) 0/1 mask. ``take_along_axis`` with ``order`` makes the
+  rows right-padded; ``argsort(order)`` puts them back."""
   mask = attention_mask.astype(bool)
-  lengths = mask.sum(-1).astype(jnp.int32)
-  prefix = jnp.arange(mask.shape[1])[None, :] < lengths[:, None]
-  return lengths, jnp.all(mask == prefix) & jnp.all(lengths > 0)
+  order = jnp.argsort(~mask, axis=1, stable=True)
+  return order, mask.sum(-1).astype(jnp.int32)
 
 
-def _attend_fused(q, k, v, attention_mask, lengths, right_padded):
-  """Attention of right-padded rows as per-row lengths: q, k, v (B, L, heads, D) unscaled,
-  attention_mask (B, L), lengths (B,), right_padded () bool. Returns (B, L, heads, D).
+def _attend_fused(q, k, v, lengths):
+  """Attention of right-padded rows given as per-row lengths: q, k, v (B, L, heads, D) unscaled,
+  lengths (B,). Returns (B, L, heads, D), zeros at padding queries.
 
-  ``jax.nn.dot_product_attention`` gets cuDNN's kernel on a GPU and XLA's elsewhere. A batch that
-  is not right-padded takes the einsum path with the mask as a bias instead (on the device: the
-  predicate is data), so the result is right for any mask."""
+  ``jax.nn.dot_product_attention`` gets cuDNN's kernel on a GPU and XLA's elsewhere. An empty row
+  still gives its kernel one query and one key (padding tokens; a kernel may answer an empty key
+  set with NaN, which pooling's multiply by 0 would spread); its outputs are zeroed like all
+  padding queries."""
   impl = 'cudnn' if jax.default_backend() == 'gpu' else 'xla'
-  scale = jnp.asarray(1.0 / q.shape[-1] ** 0.5, q.dtype)
-
-  def fused(_):
-    out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
-                                       key_value_seq_lengths=lengths, implementation=impl)
-    # Padding queries come out as zeros on every backend: pooling multiplies them by 0, which
-    # would turn anything non-finite there into NaN.
-    real = jnp.arange(q.shape[1])[None, :] < lengths[:, None]
-    return jnp.where(real[:, :, None, None], out, 0).astype(out.dtype)
-
-  def general(_):
-    heads_first = lambda t: t.transpose(0, 2, 1, 3)
-    out = _attend(heads_first(q) * scale, heads_first(k), heads_first(v),
-                  attention_bias(attention_mask))
-    return heads_first(out)
-
-  return jax.lax.cond(right_padded, fused, general, None)
+  at_least_one = jnp.maximum(lengths, 1)
+  out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=at_least_one,
+                                     key_value_seq_lengths=at_least_one, implementation=impl)
+  real = jnp.arange(q.shape[1])[None, :] < lengths[:, None]
+  return jnp.where(real[:, :, None, None], out, 0).astype(out.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -304,7 +294,7 @@ class SelfAttention(nn.Module):
   def __call__(self, x, bias, deterministic: bool):
     """x: (B, L, H); bias: (B, L, L) additive mask (0 or a large negative), shared by the heads,
     or (B, L) attention groups for blocked attention (``attention_block``), or the fused path's
-    (attention_mask (B, L), lengths (B,), right_padded ()) tuple."""
+    (lengths (B,),) for right-padded rows."""
     cfg = self.cfg
     b, l, _ = x.shape
     heads = cfg.num_attention_heads
@@ -424,13 +414,23 @@ class BertEncoder(nn.Module):
     if blocked:
       # (B, L) groups instead of the (B, L, L) bias: each query block builds its own
       bias = jnp.where(attention_mask.astype(bool), 1 if segment_ids is None else segment_ids, 0)
-    elif path == 'cudnn':  # padding as per-row lengths, checked once here for every layer
-      bias = (attention_mask, *padding_lengths(attention_mask))
+    elif path == 'cudnn':  # right-padded rows (real tokens moved first), padding as lengths
+      order, lengths = real_tokens_first(attention_mask)
+      embedded = x
+      x = jnp.take_along_axis(x, order[..., None], axis=1)
+      bias = (lengths,)
     else:
       bias = attention_bias(attention_mask, segment_ids)
     out = apply_layers(self, lambda **kw: Layer(cfg, **kw), cfg.num_hidden_layers,
                        lambda i: f'layer_{i}', x, (bias, deterministic), policy=cfg.remat,
                        dropout=not deterministic, keep_states=output_hidden_states)
+    if path == 'cudnn':  # every state back to its token's place
+      back = jnp.argsort(order, axis=1)[..., None]
+      put_back = lambda t: jnp.take_along_axis(t, back, axis=1)
+      if output_hidden_states:
+        last, states = out
+        return put_back(last), (embedded, *(put_back(t) for t in states))
+      return put_back(out)
     if output_hidden_states:
       last, states = out
       return last, (x, *states)

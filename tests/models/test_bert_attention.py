@@ -1,7 +1,7 @@
 """BERT's fused attention path (``attention_impl``): padding as per-row lengths through
 ``jax.nn.dot_product_attention`` (cuDNN on a GPU, XLA's implementation here), checked against a
-float64 numpy reference and against the einsum path, for right-padded rows (the fused form) and
-rows that are not (the on-device fallback), forward and gradients."""
+float64 numpy reference and against the einsum path, for right-padded rows and rows that are not
+(their real tokens moved first), forward and gradients."""
 
 from __future__ import annotations
 
@@ -35,41 +35,30 @@ def _numpy_attention(q, k, v, lengths):
   return out
 
 
-@pytest.mark.parametrize('mask', [RIGHT, LEFT, HOLES], ids=['right', 'left', 'holes'])
-def test_fused_attention_equals_float64_numpy(mask):
+def test_fused_attention_equals_float64_numpy():
   q, k, v = (jax.random.normal(key, (3, 10, 4, 8)) for key in jax.random.split(jax.random.key(0), 3))
-  lengths, right_padded = bert.padding_lengths(jnp.asarray(mask))
-  assert bool(right_padded) == (mask is RIGHT)
-  got = np.asarray(bert._attend_fused(q, k, v, jnp.asarray(mask), lengths, right_padded))
-  assert np.isfinite(got).all()
-  if mask is RIGHT:
-    want = _numpy_attention(q, k, v, [10, 6, 3])
-  else:  # the fallback: each real query over the real keys of its row
-    want = np.zeros(got.shape)
-    for b, m in enumerate(mask):
-      idx = np.flatnonzero(m)
-      rows = [np.asarray(t)[b:b + 1, idx] for t in (q, k, v)]
-      want[b, idx] = _numpy_attention(*rows, [len(idx)])[0]
-  real = mask.astype(bool)
-  np.testing.assert_allclose(got[real], want[real], atol=2e-6, rtol=2e-6)
-
-
-def test_padding_lengths_by_hand():
-  lengths, ok = bert.padding_lengths(jnp.asarray(RIGHT))
-  assert lengths.tolist() == [10, 6, 3] and bool(ok)
-  lengths, ok = bert.padding_lengths(jnp.asarray(HOLES))
-  assert lengths.tolist() == [8, 8, 8] and not bool(ok)
-  empty = RIGHT.copy()
-  empty[2] = 0  # a row without a token takes the einsum path
-  lengths, ok = bert.padding_lengths(jnp.asarray(empty))
-  assert lengths.tolist() == [10, 6, 0] and not bool(ok)
-
-
-def test_fused_path_zeroes_padding_queries():
-  q, k, v = (jax.random.normal(key, (3, 10, 4, 8)) for key in jax.random.split(jax.random.key(3), 3))
-  lengths, ok = bert.padding_lengths(jnp.asarray(RIGHT))
-  got = np.asarray(bert._attend_fused(q, k, v, jnp.asarray(RIGHT), lengths, ok))
+  lengths = jnp.asarray([10, 6, 3])
+  got = np.asarray(bert._attend_fused(q, k, v, lengths))
+  want = _numpy_attention(q, k, v, [10, 6, 3])
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)  # padding queries: 0 on both
   assert (got[~RIGHT.astype(bool)] == 0).all()
+
+
+def test_an_empty_row_gives_zeros_not_nan():
+  q, k, v = (jax.random.normal(key, (2, 5, 2, 8)) for key in jax.random.split(jax.random.key(1), 3))
+  got = np.asarray(bert._attend_fused(q, k, v, jnp.asarray([5, 0])))
+  assert np.isfinite(got).all() and (got[1] == 0).all()
+  np.testing.assert_allclose(got[0], _numpy_attention(q[:1], k[:1], v[:1], [5])[0], atol=2e-6)
+
+
+def test_real_tokens_first_by_hand():
+  order, lengths = bert.real_tokens_first(jnp.asarray(HOLES[:1]))
+  assert order.tolist() == [[0, 2, 3, 5, 6, 7, 8, 9, 1, 4]] and lengths.tolist() == [8]
+  order, lengths = bert.real_tokens_first(jnp.asarray(LEFT))
+  assert lengths.tolist() == [10, 6, 3]
+  assert order[2].tolist() == [7, 8, 9, 0, 1, 2, 3, 4, 5, 6]
+  order, _ = bert.real_tokens_first(jnp.asarray(RIGHT))
+  assert (np.asarray(order) == np.arange(10)).all()  # right-padded rows stay as they are
 
 
 @pytest.fixture(scope='module')
@@ -85,7 +74,7 @@ def encoders():
 
 
 @pytest.mark.parametrize('dtype,tol', [('float32', 2e-6), ('bfloat16', 3e-2)])
-@pytest.mark.parametrize('mask', [RIGHT, LEFT], ids=['right', 'left'])
+@pytest.mark.parametrize('mask', [RIGHT, LEFT, HOLES], ids=['right', 'left', 'holes'])
 def test_encoder_fused_path_equals_einsum_path(encoders, dtype, tol, mask):
   ids, params, models = encoders
   einsum, fused = models[dtype]
@@ -107,15 +96,16 @@ def test_the_fused_path_is_taken_only_where_it_applies(encoders):
   ids, params, models = encoders
   einsum, fused = models['float32']
   mask = jnp.asarray(RIGHT)
-  has_cond = lambda model, **kw: 'cond[' in str(jax.make_jaxpr(
+  # only the fused path sorts (each row's real tokens to its front)
+  sorts = lambda model, **kw: 'sort[' in str(jax.make_jaxpr(
       lambda p: model.apply(p, ids, mask, **kw))(params))
-  assert has_cond(fused) and not has_cond(einsum)
+  assert sorts(fused) and not sorts(einsum)
   segments = jnp.asarray(RIGHT)  # packed rows need segment masks: the einsum path
-  assert not has_cond(fused, segment_ids=segments)
+  assert not sorts(fused, segment_ids=segments)
   # dropout on the probabilities is the einsum path's alone
   training = lambda p: fused.apply(p, ids, mask, deterministic=False,
                                    rngs={'dropout': jax.random.key(2)})
-  assert 'cond[' not in str(jax.make_jaxpr(training)(params))
+  assert 'sort[' not in str(jax.make_jaxpr(training)(params))
 
 
 def test_attention_path_rules(monkeypatch):
@@ -167,7 +157,7 @@ def test_embed_reaches_the_fused_path_with_one_text_per_row(encoders):
     spec = EmbedderSpec(bert=model.cfg, pooling='mean', normalize=True, max_seq_length=10)
     run = lambda p, spec=spec: embed(p, spec, ids, mask)
     outs[name] = np.asarray(run(params['params']))
-    assert ('cond[' in str(jax.make_jaxpr(run)(params['params']))) == (name == 'fused')
+    assert ('sort[' in str(jax.make_jaxpr(run)(params['params']))) == (name == 'fused')
     packed = lambda p, spec=spec: embed_packed(p, spec, ids, mask, jnp.zeros_like(ids), 2)
-    assert 'cond[' not in str(jax.make_jaxpr(packed)(params['params']))  # several texts per row
+    assert 'sort[' not in str(jax.make_jaxpr(packed)(params['params']))  # several texts per row
   np.testing.assert_allclose(outs['fused'], outs['einsum'], atol=2e-6)

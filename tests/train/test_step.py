@@ -107,3 +107,25 @@ def test_step_uses_step_folded_rng():
   _, m1 = step(state.replace(step=jnp.int32(1)), batch, jax.random.key(0))
   assert float(m0['loss']) == float(m0b['loss'])
   assert float(m0['loss']) != float(m1['loss'])
+
+
+def test_a_step_through_the_fused_attention_path_equals_the_einsum_step():
+  """Hidden dropout on, none on the attention probabilities: the step takes the fused path
+  (XLA's implementation of it on a CPU) and equals the einsum path's step."""
+  import dataclasses
+  params = {'encoder': init_params(BERT, jax.random.key(0))}
+  tx = make_optimizer(_optim_cfg(), params, 10)
+  batch = _batch(np.random.default_rng(4))  # right-padded rows, as the data pipeline makes them
+  out = {}
+  for impl in ('xla', 'cudnn'):
+    bert = dataclasses.replace(BERT, attention_impl=impl, attention_probs_dropout_prob=0.0)
+    fn = make_train_step(StepConfig(spec=dataclasses.replace(SPEC, bert=bert)), tx)
+    step = jax.jit(fn, compiler_options=FAST_COMPILE)
+    state = create_state(params, tx)
+    assert ('sort[' in str(jax.make_jaxpr(fn)(state, batch, jax.random.key(1)))) == (
+        impl == 'cudnn')
+    state, metrics = step(state, batch, jax.random.key(1))
+    out[impl] = float(metrics['loss']), state.params
+  assert abs(out['xla'][0] - out['cudnn'][0]) < 1e-5
+  for a, b in zip(jax.tree.leaves(out['xla'][1]), jax.tree.leaves(out['cudnn'][1])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
