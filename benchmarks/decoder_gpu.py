@@ -285,12 +285,7 @@ def run_embedjax(kind: str, system: str, shape: dict, args) -> dict:
   warm, blocks = _timed(run, args)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  profile = None
-  if args.profile_steps:  # after the timed blocks, so the trace costs them nothing
-    import tempfile
-    with tempfile.TemporaryDirectory() as trace_dir:
-      profile = top_kernels(lambda: run(args.profile_steps), trace_dir)
-    profile['steps'] = args.profile_steps
+  profile = top_kernels(run, args.profile_steps, 'steps')
   return {'init_s': round(init_s, 3), 'compile_s': round(compile_s, 3), 'warmup_s': round(warm, 3),
           'block_s': blocks, 'loss': float(metrics['loss']), 'profile': profile,
           'peak_device_bytes': stats.get('peak_bytes_in_use'),

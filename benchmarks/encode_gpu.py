@@ -131,7 +131,8 @@ if importlib.util.find_spec('embedjax') is None:  # a copy of the tree without a
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports too)
 
 import train_common as tc  # noqa: E402  (this folder)
-from gpu_common import run_child, set_backends, top_kernels  # noqa: E402  (this folder)
+from gpu_common import (  # noqa: E402  (this folder)
+    run_child, set_backends, top_kernels, with_setup_time)
 import train_gpu as tg  # noqa: E402  (the shapes, smoke flags and peaks of the training suite)
 
 # embedjax: BERT's attention_impl 'auto' (cuDNN's fused attention on a GPU where it applies);
@@ -358,12 +359,7 @@ def run_fixed_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'aut
   warm, blocks = _timed_blocks(run, args.warmup, args.blocks, args.steps)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  profile = None
-  if args.profile_calls:  # after the timed blocks, so the trace costs them nothing
-    import tempfile
-    with tempfile.TemporaryDirectory() as trace_dir:
-      profile = top_kernels(lambda: run(args.profile_calls), trace_dir)
-    profile['calls'] = args.profile_calls
+  profile = top_kernels(run, args.profile_calls, 'calls')
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'profile': profile,
           'norm_mean': float(np.linalg.norm(np.asarray(last, np.float64), axis=1).mean()),
           'out_shape': list(last.shape), 'peak_device_bytes': stats.get('peak_bytes_in_use'),
@@ -620,11 +616,7 @@ def run_job(job: tuple[str, str, str], args) -> dict:
                              'xla' if system == 'embedjax_xla' else 'auto')
   else:
     raw = run_fixed_torch(shapes[model_name], args, vocab, compiled=system == 'torch_compile')
-  # Where a run's wall time goes besides warm-up and timed calls (imports, weights, programs
-  # built ahead of the warm-up); run_wall_s - run_s is the process's start.
-  raw['run_s'] = round(time.perf_counter() - t, 3)
-  raw['setup_s'] = round(raw['run_s'] - raw['warmup_s'] - sum(raw['block_s']), 3)
-  return raw
+  return with_setup_time(raw, t)
 
 
 # Flags a child does not get from the parent (it gets its own job instead).

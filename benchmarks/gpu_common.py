@@ -44,16 +44,33 @@ def set_backends(args, xla_flags: str) -> None:
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
-def top_kernels(run, trace_dir: str, n: int = 12) -> dict:
-  """Profiles one call of ``run()`` (already compiled and warm) with ``jax.profiler`` and sums
-  the traced time by op name: on a GPU the device's kernels (its ``/device:`` rows), on a CPU
-  the host's ops (the smoke test's path). Returns {'rows': which rows were summed, 'total_ms',
-  'top': [{'name', 'ms', 'share'}] for the n largest}: what limits a step, in the result file.
-  A profiler that fails (no CUPTI, say) gives {'error': ...}: the timed run is kept either way."""
+def top_kernels(run, count: int, unit: str, n: int = 12) -> dict | None:
+  """Profiles ``run(count)`` (already compiled and warm; after the timed blocks, so the trace
+  costs them nothing) with ``jax.profiler`` and sums the traced time by op name: on a GPU the
+  device's kernels (its ``/device:`` rows), on a CPU the host's ops (the smoke test's path).
+  Returns {'rows': which rows were summed, 'total_ms', 'top': [{'name', 'ms', 'share'}] for the n
+  largest, unit: count}: what limits a step, in the result file; None when count is 0. A profiler
+  that fails (no CUPTI, say) gives {'error': ...}: the timed run is kept either way."""
+  if not count:
+    return None
+  import tempfile
   try:
-    return _top_kernels(run, trace_dir, n)
+    with tempfile.TemporaryDirectory() as trace_dir:
+      out = _top_kernels(lambda: run(count), trace_dir, n)
   except Exception as e:  # noqa: BLE001 - recorded in the result; the measurement stands
-    return {'error': f'{type(e).__name__}: {e}'[:2000]}
+    out = {'error': f'{type(e).__name__}: {e}'[:2000]}
+  return {**out, unit: count}
+
+
+def with_setup_time(raw: dict, started: float) -> dict:
+  """``raw`` (a run's result with 'warmup_s' and 'block_s') with where its wall time went
+  besides warm-up and timed blocks: 'run_s' since ``started`` (a perf_counter value) and
+  'setup_s' (imports, weights, programs built ahead of the warm-up). The parent's run_wall_s -
+  run_s is the process's start."""
+  import time
+  raw['run_s'] = round(time.perf_counter() - started, 3)
+  raw['setup_s'] = round(raw['run_s'] - raw['warmup_s'] - sum(raw['block_s']), 3)
+  return raw
 
 
 def _top_kernels(run, trace_dir: str, n: int) -> dict:

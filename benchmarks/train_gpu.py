@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 import train_common as tc  # this folder: python benchmarks/x.py puts it on sys.path
-from gpu_common import run_child, set_backends, top_kernels  # this folder
+from gpu_common import run_child, set_backends, top_kernels, with_setup_time  # this folder
 
 _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit covers imports)
 RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
@@ -140,12 +140,7 @@ def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') ->
     blocks.append(time.perf_counter() - t)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  profile = None
-  if args.profile_steps:  # after the timed blocks, so the trace costs them nothing
-    import tempfile
-    with tempfile.TemporaryDirectory() as trace_dir:
-      profile = top_kernels(lambda: run(args.profile_steps), trace_dir)
-    profile['steps'] = args.profile_steps
+  profile = top_kernels(run, args.profile_steps, 'steps')
   try:  # whether the step calls cuDNN's fused attention (lowered only: no second compile)
     fmha = '__cudnn$fmha' in step.lower(state, batch, rng).as_text()
   except Exception:  # noqa: BLE001 - a diagnostic only
@@ -256,11 +251,7 @@ def run_one(model_name: str, system: str, args) -> dict:
     raw = run_embedjax(shape, args, vocab, 'xla' if system == 'embedjax_xla' else 'auto')
   else:
     raw = run_torch(shape, args, vocab, compiled=system == 'torch_compile')
-  # Where a run's wall time goes besides warm-up and timed steps (imports, weights, programs
-  # built ahead of the warm-up); run_wall_s - run_s is the process's start.
-  raw['run_s'] = round(time.perf_counter() - t, 3)
-  raw['setup_s'] = round(raw['run_s'] - raw['warmup_s'] - sum(raw['block_s']), 3)
-  return raw
+  return with_setup_time(raw, t)
 
 
 def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
