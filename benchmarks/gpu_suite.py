@@ -6,8 +6,9 @@ and it carries the working tree (no ``.git``, no ``../shared``, no installed pac
 Here (CPU), on a clean checkout of the commit to measure:
     .venv/bin/python benchmarks/gpu_suite.py prepare
   writes ``.gpu_carry/`` (ignored by git): the manifest (the commit and the sha256 of every tracked
-  file), the ml-collections wheel (the device image lacks it; embedjax.train imports it), and the
-  SciFact corpus plus MiniLM's tokenizer for the real-text encoding run
+  file), the ml-collections wheel (the device image lacks it; embedjax.train imports it), the
+  wheels of the JAX peer representax and of what the image lacks for it (``PEER_WHEELS``), and
+  the SciFact corpus plus MiniLM's tokenizer for the real-text encoding run
   (``encode_gpu.py --prepare-texts``).
 There (``run`` of the device tool, repository root, ``carry=['.gpu_carry']``):
     python3 benchmarks/gpu_suite.py run A --out $OUT    # training step (BERT shapes)
@@ -43,6 +44,18 @@ REPO = Path(__file__).resolve().parents[1]
 CARRY = REPO / '.gpu_carry'
 MANIFEST = 'manifest.json'
 WHEELS = ('ml_collections',)  # missing from the device image; pure-Python wheels
+# Suite A's 'representax' system (the JAX peer) and what the device image lacks for it (the
+# image's package list has equinox, jaxtyping, orbax, scikit-learn, safetensors, ... but not
+# these): carried as wheels for the device's Python 3.12 and installed
+# into a folder of their own, which only the peer's run appends to sys.path: they fill gaps and
+# never shadow the image's own packages. pydantic 2.11 (not the newest) needs only
+# typing-extensions >= 4.12.
+PEER_WHEELS = ('representax==0.0.2', 'grain==0.2.18', 'array_record==0.8.6', 'pydantic==2.11.7',
+               'pydantic_core==2.33.2', 'annotated_types==0.7.0', 'typing_inspection==0.4.1',
+               'portpicker==1.6.0')
+PEER_SITE = '/tmp/peer_site'
+DEVICE_PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_24_x86_64',
+                    'manylinux_2_17_x86_64', 'manylinux2014_x86_64')
 SUITE_SECONDS = 480           # each suite fits one window with a rerun to spare
 # (result file, script, arguments, seconds allowed) per suite, in the order they run.
 SUITES = {
@@ -55,7 +68,8 @@ SUITES = {
     # no dropout on the attention probabilities in either system (hidden dropout stays), so
     # that embedjax's step can take cuDNN's fused attention, which has none
     'A': (('bench_train_gpu.json', 'train_gpu.py',
-           ('--attention-dropout', '0', '--time-budget', '400'), 410),),
+           ('--attention-dropout', '0', '--time-budget', '400',
+            '--representax-site', '{peer_site}'), 410),),
     'E': (('bench_encode_gpu.json', 'encode_gpu.py',
            ('--texts', '{carry}/scifact_corpus.jsonl.gz', '--tokenizer', '{carry}/tokenizer.json',
             '--time-budget', '400'), 410),),
@@ -132,6 +146,12 @@ def prepare(args) -> None:
     subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps',
                     '--only-binary=:all:', '--python-version', '3.12', '-d', str(wheels),
                     f'{name}=={version(name)}'], check=True)
+  peers = CARRY / 'peer_wheels'
+  shutil.rmtree(peers, ignore_errors=True)
+  platforms = [a for p in DEVICE_PLATFORMS for a in ('--platform', p)]
+  subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps',
+                  '--only-binary=:all:', '--python-version', '3.12', '--implementation', 'cp',
+                  *platforms, '-d', str(peers), *PEER_WHEELS], check=True)
   subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'encode_gpu.py'), '--prepare-texts',
                   str(Path(args.data_dir) / 'scifact' / 'corpus.jsonl.gz'),
                   str(CARRY / 'scifact_corpus.jsonl.gz')], check=True)
@@ -140,15 +160,33 @@ def prepare(args) -> None:
         f'manifest, {size / 2**20:.1f} MiB to carry')
 
 
-def _install_wheels() -> str | None:
-  wheels = sorted((CARRY / 'wheels').glob('*.whl'))
+def _install_wheels(folder: str = 'wheels', site: str = '/tmp/site') -> str | None:
+  """Installs the carried wheels of ``CARRY/folder`` into ``site``; None when none were carried."""
+  wheels = sorted((CARRY / folder).glob('*.whl'))
   if not wheels:
     return None
-  site = '/tmp/site'
   subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps',
                   '--no-compile', '--no-cache-dir', '--upgrade', '--target', site,
                   *map(str, wheels)], check=True)
   return site
+
+
+def suite_command(script: str, extra: tuple, out: Path, peer_site: str | None,
+                  smoke: bool) -> list[str]:
+  """A suite's command line for ``script``: carried paths filled in; without carried peer
+  wheels the peer's ``--representax-site`` is left out (the peer then runs only where it is
+  importable); ``smoke`` leaves out every carried input, that one too (the scripts have tiny
+  inputs of their own), and adds ``--smoke``."""
+  cmd = [sys.executable, str(REPO / 'benchmarks' / script), '--out', str(out)]
+  extra = list(extra)
+  while '--representax-site' in extra and (smoke or not peer_site):
+    i = extra.index('--representax-site')
+    del extra[i:i + 2]
+  cmd += [a.format(carry=CARRY, peer_site=peer_site) for a in extra]
+  if smoke:
+    cmd = [c for c in cmd if not c.startswith(str(CARRY))]
+    cmd = [c for c in cmd if c not in ('--texts', '--tokenizer')] + ['--smoke']
+  return cmd
 
 
 def run_suite(args) -> dict:
@@ -160,6 +198,7 @@ def run_suite(args) -> dict:
   differ = verify_tree(manifest) if manifest else None
   env = dict(os.environ, PYTHONUNBUFFERED='1', HF_HUB_OFFLINE='1')
   site = None if args.smoke else _install_wheels()
+  peer_site = None if args.smoke else _install_wheels('peer_wheels', PEER_SITE)
   env['PYTHONPATH'] = os.pathsep.join(p for p in (site, str(REPO), env.get('PYTHONPATH')) if p)
   report = {'suite': args.suite, 'smoke': args.smoke, 'commit': manifest and manifest['commit'],
             'tree_differs_from_manifest': differ, 'runs': {}}
@@ -168,11 +207,7 @@ def run_suite(args) -> dict:
   for result, script, extra, seconds in SUITES.get(args.suite, ()):
     left = SUITE_SECONDS - (time.time() - started)
     limit = int(min(seconds, left)) if not args.smoke else 900
-    cmd = [sys.executable, str(REPO / 'benchmarks' / script), '--out', str(out / result),
-           *(a.format(carry=CARRY) for a in extra)]
-    if args.smoke:  # tiny shapes; encode_gpu.py has texts of its own then
-      cmd = [c for c in cmd if not c.startswith(str(CARRY))]
-      cmd = [c for c in cmd if c not in ('--texts', '--tokenizer')] + ['--smoke']
+    cmd = suite_command(script, extra, out / result, peer_site, args.smoke)
     print(f'== {script} (limit {limit} s): {" ".join(cmd)}', flush=True)
     t0 = time.time()
     with open(out / f'{Path(script).stem}.log', 'w') as log:

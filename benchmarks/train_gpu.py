@@ -53,8 +53,9 @@ _T0 = time.perf_counter()  # --time-budget counts from here (the caller's limit 
 RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; least worth a start
 
 # embedjax: BERT's attention_impl 'auto' (cuDNN's fused attention on a GPU where it applies);
-# embedjax_xla: the einsum path everywhere, to measure what the fused path gives.
-SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla')
+# embedjax_xla: the einsum path everywhere, to measure what the fused path gives; representax: the
+# JAX peer's own compiled step (benchmarks/peers/representax_train.py) at its fastest settings.
+SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile', 'representax', 'embedjax_xla')
 RATIO_SYSTEMS = ('embedjax', 'torch_compile')  # run first: the ratio's two sides
 MODELS = {
     'minilm_l6': dict(hidden=384, layers=6, heads=12, intermediate=1536),
@@ -243,12 +244,62 @@ def run_torch(shape: dict, args, vocab: int, compiled: bool) -> dict:
           'versions': {'torch': torch.__version__, 'transformers': transformers.__version__}}
 
 
+# ---------------------------------------------------------------------------------------------
+# representax
+def run_representax(shape: dict, args, vocab: int) -> dict:
+  """representax's step on the same batch: its random-init ``BertEncoder`` of ``shape`` (float32
+  parameters), its ``bfloat16_mixed`` precision policy for bf16, its cuDNN attention on a GPU
+  ('xla' elsewhere), no rematerialisation, ``MNRTask(scale=20)`` (mean pooling, L2 normalisation,
+  in-batch cross-entropy), AdamW without clipping, the state donated."""
+  if args.representax_site:  # carried wheels fill what the image lacks; never shadow its own
+    sys.path.append(args.representax_site)
+  sys.path.insert(0, str(Path(__file__).resolve().parent / 'peers'))
+  import jax
+  import representax_train as rx
+
+  bf16 = args.dtype == 'bfloat16'
+  attention = 'cudnn' if jax.default_backend() == 'gpu' else 'xla'
+  encoder = rx.random_encoder(shape, vocab, jax.random.key(0), attention=attention,
+                              attention_dropout=args.attention_dropout)
+  data = random_batch(args.batch, args.query_len, args.doc_len, vocab)
+  step, state, batch, info = rx.build_step(encoder, data, lr=tc.LR, weight_decay=tc.WEIGHT_DECAY,
+                                           bfloat16=bf16)
+  rng = jax.random.key(1)
+  loss = None
+
+  def run(n):
+    nonlocal state, loss
+    for _ in range(n):
+      result = step(state, batch, rng)
+      state, loss = result.state, result.metrics.loss
+    jax.block_until_ready((state, loss))
+
+  t = time.perf_counter()
+  run(args.warmup)
+  warm = time.perf_counter() - t
+  blocks = []
+  for _ in range(args.blocks):
+    t = time.perf_counter()
+    run(args.steps)
+    blocks.append(time.perf_counter() - t)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {}
+  return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(loss),
+          'attention_implementation': attention, 'step': info['step'],
+          'loss_no_dropout_at_init': info['loss_no_dropout'],
+          'peak_device_bytes': stats.get('peak_bytes_in_use'),
+          'device': dev.device_kind, 'backend': jax.default_backend(),
+          'versions': info['versions']}
+
+
 def run_one(model_name: str, system: str, args) -> dict:
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   shape = shapes[model_name]
   t = time.perf_counter()
   if system.startswith('embedjax'):
     raw = run_embedjax(shape, args, vocab, 'xla' if system == 'embedjax_xla' else 'auto')
+  elif system == 'representax':
+    raw = run_representax(shape, args, vocab)
   else:
     raw = run_torch(shape, args, vocab, compiled=system == 'torch_compile')
   return with_setup_time(raw, t)
@@ -258,7 +309,8 @@ def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
   cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--models', model_name,
          '--systems', system, '--child-out', str(out)]
   for flag in ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
-               'compile_backend', 'compile_mode', 'profile_steps', 'attention_dropout'):
+               'compile_backend', 'compile_mode', 'profile_steps', 'attention_dropout',
+               'representax_site'):
     value = getattr(args, flag)
     if value is not None:  # str(None) would reach torch.compile as mode='None'
       cmd += [f'--{flag.replace("_", "-")}', str(value)]
@@ -298,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--compile-backend', default=None,
                  help="torch.compile backend (default inductor; aot_eager with --smoke)")
   p.add_argument('--compile-mode', default=None, help='torch.compile mode (default: its default)')
+  p.add_argument('--representax-site', default=None,
+                 help='a folder of carried packages (representax and what the image lacks for '
+                      'it), put at the end of sys.path in the representax run')
   p.add_argument('--peak-tflops', type=float, default=None, help='device peak for MFU (TFLOP/s)')
   p.add_argument('--profile-steps', type=int, default=3,
                  help="embedjax's steps traced after the timed blocks, summed by kernel into the "
@@ -402,6 +457,7 @@ def _record(args, models, shapes, vocab, results, errors, run, finished: bool) -
       'ratio_vs_torch_eager': {m: ratio(m, 'torch_eager') for m in models},
       # what embedjax's attention path gives: 'auto' over the einsum path
       'ratio_vs_embedjax_xla': {m: ratio(m, 'embedjax_xla') for m in models},
+      'ratio_vs_representax': {m: ratio(m, 'representax') for m in models},
       'device': ', '.join(devices),
       'results': results, 'errors': errors,
       'flops_per_step': {m: flops_per_step(shapes[m], args.batch, args.query_len, args.doc_len, vocab)

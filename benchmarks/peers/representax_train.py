@@ -49,16 +49,10 @@ def _versions() -> dict:
 
 
 def build(args):
-  import equinox as eqx
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  import optax
-  from representax.models.sentence import SentenceBatch, SentenceEncoder
-  from representax.tasks.retrieval import MNRTask, retrieval_batch
-  from representax.train.step import build_train_step, init_train_state
 
-  info: dict = {'versions': _versions(), 'jax_backend': jax.default_backend()}
+  info: dict = {}
   encoder, load_error = None, None
   if not args.random_init:
     try:
@@ -68,13 +62,31 @@ def build(args):
     except Exception as e:  # noqa: BLE001 - recorded, then the same shape is random-initialised
       load_error = f'{type(e).__name__}: {e}'
   if encoder is None:
-    encoder = _random_encoder(args, jax.random.key(0))
+    encoder = random_encoder(MINILM_L6, 30522, jax.random.key(0))
     info['weights'] = 'random init (MiniLM-L6 shape)'
     if load_error:
       info['load_error'] = load_error
+  step, state, batch, more = build_step(encoder, dict(np.load(args.inputs)), lr=args.lr,
+                                        weight_decay=args.weight_decay)
+  return step, state, batch, {**more, **info}
 
-  data = np.load(args.inputs)
 
+def build_step(encoder, data: dict, *, lr: float, weight_decay: float, bfloat16: bool = False):
+  """representax's own compiled step for ``encoder`` on one batch of ``data`` (numpy arrays
+  query_ids/query_mask/doc_ids/doc_mask): (step, state, batch, info). ``bfloat16``: its
+  ``PrecisionConfig.bfloat16_mixed()`` policy (bf16 compute and activations, float32 master
+  weights, accumulation and loss), else its FP32 policy."""
+  import equinox as eqx
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from representax.models.sentence import SentenceBatch, SentenceEncoder
+  from representax.precision import FP32_POLICY, resolve_precision_policy
+  from representax.tasks.retrieval import MNRTask, retrieval_batch
+  from representax.train.step import build_train_step, init_train_state
+
+  info: dict = {'versions': _versions(), 'jax_backend': jax.default_backend()}
   sentence = isinstance(encoder, SentenceEncoder)
 
   def column(ids, mask):
@@ -87,30 +99,48 @@ def build(args):
                           document=column(data['doc_ids'], data['doc_mask']),
                           positive_mask=np.eye(b, dtype=bool))
   task = MNRTask(scale=20.0)
-  tx = optax.adamw(args.lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=args.weight_decay)
+  tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay)
   # As run_job does: the model's own training filter (it leaves BERT's unused pooler out).
   trainable = encoder.training_filter() if callable(getattr(encoder, 'training_filter', None)) \
       else eqx.is_inexact_array
-  state = init_train_state(encoder, tx, trainable_filter=trainable)
-  step = build_train_step(task, tx, max_grad_norm=None, donate_state=True,
+  if bfloat16:
+    from representax.config import PrecisionConfig
+    policy, policy_name = resolve_precision_policy(PrecisionConfig.bfloat16_mixed()), 'bfloat16_mixed'
+  else:
+    policy, policy_name = FP32_POLICY, 'FP32'
+  state = init_train_state(encoder, tx, precision=policy, trainable_filter=trainable)
+  step = build_train_step(task, tx, max_grad_norm=None, donate_state=True, precision=policy,
                           trainable_filter=trainable)
   # Deterministic (no-dropout: key=None) loss of the batch, for the cross-check.
   info['loss_no_dropout'] = float(jax.jit(lambda m, bt: task.loss(m, bt, key=None).loss)(encoder, batch))
   info['batch'] = {'pairs': b, 'query_len': int(data['query_ids'].shape[1]),
                    'doc_len': int(data['doc_ids'].shape[1])}
   info['step'] = ('representax.train.step.build_train_step(MNRTask(scale=20), optax.adamw(lr, '
-                  'eps=1e-6, weight_decay), max_grad_norm=None, donate_state=True), FP32 policy')
+                  f'eps=1e-6, weight_decay), max_grad_norm=None, donate_state=True), {policy_name} '
+                  'policy')
   return step, state, batch, info
 
 
-def _random_encoder(args, key):
+MINILM_L6 = {'hidden': 384, 'layers': 6, 'heads': 12, 'intermediate': 1536}
+
+
+def random_encoder(shape: dict, vocab: int, key, *, attention: str = 'xla',
+                   attention_dropout: float = 0.1):
+  """A random-init representax ``BertEncoder`` of ``shape`` (hidden, layers, heads, intermediate):
+  float32 parameters and compute, its attention implementation ('xla' or 'cudnn'). bf16 compute
+  comes from the step's precision policy (``build_step(bfloat16=True)``), which representax's
+  layers read at trace time; an encoder built with ``compute_dtype=bfloat16`` instead fails to
+  trace in its layer scan (representax 0.0.2: a bf16 carry, a float32 layer output)."""
   from representax.models.bert.config import BertConfig
   from representax.models.bert.model import BertEncoder
-  cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+  cfg = BertConfig(vocab_size=vocab, hidden_size=shape['hidden'],
+                   num_hidden_layers=shape['layers'], num_attention_heads=shape['heads'],
+                   intermediate_size=shape['intermediate'], max_position_embeddings=512,
+                   type_vocab_size=2, attention_dropout_probability=attention_dropout)
   # rematerialization='none' as the checkpoint loader uses (init's default is 'full', which would
   # recompute every layer in the backward pass and so not be the same work).
-  return BertEncoder.init(cfg, key=key, rematerialization='none')
+  return BertEncoder.init(cfg, key=key, rematerialization='none',
+                          attention_implementation=attention)
 
 
 def main(argv=None) -> None:

@@ -69,12 +69,20 @@ def test_a_result_without_git_gets_the_manifest_commit(tmp_path):
 
 
 @pytest.mark.parametrize('name', sorted(suite.SUITES))
-def test_every_suite_command_line_is_accepted_by_its_script(name):
+@pytest.mark.parametrize('peer_site', ['/peer', None])
+@pytest.mark.parametrize('smoke', [False, True])
+def test_every_suite_command_line_is_accepted_by_its_script(name, peer_site, smoke):
   for _, script, extra, seconds in suite.SUITES[name]:
     module = _load(Path(script).stem)
-    args = module.build_parser().parse_args(
-        ['--out', '/tmp/x.json', *(a.format(carry='/carry') for a in extra)])
+    cmd = suite.suite_command(script, extra, Path('/tmp/x.json'), peer_site, smoke)
+    args = module.build_parser().parse_args(cmd[2:])
     assert args.out == '/tmp/x.json'
+    assert not any('{' in a for a in cmd)  # every placeholder filled
+    if script == 'train_gpu.py':  # the peer's carried packages, where they were carried
+      assert args.representax_site == (None if smoke else peer_site)
+    assert args.smoke == smoke
+    if smoke:  # tiny inputs of the script's own, nothing carried
+      assert not any(a.startswith(str(suite.CARRY)) for a in cmd)
     assert 0 < seconds <= suite.SUITE_SECONDS
   assert sum(s for *_, s in suite.SUITES[name]) <= suite.SUITE_SECONDS + 60
 

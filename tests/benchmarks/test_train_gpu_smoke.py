@@ -1,9 +1,11 @@
 """benchmarks/train_gpu.py --smoke: the GPU benchmark's whole path (embedjax, torch eager,
-torch.compile, FLOP counting, JSON) on the CPU with tiny shapes, in a subprocess."""
+torch.compile, the JAX peer representax, FLOP counting, JSON) on the CPU with tiny shapes, in a
+subprocess."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +17,13 @@ from gpu_smoke_checks import check_embedjax_runs
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / 'benchmarks' / 'train_gpu.py'
 
-pytestmark = pytest.mark.slow  # about 40 s of CPU time: two compilers, two frameworks
+pytestmark = pytest.mark.slow  # about 60 s of CPU time: two compilers, three frameworks
 
 
 def test_smoke_writes_the_result_keys(tmp_path):
   pytest.importorskip('torch')
   pytest.importorskip('transformers')
+  pytest.importorskip('representax')
   out = tmp_path / 'bench_train_gpu.json'
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)
@@ -33,18 +36,24 @@ def test_smoke_writes_the_result_keys(tmp_path):
   record = json.loads(out.read_text())
   assert record['smoke'] is True and record['errors'] == {}
   assert record['device'] == 'cpu'
-  for key in ('ratio_vs_torch_compile', 'ratio_vs_torch_eager', 'ratio_vs_embedjax_xla'):
+  for key in ('ratio_vs_torch_compile', 'ratio_vs_torch_eager', 'ratio_vs_embedjax_xla',
+              'ratio_vs_representax'):
     assert set(record[key]) == {'minilm_l6', 'bert_base'}
     assert all(isinstance(v, float) and v > 0 for v in record[key].values())
   for model in ('minilm_l6', 'bert_base'):
     runs = record['results'][model]
-    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla'}
+    assert set(runs) == {'embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla',
+                         'representax'}
     for r in runs.values():
       assert r['pairs_per_s'] > 0 and r['step_ms'] > 0 and r['achieved_tflops'] > 0
       assert r['mfu'] is None  # no known peak for a CPU
       assert r['loss'] > 0
       assert 0 <= r['setup_s'] <= r['run_s']  # where the wall time went
     check_embedjax_runs(runs, 'steps')
+    peer = runs['representax']  # its own step, in bf16 by its mixed policy, on this batch
+    assert 'bfloat16_mixed policy' in peer['step'] and peer['attention_implementation'] == 'xla'
+    assert peer['versions']['representax'] == '0.0.2'
+    assert abs(peer['loss_no_dropout_at_init'] - math.log(4)) < 0.5  # random init: ~log(B)
     flops = record['flops_per_step'][model]
     assert flops['total'] == flops['dense'] + flops['attention'] > 0
   assert {'command', 'versions', 'machine'} <= set(record['provenance'])
@@ -74,5 +83,6 @@ def test_a_spent_time_budget_skips_runs_and_still_writes_the_file(tmp_path):
   record = json.loads(out.read_text())
   assert record['finished'] is True and record['results'] == {'minilm_l6': {}, 'bert_base': {}}
   assert set(record['errors']) == {f'{m}/{s}' for m in ('minilm_l6', 'bert_base')
-                                   for s in ('embedjax', 'torch_eager', 'torch_compile', 'embedjax_xla')}
+                                   for s in ('embedjax', 'torch_eager', 'torch_compile',
+                                             'embedjax_xla', 'representax')}
   assert all(e.startswith('skipped: time budget') for e in record['errors'].values())
