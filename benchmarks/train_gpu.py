@@ -258,25 +258,36 @@ def run_representax(shape: dict, args, vocab: int) -> dict:
   import representax_train as rx
 
   bf16 = args.dtype == 'bfloat16'
-  attention = 'cudnn' if jax.default_backend() == 'gpu' else 'xla'
-  encoder = rx.random_encoder(shape, vocab, jax.random.key(0), attention=attention,
-                              attention_dropout=args.attention_dropout)
   data = random_batch(args.batch, args.query_len, args.doc_len, vocab)
-  step, state, batch, info = rx.build_step(encoder, data, lr=tc.LR, weight_decay=tc.WEIGHT_DECAY,
-                                           bfloat16=bf16)
   rng = jax.random.key(1)
-  loss = None
+  # Its cuDNN attention on a GPU; should that fail to build or run there, its XLA attention, so
+  # that the one window still gets the peer's number (the failure is recorded).
+  attentions = (tuple(args.representax_attention.split(',')) if args.representax_attention
+                else ('cudnn', 'xla') if jax.default_backend() == 'gpu' else ('xla',))
+  failed = {}
+  for attention in attentions:
+    try:
+      encoder = rx.random_encoder(shape, vocab, jax.random.key(0), attention=attention,
+                                  attention_dropout=args.attention_dropout)
+      step, state, batch, info = rx.build_step(encoder, data, lr=tc.LR,
+                                               weight_decay=tc.WEIGHT_DECAY, bfloat16=bf16)
+      loss = None
 
-  def run(n):
-    nonlocal state, loss
-    for _ in range(n):
-      result = step(state, batch, rng)
-      state, loss = result.state, result.metrics.loss
-    jax.block_until_ready((state, loss))
+      def run(n):
+        nonlocal state, loss
+        for _ in range(n):
+          result = step(state, batch, rng)
+          state, loss = result.state, result.metrics.loss
+        jax.block_until_ready((state, loss))
 
-  t = time.perf_counter()
-  run(args.warmup)
-  warm = time.perf_counter() - t
+      t = time.perf_counter()
+      run(args.warmup)
+      warm = time.perf_counter() - t
+      break
+    except Exception as e:  # noqa: BLE001 - the last one's error reaches the parent
+      if attention == attentions[-1]:
+        raise
+      failed[attention] = f'{type(e).__name__}: {str(e)[:500]}'
   blocks = []
   for _ in range(args.blocks):
     t = time.perf_counter()
@@ -285,7 +296,8 @@ def run_representax(shape: dict, args, vocab: int) -> dict:
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(loss),
-          'attention_implementation': attention, 'step': info['step'],
+          'attention_implementation': attention, 'attention_failed': failed or None,
+          'step': info['step'],
           'loss_no_dropout_at_init': info['loss_no_dropout'],
           'peak_device_bytes': stats.get('peak_bytes_in_use'),
           'device': dev.device_kind, 'backend': jax.default_backend(),
@@ -310,7 +322,7 @@ def _child_cmd(args, model_name: str, system: str, out: Path) -> list[str]:
          '--systems', system, '--child-out', str(out)]
   for flag in ('batch', 'query_len', 'doc_len', 'warmup', 'steps', 'blocks', 'dtype', 'threads',
                'compile_backend', 'compile_mode', 'profile_steps', 'attention_dropout',
-               'representax_site'):
+               'representax_site', 'representax_attention'):
     value = getattr(args, flag)
     if value is not None:  # str(None) would reach torch.compile as mode='None'
       cmd += [f'--{flag.replace("_", "-")}', str(value)]
@@ -353,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--representax-site', default=None,
                  help='a folder of carried packages (representax and what the image lacks for '
                       'it), put at the end of sys.path in the representax run')
+  p.add_argument('--representax-attention', default=None,
+                 help="representax's attention implementations to try in turn, e.g. 'cudnn,xla' "
+                      "(default: that on a GPU, 'xla' elsewhere)")
   p.add_argument('--peak-tflops', type=float, default=None, help='device peak for MFU (TFLOP/s)')
   p.add_argument('--profile-steps', type=int, default=3,
                  help="embedjax's steps traced after the timed blocks, summed by kernel into the "

@@ -86,3 +86,21 @@ def test_a_spent_time_budget_skips_runs_and_still_writes_the_file(tmp_path):
                                    for s in ('embedjax', 'torch_eager', 'torch_compile',
                                              'embedjax_xla', 'representax')}
   assert all(e.startswith('skipped: time budget') for e in record['errors'].values())
+
+
+def test_representax_falls_back_to_its_xla_attention_when_cudnn_fails(tmp_path):
+  # On the GPU the peer tries its cuDNN attention first; a failure there must not cost the
+  # window its number. On a CPU the cuDNN attention always fails, which exercises the fallback.
+  pytest.importorskip('representax')
+  out = tmp_path / 'bench_train_gpu.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='')
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--models', 'minilm_l6',
+                         '--systems', 'representax', '--representax-attention', 'cudnn,xla',
+                         '--out', str(out)], env=env, capture_output=True, text=True,
+                        timeout=600, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(out.read_text())
+  assert record['errors'] == {}
+  peer = record['results']['minilm_l6']['representax']
+  assert peer['attention_implementation'] == 'xla' and peer['pairs_per_s'] > 0
+  assert set(peer['attention_failed']) == {'cudnn'}
