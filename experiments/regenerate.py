@@ -99,6 +99,12 @@ TARGETS = (
     _exp('table_compression', 'configs/table_compression.py:memory',
          'results/table_compression_memory.json', code=('embedjax/tables',),
          config_block='memory'),  # the memory check records the hash of its own block
+    _exp('table_memory_pipelines', 'configs/table_memory_pipelines.py',
+         'results/table_compression_memory_pipelines.json',
+         code=('embedjax/tables', 'experiments/table_compression.py',
+               'configs/table_compression.py'),
+         note='10M ids x 64: each full-size-table pipeline in a process of its own, peaks near '
+              'the full table (~10 GiB) or above it: run on an otherwise idle machine'),
     _exp('llm_embedders', 'configs/llm_embedders.py', 'results/llm_embedders.json',
          code=('results/bench_gradcache_cpu.json',)),
     Target('train_scifact', 'results/train/minilm_scifact_mrl.json',

@@ -34,6 +34,7 @@ RUNS = {
     'limit_free_embedding.py': ([None, 'quick', '48', 'm2'], 'limit_free_embedding'),
     'storage_tradeoff.py': ([None, 'quick'], 'storage_tradeoff'),
     'table_compression.py': ([None, 'memory', 'criteo'], 'table_compression'),
+    'table_memory_pipelines.py': ([None], 'table_memory_pipelines'),
     'mteb_scifact.py': ([None, 'quick'], 'mteb_scifact'),
     'llm_embedders.py': ([None], 'llm_embedders'),
     'distill_leaf.py': ([None], TRAIN),
