@@ -17,6 +17,7 @@ recorded with its exit status and tried again on the next run) and writes
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -133,8 +134,9 @@ def run(cfg) -> dict:
            f'--config.only={name}:{budget:g}', *_overrides(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-      why = (f'killed by signal {-proc.returncode} (out of memory?)' if proc.returncode < 0
-             else f'exit status {proc.returncode}')
+      why = (f'exit status {proc.returncode}' if proc.returncode > 0 else
+             f'killed by {signal.Signals(-proc.returncode).name}' +
+             (' (as the kernel kills a process out of memory)' if proc.returncode == -9 else ''))
       rec = {'method': name, 'budget': budget, 'error': why, 'stderr_tail': proc.stderr[-2000:]}
     else:
       rec = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -71,3 +71,17 @@ def test_the_parent_runs_children_resumes_and_writes_its_files(experiment, tmp_p
   assert '| pep | 0.1x |' in md and '| full | 1x |' in md
   experiment.run(cfg)  # everything made: nothing runs again
   assert len((tmp_path / 'work' / 'runs.jsonl').read_text().splitlines()) == 2
+
+
+@pytest.mark.slow  # two child processes, each failing at once
+def test_a_failed_child_is_recorded_and_tried_again(experiment, tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  # 10 rows cannot hold 3 steps of 256: the child exits with status 1 before any training
+  cfg = _cfg("--config.methods=('full',)", '--config.rows=10',
+             f'--config.workdir={tmp_path / "work"}', f'--config.results={tmp_path / "out"}')
+  result = experiment.run(cfg)
+  (record,) = result['records']
+  assert record['error'] == 'exit status 1' and 'cannot hold' in record['stderr_tail']
+  assert '| full | 1x | failed: exit status 1 |' in (tmp_path / 'out.md').read_text()
+  experiment.run(cfg)  # tried again, not taken as done
+  assert len((tmp_path / 'work' / 'runs.jsonl').read_text().splitlines()) == 2
