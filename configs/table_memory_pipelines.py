@@ -59,7 +59,9 @@ def get_config(arg=None):
   c.dedup.pretrain_epochs = 1                 # its pre-training: one epoch
   c.pep = mlc.ConfigDict({'search_epochs': 1})      # its threshold search: one epoch
   c.autodim = mlc.ConfigDict({'search_epochs': 1})  # its supernet: one epoch
-  c.workdir = 'runs/table_memory_pipelines'   # one JSONL line per job; a rerun skips those made
+  # One JSONL line per job; a rerun skips those made. Committed (runs/ is not in git): a dedup job
+  # takes about an hour on 2 cores, so the check finishes over several sessions.
+  c.workdir = 'results/table_compression_memory_pipelines_runs'
   c.results = 'results/table_compression_memory_pipelines'  # .json and .md
   c.only = ''  # internal: 'method:budget' runs one job in this process
   return c
