@@ -92,6 +92,17 @@ def peak_flops(device: str, override: float | None) -> float | None:
   return None
 
 
+def timed_blocks(run, args) -> list[float]:
+  """Seconds of each of ``args.blocks`` timed blocks of ``run(args.steps)`` (``run`` waits for
+  the device before it returns)."""
+  blocks = []
+  for _ in range(args.blocks):
+    t = time.perf_counter()
+    run(args.steps)
+    blocks.append(time.perf_counter() - t)
+  return blocks
+
+
 def random_batch(batch: int, query_len: int, doc_len: int, vocab: int):
   import numpy as np
   return tc.random_pairs(np.random.default_rng(0), batch, query_len, doc_len, vocab=vocab)
@@ -134,11 +145,7 @@ def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') ->
   t = time.perf_counter()
   run(args.warmup)
   warm = time.perf_counter() - t
-  blocks = []
-  for _ in range(args.blocks):
-    t = time.perf_counter()
-    run(args.steps)
-    blocks.append(time.perf_counter() - t)
+  blocks = timed_blocks(run, args)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   profile = top_kernels(run, args.profile_steps, 'steps')
@@ -231,11 +238,7 @@ def run_torch(shape: dict, args, vocab: int, compiled: bool) -> dict:
   warm = time.perf_counter() - start
   if device == 'cuda':
     torch.cuda.reset_peak_memory_stats()
-  blocks = []
-  for _ in range(args.blocks):
-    start = time.perf_counter()
-    run(args.steps)
-    blocks.append(time.perf_counter() - start)
+  blocks = timed_blocks(run, args)
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(loss.detach()),
           'peak_device_bytes': torch.cuda.max_memory_allocated() if device == 'cuda' else None,
           'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
@@ -288,11 +291,7 @@ def run_representax(shape: dict, args, vocab: int) -> dict:
       if attention == attentions[-1]:
         raise
       failed[attention] = f'{type(e).__name__}: {str(e)[:500]}'
-  blocks = []
-  for _ in range(args.blocks):
-    t = time.perf_counter()
-    run(args.steps)
-    blocks.append(time.perf_counter() - t)
+  blocks = timed_blocks(run, args)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(loss),
