@@ -267,6 +267,15 @@ def run_representax(shape: dict, args, vocab: int) -> dict:
   # that the one window still gets the peer's number (the failure is recorded).
   attentions = (tuple(args.representax_attention.split(',')) if args.representax_attention
                 else ('cudnn', 'xla') if jax.default_backend() == 'gpu' else ('xla',))
+  step = state = batch = info = loss = None
+
+  def run(n):  # the step of the attention being tried (or the one that worked)
+    nonlocal state, loss
+    for _ in range(n):
+      result = step(state, batch, rng)
+      state, loss = result.state, result.metrics.loss
+    jax.block_until_ready((state, loss))
+
   failed = {}
   for attention in attentions:
     try:
@@ -274,15 +283,6 @@ def run_representax(shape: dict, args, vocab: int) -> dict:
                                   attention_dropout=args.attention_dropout)
       step, state, batch, info = rx.build_step(encoder, data, lr=tc.LR,
                                                weight_decay=tc.WEIGHT_DECAY, bfloat16=bf16)
-      loss = None
-
-      def run(n):
-        nonlocal state, loss
-        for _ in range(n):
-          result = step(state, batch, rng)
-          state, loss = result.state, result.metrics.loss
-        jax.block_until_ready((state, loss))
-
       t = time.perf_counter()
       run(args.warmup)
       warm = time.perf_counter() - t

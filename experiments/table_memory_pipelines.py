@@ -141,7 +141,6 @@ def run(cfg) -> dict:
     else:
       rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec['provenance'] = run_.provenance()
-    path.parent.mkdir(parents=True, exist_ok=True)
     _study()._append(path, rec)
     done[name, budget] = rec
   records = [done[j] for j in jobs(cfg) if j in done]
