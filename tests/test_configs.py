@@ -229,3 +229,5 @@ def test_attention_kernel_and_dropout_reach_the_model():
     dry_build(load_config(tiny, ['--config.model.attention_impl=flash']))
   with pytest.raises(ConfigError, match=r'model.attention_dropout 1.5: -1'):
     dry_build(load_config(tiny, ['--config.model.attention_dropout=1.5']))
+  with pytest.raises(ConfigError, match=r"data.padding 'longest': not one of"):
+    dry_build(load_config(tiny, ['--config.data.padding=longest']))

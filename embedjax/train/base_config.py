@@ -192,6 +192,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 32         # global batch (in-batch negatives = batch_size - 1)
   c.data.query_len = 64          # tokens per query
   c.data.doc_len = 256           # tokens per document (and hard negative)
+  c.data.padding = 'bucket'      # 'bucket': each batch padded to the shortest of 64, 128, ...,
+                                 # query_len / doc_len tokens holding its longest text (a compile
+                                 # per length met); 'max_length': always query_len / doc_len
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
   c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)
@@ -336,7 +339,8 @@ def _check_values(fields: dict) -> None:
              'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
              'model.attention_impl': ('auto', 'xla', 'cudnn'),
              'optim.decay': ('cosine', 'linear', 'constant'),
-             'model.representation': ('single', 'multi_vector', 'sparse')}
+             'model.representation': ('single', 'multi_vector', 'sparse'),
+             'data.padding': ('bucket', 'max_length')}
   for path, allowed in choices.items():
     if path in fields and fields[path] not in allowed:
       raise ConfigError(f'{path} {fields[path]!r}: not one of {list(allowed)}')

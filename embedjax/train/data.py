@@ -19,8 +19,15 @@ Studies add their own sources by passing ``{**SOURCES, **theirs}`` to the loop (
 The built-in sources' rows are read through the tfds builders of
 ``embedjax.data.tfds_builders`` (prepared once into a cache folder) and kept in memory: they are
 small, and filtering (score >= 4, label 1) needs a pass anyway. File sources stay on disk. Batches come from a grain pipeline that is deterministic from a seed and
-checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches (static
-shapes), then tokenization to fixed lengths.
+checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches, then
+tokenization. Padding (``data.padding``): ``'bucket'`` pads each column of a batch to the
+shortest rung of a ladder (64, 128, 256, ... tokens, then the column's maximum length) that holds
+its longest text, so short texts do not pay for ``query_len`` / ``doc_len`` tokens of masked
+attention; the step compiles once per rung pair it meets (a few shapes, each static under jit).
+``'max_length'`` pads every batch to the maximum lengths (one shape). Without dropout the loss
+and gradients are the same either way (padded positions are masked out of attention and
+pooling); dropout masks are drawn for the padded shape, so with dropout the two paddings give
+runs that differ by their noise.
 
 Multi-process: every process builds the same global batches and keeps its own contiguous slice of
 rows, so the data order does not depend on the number of processes.
@@ -355,9 +362,28 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
   return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
+PADDINGS = ('bucket', 'max_length')
+SHORTEST_RUNG = 64  # the ladder's first padded length (as encoding's rows)
+
+
+def padded_length(ids: list[list[int]], max_length: int, padding: str = 'bucket') -> int:
+  """Tokens a column is padded to: ``max_length``, or under ``'bucket'`` the shortest rung of
+  64, 128, 256, ... (then ``max_length``) holding the longest of ``ids``."""
+  if padding == 'max_length':
+    return max_length
+  if padding != 'bucket':
+    raise ConfigError(f'data.padding {padding!r}: not one of {list(PADDINGS)}')
+  from embedjax.encoding import row_length_ladder  # (it imports the models)
+  longest = max((len(x) for x in ids), default=1)
+  return next(r for r in row_length_ladder(max_length, SHORTEST_RUNG) if r >= longest)
+
+
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
-                   process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-  """A grain batch (dict of arrays of texts) -> this process's slice of fixed-length token arrays."""
+                   process_index: int = 0, process_count: int = 1,
+                   padding: str = 'bucket') -> dict[str, np.ndarray]:
+  """A grain batch (dict of arrays of texts) -> this process's slice of token arrays, each column
+  padded as ``padding`` says (:func:`padded_length`). Under ``'bucket'`` the length is the
+  global batch's, so that every process's slice has the same shape."""
   if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
     rows = {'query': rows['text'], 'positive': rows['text'],
             'doc_key': np.asarray(rows['label'], np.int64)}
@@ -367,41 +393,47 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   n = len(rows['query'])
   per = n // process_count
   sl = slice(process_index * per, (process_index + 1) * per)
-  q = query_tok.pad(query_tok.encode([str(t) for t in rows['query'][sl]]), query_tok.max_length)
+
+  def columns(tok: TextTokenizer, *texts) -> list[dict[str, np.ndarray]]:
+    # Every process tokenizes the whole batch (cheap next to the step) so that the bucketed
+    # length is the global batch's; columns given together share one length.
+    ids = [tok.encode([str(t) for t in col]) for col in texts]
+    length = padded_length([x for col in ids for x in col], tok.max_length, padding)
+    return [tok.pad(col[sl], length) for col in ids]
+
+  (q,) = columns(query_tok, rows['query'])
   if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
     return {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
             'target': np.asarray(rows['target'][sl], np.float32)}
-  d = doc_tok.pad(doc_tok.encode([str(t) for t in rows['positive'][sl]]), doc_tok.max_length)
+  negatives = ([rows['negative']] if 'negative' in rows
+               else list(rows['negatives']) if len(rows.get('negatives', ())) else [])
+  # (File rows: grain batches the list of k negatives into k arrays of (B,) texts.)
+  d, *negs = columns(doc_tok, rows['positive'], *negatives)
   out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
          'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],
          'doc_key': np.asarray(rows['doc_key'][sl], np.int32)}
   if 'score' in rows:
     out['score'] = np.asarray(rows['score'][sl], np.float32)
-  if 'negative' in rows:
-    neg = doc_tok.pad(doc_tok.encode([str(t) for t in rows['negative'][sl]]), doc_tok.max_length)
-    out['neg_ids'] = neg['input_ids'][:, None]
-    out['neg_mask'] = neg['attention_mask'][:, None]
-  elif len(rows.get('negatives', ())):
-    # File rows: grain batches the list of k negatives into k arrays of (B,) texts.
-    negs = [doc_tok.pad(doc_tok.encode([str(t) for t in col[sl]]), doc_tok.max_length)
-            for col in rows['negatives']]
-    out['neg_ids'] = np.stack([n['input_ids'] for n in negs], axis=1)
-    out['neg_mask'] = np.stack([n['attention_mask'] for n in negs], axis=1)
+  if negs:
+    out['neg_ids'] = np.stack([x['input_ids'] for x in negs], axis=1)
+    out['neg_mask'] = np.stack([x['attention_mask'] for x in negs], axis=1)
   return out
 
 
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                prefetch: int = 2) -> Any:
+                prefetch: int = 2, padding: str = 'bucket') -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
-  ``rows`` (a list, or a random-access source as ``load_rows`` returns)."""
+  ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded as ``padding``
+  says (:func:`padded_length`)."""
   if batch_size % process_count:
     raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:
     raise ConfigError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
   fn = functools.partial(tokenize_batch, query_tok=tokenizer.with_max_length(query_len),
                          doc_tok=tokenizer.with_max_length(doc_len),
-                         process_index=process_index, process_count=process_count)
+                         process_index=process_index, process_count=process_count,
+                         padding=padding)
   ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
         .batch(batch_size, drop_remainder=True).map(fn))
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)

@@ -196,7 +196,8 @@ def trained_encoder(cfg: ml_collections.ConfigDict, params):
 
 
 def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.Source]) -> dict:
-  """The global batch as ShapeDtypeStructs (what ``train_data.tokenize_batch`` makes)."""
+  """The global batch as ShapeDtypeStructs (what ``train_data.tokenize_batch`` makes; under
+  ``data.padding='bucket'`` the largest shapes, which batches of shorter texts undercut)."""
   picked = train_data.check_sources(cfg.data.train, sources)
   b, lq, ld = cfg.data.batch_size, cfg.data.query_len, cfg.data.doc_len
   if picked[0].target_dim:  # distillation: texts and their teacher embeddings
@@ -557,7 +558,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
     loader = train_data.make_loader(
         rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
         doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), padding=cfg.data.padding)
 
   if start > 0:
     state, data_state = ckpt.restore(start, sharding.abstract_state(state, state_sh))

@@ -210,7 +210,7 @@ class TaskLoader:
       self._loaders[n] = train_data.make_loader(
           task_rows, tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
           doc_len=cfg.data.doc_len, seed=loader_seed(cfg.seed, n), process_index=process_index,
-          process_count=process_count)
+          process_count=process_count, padding=cfg.data.padding)
 
   def __len__(self) -> int:
     """Rows over all tasks."""
