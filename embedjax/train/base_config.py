@@ -194,7 +194,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.doc_len = 256           # tokens per document (and hard negative)
   c.data.padding = 'bucket'      # 'bucket': each batch padded to the shortest of 64, 128, ...,
                                  # query_len / doc_len tokens holding its longest text (a compile
-                                 # per length met); 'max_length': always query_len / doc_len
+                                 # per length met); 'max_length': always query_len / doc_len;
+                                 # 'pack': texts packed into rows of query_len / doc_len tokens
+                                 # (single vectors; no chunks, grad_cache, layer_elastic, guide)
+  c.data.pack_segments = 16      # 'pack': at most this many texts in one row
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
   c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)
@@ -340,7 +343,7 @@ def _check_values(fields: dict) -> None:
              'model.attention_impl': ('auto', 'xla', 'cudnn'),
              'optim.decay': ('cosine', 'linear', 'constant'),
              'model.representation': ('single', 'multi_vector', 'sparse'),
-             'data.padding': ('bucket', 'max_length')}
+             'data.padding': ('bucket', 'max_length', 'pack')}
   for path, allowed in choices.items():
     if path in fields and fields[path] not in allowed:
       raise ConfigError(f'{path} {fields[path]!r}: not one of {list(allowed)}')
@@ -348,9 +351,10 @@ def _check_values(fields: dict) -> None:
   if 'query_to_doc' not in directions or not set(directions) <= set(DIRECTIONS):
     raise ConfigError(f"loss.directions {directions!r}: must include 'query_to_doc', all among "
                       f'{list(DIRECTIONS)}')
-  for path in ('data.batch_size', 'data.query_len', 'data.doc_len'):
-    if fields[path] < 1:
+  for path in ('data.batch_size', 'data.query_len', 'data.doc_len', 'data.pack_segments'):
+    if fields.get(path, 1) < 1:
       raise ConfigError(f'{path} {fields[path]!r}: must be positive')
+  _check_packing(fields)
   dropout = fields.get('model.attention_dropout', -1.0)
   if dropout != -1.0 and not 0.0 <= dropout < 1.0:
     raise ConfigError(f'model.attention_dropout {dropout!r}: -1 (the model\'s own) or in [0, 1)')
@@ -363,6 +367,24 @@ def _check_values(fields: dict) -> None:
     raise ConfigError(f'loss.matryoshka_dims {dims!r}: expected positive integers, e.g. (384, 64)')
   _check_elastic_and_mixing(fields)
   _check_representation(fields)
+
+
+def _check_packing(fields: dict) -> None:
+  """Packed batches reach the plain single-vector step only (one line otherwise)."""
+  if fields.get('data.padding') != 'pack':
+    return
+  from embedjax.losses import GUIDE_LOSSES
+  clash = [f'{path} {fields[path]!r}' for path, off in (
+      ('train.chunk_size', 0), ('train.grad_cache', False), ('loss.layer_elastic', ''),
+      ('model.representation', 'single')) if fields.get(path, off) != off]
+  if fields.get('loss.name') in GUIDE_LOSSES:  # (a distillation teacher is no guide of the step)
+    clash.append(f"loss.name {fields['loss.name']!r} (a guided loss)")
+  if any(p.startswith('tasks.') for p in fields):
+    clash.append('tasks')
+  if clash:
+    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache, "
+                      'layer_elastic, a guided loss or tasks so far; this config sets '
+                      f"{', '.join(clash)} (use data.padding 'bucket')")
 
 
 def _check_representation(fields: dict) -> None:

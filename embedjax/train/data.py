@@ -24,9 +24,14 @@ tokenization. Padding (``data.padding``): ``'bucket'`` pads each column of a bat
 shortest rung of a ladder (64, 128, 256, ... tokens, then the column's maximum length) that holds
 its longest text, so short texts do not pay for ``query_len`` / ``doc_len`` tokens of masked
 attention; the step compiles once per rung pair it meets (a few shapes, each static under jit).
-``'max_length'`` pads every batch to the maximum lengths (one shape). Without dropout the loss
-and gradients are the same either way (padded positions are masked out of attention and
-pooling); dropout masks are drawn for the padded shape, so with dropout the two paddings give
+``'max_length'`` pads every batch to the maximum lengths (one shape). ``'pack'`` packs each
+column's texts into rows of its maximum length, up to ``data.pack_segments`` texts a row (as
+``embedjax.encoding`` packs), so a batch of mostly short texts with a few long ones costs its
+tokens, not B x max_length: keys ``{col}_ids`` / ``{col}_segments`` / ``{col}_positions`` (R, L)
+and ``{col}_index`` (B,), each text's flat (row, slot) place, documents and hard negatives packed
+together (``neg_index`` (B, H) into the documents' rows). Without dropout the loss and gradients
+are the same under every padding (padded positions and other texts are masked out of attention
+and pooling); dropout masks are drawn for the batch's shape, so with dropout the paddings give
 runs that differ by their noise.
 
 Multi-process: every process builds the same global batches and keeps its own contiguous slice of
@@ -362,14 +367,15 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
   return parts[0] if len(parts) == 1 else _Concat(parts)
 
 
-PADDINGS = ('bucket', 'max_length')
+PADDINGS = ('bucket', 'max_length', 'pack')
 SHORTEST_RUNG = 64  # the ladder's first padded length (as encoding's rows)
+ROW_STEPS = 8  # 'pack': row counts rounded up to multiples of 1/8 of the texts (<= 8 shapes)
 
 
 def padded_length(ids: list[list[int]], max_length: int, padding: str = 'bucket') -> int:
   """Tokens a column is padded to: ``max_length``, or under ``'bucket'`` the shortest rung of
   64, 128, 256, ... (then ``max_length``) holding the longest of ``ids``."""
-  if padding == 'max_length':
+  if padding in ('max_length', 'pack'):  # (packed rows are max_length long)
     return max_length
   if padding != 'bucket':
     raise ConfigError(f'data.padding {padding!r}: not one of {list(PADDINGS)}')
@@ -379,11 +385,13 @@ def padded_length(ids: list[list[int]], max_length: int, padding: str = 'bucket'
 
 
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
-                   process_index: int = 0, process_count: int = 1,
-                   padding: str = 'bucket') -> dict[str, np.ndarray]:
+                   process_index: int = 0, process_count: int = 1, padding: str = 'bucket',
+                   pack_segments: int = 16, row_multiple: int = 1) -> dict[str, np.ndarray]:
   """A grain batch (dict of arrays of texts) -> this process's slice of token arrays, each column
-  padded as ``padding`` says (:func:`padded_length`). Under ``'bucket'`` the length is the
-  global batch's, so that every process's slice has the same shape."""
+  padded as ``padding`` says (:func:`padded_length`), or packed (``'pack'``: :func:`pack_column`,
+  at most ``pack_segments`` texts a row, rows a multiple of ``row_multiple``, the devices this
+  process feeds). Lengths and row counts are the global batch's, so that every process's slice has
+  the same shape."""
   if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
     rows = {'query': rows['text'], 'positive': rows['text'],
             'doc_key': np.asarray(rows['label'], np.int64)}
@@ -393,6 +401,10 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   n = len(rows['query'])
   per = n // process_count
   sl = slice(process_index * per, (process_index + 1) * per)
+
+  if padding == 'pack':
+    return _packed_batch(rows, query_tok, doc_tok, process_index, process_count, pack_segments,
+                         row_multiple)
 
   def columns(tok: TextTokenizer, *texts) -> list[dict[str, np.ndarray]]:
     # Every process tokenizes the whole batch (cheap next to the step) so that the bucketed
@@ -405,10 +417,7 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
     return {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
             'target': np.asarray(rows['target'][sl], np.float32)}
-  negatives = ([rows['negative']] if 'negative' in rows
-               else list(rows['negatives']) if len(rows.get('negatives', ())) else [])
-  # (File rows: grain batches the list of k negatives into k arrays of (B,) texts.)
-  d, *negs = columns(doc_tok, rows['positive'], *negatives)
+  d, *negs = columns(doc_tok, rows['positive'], *_negative_columns(rows))
   out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
          'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],
          'doc_key': np.asarray(rows['doc_key'][sl], np.int32)}
@@ -420,12 +429,81 @@ def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc
   return out
 
 
+def _negative_columns(rows) -> list:
+  if 'negative' in rows:
+    return [rows['negative']]
+  # (File rows: grain batches the list of k negatives into k arrays of (B,) texts.)
+  return list(rows['negatives']) if len(rows.get('negatives', ())) else []
+
+
+def pack_column(texts: list[list[list[int]]], row_length: int, max_segments: int,
+                row_multiple: int, process_index: int, pad_id: int) -> tuple[dict, list]:
+  """Packs each process's texts (``texts[p]``: its token id lists) into rows; returns this
+  process's arrays ``{'ids', 'segments', 'positions'}`` (R, row_length) and each of its texts'
+  global flat place ``(p * R + row) * max_segments + slot`` in the (global rows x slots) grid.
+
+  R is the same for every process: the most rows any process needs, rounded up to a multiple of
+  ``max(row_multiple, texts / ROW_STEPS)`` (rounded to ``row_multiple``), so a run compiles at
+  most about ROW_STEPS row counts."""
+  from embedjax.encoding import make_batch, pack_rows
+  plans = [pack_rows([len(t) for t in mine], row_length, max_segments) for mine in texts]
+  n = max(len(mine) for mine in texts)
+  quantum = -(-max(1, n // ROW_STEPS) // row_multiple) * row_multiple
+  num_rows = -(-max(len(p) for p in plans) // quantum) * quantum
+  mine, plan = texts[process_index], plans[process_index]
+  packed = make_batch(mine, plan, row_length, num_rows, max_segments, pad_id)
+  place = [0] * len(mine)
+  for r, row in enumerate(packed.text_index):
+    for slot, i in enumerate(row):
+      if i >= 0:
+        place[i] = (process_index * num_rows + r) * max_segments + slot
+  arrays = {'ids': packed.input_ids, 'segments': packed.segment_ids,
+            'positions': packed.position_ids}
+  return arrays, place
+
+
+def _packed_batch(rows, query_tok: TextTokenizer, doc_tok: TextTokenizer, process_index: int,
+                  process_count: int, max_segments: int,
+                  row_multiple: int) -> dict[str, np.ndarray]:
+  """``tokenize_batch``'s ``'pack'`` form (the keys of the module docstring)."""
+  n = len(rows['query'])
+  per = n // process_count
+  slices = [slice(p * per, (p + 1) * per) for p in range(process_count)]
+
+  def pack(tok: TextTokenizer, per_process: list[list[list[int]]], name: str) -> list:
+    arrays, place = pack_column(per_process, tok.max_length, max_segments, row_multiple,
+                                process_index, tok.pad_id)
+    out.update({f'{name}_{k}': v for k, v in arrays.items()})
+    return place
+
+  out: dict[str, np.ndarray] = {}
+  q = query_tok.encode([str(t) for t in rows['query']])
+  out['query_index'] = np.asarray(pack(query_tok, [q[sl] for sl in slices], 'query'), np.int32)
+  mine = slices[process_index]
+  if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
+    out['target'] = np.asarray(rows['target'][mine], np.float32)
+    return out
+  docs = doc_tok.encode([str(t) for t in rows['positive']])
+  negs = [doc_tok.encode([str(t) for t in col]) for col in _negative_columns(rows)]
+  # A process's documents, then its negatives row by row (row b's H negatives together).
+  texts = [docs[sl] + [col[b] for b in range(sl.start, sl.stop) for col in negs] for sl in slices]
+  place = pack(doc_tok, texts, 'doc')
+  out['doc_index'] = np.asarray(place[:per], np.int32)
+  if negs:
+    out['neg_index'] = np.asarray(place[per:], np.int32).reshape(per, len(negs))
+  out['doc_key'] = np.asarray(rows['doc_key'][mine], np.int32)
+  if 'score' in rows:
+    out['score'] = np.asarray(rows['score'][mine], np.float32)
+  return out
+
+
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                prefetch: int = 2, padding: str = 'bucket') -> Any:
+                prefetch: int = 2, padding: str = 'bucket', pack_segments: int = 16,
+                row_multiple: int = 1) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
-  ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded as ``padding``
-  says (:func:`padded_length`)."""
+  ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
+  ``padding`` says (:func:`tokenize_batch`)."""
   if batch_size % process_count:
     raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:
@@ -433,7 +511,7 @@ def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: i
   fn = functools.partial(tokenize_batch, query_tok=tokenizer.with_max_length(query_len),
                          doc_tok=tokenizer.with_max_length(doc_len),
                          process_index=process_index, process_count=process_count,
-                         padding=padding)
+                         padding=padding, pack_segments=pack_segments, row_multiple=row_multiple)
   ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
         .batch(batch_size, drop_remainder=True).map(fn))
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)

@@ -160,7 +160,8 @@ def step_config(cfg: ml_collections.ConfigDict, spec: EmbedderSpec) -> StepConfi
       layer_elastic=str(loss.layer_elastic),
       layer_kwargs=tuple((k, loss[k]) for k in ELASTIC_OPTIONS),
       mix_negatives=int(loss.mix_negatives), mix_hardest=int(loss.mix_hardest),
-      mix_query=int(loss.mix_query))
+      mix_query=int(loss.mix_query),
+      pack_segments=int(cfg.data.pack_segments) if cfg.data.padding == 'pack' else 0)
   return StepConfig(**{**fields, **extra})
 
 
@@ -200,6 +201,8 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
   ``data.padding='bucket'`` the largest shapes, which batches of shorter texts undercut)."""
   picked = train_data.check_sources(cfg.data.train, sources)
   b, lq, ld = cfg.data.batch_size, cfg.data.query_len, cfg.data.doc_len
+  if cfg.data.padding == 'pack':  # the most rows: one text a row
+    return _packed_shapes(b, lq, ld, picked[0])
   if picked[0].target_dim:  # distillation: texts and their teacher embeddings
     return {'query_ids': jax.ShapeDtypeStruct((b, lq), jnp.int32),
             'query_mask': jax.ShapeDtypeStruct((b, lq), jnp.int32),
@@ -211,6 +214,24 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
     shapes.update(neg_ids=(b, h, ld), neg_mask=(b, h, ld))
   out = {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in shapes.items()}
   if picked[0].scored:
+    out['score'] = jax.ShapeDtypeStruct((b,), jnp.float32)
+  return out
+
+
+def _packed_shapes(b: int, lq: int, ld: int, source: train_data.Source) -> dict:
+  """``batch_shapes`` of a packed batch (keys: ``train_data``'s docstring) at its most rows."""
+  def rows(name: str, n: int, length: int) -> dict:
+    return {f'{name}_{k}': jax.ShapeDtypeStruct((n, length), jnp.int32)
+            for k in ('ids', 'segments', 'positions')}
+  out = {**rows('query', b, lq), 'query_index': jax.ShapeDtypeStruct((b,), jnp.int32)}
+  if source.target_dim:
+    return {**out, 'target': jax.ShapeDtypeStruct((b, source.target_dim), jnp.float32)}
+  h = source.negatives if source.hard_negatives else 0
+  out.update(rows('doc', b * (1 + h), ld), doc_index=jax.ShapeDtypeStruct((b,), jnp.int32),
+             doc_key=jax.ShapeDtypeStruct((b,), jnp.int32))
+  if h:
+    out['neg_index'] = jax.ShapeDtypeStruct((b, h), jnp.int32)
+  if source.scored:
     out['score'] = jax.ShapeDtypeStruct((b,), jnp.float32)
   return out
 
@@ -558,7 +579,8 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
     loader = train_data.make_loader(
         rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
         doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), padding=cfg.data.padding)
+        process_count=jax.process_count(), padding=cfg.data.padding,
+        pack_segments=cfg.data.pack_segments, row_multiple=jax.local_device_count())
 
   if start > 0:
     state, data_state = ckpt.restore(start, sharding.abstract_state(state, state_sh))

@@ -37,10 +37,11 @@ import optax
 from embedjax.config import ConfigError
 from embedjax.losses import GUIDE_LOSSES, LOSSES, MULTI_VECTOR_LOSSES, TARGET_LOSSES, matryoshka
 from embedjax.losses.contrastive import DEFAULT_SCALE
-from embedjax.models.embedder import auxiliary_loss, embed
+from embedjax.models.embedder import auxiliary_loss, embed, embed_packed
 from embedjax.models.layerwise import embed_layers
 from embedjax.models.lora import LoraConfig, apply_lora
 from embedjax.models.spec import EmbedderSpec
+from embedjax.ops import l2_normalize
 from embedjax.train.state import TrainState
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on a learned inverse temperature
@@ -77,6 +78,8 @@ class StepConfig:
   mask_token_id: int = 103                 #   [MASK] tokens that count (0 = no augmentation)
   skip_ids: tuple = ()                     # multi_vector: document tokens left out of MaxSim
   flops_weights: tuple = (0.0, 0.0)        # sparse: FLOPS regulariser weights (queries, documents)
+  pack_segments: int = 0                   # > 0: packed batches (data.padding 'pack': texts
+                                           # packed into rows, at most this many a row)
 
 
 REPRESENTATIONS = ('single', 'multi_vector', 'sparse')
@@ -290,7 +293,7 @@ def _split_columns(embs, batch, tokens: bool = False):
   d = rest.pop(0) if 'doc_ids' in batch else None
   negs = None
   if rest:
-    b, h = batch['neg_ids'].shape[:2]
+    b, h = (batch['neg_index'] if 'neg_index' in batch else batch['neg_ids']).shape[:2]
     if tokens:
       negs = rest[0].reshape((b, h) + rest[0].shape[1:])
     else:  # (L, B, H, D) when every layer is embedded (layer_elastic)
@@ -371,12 +374,52 @@ def _chunk_keys(rng, column: int, n_chunks: int):
   return jax.random.split(jax.random.fold_in(rng, column), n_chunks)
 
 
+PACKED_ONLY = 'single vectors without chunks, grad_cache, layer_elastic or a guide'
+
+
+def _check_packing(cfg: StepConfig, batch) -> None:
+  packed = 'query_index' in batch
+  if packed != (cfg.pack_segments > 0):
+    raise ConfigError('the batch is ' + ('packed' if packed else 'padded') + ' but the step '
+                      'expects ' + ('packed' if cfg.pack_segments else 'padded') + ' batches '
+                      "(data.padding 'pack' sets both)")
+  if packed and (cfg.chunk_size or cfg.grad_cache or cfg.layer_elastic or cfg.guide_spec
+                 or cfg.representation != 'single'):
+    raise ConfigError(f"data.padding 'pack' trains {PACKED_ONLY} so far (use 'bucket')")
+
+
+def packed_embeddings(cfg: StepConfig, model, batch, rng) -> list[jax.Array]:
+  """The embeddings ``_columns`` + the plain path would give, from a packed batch: queries
+  (B, D), documents (B, D) and hard negatives (B * H, D), each row set embedded once (documents
+  and negatives share rows) and each text's vector gathered from its (row, slot).
+
+  Normalised after the gather: an empty slot's vector is zero, and the gradient of a norm at
+  zero is NaN (times a zero cotangent, still NaN), so only real texts reach the division."""
+  enc = encoder_params(model, cfg.lora)
+  spec = dataclasses.replace(cfg.spec, normalize=False)
+  finish = l2_normalize if cfg.spec.normalize else (lambda v: v)
+  out = []
+  for c, name in enumerate(('query', 'doc')):
+    if f'{name}_ids' not in batch:
+      continue
+    key = _chunk_keys(rng, c, 1)[0]
+    slots = embed_packed(enc, spec, batch[f'{name}_ids'], batch[f'{name}_segments'],
+                         batch[f'{name}_positions'], cfg.pack_segments,
+                         deterministic=not cfg.dropout, dropout_key=key)
+    flat = slots.reshape(-1, slots.shape[-1])  # (R * S, D), the place's grid
+    out.append(finish(flat[batch[f'{name}_index']]))
+    if name == 'doc' and 'neg_index' in batch:
+      out.append(finish(flat[batch['neg_index'].reshape(-1)]))  # row b's H negatives together
+  return out
+
+
 def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
   """((loss, metrics), grads) for one batch; plain or gradient-cached per ``cfg.grad_cache``.
   ``guide``: the frozen guide's params (GUIDE_LOSSES), a constant of the step."""
   loss_fn = build_loss(cfg)
   f = _embed_fn(cfg)
-  cols = _columns(batch, cfg)
+  _check_packing(cfg, batch)
+  cols = [] if cfg.pack_segments else _columns(batch, cfg)
   tokens = cfg.representation == 'multi_vector'
 
   if (cfg.loss in GUIDE_LOSSES) != (guide is not None and cfg.guide_spec is not None):
@@ -389,7 +432,7 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
 
   if not cfg.grad_cache:
     def total_loss(p):
-      embs = []
+      embs = packed_embeddings(cfg, model_params(p), batch, rng) if cfg.pack_segments else []
       for c, (ids, mask) in enumerate(cols):
         ch = chunk_of(ids.shape[0])
         keys = _chunk_keys(rng, c, ids.shape[0] // ch)
