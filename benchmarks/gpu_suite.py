@@ -15,6 +15,7 @@ There (``run`` of the device tool, repository root, ``carry=['.gpu_carry']``):
     python3 benchmarks/gpu_suite.py run E --out $OUT    # encoding (BERT shapes, SciFact text)
     python3 benchmarks/gpu_suite.py run B --out $OUT    # the ~0.6B decoder, full and LoRA steps
     python3 benchmarks/gpu_suite.py run C --out $OUT    # LIMIT critical-n at d = 32, once
+    python3 benchmarks/gpu_suite.py run R --out $OUT    # remat policies and XLA flags, measured
   Each suite installs the carried wheels into /tmp/site, checks the tree against the manifest, runs
   its benchmarks one after another (each in its own process, each under a time limit so that the
   suite ends within ``SUITE_SECONDS``), and writes their result files and logs under ``--out``.
@@ -74,6 +75,13 @@ SUITES = {
            ('--texts', '{carry}/scifact_corpus.jsonl.gz', '--tokenizer', '{carry}/tokenizer.json',
             '--time-budget', '400'), 410),),
     'B': (('bench_decoder_gpu.json', 'decoder_gpu.py', (), 470),),
+    # the training step's settings chosen by measurement: each variant of train_gpu.VARIANTS
+    # (remat policies, XLA GPU flags) against plain embedjax in the same run, BERT-base first
+    # (where remat and GEMM choices weigh most); what the budget leaves goes to MiniLM-L6
+    'R': (('bench_train_gpu_variants.json', 'train_gpu.py',
+           ('--attention-dropout', '0', '--time-budget', '400', '--models', 'bert_base,minilm_l6',
+            '--systems', 'embedjax,embedjax_remat_dots,embedjax_remat_full,embedjax_cublas,'
+            'embedjax_command_buffers,embedjax_latency_hiding'), 410),),
 }
 # Suite C: LIMIT's free-embedding critical-n at d = 32, searched again on the GPU to replace the
 # hand-assembled record of results/limit/critical_n.json (experiments/regenerate.py's GPU target

@@ -57,6 +57,19 @@ RESERVE_S, MIN_RUN_S = 15.0, 20.0  # --time-budget: kept for writing the file; l
 # JAX peer's own compiled step (benchmarks/peers/representax_train.py) at its fastest settings.
 SYSTEMS = ('embedjax', 'torch_eager', 'torch_compile', 'representax', 'embedjax_xla')
 RATIO_SYSTEMS = ('embedjax', 'torch_compile')  # run first: the ratio's two sides
+# embedjax's step with one setting changed, each against plain embedjax in the same run (suite R:
+# the remat policy and XLA GPU flags chosen by measurement, not by default). A variant's XLA flags
+# join XLA_FLAGS in its child process before JAX starts (an in-process run cannot apply them and
+# records so).
+VARIANTS = {
+    'embedjax_remat_dots': {'remat': 'dots'},   # matmul outputs kept, the rest recomputed
+    'embedjax_remat_full': {'remat': 'full'},   # each layer recomputed in the backward pass
+    'embedjax_cublas': {'xla_flags': '--xla_gpu_enable_triton_gemm=false'},  # cuBLAS GEMMs only
+    'embedjax_command_buffers': {  # CUDA graphs over more op kinds: fewer kernel launches
+        'xla_flags': '--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,CUSTOM_CALL'},
+    'embedjax_latency_hiding': {'xla_flags': '--xla_gpu_enable_latency_hiding_scheduler=true'},
+}
+ALL_SYSTEMS = SYSTEMS + tuple(VARIANTS)
 MODELS = {
     'minilm_l6': dict(hidden=384, layers=6, heads=12, intermediate=1536),
     'bert_base': dict(hidden=768, layers=12, heads=12, intermediate=3072),
@@ -111,7 +124,8 @@ def random_batch(batch: int, query_len: int, doc_len: int, vocab: int):
 # ---------------------------------------------------------------------------------------------
 # embedjax
 _EMBEDJAX_PROGRAMS: dict = {}  # spec -> (jitted init, jitted step, tx), reused within a process
-def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') -> dict:
+def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto',
+                 remat: str = 'none') -> dict:
   import jax
   from embedjax.models.bert import BertConfig, attention_path
   from embedjax.models.pretrained import init_params
@@ -122,7 +136,7 @@ def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') ->
                     num_hidden_layers=shape['layers'], num_attention_heads=shape['heads'],
                     intermediate_size=shape['intermediate'], max_position_embeddings=512,
                     dtype=args.dtype, attention_probs_dropout_prob=args.attention_dropout,
-                    attention_impl=attention_impl)
+                    attention_impl=attention_impl, remat=remat)
   spec = EmbedderSpec(bert=bert, pooling='mean', normalize=True,
                       max_seq_length=max(args.query_len, args.doc_len))
   if spec not in _EMBEDJAX_PROGRAMS:
@@ -154,7 +168,8 @@ def run_embedjax(shape: dict, args, vocab: int, attention_impl: str = 'auto') ->
   except Exception:  # noqa: BLE001 - a diagnostic only
     fmha = None
   return {'warmup_s': round(warm, 3), 'block_s': blocks, 'loss': float(metrics['loss']),
-          'profile': profile, 'attention_impl': attention_impl,
+          'profile': profile, 'attention_impl': attention_impl, 'remat': remat,
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'attention_path': attention_path(bert, packed=False, blocked=False,
                                            dropout=args.attention_dropout > 0),
           'hlo_calls_cudnn_fmha': fmha,
@@ -307,7 +322,12 @@ def run_one(model_name: str, system: str, args) -> dict:
   shapes, vocab = (SMOKE_MODELS, SMOKE_VOCAB) if args.smoke else (MODELS, VOCAB)
   shape = shapes[model_name]
   t = time.perf_counter()
-  if system.startswith('embedjax'):
+  if system in VARIANTS:
+    variant = VARIANTS[system]
+    flags = variant.get('xla_flags')
+    raw = run_embedjax(shape, args, vocab, remat=variant.get('remat', 'none'))
+    raw['variant'] = {**variant, 'xla_flags_applied': flags in raw['xla_flags'] if flags else None}
+  elif system.startswith('embedjax'):
     raw = run_embedjax(shape, args, vocab, 'xla' if system == 'embedjax_xla' else 'auto')
   elif system == 'representax':
     raw = run_representax(shape, args, vocab)
@@ -346,7 +366,8 @@ def summarize(raw: dict, shape: dict, args, vocab: int, peak: float | None) -> d
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--models', default=','.join(MODELS))
-  p.add_argument('--systems', default=','.join(SYSTEMS))
+  p.add_argument('--systems', default=','.join(SYSTEMS),
+                 help=f'comma-separated, among {list(ALL_SYSTEMS)} (the variants: suite R)')
   p.add_argument('--batch', type=int, default=256, help='pairs per step')
   p.add_argument('--query-len', type=int, default=128)
   p.add_argument('--doc-len', type=int, default=128)
@@ -394,11 +415,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
   set_backends(args, tc.xla_flags())
   models = [m.strip() for m in args.models.split(',') if m.strip()]
   systems = [s.strip() for s in args.systems.split(',') if s.strip()]
-  bad = sorted(set(models) - set(MODELS)) + sorted(set(systems) - set(SYSTEMS))
+  bad = sorted(set(models) - set(MODELS)) + sorted(set(systems) - set(ALL_SYSTEMS))
   if bad:
-    raise SystemExit(f'unknown model/system {bad}; models {list(MODELS)}, systems {list(SYSTEMS)}')
+    raise SystemExit(f'unknown model/system {bad}; models {list(MODELS)}, '
+                     f'systems {list(ALL_SYSTEMS)}')
 
   if args.child:
+    flags = VARIANTS.get(systems[0], {}).get('xla_flags')
+    if flags and 'jax' not in sys.modules:  # before JAX reads them (at its first use)
+      os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     raw = run_one(models[0], systems[0], args)
     Path(args.child_out).write_text(json.dumps(raw))
     return raw
@@ -472,6 +497,11 @@ def _record(args, models, shapes, vocab, results, errors, run, finished: bool) -
       # what embedjax's attention path gives: 'auto' over the einsum path
       'ratio_vs_embedjax_xla': {m: ratio(m, 'embedjax_xla') for m in models},
       'ratio_vs_representax': {m: ratio(m, 'representax') for m in models},
+      # each variant's pairs/s over plain embedjax's (above 1: the setting helps)
+      'variant_vs_embedjax': {m: {v: round(results[m][v]['pairs_per_s']
+                                           / results[m]['embedjax']['pairs_per_s'], 4)
+                                  for v in VARIANTS if v in results[m] and 'embedjax' in results[m]}
+                              for m in models},
       'device': ', '.join(devices),
       'results': results, 'errors': errors,
       'flops_per_step': {m: flops_per_step(shapes[m], args.batch, args.query_len, args.doc_len, vocab)

@@ -104,3 +104,30 @@ def test_representax_falls_back_to_its_xla_attention_when_cudnn_fails(tmp_path):
   peer = record['results']['minilm_l6']['representax']
   assert peer['attention_implementation'] == 'xla' and peer['pairs_per_s'] > 0
   assert set(peer['attention_failed']) == {'cudnn'}
+
+
+def test_suite_r_variants_run_beside_embedjax_and_a_child_applies_its_xla_flags(tmp_path):
+  # Suite R's systems: a remat policy reaches the model, and a variant's XLA flags reach XLA in
+  # its own process (an in-process run cannot apply them and says so).
+  env = dict(os.environ, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='')
+  env.pop('XLA_FLAGS', None)
+  out = tmp_path / 'variants.json'
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--smoke', '--models', 'minilm_l6',
+                         '--systems', 'embedjax,embedjax_remat_dots,embedjax_cublas', '--out',
+                         str(out)], env=env, capture_output=True, text=True, timeout=600,
+                        cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(out.read_text())
+  runs = record['results']['minilm_l6']
+  assert runs['embedjax_remat_dots']['remat'] == 'dots' and runs['embedjax']['remat'] == 'none'
+  assert runs['embedjax_cublas']['variant']['xla_flags_applied'] is False
+  assert set(record['variant_vs_embedjax']['minilm_l6']) == {'embedjax_remat_dots',
+                                                             'embedjax_cublas'}
+  child = tmp_path / 'child.json'
+  proc = subprocess.run([sys.executable, str(SCRIPT), '--child', '--smoke', '--models',
+                         'minilm_l6', '--systems', 'embedjax_cublas', '--child-out', str(child)],
+                        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  raw = json.loads(child.read_text())
+  assert raw['variant']['xla_flags_applied'] is True
+  assert '--xla_gpu_enable_triton_gemm=false' in raw['xla_flags']
