@@ -196,7 +196,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # query_len / doc_len tokens holding its longest text (a compile
                                  # per length met); 'max_length': always query_len / doc_len;
                                  # 'pack': texts packed into rows of query_len / doc_len tokens
-                                 # (single vectors; no chunks, grad_cache, layer_elastic, guide)
+                                 # (single vectors; no chunks, grad_cache, layer_elastic or
+                                 # guided loss)
   c.data.pack_segments = 16      # 'pack': at most this many texts in one row
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
@@ -379,11 +380,12 @@ def _check_packing(fields: dict) -> None:
       ('model.representation', 'single')) if fields.get(path, off) != off]
   if fields.get('loss.name') in GUIDE_LOSSES:  # (a distillation teacher is no guide of the step)
     clash.append(f"loss.name {fields['loss.name']!r} (a guided loss)")
-  if any(p.startswith('tasks.') for p in fields):
-    clash.append('tasks')
+  clash += [f'{path} {fields[path]!r} (a guided loss)' for path in fields
+            if path.startswith('tasks.') and path.endswith('.loss')
+            and fields[path] in GUIDE_LOSSES]
   if clash:
     raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache, "
-                      'layer_elastic, a guided loss or tasks so far; this config sets '
+                      'layer_elastic or a guided loss so far; this config sets '
                       f"{', '.join(clash)} (use data.padding 'bucket')")
 
 

@@ -196,7 +196,7 @@ class TaskLoader:
 
   def __init__(self, cfg: ml_collections.ConfigDict, rows: dict[str, Any],
                tokenizer: TextTokenizer, start: int, *, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, row_multiple: int = 1):
     self.names = task_names(cfg)
     self.weights = task_weights(cfg)
     self.seed = int(cfg.seed)
@@ -210,7 +210,8 @@ class TaskLoader:
       self._loaders[n] = train_data.make_loader(
           task_rows, tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
           doc_len=cfg.data.doc_len, seed=loader_seed(cfg.seed, n), process_index=process_index,
-          process_count=process_count, padding=cfg.data.padding)
+          process_count=process_count, padding=cfg.data.padding,
+          pack_segments=cfg.data.pack_segments, row_multiple=row_multiple)
 
   def __len__(self) -> int:
     """Rows over all tasks."""
@@ -242,7 +243,7 @@ def make_task_loader(cfg: ml_collections.ConfigDict, data_dir: Path | None,
   rows = {n: train_data.load_rows(t.data.train, data_dir, cache, sources)
           for n, t in task_configs(cfg).items()}
   return TaskLoader(cfg, rows, tokenizer, start, process_index=jax.process_index(),
-                    process_count=jax.process_count())
+                    process_count=jax.process_count(), row_multiple=jax.local_device_count())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -374,9 +374,6 @@ def _chunk_keys(rng, column: int, n_chunks: int):
   return jax.random.split(jax.random.fold_in(rng, column), n_chunks)
 
 
-PACKED_ONLY = 'single vectors without chunks, grad_cache, layer_elastic or a guide'
-
-
 def _check_packing(cfg: StepConfig, batch) -> None:
   packed = 'query_index' in batch
   if packed != (cfg.pack_segments > 0):
@@ -385,7 +382,8 @@ def _check_packing(cfg: StepConfig, batch) -> None:
                       "(data.padding 'pack' sets both)")
   if packed and (cfg.chunk_size or cfg.grad_cache or cfg.layer_elastic or cfg.guide_spec
                  or cfg.representation != 'single'):
-    raise ConfigError(f"data.padding 'pack' trains {PACKED_ONLY} so far (use 'bucket')")
+    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache, "
+                      "layer_elastic or a guided loss so far (use 'bucket')")
 
 
 def packed_embeddings(cfg: StepConfig, model, batch, rng) -> list[jax.Array]:

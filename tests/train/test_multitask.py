@@ -309,3 +309,18 @@ def test_two_stage_configs_name_each_other():
   assert 'agnews_clustering' not in stage2.evals  # stage 1 trained on AG News's test split
   other = load_config(str(REPO / 'configs' / 'two_stage_stage2.py') + ':runs/elsewhere')
   assert other.model.init_checkpoint == 'runs/elsewhere'
+
+
+def test_packed_multitask_run_gives_the_padded_runs_losses(tmp_path):
+  # At 64 tokens several of these texts share a row; each task's step gets its packed batch.
+  losses = {}
+  for padding in ('max_length', 'pack'):
+    cfg = _config(f'--config.data.padding={padding}', '--config.data.query_len=64',
+                  '--config.data.doc_len=64', '--config.steps=4', '--config.ckpt_every=4')
+    train(cfg, tmp_path / padding, sources=SOURCES, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / padding / 'metrics.jsonl').read_text().splitlines()]
+    losses[padding] = [x['train/loss'] for x in lines if 'train/loss' in x]
+  assert len(losses['pack']) == 2
+  np.testing.assert_allclose(losses['pack'], losses['max_length'], rtol=1e-4)
+  rows = multitask.make_task_loader(cfg, None, SOURCES, model_spec(cfg.model)[1], 0)
+  assert next(rows)['doc_ids'].shape[0] < 4  # (the packing compared happened)
