@@ -196,8 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
                                  # query_len / doc_len tokens holding its longest text (a compile
                                  # per length met); 'max_length': always query_len / doc_len;
                                  # 'pack': texts packed into rows of query_len / doc_len tokens
-                                 # (single vectors; no chunks, grad_cache, layer_elastic or
-                                 # guided loss)
+                                 # (single vectors; no chunks, grad_cache or layer_elastic)
   c.data.pack_segments = 16      # 'pack': at most this many texts in one row
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
@@ -374,18 +373,12 @@ def _check_packing(fields: dict) -> None:
   """Packed batches reach the plain single-vector step only (one line otherwise)."""
   if fields.get('data.padding') != 'pack':
     return
-  from embedjax.losses import GUIDE_LOSSES
   clash = [f'{path} {fields[path]!r}' for path, off in (
       ('train.chunk_size', 0), ('train.grad_cache', False), ('loss.layer_elastic', ''),
       ('model.representation', 'single')) if fields.get(path, off) != off]
-  if fields.get('loss.name') in GUIDE_LOSSES:  # (a distillation teacher is no guide of the step)
-    clash.append(f"loss.name {fields['loss.name']!r} (a guided loss)")
-  clash += [f'{path} {fields[path]!r} (a guided loss)' for path in fields
-            if path.startswith('tasks.') and path.endswith('.loss')
-            and fields[path] in GUIDE_LOSSES]
   if clash:
-    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache, "
-                      'layer_elastic or a guided loss so far; this config sets '
+    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache or "
+                      'layer_elastic so far; this config sets '
                       f"{', '.join(clash)} (use data.padding 'bucket')")
 
 

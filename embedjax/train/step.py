@@ -361,6 +361,9 @@ def guide_embeddings(cfg: StepConfig, guide, batch) -> list[jax.Array]:
   """The guide's embeddings of every column of ``batch`` (no dropout, no gradient), chunked like
   the student's so that its peak memory is one chunk's."""
   guide = jax.lax.stop_gradient(guide)
+  if 'query_index' in batch:  # packed: the student's rows, the guide's weights, no dropout
+    return [jax.lax.stop_gradient(e) for e in _embed_packed_columns(
+        cfg.guide_spec, guide, batch, cfg.pack_segments, dropout=False, rng=None)]
   out = []
   for ids, mask in _columns(batch):
     ch = cfg.chunk_size or ids.shape[0]
@@ -380,30 +383,36 @@ def _check_packing(cfg: StepConfig, batch) -> None:
     raise ConfigError('the batch is ' + ('packed' if packed else 'padded') + ' but the step '
                       'expects ' + ('packed' if cfg.pack_segments else 'padded') + ' batches '
                       "(data.padding 'pack' sets both)")
-  if packed and (cfg.chunk_size or cfg.grad_cache or cfg.layer_elastic or cfg.guide_spec
+  if packed and (cfg.chunk_size or cfg.grad_cache or cfg.layer_elastic
                  or cfg.representation != 'single'):
-    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache, "
-                      "layer_elastic or a guided loss so far (use 'bucket')")
+    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache or "
+                      "layer_elastic so far (use 'bucket')")
 
 
 def packed_embeddings(cfg: StepConfig, model, batch, rng) -> list[jax.Array]:
   """The embeddings ``_columns`` + the plain path would give, from a packed batch: queries
   (B, D), documents (B, D) and hard negatives (B * H, D), each row set embedded once (documents
-  and negatives share rows) and each text's vector gathered from its (row, slot).
+  and negatives share rows) and each text's vector gathered from its (row, slot)."""
+  return _embed_packed_columns(cfg.spec, encoder_params(model, cfg.lora), batch,
+                               cfg.pack_segments, dropout=cfg.dropout, rng=rng)
+
+
+def _embed_packed_columns(spec: EmbedderSpec, encoder, batch, segments: int, *, dropout: bool,
+                          rng) -> list[jax.Array]:
+  """:func:`packed_embeddings` for any embedder (``rng`` None: no key reaches the model).
 
   Normalised after the gather: an empty slot's vector is zero, and the gradient of a norm at
   zero is NaN (times a zero cotangent, still NaN), so only real texts reach the division."""
-  enc = encoder_params(model, cfg.lora)
-  spec = dataclasses.replace(cfg.spec, normalize=False)
-  finish = l2_normalize if cfg.spec.normalize else (lambda v: v)
+  finish = l2_normalize if spec.normalize else (lambda v: v)
+  unnormalised = dataclasses.replace(spec, normalize=False)
   out = []
   for c, name in enumerate(('query', 'doc')):
     if f'{name}_ids' not in batch:
       continue
-    key = _chunk_keys(rng, c, 1)[0]
-    slots = embed_packed(enc, spec, batch[f'{name}_ids'], batch[f'{name}_segments'],
-                         batch[f'{name}_positions'], cfg.pack_segments,
-                         deterministic=not cfg.dropout, dropout_key=key)
+    key = None if rng is None else _chunk_keys(rng, c, 1)[0]
+    slots = embed_packed(encoder, unnormalised, batch[f'{name}_ids'], batch[f'{name}_segments'],
+                         batch[f'{name}_positions'], segments, deterministic=not dropout,
+                         dropout_key=key)
     flat = slots.reshape(-1, slots.shape[-1])  # (R * S, D), the place's grid
     out.append(finish(flat[batch[f'{name}_index']]))
     if name == 'doc' and 'neg_index' in batch:

@@ -116,6 +116,26 @@ def test_gist_step_equals_the_loss_on_outside_embeddings(setup, grad_cache):
   assert 0.2 < float(metrics['masked_fraction']) < 0.9
 
 
+def test_a_packed_batch_gives_the_padded_batchs_guided_loss_and_gradients(setup):
+  # The guide embeds the packed rows too (its own weights, no dropout).
+  from test_padding import _packed
+  params, guide, batch = setup
+  kw = {'spec': SPEC, 'loss': 'gist', 'loss_kwargs': tuple(sorted(CASES['gist'].items())),
+        'dropout': False, 'guide_spec': GUIDE_SPEC}
+  segments = 4
+  (packed,) = _packed(batch, segments)
+  assert packed['doc_ids'].shape[0] < B * (1 + H)  # documents and negatives share rows
+  runs = [jax.jit(lambda p, g, b, c=cfg: loss_and_grads(c, p, b, jax.random.key(0), g))(
+      params, guide, b) for cfg, b in ((StepConfig(**kw), batch),
+                                       (StepConfig(**kw, pack_segments=segments), packed))]
+  (want, want_m), want_g = runs[0]
+  (got, got_m), got_g = runs[1]
+  assert float(got) == pytest.approx(float(want), rel=1e-5)
+  assert float(got_m['masked_fraction']) == pytest.approx(float(want_m['masked_fraction']))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         got_g, want_g)
+
+
 def test_margin_mse_steps_equal_the_loss_and_never_change_the_guide(setup):
   params, guide, batch = setup
   cfg = StepConfig(spec=SPEC, loss='margin_mse', dropout=False, guide_spec=GUIDE_SPEC,
