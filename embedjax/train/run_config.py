@@ -34,6 +34,9 @@ RESUMABLE_FIELDS = (
     'mesh',         # a checkpoint restores onto any mesh (the values do not depend on it)
     'model.remat',  # rematerialisation recomputes the same values
     'model.attention_impl',  # the same attention through another kernel
+    # the same texts padded or packed otherwise: the same values without dropout (with it, the
+    # masks are drawn for the batch's shapes, as under model.remat)
+    'data.padding', 'data.pack_segments',
 )
 
 
