@@ -126,7 +126,9 @@ TARGETS = (
           ('bench_long_context_cpu', 'long_context_cpu', ()),
           ('bench_multivector_cpu', 'multivector_cpu', ()),
           ('bench_train_padding_cpu', 'train_padding_cpu',
-           ('embedjax/train', 'embedjax/losses', 'configs/distill_leaf_decoder.py')))),
+           ('embedjax/train', 'embedjax/losses', 'configs/distill_leaf_decoder.py')),
+          # its headroom divides by the GPU file's fastest step
+          ('bench_input_cpu', 'input_cpu', ('embedjax/train', 'results/bench_train_gpu.json')))),
     Target('bench_multivector_sweep_cpu', 'results/bench_multivector_sweep_cpu.json',
            (PY, 'benchmarks/multivector_sweep_cpu.py'),
            code=('benchmarks/multivector_sweep_cpu.py', 'benchmarks/multivector_cpu.py', *CORE),

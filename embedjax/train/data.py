@@ -500,7 +500,7 @@ def _packed_batch(rows, query_tok: TextTokenizer, doc_tok: TextTokenizer, proces
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
                 prefetch: int = 2, padding: str = 'bucket', pack_segments: int = 16,
-                row_multiple: int = 1) -> Any:
+                row_multiple: int = 1, read_threads: int = 1) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
   ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
   ``padding`` says (:func:`tokenize_batch`)."""
@@ -514,5 +514,6 @@ def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: i
                          padding=padding, pack_segments=pack_segments, row_multiple=row_multiple)
   ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
         .batch(batch_size, drop_remainder=True).map(fn))
-  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+  # read_threads > 1: batches made (tokenized) in parallel threads, still in order
+  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(options))

@@ -1,0 +1,118 @@
+"""The training input pipeline alone: how many pairs a second the loader tokenizes and batches
+(``embedjax.train.data.make_loader``: grain, its prefetch thread, the tokenizer), against the step
+rates the GPU benchmark measured, so that host input is known not to be the bottleneck.
+
+    .venv/bin/python benchmarks/input_cpu.py            # SciFact title -> text pairs, 40 batches
+    .venv/bin/python benchmarks/input_cpu.py --quick    # smoke run: synthetic pairs, 3 batches
+
+Rows: the training source ``--source`` (default ``scifact_titles``: 5,183 SciFact corpus titles
+paired with their abstracts, from ../shared/data; ``synthetic`` needs no data), MiniLM's tokenizer,
+the GPU training benchmark's batch (``--batch`` 256 pairs, queries and documents cut at
+``--query-len`` / ``--doc-len`` 128 tokens), every padding of ``data.padding``. The loader is
+consumed as fast as it produces (nothing else runs): after ``--warmup`` batches (the prefetch
+threads filling their buffer), ``--batches`` batches are timed, with one read thread (the training
+loop's) and with ``--threads`` (default: the cores; batches are then made in parallel, in order);
+reported: pairs/s and the tokens of the arrays. ``headroom`` divides that by the fastest training step in
+``results/bench_train_gpu.json`` (pairs/s of any system and model there): above 1 the host makes
+batches faster than that device consumes them, on this machine's cores (a GPU host has more).
+Writes ``results/bench_input_cpu.json`` with provenance (``--quick``: ``.quick.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
+
+PADDINGS = ('max_length', 'bucket', 'pack')
+
+
+def fastest_gpu_step(path: Path) -> dict | None:
+  """The highest pairs/s of any (model, system) in the GPU training benchmark's file."""
+  if not path.is_file():
+    return None
+  record = json.loads(path.read_text())
+  runs = [(r['pairs_per_s'], m, s) for m, per in record.get('results', {}).items()
+          for s, r in per.items() if r.get('pairs_per_s')]
+  if record.get('smoke') or not runs:
+    return None
+  rate, model, system = max(runs)
+  return {'pairs_per_s': rate, 'model': model, 'system': system, 'device': record.get('device'),
+          'file': str(path.relative_to(_REPO))}
+
+
+def measure(rows, tokenizer, args) -> dict:
+  from embedjax.train import data as train_data
+  out = {}
+  for threads in sorted({1, args.threads}):
+    for padding in PADDINGS:
+      loader = train_data.make_loader(rows, tokenizer, batch_size=args.batch,
+                                      query_len=args.query_len, doc_len=args.doc_len, seed=0,
+                                      padding=padding, read_threads=threads)
+      for _ in range(args.warmup):
+        next(loader)
+      tokens = 0
+      t0 = time.perf_counter()
+      for _ in range(args.batches):
+        batch = next(loader)
+        tokens += batch['query_ids'].size + batch['doc_ids'].size
+      seconds = time.perf_counter() - t0
+      name = f'{padding}/threads{threads}'
+      out[name] = {'padding': padding, 'read_threads': threads, 'seconds': seconds,
+                   'pairs_per_s': args.batches * args.batch / seconds,
+                   'array_tokens_per_batch': tokens / args.batches}
+      print(f'{name:22s} {out[name]["pairs_per_s"]:9.0f} pairs/s', flush=True)
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--source', default='scifact_titles')
+  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--query-len', type=int, default=128)
+  parser.add_argument('--doc-len', type=int, default=128)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--batches', type=int, default=40)
+  parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
+                      help="the loader's read threads besides 1 (make_loader's read_threads)")
+  parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--out', default='')
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.source, args.batch, args.warmup, args.batches = 'synthetic', 32, 1, 3
+  out = Path(args.out or _REPO / 'results' / (
+      'bench_input_cpu.quick.json' if args.quick else 'bench_input_cpu.json'))
+
+  from embedjax import paths
+  from embedjax.io import atomic_write_json
+  from embedjax.models.pretrained import load_spec
+  from embedjax.provenance import Run
+  from embedjax.train import data as train_data
+  data_dir = paths.shared_data_dir()
+  source = train_data.check_sources(args.source, train_data.SOURCES)[0]
+  inputs = [data_dir / f for f in source.folders] if data_dir else []
+  run = Run(config=vars(args), seeds=0, inputs=inputs).start()
+  rows = train_data.load_rows(args.source, data_dir)
+  tokenizer = load_spec('all-MiniLM-L6-v2')[1]
+  results = measure(rows, tokenizer, args)
+  gpu = fastest_gpu_step(_REPO / 'results' / 'bench_train_gpu.json')
+  for r in results.values():
+    r['headroom'] = r['pairs_per_s'] / gpu['pairs_per_s'] if gpu else None
+  record = {'source': args.source, 'rows': len(rows), 'batch': args.batch,
+            'query_len': args.query_len, 'doc_len': args.doc_len, 'batches': args.batches,
+            'cores': os.cpu_count(), 'loader': 'grain MapDataset, prefetch buffer 2',
+            'fastest_gpu_step': gpu, 'results': results,
+            'provenance': run.finish().provenance()}
+  atomic_write_json(out, record)
+  print(f'wrote {out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
