@@ -196,7 +196,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # query_len / doc_len tokens holding its longest text (a compile
                                  # per length met); 'max_length': always query_len / doc_len;
                                  # 'pack': texts packed into rows of query_len / doc_len tokens
-                                 # (single vectors; no chunks, grad_cache or layer_elastic)
+                                 # (single vectors, not layer_elastic; train.chunk_size then
+                                 # counts rows)
   c.data.pack_segments = 16      # 'pack': at most this many texts in one row
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
@@ -374,11 +375,11 @@ def _check_packing(fields: dict) -> None:
   if fields.get('data.padding') != 'pack':
     return
   clash = [f'{path} {fields[path]!r}' for path, off in (
-      ('train.chunk_size', 0), ('train.grad_cache', False), ('loss.layer_elastic', ''),
-      ('model.representation', 'single')) if fields.get(path, off) != off]
+      ('loss.layer_elastic', ''), ('model.representation', 'single'))
+           if fields.get(path, off) != off]
   if clash:
-    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache or "
-                      'layer_elastic so far; this config sets '
+    raise ConfigError("data.padding 'pack' trains single vectors without layer_elastic so far; "
+                      'this config sets '
                       f"{', '.join(clash)} (use data.padding 'bucket')")
 
 

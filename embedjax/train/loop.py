@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -216,6 +217,12 @@ def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.S
   if picked[0].scored:
     out['score'] = jax.ShapeDtypeStruct((b,), jnp.float32)
   return out
+
+
+def packed_row_multiple(cfg: ml_collections.ConfigDict) -> int:
+  """Packed rows per process come in multiples of this: the devices the process feeds, and the
+  chunk (``train.chunk_size`` rows) that embeds them."""
+  return math.lcm(jax.local_device_count(), int(cfg.train.chunk_size) or 1)
 
 
 def _packed_shapes(b: int, lq: int, ld: int, source: train_data.Source) -> dict:
@@ -580,7 +587,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
         rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
         doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), padding=cfg.data.padding,
-        pack_segments=cfg.data.pack_segments, row_multiple=jax.local_device_count())
+        pack_segments=cfg.data.pack_segments, row_multiple=packed_row_multiple(cfg))
 
   if start > 0:
     state, data_state = ckpt.restore(start, sharding.abstract_state(state, state_sh))

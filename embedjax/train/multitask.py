@@ -243,7 +243,8 @@ def make_task_loader(cfg: ml_collections.ConfigDict, data_dir: Path | None,
   rows = {n: train_data.load_rows(t.data.train, data_dir, cache, sources)
           for n, t in task_configs(cfg).items()}
   return TaskLoader(cfg, rows, tokenizer, start, process_index=jax.process_index(),
-                    process_count=jax.process_count(), row_multiple=jax.local_device_count())
+                    process_count=jax.process_count(),
+                    row_multiple=loop.packed_row_multiple(cfg))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -362,8 +362,14 @@ def guide_embeddings(cfg: StepConfig, guide, batch) -> list[jax.Array]:
   the student's so that its peak memory is one chunk's."""
   guide = jax.lax.stop_gradient(guide)
   if 'query_index' in batch:  # packed: the student's rows, the guide's weights, no dropout
-    return [jax.lax.stop_gradient(e) for e in _embed_packed_columns(
-        cfg.guide_spec, guide, batch, cfg.pack_segments, dropout=False, rng=None)]
+    spec = dataclasses.replace(cfg.guide_spec, normalize=False)
+    slots = []
+    for rows in _packed_row_sets(batch):
+      n = rows[0].shape[0]
+      out = jax.lax.map(lambda x: embed_packed(guide, spec, *x, cfg.pack_segments),
+                        tuple(_chunked(r, cfg.chunk_size or n) for r in rows))
+      slots.append(out.reshape((n,) + out.shape[2:]))
+    return [jax.lax.stop_gradient(e) for e in _gather_packed(cfg.guide_spec, slots, batch)]
   out = []
   for ids, mask in _columns(batch):
     ch = cfg.chunk_size or ids.shape[0]
@@ -383,40 +389,43 @@ def _check_packing(cfg: StepConfig, batch) -> None:
     raise ConfigError('the batch is ' + ('packed' if packed else 'padded') + ' but the step '
                       'expects ' + ('packed' if cfg.pack_segments else 'padded') + ' batches '
                       "(data.padding 'pack' sets both)")
-  if packed and (cfg.chunk_size or cfg.grad_cache or cfg.layer_elastic
-                 or cfg.representation != 'single'):
-    raise ConfigError("data.padding 'pack' trains single vectors without chunks, grad_cache or "
-                      "layer_elastic so far (use 'bucket')")
+  if packed and (cfg.layer_elastic or cfg.representation != 'single'):
+    raise ConfigError("data.padding 'pack' trains single vectors without layer_elastic so far "
+                      "(use 'bucket')")
 
 
-def packed_embeddings(cfg: StepConfig, model, batch, rng) -> list[jax.Array]:
-  """The embeddings ``_columns`` + the plain path would give, from a packed batch: queries
-  (B, D), documents (B, D) and hard negatives (B * H, D), each row set embedded once (documents
-  and negatives share rows) and each text's vector gathered from its (row, slot)."""
-  return _embed_packed_columns(cfg.spec, encoder_params(model, cfg.lora), batch,
-                               cfg.pack_segments, dropout=cfg.dropout, rng=rng)
+# A packed batch has two row sets: the queries' rows, and the rows that documents and hard
+# negatives share. Each row set is embedded as (rows, S, D) slots, chunked over rows like padded
+# rows (a chunk of ``chunk_size`` rows costs what a chunk of that many padded rows costs), and
+# every text's vector is then gathered from its (row, slot).
+def _packed_row_sets(batch) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+  return [(batch[f'{name}_ids'], batch[f'{name}_segments'], batch[f'{name}_positions'])
+          for name in ('query', 'doc') if f'{name}_ids' in batch]
 
 
-def _embed_packed_columns(spec: EmbedderSpec, encoder, batch, segments: int, *, dropout: bool,
-                          rng) -> list[jax.Array]:
-  """:func:`packed_embeddings` for any embedder (``rng`` None: no key reaches the model).
+def _packed_embed_fn(spec: EmbedderSpec, segments: int, lora: LoraConfig | None, dropout: bool):
+  """``f(model, ids, segments, positions, key) -> (rows, S, D)`` unnormalised slot vectors."""
+  unnormalised = dataclasses.replace(spec, normalize=False)
+
+  def f(model, ids, seg, pos, key):
+    return embed_packed(encoder_params(model, lora), unnormalised, ids, seg, pos, segments,
+                        deterministic=not dropout, dropout_key=key)
+  return f
+
+
+def _gather_packed(spec: EmbedderSpec, slots: list[jax.Array], batch) -> list[jax.Array]:
+  """Row sets' slot vectors (R, S, D) -> what the padded path's columns give: queries (B, D),
+  documents (B, D), hard negatives (B * H, D), row b's H negatives together.
 
   Normalised after the gather: an empty slot's vector is zero, and the gradient of a norm at
   zero is NaN (times a zero cotangent, still NaN), so only real texts reach the division."""
   finish = l2_normalize if spec.normalize else (lambda v: v)
-  unnormalised = dataclasses.replace(spec, normalize=False)
-  out = []
-  for c, name in enumerate(('query', 'doc')):
-    if f'{name}_ids' not in batch:
-      continue
-    key = None if rng is None else _chunk_keys(rng, c, 1)[0]
-    slots = embed_packed(encoder, unnormalised, batch[f'{name}_ids'], batch[f'{name}_segments'],
-                         batch[f'{name}_positions'], segments, deterministic=not dropout,
-                         dropout_key=key)
-    flat = slots.reshape(-1, slots.shape[-1])  # (R * S, D), the place's grid
-    out.append(finish(flat[batch[f'{name}_index']]))
-    if name == 'doc' and 'neg_index' in batch:
-      out.append(finish(flat[batch['neg_index'].reshape(-1)]))  # row b's H negatives together
+  flat = [x.reshape(-1, x.shape[-1]) for x in slots]  # (R * S, D): the places' grid
+  out = [finish(flat[0][batch['query_index']])]
+  if len(flat) > 1:
+    out.append(finish(flat[1][batch['doc_index']]))
+    if 'neg_index' in batch:
+      out.append(finish(flat[1][batch['neg_index'].reshape(-1)]))
   return out
 
 
@@ -424,10 +433,20 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
   """((loss, metrics), grads) for one batch; plain or gradient-cached per ``cfg.grad_cache``.
   ``guide``: the frozen guide's params (GUIDE_LOSSES), a constant of the step."""
   loss_fn = build_loss(cfg)
-  f = _embed_fn(cfg)
   _check_packing(cfg, batch)
-  cols = [] if cfg.pack_segments else _columns(batch, cfg)
-  tokens = cfg.representation == 'multi_vector'
+  if cfg.pack_segments:  # row sets of packed texts: (rows, S, D) slots, gathered for the loss
+    cols = _packed_row_sets(batch)
+    f = _packed_embed_fn(cfg.spec, cfg.pack_segments, cfg.lora, cfg.dropout)
+    tokens = True  # a row's output has more than one axis, as token vectors do
+
+    def for_loss(outs):
+      return _gather_packed(cfg.spec, outs, batch)
+  else:
+    cols, f = _columns(batch, cfg), _embed_fn(cfg)
+    tokens = cfg.representation == 'multi_vector'
+
+    def for_loss(outs):
+      return outs
 
   if (cfg.loss in GUIDE_LOSSES) != (guide is not None and cfg.guide_spec is not None):
     raise ConfigError(f'loss {cfg.loss!r}: a guide (train.guide) is needed by exactly '
@@ -439,15 +458,16 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
 
   if not cfg.grad_cache:
     def total_loss(p):
-      embs = packed_embeddings(cfg, model_params(p), batch, rng) if cfg.pack_segments else []
-      for c, (ids, mask) in enumerate(cols):
-        ch = chunk_of(ids.shape[0])
-        keys = _chunk_keys(rng, c, ids.shape[0] // ch)
-        out = jax.vmap(f, in_axes=(None, 0, 0, 0))(model_params(p), _chunked(ids, ch),
-                                                  _chunked(mask, ch), keys)
-        embs.append(_unchunk(out, ids.shape[0], tokens))
-      loss, metrics = _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
-                                          loss_key(rng))
+      embs = []
+      for c, col in enumerate(cols):
+        n = col[0].shape[0]
+        ch = chunk_of(n)
+        keys = _chunk_keys(rng, c, n // ch)
+        out = jax.vmap(f, in_axes=(None, *[0] * len(col), 0))(
+            model_params(p), *[_chunked(x, ch) for x in col], keys)
+        embs.append(_unchunk(out, n, tokens))
+      loss, metrics = _loss_on_embeddings(cfg, loss_fn, for_loss(embs), batch, _scale(cfg, p),
+                                          guide_embs, loss_key(rng))
       aux = auxiliary_loss(encoder_params(model_params(p), cfg.lora), cfg.spec, _aux_key(rng))
       if aux is None:
         return loss, metrics
@@ -457,32 +477,33 @@ def loss_and_grads(cfg: StepConfig, params, batch, rng, guide=None):
   # 1. Embeddings of every chunk, no activations kept.
   enc = model_params(params)
   embs, chunk_inputs = [], []
-  for c, (ids, mask) in enumerate(cols):
-    ch = chunk_of(ids.shape[0])
-    xs = (_chunked(ids, ch), _chunked(mask, ch), _chunk_keys(rng, c, ids.shape[0] // ch))
+  for c, col in enumerate(cols):
+    n = col[0].shape[0]
+    ch = chunk_of(n)
+    xs = (*[_chunked(x, ch) for x in col], _chunk_keys(rng, c, n // ch))
     out = jax.lax.map(lambda x: f(jax.lax.stop_gradient(enc), *x), xs)
-    embs.append(_unchunk(out, ids.shape[0], tokens))
+    embs.append(_unchunk(out, n, tokens))
     chunk_inputs.append(xs)
 
   # 2. Loss and its gradient with respect to the embeddings (and the temperature).
   def loss_of(embs, p):
-    return _loss_on_embeddings(cfg, loss_fn, embs, batch, _scale(cfg, p), guide_embs,
+    return _loss_on_embeddings(cfg, loss_fn, for_loss(embs), batch, _scale(cfg, p), guide_embs,
                                loss_key(rng))
   (loss, metrics), (emb_grads, p_grads) = jax.value_and_grad(
       loss_of, argnums=(0, 1), has_aux=True)(embs, params)
 
   # 3. Re-run each chunk under vjp with its slice of the embedding gradient; sum param grads.
   grads = jax.tree_util.tree_map(jnp.zeros_like, enc)
-  for (ids_c, mask_c, keys), g in zip(chunk_inputs, emb_grads):
-    cot = _rechunk(g, ids_c.shape[0], ids_c.shape[1], tokens)
+  for xs, g in zip(chunk_inputs, emb_grads):
+    cot = _rechunk(g, xs[0].shape[0], xs[0].shape[1], tokens)
 
     def body(acc, x):
-      ids, mask, key, ct = x
-      _, vjp = jax.vjp(lambda p: f(p, ids, mask, key), enc)
+      *arrays, key, ct = x
+      _, vjp = jax.vjp(lambda p: f(p, *arrays, key), enc)
       (g_p,) = vjp(ct.astype(jnp.float32))
       return jax.tree_util.tree_map(jnp.add, acc, g_p), None
 
-    grads, _ = jax.lax.scan(body, grads, (ids_c, mask_c, keys, cot))
+    grads, _ = jax.lax.scan(body, grads, (*xs, cot))
   # 4. The backbone's own regulariser (if it has one: decided while tracing) on the encoder.
   def aux_of(e):
     return auxiliary_loss(encoder_params(e, cfg.lora), cfg.spec, _aux_key(rng))

@@ -165,6 +165,21 @@ def _loss_and_grads(cfg, params, batch):
   return loss, grads
 
 
+@pytest.mark.parametrize('grad_cache', [False, True])
+def test_packed_rows_in_chunks_give_the_padded_batchs_loss_and_gradients(grad_cache):
+  # train.chunk_size counts rows; gradient caching re-embeds each chunk of rows under vjp.
+  spec = EmbedderSpec(bert=BERT, pooling='mean', normalize=True, max_seq_length=40)
+  params = {'encoder': init_params(BERT, jax.random.key(0))}
+  padded = random_batch(np.random.default_rng(4), 8, 6, 10, h=1)
+  (packed,) = _packed(padded, segments=4, row_multiple=2)
+  want = _loss_and_grads(StepConfig(spec=spec, dropout=False), params, padded)
+  got = _loss_and_grads(StepConfig(spec=spec, dropout=False, pack_segments=4, chunk_size=2,
+                                   grad_cache=grad_cache), params, packed)
+  assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                         got[1], want[1])
+
+
 def test_a_packed_batch_meets_a_padded_step_with_one_line():
   spec = EmbedderSpec(bert=BERT, pooling='mean', normalize=True, max_seq_length=40)
   (packed,) = _packed(random_batch(np.random.default_rng(3), 4, 6, 10), segments=4)
@@ -175,10 +190,10 @@ def test_a_packed_batch_meets_a_padded_step_with_one_line():
 def test_packing_with_what_it_does_not_support_is_one_line_naming_the_fields():
   from embedjax.train.loop import dry_build
   tiny = str(Path(__file__).parents[2] / 'configs' / 'tiny_synthetic.py')
-  with pytest.raises(ConfigError, match="data.padding 'pack' trains single vectors.*"
-                     r"train.chunk_size 2, train.grad_cache True"):
-    dry_build(load_config(tiny, ['--config.data.padding=pack', '--config.train.chunk_size=2',
-                                 '--config.train.grad_cache=True']))
+  with pytest.raises(ConfigError, match="data.padding 'pack' trains single vectors without "
+                     "layer_elastic.*loss.layer_elastic 'adaptive_layer'"):
+    dry_build(load_config(tiny, ['--config.data.padding=pack',
+                                 '--config.loss.layer_elastic=adaptive_layer']))
   with pytest.raises(ConfigError, match="data.pack_segments 0: must be positive"):
     dry_build(load_config(tiny, ['--config.data.padding=pack', '--config.data.pack_segments=0']))
   packed = dry_build(load_config(tiny, ['--config.data.padding=pack']))['batch']
