@@ -54,7 +54,7 @@ def measure(rows, tokenizer, args) -> dict:
     for padding in PADDINGS:
       loader = train_data.make_loader(rows, tokenizer, batch_size=args.batch,
                                       query_len=args.query_len, doc_len=args.doc_len, seed=0,
-                                      padding=padding, read_threads=threads)
+                                      padding=padding, pack_segments=16, read_threads=threads)
       for _ in range(args.warmup):
         next(loader)
       tokens = 0

@@ -372,7 +372,7 @@ SHORTEST_RUNG = 64  # the ladder's first padded length (as encoding's rows)
 ROW_STEPS = 8  # 'pack': row counts rounded up to multiples of 1/8 of the texts (<= 8 shapes)
 
 
-def padded_length(ids: list[list[int]], max_length: int, padding: str = 'bucket') -> int:
+def padded_length(ids: list[list[int]], max_length: int, padding: str) -> int:
   """Tokens a column is padded to: ``max_length``, or under ``'bucket'`` the shortest rung of
   64, 128, 256, ... (then ``max_length``) holding the longest of ``ids``."""
   if padding in ('max_length', 'pack'):  # (packed rows are max_length long)
@@ -385,11 +385,11 @@ def padded_length(ids: list[list[int]], max_length: int, padding: str = 'bucket'
 
 
 def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
-                   process_index: int = 0, process_count: int = 1, padding: str = 'bucket',
-                   pack_segments: int = 16, row_multiple: int = 1) -> dict[str, np.ndarray]:
+                   padding: str, pack_segments: int, process_index: int = 0,
+                   process_count: int = 1, row_multiple: int = 1) -> dict[str, np.ndarray]:
   """A grain batch (dict of arrays of texts) -> this process's slice of token arrays, each column
-  padded as ``padding`` says (:func:`padded_length`), or packed (``'pack'``: :func:`pack_column`,
-  at most ``pack_segments`` texts a row, rows a multiple of ``row_multiple``, the devices this
+  padded as ``padding`` says (``data.padding``: :func:`padded_length`), or packed (``'pack'``:
+  :func:`pack_column`, at most ``pack_segments`` (``data.pack_segments``) texts a row, rows a multiple of ``row_multiple``, the devices this
   process feeds). Lengths and row counts are the global batch's, so that every process's slice has
   the same shape."""
   if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
@@ -499,8 +499,8 @@ def _packed_batch(rows, query_tok: TextTokenizer, doc_tok: TextTokenizer, proces
 
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                prefetch: int = 2, padding: str = 'bucket', pack_segments: int = 16,
-                row_multiple: int = 1, read_threads: int = 1) -> Any:
+                padding: str, pack_segments: int, prefetch: int = 2, row_multiple: int = 1,
+                read_threads: int = 1) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
   ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
   ``padding`` says (:func:`tokenize_batch`)."""

@@ -157,7 +157,8 @@ def test_labelled_file_gives_texts_as_both_columns_and_labels_as_doc_keys(tmp_pa
   tok = load_spec('all-MiniLM-L6-v2')[1]
   batch = train_data.tokenize_batch(
       {k: np.array([rows[i][k] for i in range(6)]) for k in ('text', 'label')},
-      query_tok=tok.with_max_length(12), doc_tok=tok.with_max_length(12))
+      query_tok=tok.with_max_length(12), doc_tok=tok.with_max_length(12), padding='bucket',
+      pack_segments=16)
   assert batch['doc_key'].tolist() == [rows[i]['label'] for i in range(6)]
   np.testing.assert_array_equal(batch['query_ids'], batch['doc_ids'])
   with pytest.raises(ConfigError, match='cannot mix labelled texts'):

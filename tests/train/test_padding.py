@@ -45,10 +45,10 @@ def test_bucketed_columns_are_the_max_length_columns_cut_and_agree_across_proces
           'negative': np.array(['n1', 'n2', 'n3', 'n4']),
           'doc_key': np.arange(4)}
   kw = {'query_tok': tokenizer.with_max_length(256), 'doc_tok': tokenizer.with_max_length(512)}
-  full = train_data.tokenize_batch(rows, padding='max_length', **kw)
+  full = train_data.tokenize_batch(rows, padding='max_length', pack_segments=16, **kw)
   assert full['query_ids'].shape == (4, 256) and full['doc_ids'].shape == (4, 512)
-  halves = [train_data.tokenize_batch(rows, padding='bucket', process_index=i, process_count=2,
-                                      **kw) for i in range(2)]
+  halves = [train_data.tokenize_batch(rows, padding='bucket', pack_segments=16, process_index=i,
+                                      process_count=2, **kw) for i in range(2)]
   # The long document is in the first process's rows; both slices take the global batch's
   # lengths, and negatives share the documents' (they are one column block of the loss).
   for part in halves:
