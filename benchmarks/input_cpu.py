@@ -11,7 +11,9 @@ the GPU training benchmark's batch (``--batch`` 256 pairs, queries and documents
 ``--query-len`` / ``--doc-len`` 128 tokens), every padding of ``data.padding``. The loader is
 consumed as fast as it produces (nothing else runs): after ``--warmup`` batches (the prefetch
 threads filling their buffer), ``--batches`` batches are timed, with one read thread (the training
-loop's) and with ``--threads`` (default: the cores; batches are then made in parallel, in order);
+loop's) and with ``--threads`` (default: the cores; batches are then made in parallel, in order),
+each without the token-id cache (``data.token_cache`` False: every batch tokenized, as a run's
+first epoch is) and with it, timed after a whole epoch has filled it (a run's later epochs);
 reported: pairs/s and the tokens of the arrays. ``headroom`` divides that by the fastest training step in
 ``results/bench_train_gpu.json`` (pairs/s of any system and model there): above 1 the host makes
 batches faster than that device consumes them, on this machine's cores (a GPU host has more).
@@ -21,6 +23,7 @@ Writes ``results/bench_input_cpu.json`` with provenance (``--quick``: ``.quick.j
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -50,24 +53,28 @@ def fastest_gpu_step(path: Path) -> dict | None:
 def measure(rows, tokenizer, args) -> dict:
   from embedjax.train import data as train_data
   out = {}
-  for threads in sorted({1, args.threads}):
-    for padding in PADDINGS:
-      loader = train_data.make_loader(rows, tokenizer, batch_size=args.batch,
-                                      query_len=args.query_len, doc_len=args.doc_len, seed=0,
-                                      padding=padding, pack_segments=16, read_threads=threads)
-      for _ in range(args.warmup):
-        next(loader)
-      tokens = 0
-      t0 = time.perf_counter()
-      for _ in range(args.batches):
-        batch = next(loader)
-        tokens += batch['query_ids'].size + batch['doc_ids'].size
-      seconds = time.perf_counter() - t0
-      name = f'{padding}/threads{threads}'
-      out[name] = {'padding': padding, 'read_threads': threads, 'seconds': seconds,
-                   'pairs_per_s': args.batches * args.batch / seconds,
-                   'array_tokens_per_batch': tokens / args.batches}
-      print(f'{name:22s} {out[name]["pairs_per_s"]:9.0f} pairs/s', flush=True)
+  epoch = -(-len(rows) // args.batch) + 1  # batches after which every row has been read
+  for threads, padding, cached in itertools.product(sorted({1, args.threads}), PADDINGS,
+                                                    (False, True)):
+    loader = train_data.make_loader(rows, tokenizer, batch_size=args.batch,
+                                    query_len=args.query_len, doc_len=args.doc_len, seed=0,
+                                    padding=padding, pack_segments=16, token_cache=cached,
+                                    read_threads=threads)
+    # cached: timed after a whole epoch, every text's ids kept (a run's later epochs)
+    for _ in range(args.warmup + (epoch if cached else 0)):
+      next(loader)
+    tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+      batch = next(loader)
+      tokens += batch['query_ids'].size + batch['doc_ids'].size
+    seconds = time.perf_counter() - t0
+    name = f'{padding}/threads{threads}' + ('/cached' if cached else '')
+    out[name] = {'padding': padding, 'read_threads': threads, 'token_cache': cached,
+                 'seconds': seconds,
+                 'pairs_per_s': args.batches * args.batch / seconds,
+                 'array_tokens_per_batch': tokens / args.batches}
+    print(f'{name:22s} {out[name]["pairs_per_s"]:9.0f} pairs/s', flush=True)
   return out
 
 

@@ -61,7 +61,8 @@ def measure(cfg, texts: list[str], batches: int, seed: int = 0) -> dict:
     step = jax.jit(make_train_step(loop.step_config(cfg, spec), tx))
     loader = train_data.make_loader(rows, tokenizer, batch_size=b, query_len=length,
                                     doc_len=int(cfg.data.doc_len), seed=seed, padding=padding,
-                                    pack_segments=int(cfg.data.pack_segments))
+                                    pack_segments=int(cfg.data.pack_segments),
+                                    token_cache=bool(cfg.data.token_cache))
     data = [next(loader) for _ in range(batches)]
     compile_s, shapes = 0.0, {}
     for batch in data:

@@ -199,6 +199,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # (single vectors, not layer_elastic; train.chunk_size then
                                  # counts rows)
   c.data.pack_segments = 16      # 'pack': at most this many texts in one row
+  c.data.token_cache = True      # tokenize each text once a run and keep its ids (int32, in
+                                 # memory: ~4 bytes a token), not once an epoch; same batches
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
   c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)

@@ -20,7 +20,8 @@ The built-in sources' rows are read through the tfds builders of
 ``embedjax.data.tfds_builders`` (prepared once into a cache folder) and kept in memory: they are
 small, and filtering (score >= 4, label 1) needs a pass anyway. File sources stay on disk. Batches come from a grain pipeline that is deterministic from a seed and
 checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches, then
-tokenization. Padding (``data.padding``): ``'bucket'`` pads each column of a batch to the
+tokenization (each distinct text once a run under ``data.token_cache``: :class:`TokenIdCache`).
+Padding (``data.padding``): ``'bucket'`` pads each column of a batch to the
 shortest rung of a ladder (64, 128, 256, ... tokens, then the column's maximum length) that holds
 its longest text, so short texts do not pay for ``query_len`` / ``doc_len`` tokens of masked
 attention; the step compiles once per rung pair it meets (a few shapes, each static under jit).
@@ -384,14 +385,14 @@ def padded_length(ids: list[list[int]], max_length: int, padding: str) -> int:
   return next(r for r in row_length_ladder(max_length, SHORTEST_RUNG) if r >= longest)
 
 
-def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: TextTokenizer, doc_tok: TextTokenizer,
+def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: Tokenizer, doc_tok: Tokenizer,
                    padding: str, pack_segments: int, process_index: int = 0,
                    process_count: int = 1, row_multiple: int = 1) -> dict[str, np.ndarray]:
   """A grain batch (dict of arrays of texts) -> this process's slice of token arrays, each column
   padded as ``padding`` says (``data.padding``: :func:`padded_length`), or packed (``'pack'``:
-  :func:`pack_column`, at most ``pack_segments`` (``data.pack_segments``) texts a row, rows a multiple of ``row_multiple``, the devices this
-  process feeds). Lengths and row counts are the global batch's, so that every process's slice has
-  the same shape."""
+  :func:`pack_column`, at most ``pack_segments`` (``data.pack_segments``) texts a row, rows a
+  multiple of ``row_multiple``, the devices this process feeds). Lengths and row counts are the
+  global batch's, so that every process's slice has the same shape."""
   if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
     rows = {'query': rows['text'], 'positive': rows['text'],
             'doc_key': np.asarray(rows['label'], np.int64)}
@@ -462,7 +463,7 @@ def pack_column(texts: list[list[list[int]]], row_length: int, max_segments: int
   return arrays, place
 
 
-def _packed_batch(rows, query_tok: TextTokenizer, doc_tok: TextTokenizer, process_index: int,
+def _packed_batch(rows, query_tok: Tokenizer, doc_tok: Tokenizer, process_index: int,
                   process_count: int, max_segments: int,
                   row_multiple: int) -> dict[str, np.ndarray]:
   """``tokenize_batch``'s ``'pack'`` form (the keys of the module docstring)."""
@@ -497,19 +498,55 @@ def _packed_batch(rows, query_tok: TextTokenizer, doc_tok: TextTokenizer, proces
   return out
 
 
+class TokenIdCache:
+  """A tokenizer whose ``encode`` remembers each distinct text's ids, so that a run tokenizes a
+  text once (in its first epoch) rather than once an epoch: the tokenizer is nearly all of the
+  loader's time (BENCHMARKS.md). Ids are kept as int32 arrays (4 bytes a token, plus the text as
+  its key), so memory grows with the distinct texts read, up to the training set. The ids are
+  the tokenizer's own, whether cached or not. Safe under grain's read threads: a text two threads
+  meet at once is tokenized twice, to the same ids."""
+
+  def __init__(self, tokenizer: TextTokenizer):
+    self.tokenizer = tokenizer
+    self.max_length = tokenizer.max_length
+    self.pad_id = tokenizer.pad_id
+    self._ids: dict[str, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    """Distinct texts cached."""
+    return len(self._ids)
+
+  def encode(self, texts: list[str]) -> list[np.ndarray]:
+    new = [t for t in dict.fromkeys(texts) if t not in self._ids]
+    if new:
+      for text, ids in zip(new, self.tokenizer.encode(new)):
+        self._ids[text] = np.asarray(ids, np.int32)
+    return [self._ids[t] for t in texts]
+
+  def pad(self, ids, length: int | None = None) -> dict[str, np.ndarray]:
+    return self.tokenizer.pad(ids, length)
+
+
+Tokenizer = TextTokenizer | TokenIdCache  # what tokenize_batch reads ids with
+
+
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                padding: str, pack_segments: int, prefetch: int = 2, row_multiple: int = 1,
-                read_threads: int = 1) -> Any:
+                padding: str, pack_segments: int, token_cache: bool, prefetch: int = 2,
+                row_multiple: int = 1, read_threads: int = 1) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
   ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
-  ``padding`` says (:func:`tokenize_batch`)."""
+  ``padding`` says (:func:`tokenize_batch`). ``token_cache`` (``data.token_cache``): each text
+  tokenized once and its ids kept (:class:`TokenIdCache`); the batches are the same either way."""
   if batch_size % process_count:
     raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:
     raise ConfigError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
-  fn = functools.partial(tokenize_batch, query_tok=tokenizer.with_max_length(query_len),
-                         doc_tok=tokenizer.with_max_length(doc_len),
+  query_tok = tokenizer.with_max_length(query_len)
+  doc_tok = tokenizer.with_max_length(doc_len)
+  if token_cache:
+    query_tok, doc_tok = TokenIdCache(query_tok), TokenIdCache(doc_tok)
+  fn = functools.partial(tokenize_batch, query_tok=query_tok, doc_tok=doc_tok,
                          process_index=process_index, process_count=process_count,
                          padding=padding, pack_segments=pack_segments, row_multiple=row_multiple)
   ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)

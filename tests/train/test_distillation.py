@@ -156,7 +156,7 @@ def test_distillation_run_lowers_the_distance_to_the_teacher(teacher, tmp_path, 
                               D.with_distill_sources(c, train_data.SOURCES))
   first = next(train_data.make_loader(rows, load_pretrained(str(teacher)).tokenizer, batch_size=8,
                                       query_len=128, doc_len=128, seed=0, padding='pack',
-                                      pack_segments=4))
+                                      pack_segments=4, token_cache=False))
   assert first['query_ids'].shape[0] < 8  # (the packing this compares happened)
   # The rows: every synthetic-corpus text with the teacher's embedding at 16 tokens.
   sources = D.with_distill_sources(cfg, train_data.SOURCES)
