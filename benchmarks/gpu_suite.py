@@ -12,7 +12,8 @@ Here (CPU), on a clean checkout of the commit to measure:
   (``encode_gpu.py --prepare-texts``).
 There (``run`` of the device tool, repository root, ``carry=['.gpu_carry']``):
     python3 benchmarks/gpu_suite.py run A --out $OUT    # training step (BERT shapes)
-    python3 benchmarks/gpu_suite.py run E --out $OUT    # encoding (BERT shapes, SciFact text)
+    python3 benchmarks/gpu_suite.py run E --out $OUT    # the loader on the host, then encoding
+                                                        # (BERT shapes, SciFact text)
     python3 benchmarks/gpu_suite.py run B --out $OUT    # the ~0.6B decoder, full and LoRA steps
     python3 benchmarks/gpu_suite.py run C --out $OUT    # LIMIT critical-n at d = 32, once
     python3 benchmarks/gpu_suite.py run R --out $OUT    # remat policies and XLA flags, measured
@@ -71,9 +72,14 @@ SUITES = {
     'A': (('bench_train_gpu.json', 'train_gpu.py',
            ('--attention-dropout', '0', '--time-budget', '400',
             '--representax-site', '{peer_site}'), 410),),
-    'E': (('bench_encode_gpu.json', 'encode_gpu.py',
+    # E: first the training loader on the GPU host's cores (SciFact title -> text pairs, the
+    # carried corpus; grain from the peer's wheels: the image lacks it), about 30 s, then encoding
+    'E': (('bench_input_gpu_host.json', 'input_cpu.py',
            ('--texts', '{carry}/scifact_corpus.jsonl.gz', '--tokenizer', '{carry}/tokenizer.json',
-            '--time-budget', '400'), 410),),
+            '--site', '{peer_site}'), 60),
+          ('bench_encode_gpu.json', 'encode_gpu.py',
+           ('--texts', '{carry}/scifact_corpus.jsonl.gz', '--tokenizer', '{carry}/tokenizer.json',
+            '--time-budget', '360'), 370)),
     'B': (('bench_decoder_gpu.json', 'decoder_gpu.py', (), 470),),
     # the training step's settings chosen by measurement: each variant of train_gpu.VARIANTS
     # (remat policies, XLA GPU flags) against plain embedjax in the same run, BERT-base first
@@ -182,14 +188,14 @@ def _install_wheels(folder: str = 'wheels', site: str = '/tmp/site') -> str | No
 def suite_command(script: str, extra: tuple, out: Path, peer_site: str | None,
                   smoke: bool) -> list[str]:
   """A suite's command line for ``script``: carried paths filled in; without carried peer
-  wheels the peer's ``--representax-site`` is left out (the peer then runs only where it is
-  importable); ``smoke`` leaves out every carried input, that one too (the scripts have tiny
+  wheels a flag naming their folder (``--representax-site``, ``--site``) is left out (the peer
+  then runs only where it is importable); ``smoke`` leaves out every carried input, that one too (the scripts have tiny
   inputs of their own), and adds ``--smoke``."""
   cmd = [sys.executable, str(REPO / 'benchmarks' / script), '--out', str(out)]
   extra = list(extra)
-  while '--representax-site' in extra and (smoke or not peer_site):
-    i = extra.index('--representax-site')
-    del extra[i:i + 2]
+  while '{peer_site}' in extra and (smoke or not peer_site):  # the flag and its value
+    i = extra.index('{peer_site}')
+    del extra[i - 1:i + 1]
   cmd += [a.format(carry=CARRY, peer_site=peer_site) for a in extra]
   if smoke:
     cmd = [c for c in cmd if not c.startswith(str(CARRY))]

@@ -42,7 +42,7 @@ def measure(cfg, texts: list[str], batches: int, seed: int = 0) -> dict:
   import numpy as np
 
   from embedjax.models.pretrained import init_model_params
-  from embedjax.train import data as train_data
+  from embedjax.train import batches as train_batches
   from embedjax.train import loop
   from embedjax.train.state import create_state
   from embedjax.train.step import make_train_step
@@ -59,10 +59,10 @@ def measure(cfg, texts: list[str], batches: int, seed: int = 0) -> dict:
     with cfg.unlocked():
       cfg.data.padding = padding
     step = jax.jit(make_train_step(loop.step_config(cfg, spec), tx))
-    loader = train_data.make_loader(rows, tokenizer, batch_size=b, query_len=length,
-                                    doc_len=int(cfg.data.doc_len), seed=seed, padding=padding,
-                                    pack_segments=int(cfg.data.pack_segments),
-                                    token_cache=bool(cfg.data.token_cache))
+    loader = train_batches.make_loader(rows, tokenizer, batch_size=b, query_len=length,
+                                       doc_len=int(cfg.data.doc_len), seed=seed, padding=padding,
+                                       pack_segments=int(cfg.data.pack_segments),
+                                       token_cache=bool(cfg.data.token_cache))
     data = [next(loader) for _ in range(batches)]
     compile_s, shapes = 0.0, {}
     for batch in data:

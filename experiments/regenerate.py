@@ -152,6 +152,12 @@ TARGETS = (
            code=('benchmarks/encode_gpu.py', 'benchmarks/train_common.py',
                  'benchmarks/train_gpu.py', 'benchmarks/gpu_common.py', *CORE), device='gpu',
            note='GPU suite E: benchmarks/gpu_suite.py run E'),
+    Target('bench_input_gpu_host', 'results/bench_input_gpu_host.json',
+           (PY, 'benchmarks/input_cpu.py', '--out', 'results/bench_input_gpu_host.json'),
+           code=('benchmarks/input_cpu.py', 'embedjax/train', 'results/bench_train_gpu.json',
+                 *CORE), device='gpu',
+           note="GPU suite E, first: the training loader on the GPU host's cores (the carried "
+                'corpus: benchmarks/gpu_suite.py run E)'),
     Target('bench_decoder_gpu', 'results/bench_decoder_gpu.json',
            (PY, 'benchmarks/decoder_gpu.py'),
            code=('benchmarks/decoder_gpu.py', 'benchmarks/train_common.py',

@@ -18,51 +18,29 @@ Studies add their own sources by passing ``{**SOURCES, **theirs}`` to the loop (
 ``embedjax.limit.training_sources``); this module knows none of them.
 The built-in sources' rows are read through the tfds builders of
 ``embedjax.data.tfds_builders`` (prepared once into a cache folder) and kept in memory: they are
-small, and filtering (score >= 4, label 1) needs a pass anyway. File sources stay on disk. Batches come from a grain pipeline that is deterministic from a seed and
-checkpointable (``get_state``/``set_state``): shuffle, repeat forever, fixed-size batches, then
-tokenization (each distinct text once a run under ``data.token_cache``: :class:`TokenIdCache`).
-Padding (``data.padding``): ``'bucket'`` pads each column of a batch to the
-shortest rung of a ladder (64, 128, 256, ... tokens, then the column's maximum length) that holds
-its longest text, so short texts do not pay for ``query_len`` / ``doc_len`` tokens of masked
-attention; the step compiles once per rung pair it meets (a few shapes, each static under jit).
-``'max_length'`` pads every batch to the maximum lengths (one shape). ``'pack'`` packs each
-column's texts into rows of its maximum length, up to ``data.pack_segments`` texts a row (as
-``embedjax.encoding`` packs), so a batch of mostly short texts with a few long ones costs its
-tokens, not B x max_length: keys ``{col}_ids`` / ``{col}_segments`` / ``{col}_positions`` (R, L)
-and ``{col}_index`` (B,), each text's flat (row, slot) place, documents and hard negatives packed
-together (``neg_index`` (B, H) into the documents' rows). Without dropout the loss and gradients
-are the same under every padding (padded positions and other texts are masked out of attention
-and pooling); dropout masks are drawn for the batch's shape, so with dropout the paddings give
-runs that differ by their noise.
-
-Multi-process: every process builds the same global batches and keeps its own contiguous slice of
-rows, so the data order does not depend on the number of processes.
+small, and filtering (score >= 4, label 1) needs a pass anyway. File sources stay on disk. How rows
+become batches (tokenization, padding, packing, the grain loader) is
+:mod:`embedjax.train.batches`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import zlib
 from pathlib import Path
 from typing import Any, Callable
 
-import grain
 import numpy as np
 
 from embedjax.config import ConfigError
 from embedjax.data import files, synthetic, tfds_builders
-from embedjax.models.tokenizer import TextTokenizer
+# make_loader and tokenize_batch live in embedjax.train.batches; embedjax.train's names for them
+# point here
+from embedjax.train.batches import make_loader, text_key, tokenize_batch  # noqa: F401
 
 
 def default_cache_dir() -> Path:
   return Path(os.environ.get('EMBEDJAX_CACHE', Path.home() / '.cache' / 'embedjax')) / 'tfds'
-
-
-def _key(text: str) -> int:
-  # A stable 31-bit id for duplicate-positive masking (crc32 is stable across processes and runs).
-  return zlib.crc32(text.encode('utf-8')) & 0x7FFFFFFF
 
 
 def _scifact(data_dir: Path, cache: Path) -> list[dict]:
@@ -72,7 +50,8 @@ def _scifact(data_dir: Path, cache: Path) -> list[dict]:
 def _pairs(name: str, folder: str, keep: Callable[[dict], bool]):
   def load(data_dir: Path, cache: Path) -> list[dict]:
     src = tfds_builders.load_pairs_source(name, 'train', data_dir / folder, cache)
-    return [{'query': r['sentence1'], 'positive': r['sentence2'], 'doc_key': _key(r['sentence2'])}
+    return [{'query': r['sentence1'], 'positive': r['sentence2'],
+             'doc_key': text_key(r['sentence2'])}
             for r in (src[i] for i in range(len(src))) if keep(r)]
   return load
 
@@ -81,7 +60,7 @@ def _stsb_scored(data_dir: Path, cache: Path) -> list[dict]:
   # Every STS-B train pair with its gold score (0-5), for the losses on scored pairs (CoSENT...).
   src = tfds_builders.load_pairs_source('stsb', 'train', data_dir / 'stsb', cache)
   return [{'query': r['sentence1'], 'positive': r['sentence2'], 'score': float(r['score']),
-           'doc_key': _key(r['sentence2'])} for r in (src[i] for i in range(len(src)))]
+           'doc_key': text_key(r['sentence2'])} for r in (src[i] for i in range(len(src)))]
 
 
 def _sick_triplets(data_dir: Path, cache: Path) -> list[dict]:
@@ -100,7 +79,7 @@ def _sick_triplets(data_dir: Path, cache: Path) -> list[dict]:
       negs = contradicted.get(premise)
       if negs:
         rows.append({'query': premise, 'positive': pos, 'negative': negs[j % len(negs)],
-                     'doc_key': _key(pos)})
+                     'doc_key': text_key(pos)})
   return rows
 
 
@@ -134,7 +113,7 @@ def _scifact_titles(data_dir: Path, cache: Path) -> list[dict]:
   for _, obj in readers.read_jsonl(path):
     title, text = str(obj.get('title') or '').strip(), str(obj.get('text') or '').strip()
     if title and text:
-      rows.append({'query': title, 'positive': text, 'doc_key': _key(str(obj['_id']))})
+      rows.append({'query': title, 'positive': text, 'doc_key': text_key(str(obj['_id']))})
     else:
       skipped += 1
   _say_skipped(path, skipped, 'an empty title or text')
@@ -157,7 +136,7 @@ def _agnews_titles(data_dir: Path, cache: Path) -> list[dict]:
     readers._check_columns(fields, 3, path, number)
     title, description = readers.ag_news_text(fields[1], ''), readers.ag_news_text('', fields[2])
     if title and description:
-      rows.append({'query': title, 'positive': description, 'doc_key': _key(description)})
+      rows.append({'query': title, 'positive': description, 'doc_key': text_key(description)})
     else:
       skipped += 1
   _say_skipped(path, skipped, 'an empty title or description')
@@ -173,7 +152,7 @@ def _say_skipped(path: Path, count: int, why: str) -> None:
 def beir_rows(folder: Path, split: str, cache: Path) -> list[dict]:
   """Rows of a BEIR folder's qrels split: (query, relevant document, its key)."""
   src = tfds_builders.load_pairs_source('beir', split, folder, cache)
-  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': _key(r['doc_id'])}
+  return [{'query': r['query'], 'positive': r['positive'], 'doc_key': text_key(r['doc_id'])}
           for r in (src[i] for i in range(len(src)))]
 
 
@@ -366,191 +345,3 @@ def load_rows(names: str | list[str], data_dir: Path | None, cache_dir: Path | N
       raise ValueError('cannot mix rows with and without hard negatives in one batch stream')
     return rows
   return parts[0] if len(parts) == 1 else _Concat(parts)
-
-
-PADDINGS = ('bucket', 'max_length', 'pack')
-SHORTEST_RUNG = 64  # the ladder's first padded length (as encoding's rows)
-ROW_STEPS = 8  # 'pack': row counts rounded up to multiples of 1/8 of the texts (<= 8 shapes)
-
-
-def padded_length(ids: list[list[int]], max_length: int, padding: str) -> int:
-  """Tokens a column is padded to: ``max_length``, or under ``'bucket'`` the shortest rung of
-  64, 128, 256, ... (then ``max_length``) holding the longest of ``ids``."""
-  if padding in ('max_length', 'pack'):  # (packed rows are max_length long)
-    return max_length
-  if padding != 'bucket':
-    raise ConfigError(f'data.padding {padding!r}: not one of {list(PADDINGS)}')
-  from embedjax.encoding import row_length_ladder  # (it imports the models)
-  longest = max((len(x) for x in ids), default=1)
-  return next(r for r in row_length_ladder(max_length, SHORTEST_RUNG) if r >= longest)
-
-
-def tokenize_batch(rows: dict[str, np.ndarray], *, query_tok: Tokenizer, doc_tok: Tokenizer,
-                   padding: str, pack_segments: int, process_index: int = 0,
-                   process_count: int = 1, row_multiple: int = 1) -> dict[str, np.ndarray]:
-  """A grain batch (dict of arrays of texts) -> this process's slice of token arrays, each column
-  padded as ``padding`` says (``data.padding``: :func:`padded_length`), or packed (``'pack'``:
-  :func:`pack_column`, at most ``pack_segments`` (``data.pack_segments``) texts a row, rows a
-  multiple of ``row_multiple``, the devices this process feeds). Lengths and row counts are the
-  global batch's, so that every process's slice has the same shape."""
-  if 'label' in rows and 'text' in rows:  # a labelled file's rows: (text, label)
-    rows = {'query': rows['text'], 'positive': rows['text'],
-            'doc_key': np.asarray(rows['label'], np.int64)}
-  if 'text1' in rows:  # a scored file's rows: (text1, text2, score)
-    rows = {'query': rows['text1'], 'positive': rows['text2'], 'score': rows['score'],
-            'doc_key': np.array([_key(str(t)) for t in rows['text2']])}
-  n = len(rows['query'])
-  per = n // process_count
-  sl = slice(process_index * per, (process_index + 1) * per)
-
-  if padding == 'pack':
-    return _packed_batch(rows, query_tok, doc_tok, process_index, process_count, pack_segments,
-                         row_multiple)
-
-  def columns(tok: TextTokenizer, *texts) -> list[dict[str, np.ndarray]]:
-    # Every process tokenizes the whole batch (cheap next to the step) so that the bucketed
-    # length is the global batch's; columns given together share one length.
-    ids = [tok.encode([str(t) for t in col]) for col in texts]
-    length = padded_length([x for col in ids for x in col], tok.max_length, padding)
-    return [tok.pad(col[sl], length) for col in ids]
-
-  (q,) = columns(query_tok, rows['query'])
-  if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
-    return {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
-            'target': np.asarray(rows['target'][sl], np.float32)}
-  d, *negs = columns(doc_tok, rows['positive'], *_negative_columns(rows))
-  out = {'query_ids': q['input_ids'], 'query_mask': q['attention_mask'],
-         'doc_ids': d['input_ids'], 'doc_mask': d['attention_mask'],
-         'doc_key': np.asarray(rows['doc_key'][sl], np.int32)}
-  if 'score' in rows:
-    out['score'] = np.asarray(rows['score'][sl], np.float32)
-  if negs:
-    out['neg_ids'] = np.stack([x['input_ids'] for x in negs], axis=1)
-    out['neg_mask'] = np.stack([x['attention_mask'] for x in negs], axis=1)
-  return out
-
-
-def _negative_columns(rows) -> list:
-  if 'negative' in rows:
-    return [rows['negative']]
-  # (File rows: grain batches the list of k negatives into k arrays of (B,) texts.)
-  return list(rows['negatives']) if len(rows.get('negatives', ())) else []
-
-
-def pack_column(texts: list[list[list[int]]], row_length: int, max_segments: int,
-                row_multiple: int, process_index: int, pad_id: int) -> tuple[dict, list]:
-  """Packs each process's texts (``texts[p]``: its token id lists) into rows; returns this
-  process's arrays ``{'ids', 'segments', 'positions'}`` (R, row_length) and each of its texts'
-  global flat place ``(p * R + row) * max_segments + slot`` in the (global rows x slots) grid.
-
-  R is the same for every process: the most rows any process needs, rounded up to a multiple of
-  ``max(row_multiple, texts / ROW_STEPS)`` (rounded to ``row_multiple``), so a run compiles at
-  most about ROW_STEPS row counts."""
-  from embedjax.encoding import make_batch, pack_rows
-  plans = [pack_rows([len(t) for t in mine], row_length, max_segments) for mine in texts]
-  n = max(len(mine) for mine in texts)
-  quantum = -(-max(1, n // ROW_STEPS) // row_multiple) * row_multiple
-  num_rows = -(-max(len(p) for p in plans) // quantum) * quantum
-  mine, plan = texts[process_index], plans[process_index]
-  packed = make_batch(mine, plan, row_length, num_rows, max_segments, pad_id)
-  place = [0] * len(mine)
-  for r, row in enumerate(packed.text_index):
-    for slot, i in enumerate(row):
-      if i >= 0:
-        place[i] = (process_index * num_rows + r) * max_segments + slot
-  arrays = {'ids': packed.input_ids, 'segments': packed.segment_ids,
-            'positions': packed.position_ids}
-  return arrays, place
-
-
-def _packed_batch(rows, query_tok: Tokenizer, doc_tok: Tokenizer, process_index: int,
-                  process_count: int, max_segments: int,
-                  row_multiple: int) -> dict[str, np.ndarray]:
-  """``tokenize_batch``'s ``'pack'`` form (the keys of the module docstring)."""
-  n = len(rows['query'])
-  per = n // process_count
-  slices = [slice(p * per, (p + 1) * per) for p in range(process_count)]
-
-  def pack(tok: TextTokenizer, per_process: list[list[list[int]]], name: str) -> list:
-    arrays, place = pack_column(per_process, tok.max_length, max_segments, row_multiple,
-                                process_index, tok.pad_id)
-    out.update({f'{name}_{k}': v for k, v in arrays.items()})
-    return place
-
-  out: dict[str, np.ndarray] = {}
-  q = query_tok.encode([str(t) for t in rows['query']])
-  out['query_index'] = np.asarray(pack(query_tok, [q[sl] for sl in slices], 'query'), np.int32)
-  mine = slices[process_index]
-  if 'target' in rows:  # distillation rows: a text and its teacher embedding, no document
-    out['target'] = np.asarray(rows['target'][mine], np.float32)
-    return out
-  docs = doc_tok.encode([str(t) for t in rows['positive']])
-  negs = [doc_tok.encode([str(t) for t in col]) for col in _negative_columns(rows)]
-  # A process's documents, then its negatives row by row (row b's H negatives together).
-  texts = [docs[sl] + [col[b] for b in range(sl.start, sl.stop) for col in negs] for sl in slices]
-  place = pack(doc_tok, texts, 'doc')
-  out['doc_index'] = np.asarray(place[:per], np.int32)
-  if negs:
-    out['neg_index'] = np.asarray(place[per:], np.int32).reshape(per, len(negs))
-  out['doc_key'] = np.asarray(rows['doc_key'][mine], np.int32)
-  if 'score' in rows:
-    out['score'] = np.asarray(rows['score'][mine], np.float32)
-  return out
-
-
-class TokenIdCache:
-  """A tokenizer whose ``encode`` remembers each distinct text's ids, so that a run tokenizes a
-  text once (in its first epoch) rather than once an epoch: the tokenizer is nearly all of the
-  loader's time (BENCHMARKS.md). Ids are kept as int32 arrays (4 bytes a token, plus the text as
-  its key), so memory grows with the distinct texts read, up to the training set. The ids are
-  the tokenizer's own, whether cached or not. Safe under grain's read threads: a text two threads
-  meet at once is tokenized twice, to the same ids."""
-
-  def __init__(self, tokenizer: TextTokenizer):
-    self.tokenizer = tokenizer
-    self.max_length = tokenizer.max_length
-    self.pad_id = tokenizer.pad_id
-    self._ids: dict[str, np.ndarray] = {}
-
-  def __len__(self) -> int:
-    """Distinct texts cached."""
-    return len(self._ids)
-
-  def encode(self, texts: list[str]) -> list[np.ndarray]:
-    new = [t for t in dict.fromkeys(texts) if t not in self._ids]
-    if new:
-      for text, ids in zip(new, self.tokenizer.encode(new)):
-        self._ids[text] = np.asarray(ids, np.int32)
-    return [self._ids[t] for t in texts]
-
-  def pad(self, ids, length: int | None = None) -> dict[str, np.ndarray]:
-    return self.tokenizer.pad(ids, length)
-
-
-Tokenizer = TextTokenizer | TokenIdCache  # what tokenize_batch reads ids with
-
-
-def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
-                doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                padding: str, pack_segments: int, token_cache: bool, prefetch: int = 2,
-                row_multiple: int = 1, read_threads: int = 1) -> Any:
-  """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
-  ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
-  ``padding`` says (:func:`tokenize_batch`). ``token_cache`` (``data.token_cache``): each text
-  tokenized once and its ids kept (:class:`TokenIdCache`); the batches are the same either way."""
-  if batch_size % process_count:
-    raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
-  if len(rows) < batch_size:
-    raise ConfigError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
-  query_tok = tokenizer.with_max_length(query_len)
-  doc_tok = tokenizer.with_max_length(doc_len)
-  if token_cache:
-    query_tok, doc_tok = TokenIdCache(query_tok), TokenIdCache(doc_tok)
-  fn = functools.partial(tokenize_batch, query_tok=query_tok, doc_tok=doc_tok,
-                         process_index=process_index, process_count=process_count,
-                         padding=padding, pack_segments=pack_segments, row_multiple=row_multiple)
-  ds = (grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
-        .batch(batch_size, drop_remainder=True).map(fn))
-  # read_threads > 1: batches made (tokenized) in parallel threads, still in order
-  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
-  return iter(ds.to_iter_dataset(options))

@@ -24,6 +24,7 @@ import ml_collections
 from embedjax.config import ConfigError, set_fields
 from embedjax.errors import DataFormatError
 from embedjax.models.model import EmbeddingModel, load
+from embedjax.train import batches as train_batches
 from embedjax.train import data as train_data
 from embedjax.train.base_config import base_config, use_loss
 from embedjax.train.loop import train
@@ -57,7 +58,8 @@ def rows_source(rows: Sequence[dict]) -> train_data.Source:
       if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
         raise DataFormatError('train_data', i, 'score', f'expected a finite number, got {score!r}')
       q, d = _text(row, i, 'text1', 'anchor', 'query'), _text(row, i, 'text2', 'positive')
-      out.append({'query': q, 'positive': d, 'score': float(score), 'doc_key': train_data._key(d)})
+      out.append({'query': q, 'positive': d, 'score': float(score),
+                  'doc_key': train_batches.text_key(d)})
       continue
     q, d = _text(row, i, 'anchor', 'query'), _text(row, i, 'positive')
     negs = row.get('negatives', [row['negative']] if 'negative' in row else [])
@@ -68,7 +70,7 @@ def rows_source(rows: Sequence[dict]) -> train_data.Source:
     if len(counts) > 1:
       raise DataFormatError('train_data', i, 'negatives', f'{len(negs)} negatives; earlier rows '
                             f'have {min(counts - {len(negs)})} (every row needs the same number)')
-    r = {'query': q, 'positive': d, 'doc_key': train_data._key(d)}
+    r = {'query': q, 'positive': d, 'doc_key': train_batches.text_key(d)}
     if negs:
       r['negatives'] = negs
     out.append(r)

@@ -44,6 +44,7 @@ from embedjax.models.spec import DenseSpec, EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.ops import l2_normalize
 from embedjax.provenance import Run
+from embedjax.train import batches as train_batches
 from embedjax.train import data as train_data
 from embedjax.train import representation, run_config
 from embedjax.train.base_config import check_config, loss_defaults
@@ -198,7 +199,7 @@ def trained_encoder(cfg: ml_collections.ConfigDict, params):
 
 
 def batch_shapes(cfg: ml_collections.ConfigDict, sources: dict[str, train_data.Source]) -> dict:
-  """The global batch as ShapeDtypeStructs (what ``train_data.tokenize_batch`` makes; under
+  """The global batch as ShapeDtypeStructs (what ``train_batches.tokenize_batch`` makes; under
   ``data.padding='bucket'`` the largest shapes, which batches of shorter texts undercut)."""
   picked = train_data.check_sources(cfg.data.train, sources)
   b, lq, ld = cfg.data.batch_size, cfg.data.query_len, cfg.data.doc_len
@@ -583,7 +584,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
     loader = rows = multitask.make_task_loader(cfg, data_dir, sources, model.tokenizer, start)
   else:
     rows = train_data.load_rows(cfg.data.train, data_dir, cfg.data.cache_dir or None, sources)
-    loader = train_data.make_loader(
+    loader = train_batches.make_loader(
         rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
         doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), padding=cfg.data.padding,

@@ -9,7 +9,7 @@ each query in-batch negatives from other tasks, which are trivially easy.
 * The task of step ``s`` is drawn with probability weight / sum(weights) by :func:`task_for_step`
   from a generator seeded by (seed, s): a pure function of the step, so a resumed run draws the
   same tasks with no sampler state to save.
-* Each task has its own grain loader (``train_data.make_loader``), seeded by the run's seed and
+* Each task has its own grain loader (``train_batches.make_loader``), seeded by the run's seed and
   the task's name (:func:`loader_seed`: adding a task changes no other task's order); a
   checkpoint holds ``{task: loader state}``.
 * Each task has its own jitted step (the StepConfig differs by loss; batch shapes differ by hard
@@ -51,6 +51,7 @@ from embedjax.models.spec import EmbedderSpec
 from embedjax.models.tokenizer import TextTokenizer
 from embedjax.provenance import config_hash
 from embedjax.train import checkpoint, loop, run_config, sharding
+from embedjax.train import batches as train_batches
 from embedjax.train import data as train_data
 from embedjax.train.base_config import task_config
 from embedjax.train.step import encoder_params, make_train_step
@@ -207,7 +208,7 @@ class TaskLoader:
     for n in self.names:
       instruction = cfg.tasks[n].instruction
       task_rows = _Instructed(rows[n], instruction) if instruction else rows[n]
-      self._loaders[n] = train_data.make_loader(
+      self._loaders[n] = train_batches.make_loader(
           task_rows, tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
           doc_len=cfg.data.doc_len, seed=loader_seed(cfg.seed, n), process_index=process_index,
           process_count=process_count, padding=cfg.data.padding,

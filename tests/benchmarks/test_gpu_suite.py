@@ -79,7 +79,8 @@ def test_every_suite_command_line_is_accepted_by_its_script(name, peer_site, smo
     assert args.out == '/tmp/x.json'
     assert not any('{' in a for a in cmd)  # every placeholder filled
     if '{peer_site}' in extra:  # the peer's carried packages, where they were carried
-      assert args.representax_site == (None if smoke else peer_site)
+      flag = extra[extra.index('{peer_site}') - 1]
+      assert getattr(args, flag.lstrip('-').replace('-', '_')) == (None if smoke else peer_site)
     assert args.smoke == smoke
     if smoke:  # tiny inputs of the script's own, nothing carried
       assert not any(a.startswith(str(suite.CARRY)) for a in cmd)

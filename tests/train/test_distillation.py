@@ -24,6 +24,7 @@ from embedjax.models.bert import BertConfig
 from embedjax.models.pretrained import (export_sentence_transformers, init_model_params,
                                         load_pretrained, load_spec)
 from embedjax.models.spec import EmbedderSpec
+from embedjax.train import batches as train_batches
 from embedjax.train import distillation as D
 from embedjax.train import data as train_data
 from embedjax.train.base_config import base_config, use_loss
@@ -154,9 +155,10 @@ def test_distillation_run_lowers_the_distance_to_the_teacher(teacher, tmp_path, 
   np.testing.assert_allclose(runs['pack'], runs['max_length'], rtol=1e-4)
   rows = train_data.load_rows(c.data.train, None, None,
                               D.with_distill_sources(c, train_data.SOURCES))
-  first = next(train_data.make_loader(rows, load_pretrained(str(teacher)).tokenizer, batch_size=8,
-                                      query_len=128, doc_len=128, seed=0, padding='pack',
-                                      pack_segments=4, token_cache=False))
+  tok = load_pretrained(str(teacher)).tokenizer
+  first = next(train_batches.make_loader(rows, tok, batch_size=8, query_len=128, doc_len=128,
+                                         seed=0, padding='pack', pack_segments=4,
+                                         token_cache=False))
   assert first['query_ids'].shape[0] < 8  # (the packing this compares happened)
   # The rows: every synthetic-corpus text with the teacher's embedding at 16 tokens.
   sources = D.with_distill_sources(cfg, train_data.SOURCES)

@@ -17,6 +17,7 @@ import pytest
 from embedjax import cli
 from embedjax.config import ConfigError, load_config
 from embedjax.errors import DataFormatError
+from embedjax.train import batches as train_batches
 from embedjax.train import data as train_data
 from embedjax.models.pretrained import load_spec
 from embedjax.train.base_config import use_loss
@@ -155,7 +156,7 @@ def test_labelled_file_gives_texts_as_both_columns_and_labels_as_doc_keys(tmp_pa
   assert sources[cfg.data.train].labelled
   rows = train_data.load_rows(cfg.data.train, None, tmp_path / 'cache', sources)
   tok = load_spec('all-MiniLM-L6-v2')[1]
-  batch = train_data.tokenize_batch(
+  batch = train_batches.tokenize_batch(
       {k: np.array([rows[i][k] for i in range(6)]) for k in ('text', 'label')},
       query_tok=tok.with_max_length(12), doc_tok=tok.with_max_length(12), padding='bucket',
       pack_segments=16)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from embedjax.config import ConfigError, load_config
+from embedjax.train import batches as train_batches
 from embedjax.train import data as train_data
 from embedjax.train import multitask
 from embedjax.train.base_config import check_config, task_block
@@ -44,11 +45,11 @@ def _rows(kind: str) -> list[dict]:
       pos = f'the answer to question {i} is {i * 7}'
       out.append({'query': f'question {i} about topic {i % 5}', 'positive': pos,
                   'negative': f'the answer to question {i + 1} is {i * 7 + 7}',
-                  'doc_key': train_data._key(pos)})
+                  'doc_key': train_batches.text_key(pos)})
     else:
       pos = f'a second sentence number {i} about cats'
       out.append({'query': f'a sentence number {i} about dogs', 'positive': pos,
-                  'score': float(i % 6), 'doc_key': train_data._key(pos)})
+                  'score': float(i % 6), 'doc_key': train_batches.text_key(pos)})
   return out
 
 
@@ -135,10 +136,10 @@ def test_batches_are_task_homogeneous_and_carry_the_instruction():
                                     [by_key[task][k]['score'] for k in batch['doc_key'].tolist()])
   assert got_tasks == want_tasks and set(got_tasks) == {'pairs', 'sts'}
   # Each task's loader is its own: 'sts' batches continue its own order, whatever 'pairs' drew.
-  solo = train_data.make_loader(rows['sts'], tok, batch_size=4, query_len=16, doc_len=12,
-                                seed=multitask.loader_seed(cfg.seed, 'sts'),
-                                padding=cfg.data.padding, pack_segments=cfg.data.pack_segments,
-                                token_cache=cfg.data.token_cache)
+  solo = train_batches.make_loader(rows['sts'], tok, batch_size=4, query_len=16, doc_len=12,
+                                   seed=multitask.loader_seed(cfg.seed, 'sts'),
+                                   padding=cfg.data.padding, pack_segments=cfg.data.pack_segments,
+                                   token_cache=cfg.data.token_cache)
   sts_keys = [k for t, b in zip(got_tasks, batches) if t == 'sts' for k in b['doc_key'].tolist()]
   solo_keys = [k for _ in range(got_tasks.count('sts')) for k in next(solo)['doc_key'].tolist()]
   assert sts_keys == solo_keys

@@ -15,7 +15,7 @@ from embedjax.models.bert import BertConfig
 from embedjax.models.decoder import DecoderConfig
 from embedjax.models.pretrained import init_model_params, init_params, load_spec
 from embedjax.models.spec import EmbedderSpec
-from embedjax.train import data as train_data
+from embedjax.train import batches as train_batches
 from embedjax.train.step import StepConfig, loss_and_grads
 
 
@@ -24,13 +24,13 @@ from embedjax.train.step import StepConfig, loss_and_grads
     (40, 48, 48), (65, 100, 100), (10, 12, 12)])
 def test_padded_length_is_the_shortest_rung_holding_the_longest_text(longest, max_length, want):
   ids = [[1] * 3, [1] * longest, [1]]
-  assert train_data.padded_length(ids, max_length, 'bucket') == want
-  assert train_data.padded_length(ids, max_length, 'max_length') == max_length
+  assert train_batches.padded_length(ids, max_length, 'bucket') == want
+  assert train_batches.padded_length(ids, max_length, 'max_length') == max_length
 
 
 def test_an_unknown_padding_is_one_line_naming_the_field():
   with pytest.raises(ConfigError, match="data.padding 'longest'"):
-    train_data.padded_length([[1]], 64, 'longest')
+    train_batches.padded_length([[1]], 64, 'longest')
 
 
 @pytest.fixture(scope='module')
@@ -45,10 +45,10 @@ def test_bucketed_columns_are_the_max_length_columns_cut_and_agree_across_proces
           'negative': np.array(['n1', 'n2', 'n3', 'n4']),
           'doc_key': np.arange(4)}
   kw = {'query_tok': tokenizer.with_max_length(256), 'doc_tok': tokenizer.with_max_length(512)}
-  full = train_data.tokenize_batch(rows, padding='max_length', pack_segments=16, **kw)
+  full = train_batches.tokenize_batch(rows, padding='max_length', pack_segments=16, **kw)
   assert full['query_ids'].shape == (4, 256) and full['doc_ids'].shape == (4, 512)
-  halves = [train_data.tokenize_batch(rows, padding='bucket', pack_segments=16, process_index=i,
-                                      process_count=2, **kw) for i in range(2)]
+  halves = [train_batches.tokenize_batch(rows, padding='bucket', pack_segments=16, process_index=i,
+                                         process_count=2, **kw) for i in range(2)]
   # The long document is in the first process's rows; both slices take the global batch's
   # lengths, and negatives share the documents' (they are one column block of the loss).
   for part in halves:
@@ -102,13 +102,13 @@ def _packed(batch: dict, segments: int, processes: int = 1, row_multiple: int = 
   for p in range(processes):
     part = {'doc_key': batch['doc_key'][p * per:(p + 1) * per]}
     rows = [q[i * per:(i + 1) * per] for i in range(processes)]
-    arrays, place = train_data.pack_column(rows, batch['query_ids'].shape[1], segments,
-                                           row_multiple, p, 0)
+    arrays, place = train_batches.pack_column(rows, batch['query_ids'].shape[1], segments,
+                                              row_multiple, p, 0)
     part.update({f'query_{k}': v for k, v in arrays.items()}, query_index=np.array(place))
     rows = [d[i * per:(i + 1) * per] + negs[i * per * h:(i + 1) * per * h]
             for i in range(processes)]
-    arrays, place = train_data.pack_column(rows, batch['doc_ids'].shape[1], segments,
-                                           row_multiple, p, 0)
+    arrays, place = train_batches.pack_column(rows, batch['doc_ids'].shape[1], segments,
+                                              row_multiple, p, 0)
     part.update({f'doc_{k}': v for k, v in arrays.items()}, doc_index=np.array(place[:per]))
     if h:
       part['neg_index'] = np.array(place[per:]).reshape(per, h)

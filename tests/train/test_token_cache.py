@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embedjax.models.pretrained import load_spec
-from embedjax.train import data as train_data
+from embedjax.train import batches as train_batches
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +27,7 @@ def test_each_distinct_text_is_tokenized_once_to_the_tokenizers_ids(tokenizer):
   asked: list[str] = []
   encode = tok.encode
   tok.encode = lambda texts: asked.extend(texts) or encode(texts)  # counts what reaches it
-  cache = train_data.TokenIdCache(tok)
+  cache = train_batches.TokenIdCache(tok)
   first = cache.encode(['b a', 'a b c', 'b a'])
   again = cache.encode(['a b c', 'new text', 'b a'])
   assert asked == ['b a', 'a b c', 'new text'] and len(cache) == 3
@@ -43,8 +43,8 @@ def test_each_distinct_text_is_tokenized_once_to_the_tokenizers_ids(tokenizer):
 def test_cached_batches_equal_uncached_ones_over_several_epochs(tokenizer, padding):
   data = rows()
   kw = dict(batch_size=4, query_len=8, doc_len=24, seed=3, padding=padding, pack_segments=4)
-  plain = train_data.make_loader(data, tokenizer, token_cache=False, **kw)
-  cached = train_data.make_loader(data, tokenizer, token_cache=True, read_threads=2, **kw)
+  plain = train_batches.make_loader(data, tokenizer, token_cache=False, **kw)
+  cached = train_batches.make_loader(data, tokenizer, token_cache=True, read_threads=2, **kw)
   for _ in range(9):  # three epochs: the last two read every text from the cache
     want, got = next(plain), next(cached)
     assert want.keys() == got.keys()
