@@ -15,8 +15,8 @@ queries and documents cut at ``--query-len`` / ``--doc-len`` 128 tokens), every 
 ``data.padding``. The loader is consumed as fast as it produces (nothing else runs): after
 ``--warmup`` batches (the prefetch threads filling their buffer), ``--batches`` batches are timed,
 with one read thread (the training loop's) and with ``--threads`` (default: the cores; batches
-are then made in parallel, in order), each without the token-id cache (``data.token_cache``
-False: every batch tokenized, as a run's first epoch is) and with it, timed after a whole epoch
+are then made in parallel, in order), each without the token-id cache (``data.token_cache_texts``
+0: every batch tokenized, as a run's first epoch is) and with it, timed after a whole epoch
 has filled it (a run's later epochs); reported: pairs/s and the tokens of the arrays.
 ``headroom`` divides that by the fastest training step in ``results/bench_train_gpu.json``
 (pairs/s of any system and model there): above 1 the host makes batches faster than that device
@@ -39,6 +39,7 @@ _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
 PADDINGS = ('max_length', 'bucket', 'pack')
+CACHE_TEXTS = 1_000_000  # data.token_cache_texts's default: every text here is kept
 
 
 def fastest_gpu_step(path: Path) -> dict | None:
@@ -63,7 +64,8 @@ def measure(rows, tokenizer, args) -> dict:
                                                     (False, True)):
     loader = train_batches.make_loader(rows, tokenizer, batch_size=args.batch,
                                        query_len=args.query_len, doc_len=args.doc_len, seed=0,
-                                       padding=padding, pack_segments=16, token_cache=cached,
+                                       padding=padding, pack_segments=16,
+                                       token_cache_texts=CACHE_TEXTS if cached else 0,
                                        read_threads=threads)
     # cached: timed after a whole epoch, every text's ids kept (a run's later epochs)
     for _ in range(args.warmup + (epoch if cached else 0)):
@@ -75,7 +77,7 @@ def measure(rows, tokenizer, args) -> dict:
       tokens += batch['query_ids'].size + batch['doc_ids'].size
     seconds = time.perf_counter() - t0
     name = f'{padding}/threads{threads}' + ('/cached' if cached else '')
-    out[name] = {'padding': padding, 'read_threads': threads, 'token_cache': cached,
+    out[name] = {'padding': padding, 'read_threads': threads, 'token_cache_texts': CACHE_TEXTS if cached else 0,
                  'seconds': seconds,
                  'pairs_per_s': args.batches * args.batch / seconds,
                  'array_tokens_per_batch': tokens / args.batches}

@@ -62,7 +62,7 @@ def measure(cfg, texts: list[str], batches: int, seed: int = 0) -> dict:
     loader = train_batches.make_loader(rows, tokenizer, batch_size=b, query_len=length,
                                        doc_len=int(cfg.data.doc_len), seed=seed, padding=padding,
                                        pack_segments=int(cfg.data.pack_segments),
-                                       token_cache=bool(cfg.data.token_cache))
+                                       token_cache_texts=int(cfg.data.token_cache_texts))
     data = [next(loader) for _ in range(batches)]
     compile_s, shapes = 0.0, {}
     for batch in data:

@@ -199,8 +199,11 @@ def base_config() -> ml_collections.ConfigDict:
                                  # (single vectors, not layer_elastic; train.chunk_size then
                                  # counts rows)
   c.data.pack_segments = 16      # 'pack': at most this many texts in one row
-  c.data.token_cache = True      # tokenize each text once a run and keep its ids (int32, in
-                                 # memory: ~4 bytes a token), not once an epoch; same batches
+  c.data.token_cache_texts = 1_000_000  # keep the token ids of up to this many distinct
+                                 # queries (and as many documents) after their first
+                                 # tokenization, not tokenizing them again every epoch (same
+                                 # batches; ~0.15 KB + 4 bytes a token per text kept, and
+                                 # the text for a source read from disk); 0 = off
   c.data.data_dir = ''           # '' = ../shared/data (or $EMBEDJAX_DATA_DIR)
   c.data.cache_dir = ''          # tfds ArrayRecord cache ('' = ~/.cache/embedjax/tfds)
   c.data.file = ml_collections.ConfigDict()  # how to read a 'file:' source (embedjax.data.files)
@@ -357,6 +360,9 @@ def _check_values(fields: dict) -> None:
   for path in ('data.batch_size', 'data.query_len', 'data.doc_len', 'data.pack_segments'):
     if fields.get(path, 1) < 1:
       raise ConfigError(f'{path} {fields[path]!r}: must be positive')
+  if fields.get('data.token_cache_texts', 0) < 0:
+    raise ConfigError(f"data.token_cache_texts {fields['data.token_cache_texts']!r}: must be >= 0 "
+                      '(0: no cache)')
   _check_packing(fields)
   dropout = fields.get('model.attention_dropout', -1.0)
   if dropout != -1.0 and not 0.0 <= dropout < 1.0:

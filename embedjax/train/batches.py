@@ -1,4 +1,4 @@
-"""Rows -> training batches: tokenization (each text once a run under ``data.token_cache``),
+"""Rows -> training batches: tokenization (each text once a run under ``data.token_cache_texts``),
 padding or packing (``data.padding``), and the grain loader that makes them.
 
 A batch of rows (a dict of arrays of texts, as grain batches the rows of
@@ -175,17 +175,19 @@ def _packed_batch(rows, query_tok: Tokenizer, doc_tok: Tokenizer, process_index:
 
 
 class TokenIdCache:
-  """A tokenizer whose ``encode`` remembers each distinct text's ids, so that a run tokenizes a
-  text once (in its first epoch) rather than once an epoch: the tokenizer is nearly all of the
-  loader's time (BENCHMARKS.md). Ids are kept as int32 arrays (4 bytes a token, plus the text as
-  its key), so memory grows with the distinct texts read, up to the training set. The ids are
-  the tokenizer's own, whether cached or not. Safe under grain's read threads: a text two threads
-  meet at once is tokenized twice, to the same ids."""
+  """A tokenizer whose ``encode`` remembers the ids of up to ``max_texts`` distinct texts, so that
+  a run tokenizes a text once (in its first epoch) rather than once an epoch: the tokenizer is
+  nearly all of the loader's time (BENCHMARKS.md). Ids are kept as int32 arrays keyed by the
+  text; once ``max_texts`` are kept, further texts are tokenized each time they come, so memory
+  stays bounded for a training set of any size. The ids are the tokenizer's own, cached or not.
+  Safe under grain's read threads: a text two threads meet at once is tokenized twice, to the
+  same ids."""
 
-  def __init__(self, tokenizer: TextTokenizer):
+  def __init__(self, tokenizer: TextTokenizer, max_texts: int):
     self.tokenizer = tokenizer
     self.max_length = tokenizer.max_length
     self.pad_id = tokenizer.pad_id
+    self.max_texts = max_texts
     self._ids: dict[str, np.ndarray] = {}
 
   def __len__(self) -> int:
@@ -194,10 +196,10 @@ class TokenIdCache:
 
   def encode(self, texts: list[str]) -> list[np.ndarray]:
     new = [t for t in dict.fromkeys(texts) if t not in self._ids]
-    if new:
-      for text, ids in zip(new, self.tokenizer.encode(new)):
-        self._ids[text] = np.asarray(ids, np.int32)
-    return [self._ids[t] for t in texts]
+    fresh = {t: np.asarray(ids, np.int32) for t, ids in zip(new, self.tokenizer.encode(new))}
+    for text in new[:max(0, self.max_texts - len(self._ids))]:
+      self._ids[text] = fresh[text]
+    return [self._ids[t] if t in self._ids else fresh[t] for t in texts]
 
   def pad(self, ids, length: int | None = None) -> dict[str, np.ndarray]:
     return self.tokenizer.pad(ids, length)
@@ -208,20 +210,22 @@ Tokenizer = TextTokenizer | TokenIdCache  # what tokenize_batch reads ids with
 
 def make_loader(rows, tokenizer: TextTokenizer, *, batch_size: int, query_len: int,
                 doc_len: int, seed: int, process_index: int = 0, process_count: int = 1,
-                padding: str, pack_segments: int, token_cache: bool, prefetch: int = 2,
+                padding: str, pack_segments: int, token_cache_texts: int, prefetch: int = 2,
                 row_multiple: int = 1, read_threads: int = 1) -> Any:
   """An endless, deterministic, checkpointable iterator of tokenized batches (numpy dicts) over
   ``rows`` (a list, or a random-access source as ``load_rows`` returns), padded or packed as
-  ``padding`` says (:func:`tokenize_batch`). ``token_cache`` (``data.token_cache``): each text
-  tokenized once and its ids kept (:class:`TokenIdCache`); the batches are the same either way."""
+  ``padding`` says (:func:`tokenize_batch`). ``token_cache_texts`` (``data.token_cache_texts``):
+  the ids of up to that many distinct queries, and as many documents, kept after their first
+  tokenization (:class:`TokenIdCache`; 0: none); the batches are the same either way."""
   if batch_size % process_count:
     raise ConfigError(f'batch size {batch_size} is not divisible by {process_count} processes')
   if len(rows) < batch_size:
     raise ConfigError(f'{len(rows)} training rows are fewer than one batch of {batch_size}')
   query_tok = tokenizer.with_max_length(query_len)
   doc_tok = tokenizer.with_max_length(doc_len)
-  if token_cache:
-    query_tok, doc_tok = TokenIdCache(query_tok), TokenIdCache(doc_tok)
+  if token_cache_texts:
+    query_tok = TokenIdCache(query_tok, token_cache_texts)
+    doc_tok = TokenIdCache(doc_tok, token_cache_texts)
   fn = functools.partial(tokenize_batch, query_tok=query_tok, doc_tok=doc_tok,
                          process_index=process_index, process_count=process_count,
                          padding=padding, pack_segments=pack_segments, row_multiple=row_multiple)

@@ -588,7 +588,7 @@ def _train(cfg, workdir: Path, ckpt: Checkpointer, start: int, sources, stop_aft
         rows, model.tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
         doc_len=cfg.data.doc_len, seed=cfg.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), padding=cfg.data.padding,
-        pack_segments=cfg.data.pack_segments, token_cache=cfg.data.token_cache,
+        pack_segments=cfg.data.pack_segments, token_cache_texts=cfg.data.token_cache_texts,
         row_multiple=packed_row_multiple(cfg))
 
   if start > 0:

@@ -212,7 +212,7 @@ class TaskLoader:
           task_rows, tokenizer, batch_size=cfg.data.batch_size, query_len=cfg.data.query_len,
           doc_len=cfg.data.doc_len, seed=loader_seed(cfg.seed, n), process_index=process_index,
           process_count=process_count, padding=cfg.data.padding,
-          pack_segments=cfg.data.pack_segments, token_cache=cfg.data.token_cache,
+          pack_segments=cfg.data.pack_segments, token_cache_texts=cfg.data.token_cache_texts,
           row_multiple=row_multiple)
 
   def __len__(self) -> int:

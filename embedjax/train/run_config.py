@@ -37,7 +37,7 @@ RESUMABLE_FIELDS = (
     # the same texts padded or packed otherwise: the same values without dropout (with it, the
     # masks are drawn for the batch's shapes, as under model.remat)
     'data.padding', 'data.pack_segments',
-    'data.token_cache',  # the same ids, tokenized once or every epoch
+    'data.token_cache_texts',  # the same ids, tokenized once or every epoch
 )
 
 

@@ -158,7 +158,7 @@ def test_distillation_run_lowers_the_distance_to_the_teacher(teacher, tmp_path, 
   tok = load_pretrained(str(teacher)).tokenizer
   first = next(train_batches.make_loader(rows, tok, batch_size=8, query_len=128, doc_len=128,
                                          seed=0, padding='pack', pack_segments=4,
-                                         token_cache=False))
+                                         token_cache_texts=0))
   assert first['query_ids'].shape[0] < 8  # (the packing this compares happened)
   # The rows: every synthetic-corpus text with the teacher's embedding at 16 tokens.
   sources = D.with_distill_sources(cfg, train_data.SOURCES)

@@ -139,7 +139,7 @@ def test_batches_are_task_homogeneous_and_carry_the_instruction():
   solo = train_batches.make_loader(rows['sts'], tok, batch_size=4, query_len=16, doc_len=12,
                                    seed=multitask.loader_seed(cfg.seed, 'sts'),
                                    padding=cfg.data.padding, pack_segments=cfg.data.pack_segments,
-                                   token_cache=cfg.data.token_cache)
+                                   token_cache_texts=cfg.data.token_cache_texts)
   sts_keys = [k for t, b in zip(got_tasks, batches) if t == 'sts' for k in b['doc_key'].tolist()]
   solo_keys = [k for _ in range(got_tasks.count('sts')) for k in next(solo)['doc_key'].tolist()]
   assert sts_keys == solo_keys
