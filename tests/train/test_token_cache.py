@@ -16,7 +16,8 @@ def tokenizer():
 
 
 def rows(n: int = 12) -> list[dict]:
-  words = 'dense sparse retrieval embedding vector index query passage token model'.split()
+  words = ['dense', 'sparse', 'retrieval', 'embedding', 'vector', 'index', 'query', 'passage',
+           'token', 'model']
   return [{'query': ' '.join(words[i % 10:i % 10 + 1 + i % 4]),
            'positive': ' '.join(words[(3 * i) % 10:] * (1 + i % 5)),
            'negative': f'negative number {i}', 'doc_key': i} for i in range(n)]
@@ -55,7 +56,8 @@ def test_a_full_cache_keeps_what_it_has_and_tokenizes_the_rest_each_time(tokeniz
 @pytest.mark.parametrize('padding', ['bucket', 'max_length', 'pack'])
 def test_cached_batches_equal_uncached_ones_over_several_epochs(tokenizer, padding):
   data = rows()
-  kw = dict(batch_size=4, query_len=8, doc_len=24, seed=3, padding=padding, pack_segments=4)
+  kw = {'batch_size': 4, 'query_len': 8, 'doc_len': 24, 'seed': 3, 'padding': padding,
+        'pack_segments': 4}
   plain = train_batches.make_loader(data, tokenizer, token_cache_texts=0, **kw)
   cached = train_batches.make_loader(data, tokenizer, token_cache_texts=10_000, read_threads=2,
                                      **kw)
