@@ -189,8 +189,8 @@ def suite_command(script: str, extra: tuple, out: Path, peer_site: str | None,
                   smoke: bool) -> list[str]:
   """A suite's command line for ``script``: carried paths filled in; without carried peer
   wheels a flag naming their folder (``--representax-site``, ``--site``) is left out (the peer
-  then runs only where it is importable); ``smoke`` leaves out every carried input, that one too (the scripts have tiny
-  inputs of their own), and adds ``--smoke``."""
+  then runs only where it is importable); ``smoke`` leaves out every carried input, that one
+  too (the scripts have tiny inputs of their own), and adds ``--smoke``."""
   cmd = [sys.executable, str(REPO / 'benchmarks' / script), '--out', str(out)]
   extra = list(extra)
   while '{peer_site}' in extra and (smoke or not peer_site):  # the flag and its value
