@@ -34,7 +34,6 @@ import numpy as np
 
 from embedjax.config import ConfigError
 from embedjax.data import files, synthetic, tfds_builders
-
 # make_loader and tokenize_batch live in embedjax.train.batches; embedjax.train's names for them
 # point here
 from embedjax.train.batches import make_loader, text_key, tokenize_batch  # noqa: F401
