@@ -72,14 +72,20 @@ def learned_values(params) -> np.ndarray:
 
 def budget_mask(values: np.ndarray, budget_bytes: int) -> np.ndarray:
   """(N, D) bool: the non-zero entries of ``values``, cut to the ``budget_bytes // 8`` of largest
-  magnitude (ties to the lower flat index) when more survive."""
+  magnitude (ties to the lower flat index) when more survive.
+
+  The cut finds the k-th largest magnitude by partition, not by sorting every entry: a sort's
+  index arrays (int64 per entry) took more than 24 GiB at 10M ids x 64, the memory check's shape.
+  """
   keep = values != 0
   most = int(budget_bytes) // 8
   if keep.sum() > most:
     flat = np.abs(values).ravel()
-    order = np.lexsort((np.arange(flat.size), -flat))[:most]
-    keep = np.zeros(flat.size, bool)
-    keep[order] = True
+    # the most-th largest magnitude; it is > 0, since more than `most` entries are non-zero
+    kth = np.partition(flat, flat.size - most)[flat.size - most]
+    keep = flat > kth
+    ties = np.flatnonzero(flat == kth)[:most - int(keep.sum())]  # the lowest flat indices
+    keep[ties] = True
     keep = keep.reshape(values.shape)
   return keep
 
@@ -97,10 +103,10 @@ def pruned(vocab_sizes: Sequence[int], dim: int, *, mask: np.ndarray,
   if mask.shape != (n, dim):
     raise ValueError(f'mask {mask.shape} must be ({n}, {dim})')
   flat_kept = np.flatnonzero(mask).astype(np.int32)
-  mask_j = jnp.asarray(mask, jnp.float32)
+  mask_j = jnp.asarray(mask)  # bool: a quarter of a float32 mask's bytes
 
   def init(key):
-    return {'embedding': base.normal_init(key, (n, dim), init_std) * mask_j}
+    return {'embedding': jnp.where(mask_j, base.normal_init(key, (n, dim), init_std), 0.0)}
 
   def lookup(params, ids, key=None):
     del key
@@ -113,7 +119,8 @@ def pruned(vocab_sizes: Sequence[int], dim: int, *, mask: np.ndarray,
         return jnp.zeros(want.shape, jnp.float32)
       pos = jnp.clip(jnp.searchsorted(index, want), 0, index.shape[0] - 1)
       return jnp.where(index[pos] == want, values[pos], 0.0)
-    return jnp.take(params['embedding'] * mask_j, g, axis=0)
+    # the rows read, masked: masking the whole table first made an (N, D) temporary every step
+    return jnp.take(params['embedding'], g, axis=0) * jnp.take(mask_j, g, axis=0)
 
   def finalize(params):
     return {'index': jnp.asarray(flat_kept),

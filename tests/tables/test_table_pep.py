@@ -50,6 +50,20 @@ def test_budget_mask_keeps_learned_survivors_and_cuts_by_magnitude():
   assert cut.sum() == 2 and cut[2, 1] and cut[0, 0]
 
 
+@pytest.mark.parametrize('budget_entries', [1, 7, 40, 95, 96, 200])
+def test_budget_mask_equals_a_full_sort_with_ties_to_the_lower_index(budget_entries):
+  # the reference: sort every entry by magnitude, largest first, ties by flat index
+  rng = np.random.default_rng(budget_entries)
+  values = rng.choice([0.0, 0.1, -0.1, 0.2, -0.3, 0.05], size=(16, 8))  # many ties, some zeros
+  flat = np.abs(values).ravel()
+  order = sorted(np.flatnonzero(flat), key=lambda i: (-flat[i], i))[:budget_entries]
+  want = np.zeros(flat.size, bool)
+  want[order] = True
+  got = pep.budget_mask(values, 8 * budget_entries + 3)
+  np.testing.assert_array_equal(got, want.reshape(values.shape))
+  assert got.sum() == min(budget_entries, int((values != 0).sum()))
+
+
 def test_served_sparse_form_equals_the_masked_dense_table():
   mask = np.random.default_rng(2).random((N, DIM)) < 0.2
   mask[10] = False  # a row with nothing kept reads zeros
