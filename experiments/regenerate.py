@@ -475,20 +475,28 @@ def storage_doc_block() -> str:
 
 
 TABLES_DOC = 'docs/table_compression.md'
-TABLES_START = ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
-                'results/table_compression.md (itself written with the JSON); do not edit it by '
-                'hand. -->')
 
 
-def tables_doc_block() -> str:
-  """The table-compression doc's AUC table: the results file's own table, as the run wrote it."""
-  text = (paths.repo_root() / 'results' / 'table_compression.md').read_text()
+def _tables_start(stem: str) -> str:
+  return ('<!-- The table below is written by `python -m experiments.regenerate --readme` from '
+          f'results/{stem}.md (itself written with the JSON); do not edit it by hand. -->')
+
+
+TABLES_START = _tables_start('table_compression')
+TABLES_CRITEO_START = _tables_start('table_compression_criteo')
+
+
+def tables_doc_block(stem: str = 'table_compression') -> str:
+  """A table-compression study's AUC table in the doc: the results file's own table, as the run
+  wrote it (stem 'table_compression' for MovieLens, 'table_compression_criteo' for the
+  Criteo-shaped study)."""
+  text = (paths.repo_root() / 'results' / f'{stem}.md').read_text()
   lines = text.split('\n')
   start = lines.index('## Test AUC (mean ± std over seeds) by budget') + 2
   end = lines.index('', start)
-  record = json.loads((paths.repo_root() / 'results' / 'table_compression.json').read_text())
+  record = json.loads((paths.repo_root() / 'results' / f'{stem}.json').read_text())
   prov = _record_provenance(record)
-  return '\n'.join([TABLES_START, '', *lines[start:end], '',
+  return '\n'.join([_tables_start(stem), '', *lines[start:end], '',
                     f'Run: `{prov.get("command", "?")}` at commit {prov.get("git_commit", "?")}, '
                     f'{prov.get("date", "?")}.', '', README_END])
 
@@ -856,6 +864,8 @@ def write_readme_table() -> None:
   _write_block('README.md', README_START, readme_eval_block())
   _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
   _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
+  if (paths.repo_root() / 'results' / 'table_compression_criteo.json').exists():  # once complete
+    _write_block(TABLES_DOC, TABLES_CRITEO_START, tables_doc_block('table_compression_criteo'))
   _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
   _write_block(LLM_DOC, LLM_START, llm_doc_block())
   _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())
