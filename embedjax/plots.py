@@ -152,17 +152,20 @@ def pareto_plot(points: Sequence[Mapping[str, Any]], *, better_x: str = 'lower',
   unknown = set(groups) - set(order)
   if unknown:
     raise ValueError(f'pareto_plot: groups {sorted(map(str, unknown))} are not in group_order')
-  colors = matplotlib.colormaps['tab10'].colors
+  # tab10 repeats after ten groups (and MARKERS with it): past ten, tab20's twenty colours, and
+  # the second ten groups' lines dashed, so that no two groups look alike
+  colors = matplotlib.colormaps['tab10' if len(order) <= 10 else 'tab20'].colors
   for gi, group in enumerate(order):
     sel = sorted((i for i, g in enumerate(groups) if g == group), key=lambda i: x[i])
     if not sel:
       continue
     color = colors[gi % len(colors)]
+    line = '-' if gi // len(MARKERS) % 2 == 0 else '--'
     yerr = ([float(points[i].get('yerr', 0.0)) for i in sel]
             if any('yerr' in points[i] for i in sel) else None)
     if connect:
       ax.errorbar(x[sel], y[sel], yerr=yerr, marker=MARKERS[gi % len(MARKERS)], ms=6, mfc='none',
-                  capsize=2, lw=1.2, color=color, label=group)
+                  capsize=2, lw=1.2, ls=line, color=color, label=group)
     elif yerr is not None:
       ax.errorbar(x[sel], y[sel], yerr=yerr, fmt='o', ms=4.5, capsize=2, color=color, alpha=0.85,
                   label=group)

@@ -119,6 +119,17 @@ def test_pareto_plot_connected_groups_with_error_bars_and_ratios():
   assert line.get_drawstyle() == 'steps-pre'
 
 
+def test_pareto_plot_sixteen_connected_groups_all_look_different():
+  # the table study plots 16 families: no two may share colour, marker and line style
+  pts = [{'name': f'g{g} {b}', 'x': b, 'y': g + b / 10, 'group': f'g{g}'}
+         for g in range(16) for b in (1, 10)]
+  (ax,) = plots.pareto_plot(pts, connect=True, annotate='none').axes
+  looks = [(tuple(c.lines[0].get_color()), c.lines[0].get_marker(), c.lines[0].get_linestyle())
+           for c in ax.containers]
+  assert len(looks) == 16 and len(set(looks)) == 16
+  assert len({look[0] for look in looks}) == 16  # tab20: a colour of its own each
+
+
 def test_pareto_plot_bad_points():
   with pytest.raises(ValueError, match="point 1 .* lacks field 'y'"):
     plots.pareto_plot([{'name': 'a', 'x': 1, 'y': 2}, {'name': 'b', 'x': 3}])
