@@ -864,8 +864,7 @@ def write_readme_table() -> None:
   _write_block('README.md', README_START, readme_eval_block())
   _write_block(STORAGE_DOC, STORAGE_START, storage_doc_block())
   _write_block(TABLES_DOC, TABLES_START, tables_doc_block())
-  if (paths.repo_root() / 'results' / 'table_compression_criteo.json').exists():  # once complete
-    _write_block(TABLES_DOC, TABLES_CRITEO_START, tables_doc_block('table_compression_criteo'))
+  _write_block(TABLES_DOC, TABLES_CRITEO_START, tables_doc_block('table_compression_criteo'))
   _write_block(SHARDED_DOC, SHARDED_START, sharded_doc_block())
   _write_block(LLM_DOC, LLM_START, llm_doc_block())
   _write_block(LIMIT_DOC, PATTERNS_START, patterns_doc_block())

@@ -34,19 +34,12 @@ def _json(rel: str) -> dict:
   return json.loads((RESULTS / rel).read_text())
 
 
-def _study_json(stem: str) -> dict:
-  # the Criteo-shaped study writes its results file once every cell has a committed line
-  if not (RESULTS / f'{stem}.json').exists():
-    pytest.skip(f'results/{stem}.json is written when its study has every line')
-  return _json(f'{stem}.json')
-
-
 TABLE_STUDIES = ('table_compression', 'table_compression_criteo')  # MovieLens, Criteo-shaped
 
 
 @pytest.mark.parametrize('stem', TABLE_STUDIES)
 def test_table_compression_summary_is_the_mean_over_its_runs(stem):
-  rec = _study_json(stem)
+  rec = _json(f'{stem}.json')
   recomputed = _load('experiments/table_compression.py')._summarise(rec['runs'])
   by_key = {(r['method'], r['budget']): r for r in recomputed}
   assert len(by_key) == len(rec['summary'])
@@ -116,9 +109,8 @@ def test_generated_doc_tables_are_their_result_files():
   assert regen.storage_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / 'docs' / 'table_compression.md').read_text()
   assert regen.tables_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
-  if (RESULTS / 'table_compression_criteo.json').exists():
-    assert regen.tables_doc_block('table_compression_criteo') in doc, \
-        'run: python -m experiments.regenerate --readme'
+  assert regen.tables_doc_block('table_compression_criteo') in doc, \
+      'run: python -m experiments.regenerate --readme'
   doc = (repo_root() / regen.SHARDED_DOC).read_text()
   assert regen.sharded_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
   assert regen.decoder_doc_block() in doc, 'run: python -m experiments.regenerate --readme'
@@ -138,7 +130,7 @@ def test_criteo_table_study_records_are_its_committed_runs_file():
   # the Criteo-shaped study is resumable cells, one committed JSONL line each: its results file
   # must summarise exactly those lines (in the study's plan order, which may differ from the
   # file's)
-  rec = _study_json('table_compression_criteo')
+  rec = _json('table_compression_criteo.json')
   path = repo_root() / rec['config']['workdir'] / 'runs.jsonl'
   lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   key = lambda r: (r['method'], r['budget'], r['seed'])
@@ -149,7 +141,7 @@ def test_criteo_table_study_records_are_its_committed_runs_file():
 @pytest.mark.parametrize('stem', TABLE_STUDIES)
 def test_table_compression_markdown_is_rendered_from_its_json(stem):
   # the doc's table is copied from results/<stem>.md: that file must be the JSON's
-  rec = _study_json(stem)
+  rec = _json(f'{stem}.json')
   exp = _load('experiments/table_compression.py')
   cfg = ml_collections.ConfigDict(rec['config'])
   main = [s for s in rec['summary'] if not s['method'].startswith('model:')]
