@@ -75,8 +75,8 @@ def budget_mask(values: np.ndarray, budget_bytes: int) -> np.ndarray:
   magnitude (ties to the lower flat index) when more survive.
 
   The cut finds the k-th largest magnitude by partition, not by sorting every entry: a sort's
-  int64 index arrays cost about five times the table's bytes, and PEP ran out of a 24-GiB machine
-  at 10M ids x 64 (the memory check's shape) while it sorted.
+  int64 index arrays cost about five times the table's bytes (measured at 1M ids x 64), and PEP ran
+  out of a 24-GiB machine at 10M ids x 64, the memory check's shape (not traced to the sort).
   """
   keep = values != 0
   most = int(budget_bytes) // 8
