@@ -63,5 +63,8 @@ def get_config(arg=None):
   # takes about an hour on 2 cores, so the check finishes over several sessions.
   c.workdir = 'results/table_compression_memory_pipelines_runs'
   c.results = 'results/table_compression_memory_pipelines'  # .json and .md
+  # False: run nothing, only write the results from the lines there (a job with no line, or
+  # only failed ones, is listed as such): the check is written before every job has run.
+  c.run_missing = True
   c.only = ''  # internal: 'method:budget' runs one job in this process
   return c

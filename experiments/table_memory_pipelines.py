@@ -11,7 +11,8 @@ epoch of ``steps`` batches. The child prints one JSON line with its peak RSS (th
 runtime and the data included) and what it served; the parent appends it to
 ``workdir/runs.jsonl`` (a rerun skips what is there; a failed child, e.g. killed for memory, is
 recorded with its exit status and tried again on the next run) and writes
-``results/table_compression_memory_pipelines.{json,md}`` from the lines.
+``results/table_compression_memory_pipelines.{json,md}`` from the lines. With
+``--config.run_missing=False`` it runs nothing and only writes those files from the lines there.
 """
 
 from __future__ import annotations
@@ -119,16 +120,16 @@ def run(cfg) -> dict:
   run_ = Run(config=cfg, seeds={'synthetic_ctr': 0, 'training': 0},
              extra_packages=('ml_collections',)).start()
   path = Path(cfg.workdir) / 'runs.jsonl'
-  done = {}
+  done, failed = {}, {}
   if path.is_file():
     for line in path.read_text().splitlines():
       try:
         r = json.loads(line)
       except json.JSONDecodeError:  # empty, or cut by an interruption: that job runs again
         continue
-      if 'error' not in r:  # a failed child is tried again
-        done[r['method'], r['budget']] = r
-  todo = [j for j in jobs(cfg) if j not in done]
+      # a failed child is tried again; its last failure is reported until then
+      (failed if 'error' in r else done)[r['method'], r['budget']] = r
+  todo = [j for j in jobs(cfg) if j not in done] if cfg.run_missing else []
   for name, budget in tqdm(todo, desc='memory (pipelines)'):
     cmd = [sys.executable, '-m', 'experiments.table_memory_pipelines', f'--config={CONFIG}',
            f'--config.only={name}:{budget:g}', *_overrides(cfg)]
@@ -143,7 +144,7 @@ def run(cfg) -> dict:
     rec['provenance'] = run_.provenance()
     _study()._append(path, rec)
     done[name, budget] = rec
-  records = [done[j] for j in jobs(cfg) if j in done]
+  records = [done.get(j) or failed[j] for j in jobs(cfg) if j in done or j in failed]
   result = {'provenance': run_.finish().provenance(), 'config': cfg.to_dict(), 'records': records}
   out = Path(cfg.results)
   atomic_write_json(out.with_suffix('.json'), result)
@@ -172,20 +173,28 @@ def markdown(cfg, result) -> str:
        f'{cfg.steps} steps of {cfg.batch_size} rows (FM, {cfg.optimizer} {cfg.lr:g}) on synthetic '
        f'Zipf data ({cfg.rows:,} rows generated); peak RSS includes the Python/JAX runtime and '
        f'the data.'), '',
-      '| method | budget | served | peak RSS | RSS after the data | seconds | stages |',
-      '|---|---|---|---|---|---|---|',
+      ('Every row ran at the commit in its last column (its line in '
+       f'`{cfg.workdir}/runs.jsonl` has its whole provenance); the file was written by the command '
+       'above.'), '',
+      '| method | budget | served | peak RSS | RSS after the data | seconds | stages | commit |',
+      '|---|---|---|---|---|---|---|---|',
   ]
   for r in result['records']:
     head = f"| {r['method']} | {r['budget']:g}x |"
+    commit = r['provenance']['git_commit'][:7]
     if 'error' in r:
-      lines.append(f"{head} failed: {r['error']} | | | | |")
+      lines.append(f"{head} failed: {r['error']} | | | | | | {commit} |")
     elif not r['feasible']:
-      lines.append(f"{head} infeasible: {r['reason']} | | | | |")
+      lines.append(f"{head} infeasible: {r['reason']} | | | | | | {commit} |")
     else:
       stages = 'two' if 'stage_one_reused' in r['config'] else 'one'
       lines.append(f"{head} {r['served_bytes'] / 2**20:,.1f} MiB | "
                    f"{r['peak_rss_bytes'] / gib:.2f} GiB | {r['rss_after_data_bytes'] / gib:.2f} GiB"
-                   f" | {r['seconds']:.0f} | {stages} |")
+                   f" | {r['seconds']:.0f} | {stages} | {commit} |")
+  missing = [f'{m} {b:g}x' for m, b in jobs(cfg)
+             if (m, b) not in {(r['method'], r['budget']) for r in result['records']}]
+  if missing:
+    lines += ['', f"Not run yet: {', '.join(missing)}."]
   lines.append('')
   return '\n'.join(lines)
 

@@ -85,3 +85,32 @@ def test_a_failed_child_is_recorded_and_tried_again(experiment, tmp_path, monkey
   assert '| full | 1x | failed: exit status 1 |' in (tmp_path / 'out.md').read_text()
   experiment.run(cfg)  # tried again, not taken as done
   assert len((tmp_path / 'work' / 'runs.jsonl').read_text().splitlines()) == 2
+
+
+def test_run_missing_false_writes_the_files_from_the_lines_and_runs_nothing(
+    experiment, tmp_path, monkeypatch):
+  real_run = experiment.subprocess.run  # the provenance's git calls use it too
+
+  def no_child(cmd, *args, **kwargs):
+    assert 'experiments.table_memory_pipelines' not in cmd, 'a child ran'
+    return real_run(cmd, *args, **kwargs)
+  monkeypatch.setattr(experiment.subprocess, 'run', no_child)
+  work = tmp_path / 'work'
+  work.mkdir()
+  made = {'method': 'full', 'budget': 1.0, 'feasible': True, 'served_bytes': 2 ** 20,
+          'peak_rss_bytes': 3 * 2 ** 30, 'rss_after_data_bytes': 2 ** 30, 'seconds': 12.0,
+          'config': {}, 'provenance': {'git_commit': 'aaaaaaa1234'}}
+  failed = {'method': 'pep', 'budget': 0.1, 'error': 'killed by SIGKILL', 'stderr_tail': '',
+            'provenance': {'git_commit': 'bbbbbbb5678'}}
+  lines = [json.dumps(made), json.dumps(failed)]
+  (work / 'runs.jsonl').write_text('\n'.join(lines) + '\n')
+  cfg = _cfg("--config.methods=('full','pep','dedup')", '--config.budgets=(0.1,)',
+             '--config.run_missing=False', f'--config.workdir={work}',
+             f'--config.results={tmp_path / "out"}')
+  result = experiment.run(cfg)
+  assert result['records'] == [made, failed]  # the failure is reported, not dropped
+  assert (work / 'runs.jsonl').read_text().splitlines() == lines  # nothing appended
+  md = (tmp_path / 'out.md').read_text()
+  assert '| full | 1x | 1.0 MiB | 3.00 GiB | 1.00 GiB | 12 | one | aaaaaaa |' in md
+  assert '| pep | 0.1x | failed: killed by SIGKILL | | | | | | bbbbbbb |' in md
+  assert 'Not run yet: dedup 0.1x.' in md
