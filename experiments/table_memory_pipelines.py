@@ -183,9 +183,9 @@ def markdown(cfg, result) -> str:
     head = f"| {r['method']} | {r['budget']:g}x |"
     commit = r['provenance']['git_commit'][:7]
     if 'error' in r:
-      lines.append(f"{head} failed: {r['error']} | | | | | | {commit} |")
+      lines.append(f"{head} failed: {r['error']} | | | | | {commit} |")
     elif not r['feasible']:
-      lines.append(f"{head} infeasible: {r['reason']} | | | | | | {commit} |")
+      lines.append(f"{head} infeasible: {r['reason']} | | | | | {commit} |")
     else:
       stages = 'two' if 'stage_one_reused' in r['config'] else 'one'
       lines.append(f"{head} {r['served_bytes'] / 2**20:,.1f} MiB | "

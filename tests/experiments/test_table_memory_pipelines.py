@@ -112,5 +112,5 @@ def test_run_missing_false_writes_the_files_from_the_lines_and_runs_nothing(
   assert (work / 'runs.jsonl').read_text().splitlines() == lines  # nothing appended
   md = (tmp_path / 'out.md').read_text()
   assert '| full | 1x | 1.0 MiB | 3.00 GiB | 1.00 GiB | 12 | one | aaaaaaa |' in md
-  assert '| pep | 0.1x | failed: killed by SIGKILL | | | | | | bbbbbbb |' in md
+  assert '| pep | 0.1x | failed: killed by SIGKILL | | | | | bbbbbbb |' in md
   assert 'Not run yet: dedup 0.1x.' in md
