@@ -60,7 +60,7 @@ def get_config(arg=None):
   c.pep = mlc.ConfigDict({'search_epochs': 1})      # its threshold search: one epoch
   c.autodim = mlc.ConfigDict({'search_epochs': 1})  # its supernet: one epoch
   # One JSONL line per job; a rerun skips those made. Committed (runs/ is not in git): a dedup job
-  # takes about an hour on 2 cores, so the check finishes over several sessions.
+  # took 2 h 14 min at 10% on 2 cores, so the check finishes over several sessions.
   c.workdir = 'results/table_compression_memory_pipelines_runs'
   c.results = 'results/table_compression_memory_pipelines'  # .json and .md
   # False: run nothing, only write the results from the lines there (a job with no line, or
