@@ -112,6 +112,26 @@ def _study():
   return table_compression
 
 
+def read_runs(path: Path) -> tuple[dict, dict]:
+  """({(method, budget): its made line}, {(method, budget): its last failed line}) of a runs file
+  (none when it is missing). A failed job is tried again; its last failure is reported until
+  then."""
+  done, failed = {}, {}
+  if path.is_file():
+    for line in path.read_text().splitlines():
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:  # empty, or cut by an interruption: that job runs again
+        continue
+      (failed if 'error' in r else done)[r['method'], r['budget']] = r
+  return done, failed
+
+
+def job_records(cfg, done: dict, failed: dict) -> list[dict]:
+  """The results file's records: each job's made line, else its last failure, in job order."""
+  return [done.get(j) or failed[j] for j in jobs(cfg) if j in done or j in failed]
+
+
 def run(cfg) -> dict:
   from tqdm import tqdm
 
@@ -120,15 +140,7 @@ def run(cfg) -> dict:
   run_ = Run(config=cfg, seeds={'synthetic_ctr': 0, 'training': 0},
              extra_packages=('ml_collections',)).start()
   path = Path(cfg.workdir) / 'runs.jsonl'
-  done, failed = {}, {}
-  if path.is_file():
-    for line in path.read_text().splitlines():
-      try:
-        r = json.loads(line)
-      except json.JSONDecodeError:  # empty, or cut by an interruption: that job runs again
-        continue
-      # a failed child is tried again; its last failure is reported until then
-      (failed if 'error' in r else done)[r['method'], r['budget']] = r
+  done, failed = read_runs(path)
   todo = [j for j in jobs(cfg) if j not in done] if cfg.run_missing else []
   for name, budget in tqdm(todo, desc='memory (pipelines)'):
     cmd = [sys.executable, '-m', 'experiments.table_memory_pipelines', f'--config={CONFIG}',
@@ -144,7 +156,7 @@ def run(cfg) -> dict:
     rec['provenance'] = run_.provenance()
     _study()._append(path, rec)
     done[name, budget] = rec
-  records = [done.get(j) or failed[j] for j in jobs(cfg) if j in done or j in failed]
+  records = job_records(cfg, done, failed)
   result = {'provenance': run_.finish().provenance(), 'config': cfg.to_dict(), 'records': records}
   out = Path(cfg.results)
   atomic_write_json(out.with_suffix('.json'), result)
@@ -191,8 +203,8 @@ def markdown(cfg, result) -> str:
       lines.append(f"{head} {r['served_bytes'] / 2**20:,.1f} MiB | "
                    f"{r['peak_rss_bytes'] / gib:.2f} GiB | {r['rss_after_data_bytes'] / gib:.2f} GiB"
                    f" | {r['seconds']:.0f} | {stages} | {commit} |")
-  missing = [f'{m} {b:g}x' for m, b in jobs(cfg)
-             if (m, b) not in {(r['method'], r['budget']) for r in result['records']}]
+  have = {(r['method'], r['budget']) for r in result['records']}
+  missing = [f'{m} {b:g}x' for m, b in jobs(cfg) if (m, b) not in have]
   if missing:
     lines += ['', f"Not run yet: {', '.join(missing)}."]
   lines.append('')

@@ -138,6 +138,17 @@ def test_criteo_table_study_records_are_its_committed_runs_file():
   assert {key(r): r for r in rec['runs']} == {key(r): r for r in lines}
 
 
+def test_table_memory_check_is_its_committed_lines_and_renders_from_its_json():
+  # the 10M-id memory check finishes over sessions: its results file must hold each job's line
+  # from the committed runs file (the made one, else the last failure) and its markdown that JSON
+  rec = _json('table_compression_memory_pipelines.json')
+  exp = _load('experiments/table_memory_pipelines.py')
+  cfg = ml_collections.ConfigDict(rec['config'])
+  done, failed = exp.read_runs(repo_root() / cfg.workdir / 'runs.jsonl')
+  assert rec['records'] == exp.job_records(cfg, done, failed)
+  assert exp.markdown(cfg, rec) == (RESULTS / 'table_compression_memory_pipelines.md').read_text()
+
+
 @pytest.mark.parametrize('stem', TABLE_STUDIES)
 def test_table_compression_markdown_is_rendered_from_its_json(stem):
   # the doc's table is copied from results/<stem>.md: that file must be the JSON's
