@@ -155,7 +155,7 @@ def run(cfg) -> dict:
       rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec['provenance'] = run_.provenance()
     _study()._append(path, rec)
-    done[name, budget] = rec
+    (failed if 'error' in rec else done)[name, budget] = rec  # as read_runs sorts a line
   records = job_records(cfg, done, failed)
   result = {'provenance': run_.finish().provenance(), 'config': cfg.to_dict(), 'records': records}
   out = Path(cfg.results)
